@@ -1,0 +1,324 @@
+//! The frame codec: `[u32 little-endian length][bincode payload]`.
+//!
+//! This is the only module that calls bincode, so the codec can be swapped in one file.
+//! A reader is given a maximum frame length and checks the header against it *before*
+//! allocating, so a hostile or corrupt length costs nothing. End of input at a frame boundary is
+//! a clean end (`Ok(None)`); end of input inside a frame is [`FrameError::Truncated`].
+
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The largest frame any peer may send: 256 MiB. The supervisor uses a tighter bound derived
+/// from the job's body limit.
+pub const MAX_FRAME_LEN: usize = 256 << 20;
+
+/// bincode settings: varint integers, and a decode limit so no length field inside a payload
+/// can make the decoder allocate more than a frame may hold.
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_FRAME_LEN>,
+> {
+    bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The pipe failed.
+    #[error("frame i/o failed")]
+    Io(#[source] io::Error),
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({got} of {want} bytes)")]
+    Truncated {
+        /// Bytes read of the part being read (header or payload).
+        got: usize,
+        /// Bytes that part needed.
+        want: usize,
+    },
+    /// The length header exceeds the maximum; nothing was allocated for it.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// The length the header claimed.
+        len: usize,
+        /// The reader's maximum.
+        max: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("frame payload does not decode: {0}")]
+    Decode(String),
+    /// The payload was decoded but bytes were left over.
+    #[error("frame payload has {0} trailing bytes")]
+    Trailing(usize),
+    /// The message could not be encoded.
+    #[error("message does not encode: {0}")]
+    Encode(String),
+}
+
+/// Decodes one message from a whole payload; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::serde::decode_from_slice(payload, config())
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::Trailing(payload.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Reads the protocol version from a `Hello` payload without decoding the rest, so a peer of
+/// another version is told so rather than "does not decode". Both directions' hellos are
+/// variant 0 of their enum with a `u32` version as the first field, so every version of the
+/// protocol starts its first frame with the same two integers.
+pub fn peek_hello_version(payload: &[u8]) -> Result<u32, FrameError> {
+    match bincode::serde::decode_from_slice::<(u32, u32), _>(payload, config()) {
+        Ok(((0, version), _)) => Ok(version),
+        Ok(((tag, _), _)) => Err(FrameError::Decode(format!("expected a hello, got message #{tag}"))),
+        Err(e) => Err(FrameError::Decode(e.to_string())),
+    }
+}
+
+/// Writes frames to a byte sink. Keeps one buffer so steady-state writes do not allocate.
+pub struct FrameWriter<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> FrameWriter<W> {
+    /// Wraps a sink. Frames are written whole with one `write_all` and then flushed.
+    pub fn new(inner: W) -> Self {
+        Self { inner, buf: Vec::with_capacity(64 * 1024) }
+    }
+
+    /// Encodes `msg` and writes it as one frame.
+    pub fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; 4]);
+        bincode::serde::encode_into_std_write(msg, &mut self.buf, config())
+            .map_err(|e| FrameError::Encode(e.to_string()))?;
+        let len = self.buf.len() - 4;
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+        }
+        let header = u32::try_from(len).expect("MAX_FRAME_LEN fits in u32");
+        self.buf[..4].copy_from_slice(&header.to_le_bytes());
+        self.inner.write_all(&self.buf).map_err(FrameError::Io)?;
+        self.inner.flush().map_err(FrameError::Io)?;
+        if self.buf.capacity() > 1 << 20 {
+            // One huge body must not pin its buffer for the rest of the session.
+            self.buf = Vec::with_capacity(64 * 1024);
+        }
+        Ok(())
+    }
+
+    /// The sink, for closing it.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+/// Reads frames from a byte source.
+pub struct FrameReader<R: Read> {
+    inner: R,
+    buf: Vec<u8>,
+    max_len: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Wraps a source; frames longer than `max_len` (at most [`MAX_FRAME_LEN`]) are refused.
+    pub fn new(inner: R, max_len: usize) -> Self {
+        Self { inner, buf: Vec::new(), max_len: max_len.min(MAX_FRAME_LEN) }
+    }
+
+    /// Reads the next frame's payload. `Ok(None)` is a clean end of stream.
+    pub fn read_payload(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        let mut header = [0u8; 4];
+        let got = read_full(&mut self.inner, &mut header)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < header.len() {
+            return Err(FrameError::Truncated { got, want: header.len() });
+        }
+        let len = u32::from_le_bytes(header) as usize;
+        if len > self.max_len {
+            return Err(FrameError::TooLarge { len, max: self.max_len });
+        }
+        self.buf.clear();
+        self.buf.resize(len, 0);
+        let got = read_full(&mut self.inner, &mut self.buf)?;
+        if got < len {
+            return Err(FrameError::Truncated { got, want: len });
+        }
+        Ok(Some(&self.buf))
+    }
+
+    /// Reads and decodes the next frame. `Ok(None)` is a clean end of stream.
+    pub fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        match self.read_payload()? {
+            Some(payload) => decode(payload).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Fills `buf` as far as the source allows; returns how many bytes were read (short only at
+/// end of stream).
+fn read_full(src: &mut impl Read, buf: &mut [u8]) -> Result<usize, FrameError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FromWorker, ItemResult, Outcome, ToWorker, WorkerHello};
+    use crate::{JobSpec, PROTOCOL_VERSION};
+    use proptest::prelude::*;
+
+    fn results(n: u64) -> FromWorker {
+        FromWorker::Results(
+            (0..n)
+                .map(|id| ItemResult {
+                    id,
+                    attempts: 1,
+                    outcome: if id % 2 == 0 {
+                        Outcome::Response { status: 200, body: format!("{{\"id\":{id}}}").into_bytes() }
+                    } else {
+                        Outcome::Failed { error: format!("boom {id}") }
+                    },
+                })
+                .collect(),
+        )
+    }
+
+    fn encode_frames(msgs: &[FromWorker]) -> Vec<u8> {
+        let mut w = FrameWriter::new(Vec::new());
+        for m in msgs {
+            w.write(m).expect("encodes");
+        }
+        w.into_inner()
+    }
+
+    #[test]
+    fn frames_round_trip_and_end_cleanly() {
+        let msgs = vec![
+            FromWorker::Hello(WorkerHello { version: PROTOCOL_VERSION, pid: 7 }),
+            results(100),
+            FromWorker::Heartbeat,
+        ];
+        let bytes = encode_frames(&msgs);
+        let mut r = FrameReader::new(&bytes[..], MAX_FRAME_LEN);
+        for m in &msgs {
+            assert_eq!(r.read::<FromWorker>().expect("decodes").as_ref(), Some(m));
+        }
+        assert!(r.read::<FromWorker>().expect("clean end").is_none());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        // A header claiming 4 GiB - 1 with no payload behind it: refused on the header alone.
+        let bytes = u32::MAX.to_le_bytes();
+        let mut r = FrameReader::new(&bytes[..], 1024);
+        match r.read::<FromWorker>() {
+            Err(FrameError::TooLarge { len, max }) => {
+                assert_eq!((len, max), (u32::MAX as usize, 1024));
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(r.buf.capacity(), 0, "nothing was allocated for the refused frame");
+    }
+
+    #[test]
+    fn truncated_frames_are_errors_not_clean_ends() {
+        let bytes = encode_frames(&[results(10)]);
+        for cut in 1..bytes.len() {
+            let mut r = FrameReader::new(&bytes[..cut], MAX_FRAME_LEN);
+            match r.read::<FromWorker>() {
+                Err(FrameError::Truncated { got, want }) => assert!(got < want),
+                other => panic!("cut at {cut}: expected Truncated, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_in_a_payload_are_refused() {
+        let mut w = FrameWriter::new(Vec::new());
+        w.write(&FromWorker::Heartbeat).expect("encodes");
+        let mut bytes = w.into_inner();
+        bytes.push(0);
+        let len = (bytes.len() - 4) as u32;
+        bytes[..4].copy_from_slice(&len.to_le_bytes());
+        let err = FrameReader::new(&bytes[..], MAX_FRAME_LEN).read::<FromWorker>().unwrap_err();
+        assert!(matches!(err, FrameError::Trailing(1)), "{err:?}");
+    }
+
+    #[test]
+    fn hello_version_is_read_before_the_rest() {
+        let job = JobSpec {
+            url_template: "http://127.0.0.1:1/items/{id}".into(),
+            threads: 1,
+            max_in_flight: 1,
+            max_attempts: 1,
+            max_body: 1,
+            connect_timeout_ms: 1,
+            io_timeout_ms: 1,
+            backoff_base_ms: 1,
+            backoff_max_ms: 1,
+            headers: vec![],
+        };
+        for version in [0, 1, 99, u32::MAX] {
+            let mut w = FrameWriter::new(Vec::new());
+            w.write(&ToWorker::Hello { version, job: job.clone() }).expect("encodes");
+            w.write(&FromWorker::Hello(WorkerHello { version, pid: 1 })).expect("encodes");
+            let bytes = w.into_inner();
+            let mut r = FrameReader::new(&bytes[..], MAX_FRAME_LEN);
+            for _ in 0..2 {
+                let payload = r.read_payload().expect("reads").expect("a frame");
+                assert_eq!(peek_hello_version(payload).expect("peeks"), version);
+            }
+        }
+        let mut w = FrameWriter::new(Vec::new());
+        w.write(&FromWorker::Heartbeat).expect("encodes");
+        let bytes = w.into_inner();
+        assert!(peek_hello_version(&bytes[4..]).is_err(), "a heartbeat is not a hello");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// The decoder never panics and never over-allocates on arbitrary input.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut r = FrameReader::new(&bytes[..], 1 << 16);
+            for _ in 0..8 {
+                match r.read::<FromWorker>() {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let mut r = FrameReader::new(&bytes[..], 1 << 16);
+            let _ = r.read::<ToWorker>();
+        }
+
+        /// Any result batch survives a round trip.
+        #[test]
+        fn result_batches_round_trip(ids in proptest::collection::vec(any::<u64>(), 0..64),
+                                     status in 100u16..600, body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let msg = FromWorker::Results(ids.iter().map(|&id| ItemResult {
+                id, attempts: 3, outcome: Outcome::Response { status, body: body.clone() } }).collect());
+            let bytes = encode_frames(std::slice::from_ref(&msg));
+            let back = FrameReader::new(&bytes[..], MAX_FRAME_LEN).read::<FromWorker>().expect("decodes");
+            prop_assert_eq!(back, Some(msg));
+        }
+    }
+}

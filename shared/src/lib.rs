@@ -1,0 +1,16 @@
+//! What the supervisor and its workers share: the wire protocol and the frame codec.
+//!
+//! The two processes talk over the worker's stdin and stdout pipes. Every message is a frame,
+//! a `u32` length followed by that many bytes of bincode (see [`frame`]). The messages are the
+//! enums in [`protocol`]; the first frame each way is a `Hello` whose first field is the
+//! protocol version, so a mismatched pair of binaries fails loudly at the handshake instead of
+//! misreading each other later.
+#![deny(unsafe_code)]
+
+pub mod frame;
+pub mod protocol;
+
+pub use frame::{FrameError, FrameReader, FrameWriter};
+pub use protocol::{
+    FromWorker, ItemResult, JobSpec, Outcome, ToWorker, WorkerHello, PROTOCOL_VERSION,
+};

@@ -1,0 +1,109 @@
+//! The messages exchanged between the supervisor and a worker.
+//!
+//! A session is: supervisor sends [`ToWorker::Hello`] (version, then the job); the worker answers
+//! [`FromWorker::Hello`]; then the supervisor sends [`ToWorker::Assign`] frames and the worker
+//! answers with [`FromWorker::Results`] batches and a [`FromWorker::Heartbeat`] at least every
+//! second. The supervisor ends a session by closing the worker's stdin: the worker finishes the
+//! ids it holds, reports them, and exits 0.
+//!
+//! Variants are only ever appended, and any change to a message's shape bumps
+//! [`PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+/// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
+/// that speaks another.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A message from the supervisor to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// The first frame of a session.
+    Hello {
+        /// Must be the first field: see [`crate::frame::peek_hello_version`].
+        version: u32,
+        /// What to fetch and how.
+        job: JobSpec,
+    },
+    /// Fetch these ids (sorted, distinct) and report each exactly once.
+    Assign {
+        /// The ids to fetch.
+        ids: Vec<u64>,
+    },
+}
+
+/// Everything a worker needs to know about the job. Secrets (request headers) travel here,
+/// through the pipe, never through argv or the environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// URL with `{id}` where the id goes, e.g. `http://127.0.0.1:8080/items/{id}`.
+    pub url_template: String,
+    /// Fetch threads in the worker.
+    pub threads: u32,
+    /// The most ids the supervisor will have outstanding at this worker at once; the worker
+    /// sizes its queue to hold them all, so reading an assignment never blocks.
+    pub max_in_flight: u32,
+    /// Attempts per id before it is reported as failed.
+    pub max_attempts: u32,
+    /// Bodies larger than this many bytes are a failure for that id.
+    pub max_body: u64,
+    /// TCP connect timeout, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Timeout for each of sending the request, receiving the response head and receiving the
+    /// body, in milliseconds.
+    pub io_timeout_ms: u64,
+    /// Base delay of the exponential backoff between attempts, in milliseconds.
+    pub backoff_base_ms: u64,
+    /// Ceiling of the backoff delay (and of an honoured `Retry-After`), in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Extra request headers, name and value.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A worker's answer to the supervisor's hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerHello {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The worker's process id, for logs.
+    pub pid: u32,
+}
+
+/// A message from a worker to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// The first frame of a session.
+    Hello(WorkerHello),
+    /// Final answers for some of the assigned ids, each reported once.
+    Results(Vec<ItemResult>),
+    /// Sent at least every second from a thread of its own: the worker is alive.
+    Heartbeat,
+}
+
+/// The final answer for one id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemResult {
+    /// The id.
+    pub id: u64,
+    /// HTTP requests made for it, including the last.
+    pub attempts: u32,
+    /// What came of it.
+    pub outcome: Outcome,
+}
+
+/// What came of fetching one id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The server gave a final HTTP answer: a 2xx or a 4xx other than 408 and 429.
+    Response {
+        /// HTTP status code.
+        status: u16,
+        /// The body, byte for byte.
+        body: Vec<u8>,
+    },
+    /// Every attempt failed, or the answer could not be taken (too large, redirect loop).
+    Failed {
+        /// The last error, one line.
+        error: String,
+    },
+}
