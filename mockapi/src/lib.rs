@@ -1,1 +1,121 @@
+//! mockapi: the HTTP API that flota's demo, tests and benchmarks fetch from.
+//!
+//! `GET /items/{id}` answers 200 with a small JSON body naming the id ([`body_for`]), so a test
+//! can check that every stored body is its own. Faults are injected on request: latency, 5xx
+//! errors, a per-second rate limit answered with 429 and `Retry-After`, and connections dropped
+//! without an answer. Whether a request meets a fault is a pure function of the seed, the id and
+//! how many times that id was asked for before, so a run is reproducible whatever order the
+//! requests arrive in. `GET /stats` reports what was served, for tests that count requests.
+//!
+//! Built on hyper 1 and tokio: no HTTP parsing of our own.
+#![deny(unsafe_code)]
 
+mod server;
+
+use std::net::SocketAddr;
+
+pub use server::{Faults, Server, Stats};
+
+/// Command-line flags of `mockapi` (also `supervisor mockapi`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Address to listen on; port 0 picks a free one. The bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Delay before each answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Fraction of item requests answered 500 (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub error_rate: f64,
+    /// Item requests served per second; beyond it, 429 with `Retry-After: 1`.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Fraction of item requests whose connection is closed without an answer (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub drop_rate: f64,
+    /// Seed of the fault decisions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Runtime threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// The standalone `mockapi` command.
+#[derive(Debug, clap::Parser)]
+#[command(name = "mockapi", version, about = "A deterministic, fault-injecting HTTP API for flota")]
+pub struct Cli {
+    #[command(flatten)]
+    /// The server's settings.
+    pub args: Args,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` is not between 0 and 1"))
+    }
+}
+
+/// The body served for `id`. Tests compare stored bodies against it.
+pub fn body_for(id: u64) -> String {
+    format!("{{\"id\":{id},\"name\":\"item-{id}\",\"checksum\":\"{:016x}\"}}", mix(id, 0x5eed))
+}
+
+/// A 64-bit mixer (splitmix64's finaliser) over two words: the fault decisions' randomness.
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Runs mockapi until the process is killed: binds, prints the bound address on stdout, serves.
+/// Returns the process exit code.
+pub fn run(args: Args) -> i32 {
+    let faults = Faults {
+        latency: std::time::Duration::from_millis(args.latency_ms),
+        error_rate: args.error_rate,
+        rate_limit: args.rate_limit,
+        drop_rate: args.drop_rate,
+        seed: args.seed,
+    };
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    });
+    let server = match Server::start(args.listen, faults, threads) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mockapi: cannot listen on {}: {e}", args.listen);
+            return 2;
+        }
+    };
+    println!("{}", server.addr());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    server.wait();
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_name_their_id_and_differ() {
+        assert!(body_for(42).starts_with("{\"id\":42,"));
+        assert_ne!(body_for(1), body_for(2));
+        let v: serde_json::Value = serde_json::from_str(&body_for(7)).expect("valid JSON");
+        assert_eq!(v["id"], 7);
+    }
+
+    #[test]
+    fn fractions_are_checked() {
+        assert_eq!(parse_fraction("0.25"), Ok(0.25));
+        assert!(parse_fraction("1.5").is_err());
+        assert!(parse_fraction("x").is_err());
+    }
+}

@@ -1,1 +1,38 @@
+//! flota's worker process.
+//!
+//! A worker is started by the supervisor with its stdin and stdout connected to pipes. It reads
+//! the job and then batches of ids from stdin ([`link`]), fetches them on a pool of blocking
+//! threads that share one ureq Agent ([`pool`], [`fetch`]), and writes results back on stdout.
+//! It never opens the store; everything it knows arrives through the pipe. When stdin closes it
+//! finishes the ids it holds, reports them, and exits 0.
+//!
+//! Exit codes: 0 after a clean end of stdin; 1 when the supervisor broke the protocol or the
+//! pipe failed.
+#![deny(unsafe_code)]
 
+pub mod fetch;
+pub mod link;
+pub mod pool;
+
+/// Runs a worker on this process's stdin and stdout. Returns the exit code.
+pub fn run() -> i32 {
+    match link::serve() {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("worker {}: {}", std::process::id(), error_chain(&e));
+            1
+        }
+    }
+}
+
+/// Formats an error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        cur = cause.source();
+    }
+    s
+}

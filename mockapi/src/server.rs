@@ -1,0 +1,275 @@
+//! The hyper server behind mockapi, and the fault decisions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::{body_for, mix};
+
+/// The faults a server injects.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Delay before each answer.
+    pub latency: Duration,
+    /// Fraction of item requests answered 500.
+    pub error_rate: f64,
+    /// Item requests per second before answering 429.
+    pub rate_limit: Option<u32>,
+    /// Fraction of item requests dropped without an answer.
+    pub drop_rate: f64,
+    /// Seed of the fault decisions.
+    pub seed: u64,
+}
+
+/// Counters of what the server did, as `GET /stats` reports them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests for `/items/{id}`, whatever their answer.
+    pub requests: u64,
+    /// Of those, answered 200.
+    pub ok: u64,
+    /// Answered 500.
+    pub errors: u64,
+    /// Answered 429.
+    pub rate_limited: u64,
+    /// Dropped without an answer.
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    rate_limited: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Stats {
+        Stats {
+            requests: self.requests.load(Ordering::Relaxed),
+            ok: self.ok.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+const SHARDS: usize = 64;
+
+struct State {
+    faults: Faults,
+    counters: Counters,
+    /// How many times each id was asked for, only kept when a per-request fault is on.
+    seen: Vec<Mutex<HashMap<u64, u32>>>,
+    started: Instant,
+    /// Rate limit window: high 32 bits the second since start, low 32 bits the count in it.
+    window: AtomicU64,
+}
+
+enum Verdict {
+    Serve,
+    Error,
+    Drop,
+    Limited,
+}
+
+impl State {
+    fn verdict(&self, id: u64) -> Verdict {
+        let f = &self.faults;
+        if let Some(limit) = f.rate_limit {
+            if !self.admit(limit) {
+                return Verdict::Limited;
+            }
+        }
+        if f.error_rate <= 0.0 && f.drop_rate <= 0.0 {
+            return Verdict::Serve;
+        }
+        let nth = {
+            let shard = &self.seen[(mix(id, 1) as usize) % SHARDS];
+            let mut seen = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let n = seen.entry(id).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let roll = |salt: u64| {
+            let h = mix(mix(f.seed ^ salt, id), u64::from(nth));
+            (h >> 11) as f64 / (1u64 << 53) as f64
+        };
+        if roll(0xd409) < f.drop_rate {
+            Verdict::Drop
+        } else if roll(0xe770) < f.error_rate {
+            Verdict::Error
+        } else {
+            Verdict::Serve
+        }
+    }
+
+    /// A fixed one-second window: admits the first `limit` requests of each second.
+    fn admit(&self, limit: u32) -> bool {
+        let now = self.started.elapsed().as_secs();
+        let mut cur = self.window.load(Ordering::Relaxed);
+        loop {
+            let (sec, count) = (cur >> 32, cur & 0xffff_ffff);
+            let next = if sec == now { (sec << 32) | (count + 1) } else { (now << 32) | 1 };
+            match self.window.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return (next & 0xffff_ffff) <= u64::from(limit),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+/// The error a handler returns to make hyper close the connection without answering.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped on purpose")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
+    let path = req.uri().path();
+    if path == "/stats" {
+        let s = state.counters.snapshot();
+        let body = serde_json::json!({
+            "requests": s.requests, "ok": s.ok, "errors": s.errors,
+            "rate_limited": s.rate_limited, "dropped": s.dropped,
+        });
+        let mut r = text(StatusCode::OK, body.to_string());
+        r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
+        return Ok(r);
+    }
+    let Some(id) = path.strip_prefix("/items/").and_then(|s| s.parse::<u64>().ok()) else {
+        return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    let c = &state.counters;
+    c.requests.fetch_add(1, Ordering::Relaxed);
+    if !state.faults.latency.is_zero() {
+        tokio::time::sleep(state.faults.latency).await;
+    }
+    Ok(match state.verdict(id) {
+        Verdict::Serve => {
+            c.ok.fetch_add(1, Ordering::Relaxed);
+            let mut r = text(StatusCode::OK, body_for(id));
+            r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
+            r
+        }
+        Verdict::Error => {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            text(StatusCode::INTERNAL_SERVER_ERROR, "injected error\n")
+        }
+        Verdict::Limited => {
+            c.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let mut r = text(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
+            r.headers_mut().insert("retry-after", "1".parse().expect("valid header"));
+            r
+        }
+        Verdict::Drop => {
+            c.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(Dropped);
+        }
+    })
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<State>,
+    runtime: tokio::runtime::Runtime,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Server {
+    /// Binds `listen` and starts serving on a runtime of `threads` threads.
+    pub fn start(listen: SocketAddr, faults: Faults, threads: usize) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("mockapi")
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            faults,
+            counters: Counters::default(),
+            seen: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            started: Instant::now(),
+            window: AtomicU64::new(0),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime.spawn(serve(listener, state.clone(), rx));
+        Ok(Self { addr, state, runtime, shutdown: Some(tx) })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What has been served so far.
+    pub fn stats(&self) -> Stats {
+        self.state.counters.snapshot()
+    }
+
+    /// Blocks for as long as the server runs (until the process is killed).
+    pub fn wait(mut self) {
+        let rx = self.shutdown.take();
+        self.runtime.block_on(async move {
+            let _keep = rx;
+            std::future::pending::<()>().await
+        });
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Accepts connections until `stop` fires, serving each on a task of its own.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut stop => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(state.clone(), req));
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+

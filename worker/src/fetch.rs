@@ -1,0 +1,253 @@
+//! Fetching one id: the shared ureq Agent, the retry policy and its backoff.
+//!
+//! Every fetch thread of a worker shares one [`Fetcher`] and so one keep-alive connection pool.
+//! What is retried: connection errors, timeouts, 408, 429 and 5xx. What is final: any other
+//! HTTP answer (stored with its status and body), and errors no retry can fix (a body over the
+//! limit, a redirect loop, a malformed URL).
+//!
+//! Only ureq's phase timeouts are set (connect, send request, receive response, receive body):
+//! its global and per-call timeouts make it resolve names on a thread per request.
+
+use std::time::Duration;
+
+use shared::{ItemResult, JobSpec, Outcome};
+use ureq::Agent;
+
+/// How often to try an id, and how long to wait between tries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// The first retry waits up to this long; each further one up to twice as long as the last.
+    pub base: Duration,
+    /// No wait is longer than this, an honoured `Retry-After` included.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The waits before each retry, exponential with full jitter: the n-th is uniform in
+    /// `[0, min(max, base * 2^(n-1))]`. Yields `max_attempts - 1` items.
+    pub fn backoff(&self) -> BackoffIter {
+        BackoffIter { policy: *self, retry: 0 }
+    }
+}
+
+/// The waits of a [`RetryPolicy`], one per retry.
+#[derive(Debug, Clone)]
+pub struct BackoffIter {
+    policy: RetryPolicy,
+    retry: u32,
+}
+
+impl Iterator for BackoffIter {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.retry + 1 >= self.policy.max_attempts {
+            return None;
+        }
+        let ceiling = self
+            .policy
+            .base
+            .saturating_mul(1u32 << self.retry.min(20))
+            .min(self.policy.max);
+        self.retry += 1;
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Some(Duration::from_nanos(fastrand::u64(0..=nanos)))
+    }
+}
+
+/// One attempt's result: final, or worth another try (after at least `wait`, if the server
+/// said so).
+enum Attempt {
+    Final(Outcome),
+    Retry { error: String, wait: Option<Duration> },
+}
+
+/// Fetches ids of one job. Cheap to share between threads.
+pub struct Fetcher {
+    agent: Agent,
+    url_prefix: String,
+    url_suffix: String,
+    headers: Vec<(String, String)>,
+    max_body: u64,
+    policy: RetryPolicy,
+}
+
+impl Fetcher {
+    /// Builds the agent for `job`.
+    pub fn new(job: &JobSpec) -> Self {
+        let io = Some(Duration::from_millis(job.io_timeout_ms));
+        let threads = job.threads.max(1) as usize;
+        let agent: Agent = Agent::config_builder()
+            .timeout_connect(Some(Duration::from_millis(job.connect_timeout_ms)))
+            .timeout_send_request(io)
+            .timeout_recv_response(io)
+            .timeout_recv_body(io)
+            .max_idle_connections(threads)
+            .max_idle_connections_per_host(threads)
+            .http_status_as_error(false)
+            .user_agent(concat!("flota/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let (prefix, suffix) = job
+            .url_template
+            .split_once("{id}")
+            .unwrap_or((job.url_template.as_str(), ""));
+        Self {
+            agent,
+            url_prefix: prefix.to_owned(),
+            url_suffix: suffix.to_owned(),
+            headers: job.headers.clone(),
+            max_body: job.max_body,
+            policy: RetryPolicy {
+                max_attempts: job.max_attempts.max(1),
+                base: Duration::from_millis(job.backoff_base_ms),
+                max: Duration::from_millis(job.backoff_max_ms),
+            },
+        }
+    }
+
+    /// Fetches `id` until it has a final answer or runs out of attempts.
+    pub fn fetch(&self, id: u64, url: &mut String) -> ItemResult {
+        url.clear();
+        url.push_str(&self.url_prefix);
+        url.push_str(itoa(id, &mut [0u8; 20]));
+        url.push_str(&self.url_suffix);
+        let mut backoff = self.policy.backoff();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.attempt(url) {
+                Attempt::Final(outcome) => return ItemResult { id, attempts, outcome },
+                Attempt::Retry { error, wait } => {
+                    let Some(jittered) = backoff.next() else {
+                        let error = format!("gave up after {attempts} attempts: {error}");
+                        return ItemResult { id, attempts, outcome: Outcome::Failed { error } };
+                    };
+                    log::debug!("id {id}: attempt {attempts} failed ({error}), retrying");
+                    let delay = match wait {
+                        Some(w) => w.min(self.policy.max).max(jittered),
+                        None => jittered,
+                    };
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+
+    fn attempt(&self, url: &str) -> Attempt {
+        let mut req = self.agent.get(url);
+        for (name, value) in &self.headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        let mut resp = match req.call() {
+            Ok(resp) => resp,
+            Err(e) => return classify_error(e),
+        };
+        let status = resp.status().as_u16();
+        if status == 408 || status == 429 || (500..600).contains(&status) {
+            let wait = if status == 429 || status == 503 {
+                resp.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after)
+            } else {
+                None
+            };
+            // Read (a bounded amount of) the body so the connection can be reused.
+            let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
+            return Attempt::Retry { error: format!("HTTP {status}"), wait };
+        }
+        match resp.body_mut().with_config().limit(self.max_body).read_to_vec() {
+            Ok(body) => Attempt::Final(Outcome::Response { status, body }),
+            Err(e) => classify_error(e),
+        }
+    }
+}
+
+/// Sorts an error into final or retryable.
+fn classify_error(e: ureq::Error) -> Attempt {
+    use ureq::Error as E;
+    match e {
+        E::BodyExceedsLimit(limit) => Attempt::Final(Outcome::Failed {
+            error: format!("body exceeds the limit of {limit} bytes"),
+        }),
+        E::TooManyRedirects | E::RedirectFailed | E::BadUri(_) | E::RequireHttpsOnly(_)
+        | E::LargeResponseHeader(..) | E::Http(_) | E::InvalidProxyUrl => {
+            Attempt::Final(Outcome::Failed { error: one_line(&e) })
+        }
+        other => Attempt::Retry { error: one_line(&other), wait: None },
+    }
+}
+
+fn one_line(e: &ureq::Error) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+/// Reads `Retry-After`: delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// Formats `n` in decimal into `buf` without allocating.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_yields_one_wait_per_retry_within_its_ceiling() {
+        let policy = RetryPolicy {
+            max_attempts: 8,
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        for _ in 0..200 {
+            let waits: Vec<_> = policy.backoff().collect();
+            assert_eq!(waits.len(), 7);
+            for (n, w) in waits.iter().enumerate() {
+                let ceiling = Duration::from_millis((100u64 << n).min(1000));
+                assert!(*w <= ceiling, "retry {n} waited {w:?} > {ceiling:?}");
+            }
+        }
+        let one = RetryPolicy { max_attempts: 1, ..policy };
+        assert_eq!(one.backoff().count(), 0);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        let past = "Sun, 06 Nov 1994 08:49:37 GMT";
+        assert_eq!(parse_retry_after(past), Some(Duration::ZERO));
+        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let d = parse_retry_after(&future).expect("a date");
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn itoa_matches_display() {
+        for n in [0, 7, 10, 999_999, u64::MAX] {
+            assert_eq!(itoa(n, &mut [0; 20]), n.to_string());
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The worker's end of the pipe: the only reader of stdin and the only writer of stdout.
+//!
+//! The main thread reads frames; one writer thread owns stdout, so frames never interleave, and
+//! batches whatever results are waiting into one frame; a heartbeat thread of its own says the
+//! process is alive even when every fetch thread is stuck. Right after taking stdout, fd 1 is
+//! pointed at stderr, so a stray print can only reach the log, never corrupt the protocol.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use shared::frame::{peek_hello_version, MAX_FRAME_LEN};
+use shared::{FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, ToWorker, WorkerHello, PROTOCOL_VERSION};
+
+use crate::fetch::Fetcher;
+
+/// How often the heartbeat thread speaks.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// A results frame holds at most this many results...
+const BATCH_MAX_ITEMS: usize = 1024;
+/// ...and stops growing once its bodies pass this many bytes.
+const BATCH_MAX_BYTES: usize = 1 << 20;
+
+/// What the writer thread is asked to send.
+pub enum Outgoing {
+    /// The handshake answer.
+    Hello,
+    /// One id's final answer.
+    Result(ItemResult),
+    /// Proof of life.
+    Heartbeat,
+}
+
+/// Why a worker session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// stdin or stdout could not be taken over.
+    #[error("cannot take over the standard streams")]
+    Stdio(#[source] std::io::Error),
+    /// A frame from the supervisor could not be read.
+    #[error("cannot read from the supervisor")]
+    Read(#[source] FrameError),
+    /// The supervisor speaks another protocol version.
+    #[error("supervisor speaks protocol {theirs}, this worker speaks {PROTOCOL_VERSION}")]
+    Version {
+        /// The supervisor's version.
+        theirs: u32,
+    },
+    /// The supervisor sent something out of turn.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The results could not be written.
+    #[error("cannot write to the supervisor")]
+    Write(#[source] FrameError),
+    /// A thread could not be started.
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Serves one session on this process's stdin and stdout.
+pub fn serve() -> Result<(), LinkError> {
+    let stdin = File::from(std::io::stdin().as_fd().try_clone_to_owned().map_err(LinkError::Stdio)?);
+    let stdout = File::from(std::io::stdout().as_fd().try_clone_to_owned().map_err(LinkError::Stdio)?);
+    nix::unistd::dup2(2, 1).map_err(|e| LinkError::Stdio(e.into()))?;
+
+    let mut reader = FrameReader::new(BufReader::with_capacity(64 * 1024, stdin), MAX_FRAME_LEN);
+    let job = match reader.read_payload().map_err(LinkError::Read)? {
+        None => return Ok(()), // closed before the hello: nothing to do
+        Some(payload) => {
+            let theirs = peek_hello_version(payload).map_err(LinkError::Read)?;
+            if theirs != PROTOCOL_VERSION {
+                return Err(LinkError::Version { theirs });
+            }
+            match shared::frame::decode::<ToWorker>(payload).map_err(LinkError::Read)? {
+                ToWorker::Hello { job, .. } => job,
+                ToWorker::Assign { .. } => return Err(LinkError::Protocol("ids before the hello")),
+            }
+        }
+    };
+    log::debug!("worker {} serving {} with {} threads", std::process::id(), job.url_template, job.threads);
+
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outgoing>();
+    let writer = std::thread::Builder::new()
+        .name("link-writer".into())
+        .spawn(move || write_loop(stdout, out_rx))
+        .map_err(LinkError::Thread)?;
+    let _ = out_tx.send(Outgoing::Hello);
+
+    let alive = Arc::new(AtomicBool::new(true));
+    let heartbeat = {
+        let (alive, out) = (alive.clone(), out_tx.clone());
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                while alive.load(Ordering::Relaxed) {
+                    if out.send(Outgoing::Heartbeat).is_err() {
+                        return;
+                    }
+                    std::thread::park_timeout(HEARTBEAT_EVERY);
+                }
+            })
+            .map_err(LinkError::Thread)?
+    };
+
+    // The supervisor never has more than max_in_flight ids outstanding here, so this queue
+    // never fills and reading the next assignment never waits on the fetch threads.
+    let (ids_tx, ids_rx) = crossbeam_channel::bounded::<u64>(job.max_in_flight.max(1) as usize);
+    let fetcher = Arc::new(Fetcher::new(&job));
+    let threads = crate::pool::start(job.threads, fetcher, ids_rx, out_tx.clone())
+        .map_err(LinkError::Thread)?;
+    drop(out_tx);
+
+    let read_result = read_loop(&mut reader, &ids_tx);
+    drop(ids_tx); // the fetch threads finish what they hold, then end
+    for t in threads {
+        let _ = t.join();
+    }
+    alive.store(false, Ordering::Relaxed);
+    heartbeat.thread().unpark();
+    let _ = heartbeat.join();
+    let write_result = writer.join().unwrap_or(Ok(()));
+    read_result?;
+    write_result
+}
+
+fn read_loop(reader: &mut FrameReader<impl std::io::Read>, ids: &Sender<u64>) -> Result<(), LinkError> {
+    while let Some(msg) = reader.read::<ToWorker>().map_err(LinkError::Read)? {
+        match msg {
+            ToWorker::Assign { ids: batch } => {
+                for id in batch {
+                    if ids.send(id).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            ToWorker::Hello { .. } => return Err(LinkError::Protocol("a second hello")),
+        }
+    }
+    Ok(())
+}
+
+/// Owns stdout. Sends each result once, in batches: after blocking for the first message, it
+/// takes whatever else is already waiting, so batches grow by themselves under load and a lone
+/// result is not held back.
+fn write_loop(stdout: File, rx: Receiver<Outgoing>) -> Result<(), LinkError> {
+    let mut w = FrameWriter::new(BufWriter::with_capacity(256 * 1024, stdout));
+    let mut batch: Vec<ItemResult> = Vec::with_capacity(BATCH_MAX_ITEMS);
+    while let Ok(first) = rx.recv() {
+        let (mut heartbeat, mut hello, mut bytes) = (false, false, 0);
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Outgoing::Hello => hello = true,
+                Outgoing::Heartbeat => heartbeat = true,
+                Outgoing::Result(r) => {
+                    if let shared::Outcome::Response { body, .. } = &r.outcome {
+                        bytes += body.len();
+                    }
+                    batch.push(r);
+                }
+            }
+            if batch.len() < BATCH_MAX_ITEMS && bytes < BATCH_MAX_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if hello {
+            let hello = WorkerHello { version: PROTOCOL_VERSION, pid: std::process::id() };
+            w.write(&FromWorker::Hello(hello)).map_err(LinkError::Write)?;
+        }
+        if !batch.is_empty() {
+            w.write(&FromWorker::Results(std::mem::take(&mut batch))).map_err(LinkError::Write)?;
+            batch = Vec::with_capacity(BATCH_MAX_ITEMS);
+        }
+        if heartbeat {
+            w.write(&FromWorker::Heartbeat).map_err(LinkError::Write)?;
+        }
+    }
+    Ok(())
+}
