@@ -251,3 +251,20 @@ mod tests {
         }
     }
 }
+
+/// Checks a URL template: `{id}` present, and with an id put in, an absolute http(s) URL.
+pub fn check_url_template(template: &str) -> Result<(), String> {
+    if !template.contains("{id}") {
+        return Err(format!("`{template}` has no {{id}} in it"));
+    }
+    let url = template.replace("{id}", "0");
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("`{template}` is not a valid URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{template}` is not an http:// or https:// URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{template}` has no host"));
+    }
+    Ok(())
+}

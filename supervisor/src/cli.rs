@@ -1,0 +1,326 @@
+//! The command line, in two steps: raw flags as clap parses them, then validated, typed
+//! settings ([`RunConfig`] and friends). Everything an invocation can get wrong is caught here,
+//! before anything is created or started.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shared::JobSpec;
+
+use crate::partition::IdRange;
+
+/// flota's supervisor: fetches every id of a range from an HTTP API with a fleet of isolated
+/// worker processes, into one sled store that a rerun resumes from.
+#[derive(Debug, Parser)]
+#[command(name = "supervisor", version, args_conflicts_with_subcommands = true)]
+#[command(after_help = "Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed; \
+2 bad invocation; 1 any other fatal error.")]
+pub struct Cli {
+    /// What to do; without one, run the job described by the flags.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The job's flags.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write every stored record, in id order.
+    Export(ExportArgs),
+    /// Show a store's job, its counts and the figures of its last run.
+    Status(StatusArgs),
+    /// Start mockapi on a free loopback port and run a whole job against it.
+    Demo(DemoArgs),
+    /// Serve as a worker on stdin/stdout (started by the supervisor itself).
+    #[command(hide = true)]
+    Worker,
+    /// Run mockapi (used by `demo`).
+    #[command(hide = true)]
+    Mockapi(mockapi::Args),
+}
+
+/// Flags of a run.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// URL of one item, with `{id}` where the id goes.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub url: Option<String>,
+    /// Ids to fetch: `A..B` (B excluded) or `A..=B`.
+    #[arg(long, value_name = "RANGE")]
+    pub ids: Option<String>,
+    /// The store (a directory); created if missing.
+    #[arg(long, default_value = "flota.sled")]
+    pub store: PathBuf,
+    /// How the job is run.
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Flags shared by a run and the demo.
+#[derive(Debug, Clone, Args)]
+pub struct Tuning {
+    /// Worker processes.
+    #[arg(long, default_value_t = 4)]
+    pub workers: u32,
+    /// Fetch threads in each worker.
+    #[arg(long, default_value_t = 32)]
+    pub threads: u32,
+    /// Ids per chunk handed to a worker.
+    #[arg(long, default_value_t = 256)]
+    pub chunk_size: u32,
+    /// Attempts per id before it is stored as failed.
+    #[arg(long, default_value_t = 8)]
+    pub max_attempts: u32,
+    /// Largest body accepted, in bytes (suffixes K, M, G: powers of 1024).
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub max_body: u64,
+    /// TCP connect timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Timeout of each phase of a request: sending it, awaiting the response, reading the body.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub io_timeout: Duration,
+    /// First backoff delay between attempts (doubles each retry, with full jitter).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+    /// Longest backoff delay, and longest `Retry-After` honoured.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// A worker silent this long (no heartbeat) is killed and replaced.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub worker_timeout: Duration,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// Worker executable (default: this supervisor, re-executed in worker mode).
+    #[arg(long, value_name = "PATH")]
+    pub worker_bin: Option<PathBuf>,
+}
+
+/// Flags of `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The store to read.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+    /// Output file (default: stdout).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+/// Flags of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The store to read.
+    #[arg(long)]
+    pub store: PathBuf,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Items to fetch.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub items: u64,
+    /// Keep the store here (default: a temporary directory, removed afterwards). A demo rerun
+    /// on the same store resumes it.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// mockapi's answer delay, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// How the job is run.
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// The largest `--max-body`: a result frame must stay under the protocol's frame limit.
+pub const MAX_BODY_LIMIT: u64 = 128 << 20;
+
+/// A validated run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The ids.
+    pub ids: IdRange,
+    /// The store path.
+    pub store: PathBuf,
+    /// Worker processes.
+    pub workers: u32,
+    /// Ids per chunk.
+    pub chunk_size: u32,
+    /// Silence after which a worker is replaced.
+    pub worker_timeout: Duration,
+    /// Worker executable; `None` for this executable in worker mode.
+    pub worker_bin: Option<PathBuf>,
+    /// What each worker is told.
+    pub job: JobSpec,
+}
+
+/// Checks a run's flags.
+pub fn run_config(url: Option<&str>, ids: Option<&str>, store: PathBuf, t: &Tuning) -> Result<RunConfig, String> {
+    let url = url.ok_or("--url is required (e.g. --url 'http://127.0.0.1:8080/items/{id}')")?;
+    worker::fetch::check_url_template(url).map_err(|e| format!("--url: {e}"))?;
+    let ids: IdRange = ids.ok_or("--ids is required (e.g. --ids 0..1000000)")?.parse().map_err(|e| format!("--ids: {e}"))?;
+    let range = |name: &str, v: u32, lo: u32, hi: u32| {
+        if (lo..=hi).contains(&v) { Ok(v) } else { Err(format!("{name} must be between {lo} and {hi}, not {v}")) }
+    };
+    let workers = range("--workers", t.workers, 1, 1024)?;
+    let threads = range("--threads", t.threads, 1, 4096)?;
+    let chunk_size = range("--chunk-size", t.chunk_size, 1, 1 << 20)?;
+    let max_attempts = range("--max-attempts", t.max_attempts, 1, 1000)?;
+    if !(1..=MAX_BODY_LIMIT).contains(&t.max_body) {
+        return Err(format!("--max-body must be between 1 byte and 128M, not {}", t.max_body));
+    }
+    for (name, d) in [("--connect-timeout", t.connect_timeout), ("--io-timeout", t.io_timeout), ("--worker-timeout", t.worker_timeout)] {
+        if d < Duration::from_millis(1) {
+            return Err(format!("{name} must be at least 1ms"));
+        }
+    }
+    if t.worker_timeout < Duration::from_secs(2) {
+        return Err("--worker-timeout must be at least 2s (workers send a heartbeat every 500ms)".into());
+    }
+    let headers = t.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(bin) = &t.worker_bin {
+        if !bin.is_file() {
+            return Err(format!("--worker-bin {} is not a file", bin.display()));
+        }
+    }
+    if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(format!("--store {}: directory {} does not exist", store.display(), parent.display()));
+        }
+    }
+    // Each worker holds two chunks, and enough ids to keep every thread busy.
+    let max_in_flight = (2 * chunk_size).max(chunk_size + 2 * threads);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Ok(RunConfig {
+        ids,
+        store,
+        workers,
+        chunk_size,
+        worker_timeout: t.worker_timeout,
+        worker_bin: t.worker_bin.clone(),
+        job: JobSpec {
+            url_template: url.to_owned(),
+            threads,
+            max_in_flight,
+            max_attempts,
+            max_body: t.max_body,
+            connect_timeout_ms: ms(t.connect_timeout),
+            io_timeout_ms: ms(t.io_timeout),
+            backoff_base_ms: ms(t.backoff_base),
+            backoff_max_ms: ms(t.backoff_max),
+            headers,
+        },
+    })
+}
+
+fn parse_header(h: &str) -> Result<(String, String), String> {
+    let (name, value) = h.split_once(':').ok_or_else(|| "--header must look like 'Name: value'".to_owned())?;
+    let name = name.trim();
+    let valid_name = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid_name {
+        return Err(format!("--header: `{name}` is not a valid header name"));
+    }
+    let value = value.trim();
+    if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        return Err(format!("--header {name}: the value has control characters"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms or 5s ({e})"))
+}
+
+/// Parses a byte count: `1048576`, `512K`, `16M`, `1G` (powers of 1024; a trailing `iB` or `B`
+/// is allowed).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a size like 65536, 512K or 16M");
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (digits, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuning() -> Tuning {
+        Tuning {
+            workers: 4,
+            threads: 8,
+            chunk_size: 100,
+            max_attempts: 3,
+            max_body: 1024,
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            worker_timeout: Duration::from_secs(10),
+            headers: vec!["Authorization: Bearer x".into()],
+            worker_bin: None,
+        }
+    }
+
+    #[test]
+    fn a_good_run_validates() {
+        let c = run_config(Some("http://127.0.0.1:9/items/{id}"), Some("0..10"), "s.sled".into(), &tuning())
+            .expect("valid");
+        assert_eq!(c.ids, IdRange { start: 0, end: 10 });
+        assert_eq!(c.job.headers, vec![("Authorization".to_owned(), "Bearer x".to_owned())]);
+        assert!(c.job.max_in_flight >= 2 * c.chunk_size);
+    }
+
+    #[test]
+    fn bad_runs_are_refused_with_the_flag_named() {
+        let t = tuning();
+        let cases: Vec<(Option<&str>, Option<&str>, Tuning, &str)> = vec![
+            (None, Some("0..1"), t.clone(), "--url is required"),
+            (Some("http://127.0.0.1/items"), Some("0..1"), t.clone(), "--url"),
+            (Some("ftp://h/{id}"), Some("0..1"), t.clone(), "--url"),
+            (Some("http://h/{id}"), None, t.clone(), "--ids is required"),
+            (Some("http://h/{id}"), Some("3..1"), t.clone(), "--ids"),
+            (Some("http://h/{id}"), Some("0..1"), Tuning { workers: 0, ..t.clone() }, "--workers"),
+            (Some("http://h/{id}"), Some("0..1"), Tuning { threads: 0, ..t.clone() }, "--threads"),
+            (Some("http://h/{id}"), Some("0..1"), Tuning { headers: vec!["nocolon".into()], ..t.clone() }, "--header"),
+            (Some("http://h/{id}"), Some("0..1"), Tuning { worker_bin: Some("/nonexistent/w".into()), ..t.clone() }, "--worker-bin"),
+        ];
+        for (url, ids, t, want) in cases {
+            let err = run_config(url, ids, "s.sled".into(), &t).expect_err(want);
+            assert!(err.contains(want), "{err:?} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! `supervisor demo`: the whole job, end to end, on one machine with nothing installed.
+//!
+//! Starts mockapi (this same executable, re-executed in its hidden `mockapi` mode) on a free
+//! loopback port, runs the job against it, prints the summary, and stops mockapi. The store is
+//! a temporary directory unless `--store` keeps it; a demo rerun on a kept store asks mockapi
+//! for the port recorded in it, so the job is the same and the run resumes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::cli::{self, DemoArgs};
+use crate::report;
+use crate::store::Store;
+use crate::Error;
+
+/// A mockapi child process, killed when dropped.
+struct MockApi {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_mockapi(listen: &str, latency_ms: u64) -> Result<MockApi, Error> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(["mockapi", "--listen", listen, "--latency-ms", &latency_ms.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    crate::fleet::harden(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| Error::Demo(e.to_string()))?;
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let mut line = String::new();
+    let read = BufReader::new(stdout).read_line(&mut line);
+    let addr = line.trim().to_owned();
+    let mock = MockApi { child, addr };
+    match read {
+        Ok(_) if !mock.addr.is_empty() => Ok(mock),
+        _ => Err(Error::Demo(format!("it did not report an address (listening on {listen})"))),
+    }
+}
+
+/// The mockapi address a kept demo store was made with, so a rerun can resume it.
+fn recorded_listen_addr(store: &Path) -> Option<String> {
+    let job = Store::open_existing(store).ok()?.job().ok()??;
+    let rest = job.strip_prefix("http://")?;
+    let (addr, path) = rest.split_once('/')?;
+    (path == "items/{id}" && addr.starts_with("127.0.0.1:")).then(|| addr.to_owned())
+}
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> Result<i32, Error> {
+    if args.items == 0 {
+        return Err(Error::Usage("--items must be at least 1".into()));
+    }
+    let tmp;
+    let store = match args.store {
+        Some(path) => path,
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("flota-demo-")
+                .tempdir()
+                .map_err(|source| Error::Output { path: std::env::temp_dir(), source })?;
+            tmp.path().join("store.sled")
+        }
+    };
+    let listen = recorded_listen_addr(&store).unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    // Validate before starting anything.
+    let probe_url = "http://127.0.0.1:1/items/{id}";
+    cli::run_config(Some(probe_url), Some(&format!("0..{}", args.items)), store.clone(), &args.tuning)
+        .map_err(Error::Usage)?;
+    let mock = start_mockapi(&listen, args.latency_ms)?;
+    let url = format!("http://{}/items/{{id}}", mock.addr);
+    let cfg = cli::run_config(Some(&url), Some(&format!("0..{}", args.items)), store, &args.tuning)
+        .map_err(Error::Usage)?;
+    println!("demo: mockapi on {} (latency {} ms); fetching {} items", mock.addr, args.latency_ms, report::thousands(args.items));
+    let r = report::execute(&cfg)?;
+    drop(mock);
+    report::print_summary(&cfg, &r);
+    Ok(report::exit_code(&r))
+}

@@ -1,0 +1,127 @@
+//! `supervisor export`: every stored record, in id order, as JSON Lines or CSV.
+//!
+//! A body that is valid UTF-8 is written as text (`body`); any other body is written as base64
+//! (`body_base64`), never mangled. A failed id has `"status": null` and its `error`.
+
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use base64::Engine;
+use serde::Serialize;
+
+use crate::cli::{ExportArgs, Format};
+use crate::store::{Record, Store};
+use crate::Error;
+
+#[derive(Serialize)]
+struct Row<'a> {
+    id: u64,
+    status: Option<u16>,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct CsvRow<'a> {
+    id: u64,
+    status: Option<u16>,
+    attempts: u32,
+    body: Option<&'a str>,
+    body_base64: Option<String>,
+    error: Option<&'a str>,
+}
+
+fn row(id: u64, record: &Record) -> Row<'_> {
+    match record {
+        Record::Answer { attempts, status, body } => {
+            let text = std::str::from_utf8(body).ok();
+            Row {
+                id,
+                status: Some(*status),
+                attempts: *attempts,
+                body: text,
+                body_base64: text.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(body)),
+                error: None,
+            }
+        }
+        Record::Failed { attempts, error } => {
+            Row { id, status: None, attempts: *attempts, body: None, body_base64: None, error: Some(error) }
+        }
+    }
+}
+
+/// Writes the store's records to `out`.
+pub fn write_records(store: &Store, format: Format, out: impl Write) -> Result<(), Error> {
+    let io_err = |e: io::Error| Error::Output { path: "output".into(), source: e };
+    match format {
+        Format::Jsonl => {
+            let mut out = BufWriter::with_capacity(1 << 20, out);
+            for rec in store.records() {
+                let (id, record) = rec?;
+                serde_json::to_writer(&mut out, &row(id, &record)).map_err(|e| io_err(e.into()))?;
+                out.write_all(b"\n").map_err(io_err)?;
+            }
+            out.flush().map_err(io_err)
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            for rec in store.records() {
+                let (id, record) = rec?;
+                let r = row(id, &record);
+                let csv_row = CsvRow {
+                    id: r.id,
+                    status: r.status,
+                    attempts: r.attempts,
+                    body: r.body,
+                    body_base64: r.body_base64,
+                    error: r.error,
+                };
+                w.serialize(csv_row).map_err(|e| io_err(csv_io_error(e)))?;
+            }
+            w.flush().map_err(io_err)
+        }
+    }
+}
+
+fn csv_io_error(e: csv::Error) -> io::Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+/// `supervisor export --store S [--format jsonl|csv] [--output F]`.
+pub fn run(args: &ExportArgs) -> Result<i32, Error> {
+    let store = Store::open_existing(&args.store)?;
+    match &args.output {
+        None => match write_records(&store, args.format, io::stdout().lock()) {
+            // A reader that stopped reading (`| head`) is not an error.
+            Err(Error::Output { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => Ok(0),
+            Err(Error::Output { source, .. }) => Err(Error::Output { path: "stdout".into(), source }),
+            other => other.map(|()| 0),
+        },
+        Some(path) => {
+            write_atomically(path, |file| write_records(&store, args.format, file))?;
+            Ok(0)
+        }
+    }
+}
+
+/// Writes `path` through a temporary file beside it, renamed into place only once complete.
+fn write_atomically(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<(), Error>) -> Result<(), Error> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let out_err = |source| Error::Output { path: path.to_owned(), source };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(out_err)?;
+    match fill(tmp.as_file_mut()) {
+        Err(Error::Output { source, .. }) => return Err(out_err(source)),
+        other => other?,
+    }
+    tmp.as_file().sync_all().map_err(out_err)?;
+    tmp.persist(path).map_err(|e| out_err(e.error))?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Worker processes: starting them, reading what they say, and stopping them.
+//!
+//! A worker is started with `std::process::Command` (fork+exec), never a bare fork in this
+//! threaded process. Between fork and exec the child asks to be SIGKILLed when the supervisor
+//! dies, drops the ability to gain privileges, turns off core dumps, and checks the supervisor is
+//! still its parent. Each worker gets one reader thread: it owns the child's stdout and its
+//! `Child`, decodes frames into [`FleetEvent`]s for the dispatcher, and after the end of the
+//! stream reaps the child and reports how it ended. A worker that sends anything malformed is
+//! killed on the spot: the supervisor never trusts a frame.
+
+use std::io::BufReader;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use shared::frame::{decode, peek_hello_version};
+use shared::{FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, ToWorker, PROTOCOL_VERSION};
+
+/// Variables a worker must not inherit: they address the service manager, which only the
+/// supervisor may talk to.
+const SUPERVISOR_ONLY_ENV: &[&str] =
+    &["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID", "WATCHDOG_USEC"];
+
+/// How workers are started.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    /// The executable.
+    pub bin: PathBuf,
+    /// Whether it is this supervisor, to be started with the hidden `worker` subcommand.
+    pub self_exec: bool,
+    /// The largest frame a worker may send.
+    pub max_frame: usize,
+}
+
+/// What a worker said, or that it is gone. `gen` tells apart successive workers of one slot.
+#[derive(Debug)]
+pub struct FleetEvent {
+    /// The worker's slot.
+    pub slot: usize,
+    /// Which start of that slot.
+    pub gen: u64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of [`FleetEvent`].
+#[derive(Debug)]
+pub enum EventKind {
+    /// The handshake completed.
+    Hello,
+    /// Final answers.
+    Results(Vec<ItemResult>),
+    /// Proof of life.
+    Heartbeat,
+    /// The worker has ended and been reaped. `error` is set when it was killed for breaking the
+    /// protocol.
+    Gone {
+        /// How it ended, e.g. "exited with code 1", "was killed by SIGKILL".
+        how: String,
+        /// The protocol violation it was killed for, if any.
+        error: Option<String>,
+    },
+}
+
+/// A running worker, as the dispatcher holds it.
+pub struct WorkerProc {
+    /// Its process id.
+    pub pid: Pid,
+    /// When it was started.
+    pub started: Instant,
+    stdin: Option<FrameWriter<ChildStdin>>,
+}
+
+impl WorkerProc {
+    /// Sends a message. Small assignments never fill the pipe: the worker reads eagerly into a
+    /// queue sized for everything it may be given.
+    pub fn send(&mut self, msg: &ToWorker) -> Result<(), FrameError> {
+        match self.stdin.as_mut() {
+            Some(w) => w.write(msg),
+            None => Err(FrameError::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe))),
+        }
+    }
+
+    /// Closes the worker's stdin: it finishes what it holds and exits.
+    pub fn close(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Kills the worker with SIGKILL. Its reader thread then reports it gone.
+    pub fn kill(&self) {
+        // The reader thread reaps the child only after its stdout closes, which a live worker's
+        // does not, so the pid cannot have been reused yet.
+        let _ = kill(self.pid, Signal::SIGKILL);
+    }
+}
+
+impl Spawner {
+    /// Starts the worker for `slot`, sends it the job, and starts its reader thread.
+    pub fn spawn(&self, slot: usize, gen: u64, job: &JobSpec, events: Sender<FleetEvent>) -> std::io::Result<WorkerProc> {
+        let mut cmd = Command::new(&self.bin);
+        if self.self_exec {
+            cmd.arg("worker");
+        }
+        for var in SUPERVISOR_ONLY_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        harden(&mut cmd);
+        let mut child = cmd.spawn()?;
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+        let stdin = child.stdin.take().expect("stdin was piped");
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let mut proc = WorkerProc { pid, started: Instant::now(), stdin: Some(FrameWriter::new(stdin)) };
+        let max_frame = self.max_frame;
+        std::thread::Builder::new()
+            .name(format!("worker-{slot}-reader"))
+            .spawn(move || read_worker(slot, gen, child, stdout, max_frame, events))?;
+        if let Err(e) = proc.send(&ToWorker::Hello { version: PROTOCOL_VERSION, job: job.clone() }) {
+            // The reader thread will report the worker gone; make sure it goes.
+            log::debug!("worker {slot}: cannot send the hello: {e}");
+            proc.kill();
+        }
+        Ok(proc)
+    }
+}
+
+/// Sets up the child between fork and exec.
+#[allow(unsafe_code)]
+pub(crate) fn harden(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed. It makes four raw system calls (prctl twice, setrlimit, getppid)
+    // through nix's thin wrappers, which neither allocate nor take locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::sys::resource::{setrlimit, Resource};
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The supervisor may have died before the line above: then nobody would signal us.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the supervisor is gone"));
+            }
+            nix::sys::prctl::set_no_new_privs()?;
+            setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+            Ok(())
+        });
+    }
+}
+
+/// The reader thread of one worker.
+fn read_worker(slot: usize, gen: u64, mut child: Child, stdout: ChildStdout, max_frame: usize, events: Sender<FleetEvent>) {
+    let send = |kind| events.send(FleetEvent { slot, gen, kind }).is_ok();
+    let mut reader = FrameReader::new(BufReader::with_capacity(256 * 1024, stdout), max_frame);
+    let mut greeted = false;
+    let error = loop {
+        let payload = match reader.read_payload() {
+            Ok(Some(p)) => p,
+            Ok(None) => break None,
+            Err(e) => break Some(e.to_string()),
+        };
+        if !greeted {
+            match peek_hello_version(payload) {
+                Ok(PROTOCOL_VERSION) => {}
+                Ok(v) => break Some(format!("worker speaks protocol {v}, supervisor {PROTOCOL_VERSION}")),
+                Err(e) => break Some(format!("no hello first: {e}")),
+            }
+        }
+        let kind = match decode::<FromWorker>(payload) {
+            Ok(FromWorker::Hello(_)) if greeted => break Some("a second hello".to_owned()),
+            Ok(FromWorker::Hello(_)) => {
+                greeted = true;
+                EventKind::Hello
+            }
+            Ok(FromWorker::Results(r)) => EventKind::Results(r),
+            Ok(FromWorker::Heartbeat) => EventKind::Heartbeat,
+            Err(e) => break Some(e.to_string()),
+        };
+        if !send(kind) {
+            break None; // the dispatcher is gone; the worker dies with the supervisor
+        }
+    };
+    if error.is_some() {
+        let _ = child.kill();
+    }
+    drop(reader);
+    let how = match child.wait() {
+        Ok(status) => describe(status),
+        Err(e) => format!("could not be reaped ({e})"),
+    };
+    send(EventKind::Gone { how, error });
+}
+
+/// "exited with code 3", "was killed by SIGKILL".
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("was killed by {}", s.as_str()),
+            Err(_) => format!("was killed by signal {sig}"),
+        },
+        (None, None) => "ended".to_owned(),
+    }
+}

@@ -1,0 +1,526 @@
+//! The store: one sled database, written only by the supervisor. The only module that imports
+//! sled.
+//!
+//! Layout: the default tree holds metadata (`format`, `job.url`, `run.last`); the `items` tree
+//! maps each id, as 8 big-endian bytes so scans come out in id order, to its record:
+//!
+//! ```text
+//! kind u8 (1 = HTTP answer, 2 = failed) | attempts u32 BE | answer: status u16 BE, body bytes
+//!                                                         | failed: error, UTF-8
+//! ```
+//!
+//! Writes go through one writer thread ([`spawn_writer`]) in sled batches, and a result counts
+//! as done only after the `flush()` that follows its batch: sled's flush is the durability point.
+//! A store is held by one process at a time: `flota.lock` in its directory is flock()ed and
+//! names the holder's pid.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use nix::fcntl::{Flock, FlockArg};
+use shared::{ItemResult, Outcome};
+
+use crate::partition::IdRange;
+
+const FORMAT: &[u8] = b"1";
+const KIND_ANSWER: u8 = 1;
+const KIND_FAILED: u8 = 2;
+const LOCK_FILE: &str = "flota.lock";
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// There is no store at the path.
+    #[error("store {0} does not exist")]
+    Missing(PathBuf),
+    /// Something else is at the path.
+    #[error("{path} is not a flota store ({why})")]
+    NotAStore {
+        /// The path given.
+        path: PathBuf,
+        /// What is there instead.
+        why: &'static str,
+    },
+    /// Another process holds the store.
+    #[error("store {path} is in use by {holder}")]
+    Locked {
+        /// The store.
+        path: PathBuf,
+        /// "pid N", or "another process" when the pid cannot be read.
+        holder: String,
+    },
+    /// The store belongs to another job.
+    #[error("store {path} belongs to the job {stored}, not {given}")]
+    JobMismatch {
+        /// The store.
+        path: PathBuf,
+        /// The URL template the store was made for.
+        stored: String,
+        /// The URL template of this invocation.
+        given: String,
+    },
+    /// The store's format is not one this build reads.
+    #[error("store {path} has format {found}, this build reads format 1")]
+    Format {
+        /// The store.
+        path: PathBuf,
+        /// The format it records.
+        found: String,
+    },
+    /// The directory or lock file could not be created or opened.
+    #[error("cannot open store {path}")]
+    Io {
+        /// The store.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// sled refused to open the store.
+    #[error("cannot open store {path}")]
+    Open {
+        /// The store.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: sled::Error,
+    },
+    /// A read or write failed while the store was open.
+    #[error("store operation failed")]
+    Sled(#[from] sled::Error),
+    /// A record does not decode.
+    #[error("corrupt record for id {0}")]
+    Corrupt(u64),
+}
+
+impl StoreError {
+    /// Whether the error is the invocation's fault (exit 2) rather than a failure (exit 1).
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, StoreError::Sled(_) | StoreError::Corrupt(_))
+    }
+}
+
+/// One id's stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A final HTTP answer.
+    Answer {
+        /// Attempts made.
+        attempts: u32,
+        /// HTTP status.
+        status: u16,
+        /// The body, byte for byte.
+        body: Vec<u8>,
+    },
+    /// No HTTP answer: the id failed.
+    Failed {
+        /// Attempts made.
+        attempts: u32,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Counts over the whole store, for `status`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Ids with an HTTP answer.
+    pub answered: u64,
+    /// Of those, with a 2xx status.
+    pub success: u64,
+    /// Ids that failed.
+    pub failed: u64,
+}
+
+/// An open store.
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    items: sled::Tree,
+    _lock: Flock<File>,
+}
+
+fn key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn id_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+impl Store {
+    /// Opens a store that must already exist (for `export` and `status`); creates nothing.
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        match std::fs::metadata(path) {
+            Err(_) => return Err(StoreError::Missing(path.to_owned())),
+            Ok(m) if !m.is_dir() => {
+                return Err(StoreError::NotAStore { path: path.to_owned(), why: "not a directory" })
+            }
+            Ok(_) if !path.join("db").is_file() => {
+                return Err(StoreError::NotAStore { path: path.to_owned(), why: "no sled database in it" })
+            }
+            Ok(_) => {}
+        }
+        let store = Self::open(path)?;
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Opens the store for a run of the job `url_template`, creating it if there is none.
+    /// A store made for another job is refused.
+    pub fn open_for_job(path: &Path, url_template: &str) -> Result<Store, StoreError> {
+        match std::fs::metadata(path) {
+            Err(_) => std::fs::create_dir_all(path)
+                .map_err(|source| StoreError::Io { path: path.to_owned(), source })?,
+            Ok(m) if !m.is_dir() => {
+                return Err(StoreError::NotAStore { path: path.to_owned(), why: "not a directory" })
+            }
+            Ok(_) => {
+                let empty = std::fs::read_dir(path)
+                    .map_err(|source| StoreError::Io { path: path.to_owned(), source })?
+                    .next()
+                    .is_none();
+                if !empty && !path.join("db").is_file() {
+                    return Err(StoreError::NotAStore {
+                        path: path.to_owned(),
+                        why: "a directory with other files in it",
+                    });
+                }
+            }
+        }
+        let store = Self::open(path)?;
+        match store.db.get("job.url")? {
+            Some(stored) if stored != url_template.as_bytes() => {
+                return Err(StoreError::JobMismatch {
+                    path: path.to_owned(),
+                    stored: String::from_utf8_lossy(&stored).into_owned(),
+                    given: url_template.to_owned(),
+                });
+            }
+            Some(_) => store.check_format()?,
+            None => {
+                store.db.insert("format", FORMAT)?;
+                store.db.insert("job.url", url_template.as_bytes())?;
+                store.db.flush()?;
+            }
+        }
+        Ok(store)
+    }
+
+    fn open(path: &Path) -> Result<Store, StoreError> {
+        let lock = lock(path)?;
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+        let items = db.open_tree("items")?;
+        Ok(Store { path: path.to_owned(), db, items, _lock: lock })
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        match self.db.get("format")? {
+            Some(f) if f == FORMAT => Ok(()),
+            Some(f) => Err(StoreError::Format {
+                path: self.path.clone(),
+                found: String::from_utf8_lossy(&f).into_owned(),
+            }),
+            None => Err(StoreError::NotAStore { path: self.path.clone(), why: "no flota metadata" }),
+        }
+    }
+
+    /// The store's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The URL template the store was made for.
+    pub fn job(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.db.get("job.url")?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Appends to `out` the ids of `window` that have an HTTP answer, in order.
+    pub fn answered_in(&self, window: IdRange, out: &mut Vec<u64>) -> Result<(), StoreError> {
+        for kv in self.items.range(key(window.start)..key(window.end)) {
+            let (k, v) = kv?;
+            let id = id_of(&k).ok_or(StoreError::Corrupt(0))?;
+            if v.first() == Some(&KIND_ANSWER) {
+                out.push(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record in id order.
+    pub fn records(&self) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
+        self.items.iter().map(|kv| {
+            let (k, v) = kv?;
+            let id = id_of(&k).ok_or(StoreError::Corrupt(0))?;
+            Ok((id, decode(&v).ok_or(StoreError::Corrupt(id))?))
+        })
+    }
+
+    /// Counts of answered and failed ids.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let mut c = Counts::default();
+        for kv in self.items.iter() {
+            let (k, v) = kv?;
+            match (v.first(), v.get(5..7)) {
+                (Some(&KIND_ANSWER), Some(s)) => {
+                    c.answered += 1;
+                    if (200..300).contains(&u16::from_be_bytes([s[0], s[1]])) {
+                        c.success += 1;
+                    }
+                }
+                (Some(&KIND_FAILED), _) => c.failed += 1,
+                _ => return Err(StoreError::Corrupt(id_of(&k).unwrap_or(0))),
+            }
+        }
+        Ok(c)
+    }
+
+    /// The last run's figures, as the JSON that [`Store::set_last_run`] wrote.
+    pub fn last_run(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.db.get("run.last")?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records the figures of the run that just ended, durably.
+    pub fn set_last_run(&self, json: &str) -> Result<(), StoreError> {
+        self.db.insert("run.last", json.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A handle for the writer thread.
+    pub fn writer(&self) -> Writer {
+        Writer { db: self.db.clone(), items: self.items.clone() }
+    }
+}
+
+/// Takes the store's lock file, recording our pid in it; names the holder if it is taken.
+fn lock(path: &Path) -> Result<Flock<File>, StoreError> {
+    let io = |source| StoreError::Io { path: path.to_owned(), source };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path.join(LOCK_FILE))
+        .map_err(io)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut locked) => {
+            locked.set_len(0).map_err(io)?;
+            locked.rewind().map_err(io)?;
+            writeln!(locked, "{}", std::process::id()).map_err(io)?;
+            Ok(locked)
+        }
+        Err((mut file, _)) => {
+            let mut text = String::new();
+            let holder = match file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u32>().ok()) {
+                Some(pid) => format!("pid {pid}"),
+                None => "another process".to_owned(),
+            };
+            Err(StoreError::Locked { path: path.to_owned(), holder })
+        }
+    }
+}
+
+/// Encodes a result as its record.
+pub fn encode(result: &ItemResult, buf: &mut Vec<u8>) {
+    buf.clear();
+    match &result.outcome {
+        Outcome::Response { status, body } => {
+            buf.reserve(7 + body.len());
+            buf.push(KIND_ANSWER);
+            buf.extend_from_slice(&result.attempts.to_be_bytes());
+            buf.extend_from_slice(&status.to_be_bytes());
+            buf.extend_from_slice(body);
+        }
+        Outcome::Failed { error } => {
+            buf.push(KIND_FAILED);
+            buf.extend_from_slice(&result.attempts.to_be_bytes());
+            buf.extend_from_slice(error.as_bytes());
+        }
+    }
+}
+
+/// Decodes a record; `None` if it is malformed.
+pub fn decode(v: &[u8]) -> Option<Record> {
+    let attempts = u32::from_be_bytes(v.get(1..5)?.try_into().ok()?);
+    match v.first()? {
+        &KIND_ANSWER => Some(Record::Answer {
+            attempts,
+            status: u16::from_be_bytes(v.get(5..7)?.try_into().ok()?),
+            body: v.get(7..)?.to_vec(),
+        }),
+        &KIND_FAILED => Some(Record::Failed {
+            attempts,
+            error: String::from_utf8_lossy(v.get(5..)?).into_owned(),
+        }),
+        _ => None,
+    }
+}
+
+/// The writer thread's handle on the store.
+pub struct Writer {
+    db: sled::Db,
+    items: sled::Tree,
+}
+
+/// Asks the writer thread to do something.
+pub enum WriteCmd {
+    /// Store these results.
+    Put(Vec<ItemResult>),
+    /// Flush everything and end.
+    Finish,
+}
+
+/// What the writer thread made durable.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    /// Results with an HTTP answer.
+    pub answered: u64,
+    /// Failed results.
+    pub failed: u64,
+    /// Attempts beyond the first, summed.
+    pub retries: u64,
+}
+
+/// What the writer thread reports.
+#[derive(Debug)]
+pub enum WriteAck {
+    /// These results are flushed: they count as done.
+    Durable(Durable),
+    /// Everything is flushed and the thread has ended.
+    Finished,
+    /// A write failed; the thread has ended.
+    Failed(StoreError),
+}
+
+/// Results are flushed once this many are waiting...
+const FLUSH_ITEMS: usize = 16_384;
+/// ...or their records pass this many bytes...
+const FLUSH_BYTES: usize = 16 << 20;
+/// ...or the oldest has waited this long.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// Starts the writer thread: it batches results, applies each batch, flushes, and acks.
+pub fn spawn_writer(
+    writer: Writer,
+    cmds: Receiver<WriteCmd>,
+    acks: Sender<WriteAck>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("store-writer".into()).spawn(move || {
+        let mut batch = sled::Batch::default();
+        let mut pending = Durable::default();
+        let (mut items, mut bytes) = (0usize, 0usize);
+        let mut oldest: Option<Instant> = None;
+        let mut buf = Vec::new();
+        loop {
+            let timeout = oldest.map_or(Duration::from_secs(3600), |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
+            let cmd = cmds.recv_timeout(timeout);
+            let finish = matches!(cmd, Ok(WriteCmd::Finish) | Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+            if let Ok(WriteCmd::Put(results)) = cmd {
+                for r in results {
+                    encode(&r, &mut buf);
+                    bytes += buf.len();
+                    items += 1;
+                    pending.retries += u64::from(r.attempts.saturating_sub(1));
+                    match r.outcome {
+                        Outcome::Response { .. } => pending.answered += 1,
+                        Outcome::Failed { .. } => pending.failed += 1,
+                    }
+                    batch.insert(&key(r.id), buf.as_slice());
+                }
+                oldest.get_or_insert_with(Instant::now);
+            }
+            let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+            if items > 0 && (finish || due || items >= FLUSH_ITEMS || bytes >= FLUSH_BYTES) {
+                let flushed = writer
+                    .items
+                    .apply_batch(std::mem::take(&mut batch))
+                    .and_then(|()| writer.db.flush().map(drop));
+                if let Err(e) = flushed {
+                    let _ = acks.send(WriteAck::Failed(e.into()));
+                    return;
+                }
+                let _ = acks.send(WriteAck::Durable(std::mem::take(&mut pending)));
+                (items, bytes, oldest) = (0, 0, None);
+            }
+            if finish {
+                if let Err(e) = writer.db.flush() {
+                    let _ = acks.send(WriteAck::Failed(e.into()));
+                    return;
+                }
+                let _ = acks.send(WriteAck::Finished);
+                return;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(id: u64, status: u16, body: &str) -> ItemResult {
+        ItemResult { id, attempts: 2, outcome: Outcome::Response { status, body: body.as_bytes().to_vec() } }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let mut buf = Vec::new();
+        encode(&answer(1, 404, "nope"), &mut buf);
+        assert_eq!(decode(&buf), Some(Record::Answer { attempts: 2, status: 404, body: b"nope".to_vec() }));
+        let failed = ItemResult { id: 2, attempts: 8, outcome: Outcome::Failed { error: "HTTP 503".into() } };
+        encode(&failed, &mut buf);
+        assert_eq!(decode(&buf), Some(Record::Failed { attempts: 8, error: "HTTP 503".into() }));
+        assert_eq!(decode(&[9, 0, 0, 0, 1]), None);
+        assert_eq!(decode(&[1, 0]), None);
+    }
+
+    #[test]
+    fn writer_makes_results_durable_and_the_store_finds_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.sled");
+        let store = Store::open_for_job(&path, "http://127.0.0.1:1/{id}").expect("opens");
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        let t = spawn_writer(store.writer(), cmd_rx, ack_tx).expect("spawns");
+        let failed = ItemResult { id: 5, attempts: 8, outcome: Outcome::Failed { error: "x".into() } };
+        cmd_tx.send(WriteCmd::Put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed])).expect("sends");
+        cmd_tx.send(WriteCmd::Finish).expect("sends");
+        t.join().expect("joins");
+        let acks: Vec<_> = ack_rx.iter().collect();
+        assert!(matches!(acks[0], WriteAck::Durable(Durable { answered: 2, failed: 1, retries: 10 })), "{acks:?}");
+        assert!(matches!(acks.last(), Some(WriteAck::Finished)));
+        let mut out = Vec::new();
+        store.answered_in(IdRange { start: 0, end: 9 }, &mut out).expect("scans");
+        assert_eq!(out, vec![3], "9 is outside the window and 5 failed");
+        assert_eq!(store.counts().expect("counts"), Counts { answered: 2, success: 1, failed: 1 });
+        let ids: Vec<u64> = store.records().map(|r| r.expect("decodes").0).collect();
+        assert_eq!(ids, vec![3, 5, 9]);
+    }
+
+    #[test]
+    fn a_store_refuses_another_job_and_a_second_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.sled");
+        let store = Store::open_for_job(&path, "http://a/{id}").expect("opens");
+        match Store::open_for_job(&path, "http://b/{id}") {
+            Err(StoreError::Locked { holder, .. }) => assert_eq!(holder, format!("pid {}", std::process::id())),
+            other => panic!("expected Locked, got {:?}", other.err()),
+        }
+        drop(store);
+        match Store::open_for_job(&path, "http://b/{id}") {
+            Err(StoreError::JobMismatch { stored, given, .. }) => {
+                assert_eq!((stored.as_str(), given.as_str()), ("http://a/{id}", "http://b/{id}"));
+            }
+            other => panic!("expected JobMismatch, got {:?}", other.err()),
+        }
+        assert!(matches!(Store::open_existing(&dir.path().join("nope")), Err(StoreError::Missing(_))));
+        assert!(!dir.path().join("nope").exists(), "a missing store is not created");
+    }
+}
