@@ -1,1 +1,11 @@
-fn main(){}
+//! flota's integration tests: real processes, real signals, real sockets on loopback.
+//!
+//! One test binary (it is the supervisor package's `integration` test, so cargo builds the
+//! `supervisor` binary first), a module per area, helpers in `util`. Every test is bounded in
+//! time and cleans up every process it started.
+
+mod cli;
+mod faults;
+mod fleet;
+mod resume;
+mod util;

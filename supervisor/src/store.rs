@@ -494,7 +494,7 @@ mod tests {
         cmd_tx.send(WriteCmd::Finish).expect("sends");
         t.join().expect("joins");
         let acks: Vec<_> = ack_rx.iter().collect();
-        assert!(matches!(acks[0], WriteAck::Durable(Durable { answered: 2, failed: 1, retries: 10 })), "{acks:?}");
+        assert!(matches!(acks[0], WriteAck::Durable(Durable { answered: 2, failed: 1, retries: 9 })), "{acks:?}");
         assert!(matches!(acks.last(), Some(WriteAck::Finished)));
         let mut out = Vec::new();
         store.answered_in(IdRange { start: 0, end: 9 }, &mut out).expect("scans");

@@ -1,0 +1,239 @@
+//! Helpers: a mockapi process, a supervisor command with a deadline, store checks.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SUPERVISOR: &str = env!("CARGO_BIN_EXE_supervisor");
+
+/// The longest any single supervisor invocation may take in a test.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A unique temporary directory, removed when dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("flota-test-").tempdir().expect("tempdir")
+}
+
+/// A mockapi process on a free loopback port, killed when dropped.
+pub struct MockApi {
+    child: Child,
+    pub addr: String,
+}
+
+impl MockApi {
+    pub fn start(args: &[&str]) -> MockApi {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    pub fn start_on(listen: &str, args: &[&str]) -> MockApi {
+        let mut child = Command::new(SUPERVISOR)
+            .args(["mockapi", "--listen", listen, "--threads", "2"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mockapi starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("reads address");
+        let addr = line.trim().to_owned();
+        assert!(addr.starts_with("127.0.0.1:"), "mockapi printed {addr:?}");
+        MockApi { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/items/{{id}}", self.addr)
+    }
+
+    /// The server's counters, as `GET /stats` reports them.
+    pub fn stats(&self) -> serde_json::Value {
+        let mut resp = ureq::get(format!("http://{}/stats", self.addr)).call().expect("stats answers");
+        let text = resp.body_mut().read_to_string().expect("stats body");
+        serde_json::from_str(&text).expect("stats is JSON")
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats()["requests"].as_u64().expect("a count")
+    }
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a finished command left behind.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code(), Some(code), "exit status; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// A running supervisor, killed (with its workers, through their death signal) when dropped.
+pub struct Running {
+    pub child: Child,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the exit, failing the test past `deadline`.
+    pub fn wait(mut self, deadline: Duration) -> Outcome {
+        let until = Instant::now() + deadline;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let stderr = self.err.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+                panic!("supervisor still running after {deadline:?}; stderr:\n{stderr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Outcome {
+            status,
+            stdout: self.out.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
+            stderr: self.err.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn(args: &[&str]) -> Running {
+    let mut child = Command::new(SUPERVISOR)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("supervisor starts");
+    let out = drain(child.stdout.take().expect("piped"));
+    let err = drain(child.stderr.take().expect("piped"));
+    Running { child, out: Some(out), err: Some(err) }
+}
+
+/// Runs the supervisor to completion.
+pub fn run(args: &[&str]) -> Outcome {
+    spawn(args).wait(RUN_DEADLINE)
+}
+
+/// A job's flags, with small fleets and fast backoff suitable for this 2-core machine.
+pub fn job_args(url: &str, ids: &str, store: &Path) -> Vec<String> {
+    [
+        "--url", url, "--ids", ids, "--store", store.to_str().expect("utf-8 path"),
+        "--workers", "3", "--threads", "8", "--chunk-size", "64",
+        "--backoff-base", "5ms", "--backoff-max", "200ms",
+        "--connect-timeout", "2s", "--io-timeout", "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Sets `flag` to `value` in `args`, replacing an earlier value.
+pub fn set(args: &mut Vec<String>, flag: &str, value: &str) {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args[i + 1] = value.to_owned(),
+        None => args.extend([flag.to_owned(), value.to_owned()]),
+    }
+}
+
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Every record of the store, by `supervisor export`.
+pub fn export(store: &Path) -> Vec<serde_json::Value> {
+    let out = run(&["export", "--store", store.to_str().expect("utf-8 path")]);
+    out.assert_code(0);
+    out.stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+/// Asserts the store holds exactly the ids of `range`, once each, in order, each with a 200
+/// and its own body.
+#[track_caller]
+pub fn assert_complete(store: &Path, range: std::ops::Range<u64>) {
+    let records = export(store);
+    assert_eq!(records.len() as u64, range.end - range.start, "one record per id");
+    for (rec, id) in records.iter().zip(range) {
+        assert_eq!(rec["id"].as_u64(), Some(id), "ids in order, each once");
+        assert_eq!(rec["status"].as_u64(), Some(200), "id {id}: {rec}");
+        assert_eq!(rec["body"].as_str(), Some(mockapi::body_for(id).as_str()), "id {id} has its own body");
+    }
+}
+
+/// Polls `cond` every 20ms until it holds, failing the test after `deadline`.
+#[track_caller]
+pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !cond() {
+        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // The command name is in parentheses and may hold spaces: fields follow the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) && fields.first() != Some(&"Z") {
+            out.push(child);
+        }
+    }
+    out
+}
+
+pub fn sigkill(pid: u32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[allow(dead_code)]
+pub fn p(s: &str) -> PathBuf {
+    PathBuf::from(s)
+}
