@@ -112,6 +112,11 @@ impl<W: Write> FrameWriter<W> {
         Ok(())
     }
 
+    /// The sink itself, for fault injection that must write bytes no encoder would.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     /// The sink, for closing it.
     pub fn into_inner(self) -> W {
         self.inner
@@ -274,8 +279,10 @@ mod tests {
             io_timeout_ms: 1,
             backoff_base_ms: 1,
             backoff_max_ms: 1,
-            headers: vec![],
+            headers: vec![("Authorization".into(), "Bearer s3cret".into())],
+            chaos: Default::default(),
         };
+        assert!(!format!("{job:?}").contains("s3cret"), "Debug redacts header values");
         for version in [0, 1, 99, u32::MAX] {
             let mut w = FrameWriter::new(Vec::new());
             w.write(&ToWorker::Hello { version, job: job.clone() }).expect("encodes");

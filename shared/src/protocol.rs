@@ -33,8 +33,8 @@ pub enum ToWorker {
 }
 
 /// Everything a worker needs to know about the job. Secrets (request headers) travel here,
-/// through the pipe, never through argv or the environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// through the pipe, never through argv or the environment; `Debug` redacts their values.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
     /// URL with `{id}` where the id goes, e.g. `http://127.0.0.1:8080/items/{id}`.
     pub url_template: String,
@@ -58,6 +58,45 @@ pub struct JobSpec {
     pub backoff_max_ms: u64,
     /// Extra request headers, name and value.
     pub headers: Vec<(String, String)>,
+    /// Faults to inject, for tests and teaching; empty unless asked for.
+    pub chaos: WorkerChaos,
+}
+
+impl std::fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<String> = self.headers.iter().map(|(name, _)| format!("{name}: <redacted>")).collect();
+        f.debug_struct("JobSpec")
+            .field("url_template", &self.url_template)
+            .field("threads", &self.threads)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_body", &self.max_body)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("io_timeout_ms", &self.io_timeout_ms)
+            .field("backoff_base_ms", &self.backoff_base_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("headers", &headers)
+            .field("chaos", &self.chaos)
+            .finish()
+    }
+}
+
+/// Faults a worker injects into itself when it is about to fetch certain ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerChaos {
+    /// Fetching one of these aborts the worker process.
+    pub crash_on: Vec<u64>,
+    /// Fetching one of these stops the worker process (SIGSTOP): no more heartbeats.
+    pub hang_on: Vec<u64>,
+    /// Fetching one of these makes the worker send a malformed frame.
+    pub bad_frame_on: Vec<u64>,
+}
+
+impl WorkerChaos {
+    /// Whether any fault is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.crash_on.is_empty() && self.hang_on.is_empty() && self.bad_frame_on.is_empty()
+    }
 }
 
 /// A worker's answer to the supervisor's hello.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shared::JobSpec;
+use shared::{JobSpec, WorkerChaos};
 
 use crate::partition::IdRange;
 
@@ -95,9 +95,74 @@ pub struct Tuning {
     /// Extra request header, `Name: value` (repeatable).
     #[arg(long = "header", value_name = "HEADER")]
     pub headers: Vec<String>,
+    /// Read extra request headers from this file, one `Name: value` per line (keeps secrets
+    /// out of the process list).
+    #[arg(long, value_name = "FILE")]
+    pub header_file: Option<PathBuf>,
     /// Worker executable (default: this supervisor, re-executed in worker mode).
     #[arg(long, value_name = "PATH")]
     pub worker_bin: Option<PathBuf>,
+    /// Address-space limit of each worker (suffixes K, M, G).
+    #[arg(long, default_value = "2G", value_parser = parse_size)]
+    pub worker_memory: u64,
+    /// Run workers as this user (and its group) when the supervisor runs as root.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// On SIGTERM or SIGINT, how long workers get to finish the requests in hand.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Fetch ids quarantined by an earlier run (they killed their workers) again.
+    #[arg(long)]
+    pub retry_quarantined: bool,
+    /// Inject faults, comma-separated: crash-on=ID (the worker fetching ID aborts), hang-on=ID
+    /// (it stops answering), bad-frame-on=ID (it sends a malformed frame), kill-every=DURATION
+    /// (the supervisor SIGKILLs a random worker that often).
+    #[arg(long, value_name = "SPEC", value_parser = parse_chaos)]
+    pub chaos: Option<Chaos>,
+}
+
+/// Faults to inject (`--chaos`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chaos {
+    /// The workers' part.
+    pub worker: WorkerChaos,
+    /// SIGKILL a random worker this often.
+    pub kill_every: Option<Duration>,
+}
+
+impl std::fmt::Display for Chaos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        for (name, ids) in [("crash-on", &self.worker.crash_on), ("hang-on", &self.worker.hang_on), ("bad-frame-on", &self.worker.bad_frame_on)] {
+            parts.extend(ids.iter().map(|id| format!("{name}={id}")));
+        }
+        if let Some(d) = self.kill_every {
+            parts.push(format!("kill-every={}", humantime::format_duration(d)));
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+fn parse_chaos(spec: &str) -> Result<Chaos, String> {
+    let mut chaos = Chaos::default();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| format!("`{part}` is not KEY=VALUE"))?;
+        let id = || value.parse::<u64>().map_err(|_| format!("`{value}` in `{part}` is not an id"));
+        match key {
+            "crash-on" => chaos.worker.crash_on.push(id()?),
+            "hang-on" => chaos.worker.hang_on.push(id()?),
+            "bad-frame-on" => chaos.worker.bad_frame_on.push(id()?),
+            "kill-every" => {
+                let d = parse_duration(value)?;
+                if d < Duration::from_millis(10) {
+                    return Err("kill-every must be at least 10ms".into());
+                }
+                chaos.kill_every = Some(d);
+            }
+            other => return Err(format!("unknown fault `{other}` (crash-on, hang-on, bad-frame-on, kill-every)")),
+        }
+    }
+    Ok(chaos)
 }
 
 /// Flags of `export`.
@@ -167,8 +232,27 @@ pub struct RunConfig {
     pub worker_timeout: Duration,
     /// Worker executable; `None` for this executable in worker mode.
     pub worker_bin: Option<PathBuf>,
+    /// How workers are confined.
+    pub limits: WorkerLimits,
+    /// Grace period on SIGTERM/SIGINT.
+    pub grace: Duration,
+    /// Whether quarantined ids are fetched again.
+    pub retry_quarantined: bool,
+    /// Faults to inject.
+    pub chaos: Chaos,
     /// What each worker is told.
     pub job: JobSpec,
+}
+
+/// Limits and identity applied to each worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// RLIMIT_AS, in bytes.
+    pub memory: u64,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
+    /// uid and gid to run as.
+    pub user: Option<(u32, u32)>,
 }
 
 /// Checks a run's flags.
@@ -194,7 +278,21 @@ pub fn run_config(url: Option<&str>, ids: Option<&str>, store: PathBuf, t: &Tuni
     if t.worker_timeout < Duration::from_secs(2) {
         return Err("--worker-timeout must be at least 2s (workers send a heartbeat every 500ms)".into());
     }
-    let headers = t.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
+    let mut headers = t.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = &t.header_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("--header-file {}: {e}", file.display()))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            headers.push(parse_header(line).map_err(|e| format!("--header-file {}: {e}", file.display()))?);
+        }
+    }
+    if t.worker_memory < 64 << 20 {
+        return Err(format!("--worker-memory must be at least 64M, not {}", t.worker_memory));
+    }
+    let user = match &t.user {
+        None => None,
+        Some(name) => Some(resolve_user(name)?),
+    };
     if let Some(bin) = &t.worker_bin {
         if !bin.is_file() {
             return Err(format!("--worker-bin {} is not a file", bin.display()));
@@ -215,6 +313,15 @@ pub fn run_config(url: Option<&str>, ids: Option<&str>, store: PathBuf, t: &Tuni
         chunk_size,
         worker_timeout: t.worker_timeout,
         worker_bin: t.worker_bin.clone(),
+        limits: WorkerLimits {
+            memory: t.worker_memory,
+            // Per thread: a pooled connection and one being replaced; plus pipes, stdio, slack.
+            open_files: 2 * u64::from(threads) + 64,
+            user,
+        },
+        grace: t.grace,
+        retry_quarantined: t.retry_quarantined,
+        chaos: t.chaos.clone().unwrap_or_default(),
         job: JobSpec {
             url_template: url.to_owned(),
             threads,
@@ -226,8 +333,21 @@ pub fn run_config(url: Option<&str>, ids: Option<&str>, store: PathBuf, t: &Tuni
             backoff_base_ms: ms(t.backoff_base),
             backoff_max_ms: ms(t.backoff_max),
             headers,
+            chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
     })
+}
+
+/// Looks up `--user`: it must exist, and switching to it needs root (unless it is us).
+fn resolve_user(name: &str) -> Result<(u32, u32), String> {
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("--user {name}: {e}"))?
+        .ok_or_else(|| format!("--user {name}: no such user"))?;
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && me != user.uid {
+        return Err(format!("--user {name}: switching users needs the supervisor to run as root"));
+    }
+    Ok((user.uid.as_raw(), user.gid.as_raw()))
 }
 
 fn parse_header(h: &str) -> Result<(String, String), String> {
@@ -282,7 +402,13 @@ mod tests {
             backoff_max: Duration::from_secs(1),
             worker_timeout: Duration::from_secs(10),
             headers: vec!["Authorization: Bearer x".into()],
+            header_file: None,
             worker_bin: None,
+            worker_memory: 1 << 30,
+            user: None,
+            grace: Duration::from_secs(1),
+            retry_quarantined: false,
+            chaos: None,
         }
     }
 
@@ -312,6 +438,19 @@ mod tests {
         for (url, ids, t, want) in cases {
             let err = run_config(url, ids, "s.sled".into(), &t).expect_err(want);
             assert!(err.contains(want), "{err:?} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn chaos_specs_parse_and_print_back() {
+        let c = parse_chaos("crash-on=7, hang-on=9,kill-every=500ms,bad-frame-on=3").expect("valid");
+        assert_eq!(c.worker.crash_on, vec![7]);
+        assert_eq!(c.worker.hang_on, vec![9]);
+        assert_eq!(c.worker.bad_frame_on, vec![3]);
+        assert_eq!(c.kill_every, Some(Duration::from_millis(500)));
+        assert_eq!(c.to_string(), "crash-on=7,hang-on=9,bad-frame-on=3,kill-every=500ms");
+        for bad in ["crash-on", "crash-on=x", "explode=1", "kill-every=1ms"] {
+            assert!(parse_chaos(bad).is_err(), "{bad}");
         }
     }
 

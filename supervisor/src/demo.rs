@@ -33,7 +33,7 @@ fn start_mockapi(listen: &str, latency_ms: u64) -> Result<MockApi, Error> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    crate::fleet::harden(&mut cmd);
+    crate::fleet::harden(&mut cmd, None);
     let mut child = cmd.spawn().map_err(|e| Error::Demo(e.to_string()))?;
     let stdout = child.stdout.take().expect("stdout was piped");
     let mut line = String::new();

@@ -1,17 +1,21 @@
 //! The dispatcher: the one thread that owns a run's state.
 //!
-//! It `select!`s over four sources: events from the workers' reader threads, acks from the
-//! store writer, chunks from the planner thread, and a ticker for timers (restarts, hung
-//! workers, progress). Nothing is shared behind a lock; every decision is made here.
+//! It `select!`s over five sources: events from the workers' reader threads, acks from the
+//! store writer, chunks from the planner thread, signals, and a ticker for timers (restarts,
+//! hung workers, chaos, progress). Nothing is shared behind a lock; every decision is made here.
 //!
-//! Bookkeeping that keeps every id exactly once: an id handed to a worker is in that worker's
-//! `outstanding` set until its result arrives, and only then goes to the store writer. When a
-//! worker ends, its reader thread has already delivered every frame it sent, so what is still
-//! outstanding is exactly what it never reported: that is requeued, ahead of new work. A result
-//! for an id the worker does not hold is dropped. Progress counts only what the writer has
-//! flushed.
+//! Exactly once: an id handed to a worker is in that worker's `outstanding` set until its result
+//! arrives, and only then goes to the store writer. When a worker ends, its reader thread has
+//! already delivered every frame it sent, so what is still outstanding is exactly what it never
+//! reported: that is requeued, ahead of new work. A result for an id the worker does not hold is
+//! dropped. Progress counts only what the writer has flushed.
+//!
+//! Poison ids: each worker death counts against every id it held. An id held at two deaths
+//! becomes a suspect and is retried alone, in a worker holding nothing else; a suspect that
+//! kills a worker holding it alone twice is quarantined (stored as failed, not fetched again
+//! unless asked). Innocent ids caught in other deaths just succeed when retried alone.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, never, select, tick, unbounded, Receiver, Sender};
@@ -23,9 +27,16 @@ use crate::partition::{rechunk, unsettled, IdRange};
 use crate::store::{self, Durable, StoreError, WriteAck, WriteCmd};
 use crate::Error;
 
-/// A slot that dies this many times in a row without delivering a result stops the run.
+/// A slot that dies this many times in a row, with no result delivered by any worker in
+/// between, stops the run: the worker is broken, not the data.
 const MAX_BARREN_DEATHS: u32 = 5;
-/// How long draining workers get to exit after their stdin closes.
+/// An id held by this many dying workers is retried alone.
+const SUSPECT_AFTER_DEATHS: u32 = 2;
+/// An id that kills this many workers holding it alone is quarantined.
+const QUARANTINE_AFTER_SOLO_DEATHS: u32 = 2;
+/// This many quarantines in a row with no result in between stop the run.
+const MAX_QUARANTINES_IN_A_ROW: u32 = 5;
+/// How long draining workers get to exit after their stdin closes at the end of a run.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -35,16 +46,22 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 pub struct RunReport {
     /// The range.
     pub ids: Option<IdRange>,
-    /// Ids of the range already answered in the store, not fetched again.
+    /// Ids of the range already settled in the store, not fetched again.
     pub skipped: u64,
     /// Ids this run fetched and stored with an HTTP answer.
     pub answered: u64,
-    /// Ids this run stored as failed.
+    /// Ids this run stored as failed, quarantined ones included.
     pub failed: u64,
+    /// Ids this run quarantined.
+    pub quarantined: u64,
     /// Attempts beyond the first, over the ids stored.
     pub retries: u64,
     /// Workers started again after one ended.
     pub restarts: u64,
+    /// Workers the supervisor killed on purpose (`--chaos kill-every`).
+    pub chaos_kills: u64,
+    /// The signal that stopped the run early, if one did.
+    pub stopped_by: Option<i32>,
     /// Wall time.
     pub wall: Duration,
 }
@@ -66,19 +83,19 @@ enum PlanMsg {
     Failed(StoreError),
 }
 
-/// Walks the range, dropping what the store already answered, and feeds chunks to the
-/// dispatcher through a small bounded channel: memory stays flat whatever the range.
-fn plan(store: &store::Store, range: IdRange, chunk_size: u64, out: Sender<PlanMsg>) {
-    let mut answered = Vec::new();
+/// Walks the range, dropping what the store has settled, and feeds chunks to the dispatcher
+/// through a small bounded channel: memory stays flat whatever the range.
+fn plan(store: &store::Store, range: IdRange, chunk_size: u64, retry_quarantined: bool, out: Sender<PlanMsg>) {
+    let mut settled = Vec::new();
     let mut skipped = 0;
     for window in range.windows(chunk_size) {
-        answered.clear();
-        if let Err(e) = store.answered_in(window, &mut answered) {
+        settled.clear();
+        if let Err(e) = store.settled_in(window, retry_quarantined, &mut settled) {
             let _ = out.send(PlanMsg::Failed(e));
             return;
         }
-        skipped += answered.len() as u64;
-        let ids = unsettled(window, &answered);
+        skipped += settled.len() as u64;
+        let ids = unsettled(window, &settled);
         if !ids.is_empty() {
             if out.send(PlanMsg::Chunk { ids, skipped }).is_err() {
                 return;
@@ -96,6 +113,8 @@ struct Slot {
     proc: Option<WorkerProc>,
     ready: bool,
     outstanding: HashSet<u64>,
+    /// The suspect this worker holds alone, if it is on such an errand.
+    solo: Option<u64>,
     delivered: bool,
     barren_deaths: u32,
     restart_at: Option<Instant>,
@@ -103,19 +122,34 @@ struct Slot {
     closed_at: Option<Instant>,
 }
 
+/// Why the dispatcher is winding down.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Fetching,
+    /// Every id is stored: workers are leaving.
+    Draining,
+    /// A signal arrived: workers finish the requests in hand until the deadline.
+    Stopping { signal: i32, deadline: Instant },
+}
+
 struct Dispatcher<'a> {
     cfg: &'a RunConfig,
     spawner: Spawner,
     slots: Vec<Slot>,
     pending: VecDeque<Vec<u64>>,
+    suspects: VecDeque<u64>,
+    deaths_held: HashMap<u64, u32>,
+    solo_deaths: HashMap<u64, u32>,
+    quarantines_in_a_row: u32,
     events_tx: Sender<FleetEvent>,
     writes: Sender<WriteCmd>,
     planned: u64,
     planner_done: bool,
-    draining: bool,
+    phase: Phase,
     report: RunReport,
     started: Instant,
     last_progress: Instant,
+    next_chaos_kill: Option<Instant>,
     unexpected: u64,
 }
 
@@ -127,12 +161,13 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
     let (events_tx, events_rx) = unbounded::<FleetEvent>();
     let (write_tx, write_rx) = bounded::<WriteCmd>(64);
     let (ack_tx, ack_rx) = unbounded::<WriteAck>();
+    let signals = SignalFeed::start().map_err(Error::Thread)?;
     let writer = store::spawn_writer(store.writer(), write_rx, ack_tx).map_err(Error::Thread)?;
     std::thread::scope(|scope| {
-        let (range, chunk) = (cfg.ids, u64::from(cfg.chunk_size));
+        let (range, chunk, retry_q) = (cfg.ids, u64::from(cfg.chunk_size), cfg.retry_quarantined);
         std::thread::Builder::new()
             .name("planner".into())
-            .spawn_scoped(scope, move || plan(store, range, chunk, plan_tx))
+            .spawn_scoped(scope, move || plan(store, range, chunk, retry_q, plan_tx))
             .map_err(Error::Thread)?;
         let now = Instant::now();
         let mut d = Dispatcher {
@@ -144,6 +179,7 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
                     proc: None,
                     ready: false,
                     outstanding: HashSet::new(),
+                    solo: None,
                     delivered: false,
                     barren_deaths: 0,
                     restart_at: Some(now),
@@ -152,17 +188,22 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
                 })
                 .collect(),
             pending: VecDeque::new(),
+            suspects: VecDeque::new(),
+            deaths_held: HashMap::new(),
+            solo_deaths: HashMap::new(),
+            quarantines_in_a_row: 0,
             events_tx,
             writes: write_tx,
             planned: 0,
             planner_done: false,
-            draining: false,
+            phase: Phase::Fetching,
             report: RunReport { ids: Some(cfg.ids), ..RunReport::default() },
             started,
             last_progress: now,
+            next_chaos_kill: cfg.chaos.kill_every.map(|every| now + every),
             unexpected: 0,
         };
-        let outcome = d.event_loop(&events_rx, &ack_rx, plan_rx);
+        let outcome = d.event_loop(&events_rx, &ack_rx, plan_rx, &signals.rx);
         if outcome.is_err() {
             d.kill_all(&events_rx);
         }
@@ -177,7 +218,7 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
         if d.unexpected > 0 {
             log::warn!("dropped {} results for ids their worker did not hold", d.unexpected);
         }
-        if report.fetched() != d.planned {
+        if report.stopped_by.is_none() && report.fetched() != d.planned {
             return Err(Error::Internal(format!(
                 "planned {} ids but stored {}: please report this bug",
                 d.planned,
@@ -188,28 +229,64 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
     })
 }
 
+/// SIGTERM and SIGINT, delivered as messages on a channel (signal-hook's self-pipe underneath).
+struct SignalFeed {
+    rx: Receiver<i32>,
+    handle: signal_hook::iterator::Handle,
+}
+
+impl SignalFeed {
+    fn start() -> std::io::Result<SignalFeed> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let handle = signals.handle();
+        let (tx, rx) = unbounded();
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(SignalFeed { rx, handle })
+    }
+}
+
+impl Drop for SignalFeed {
+    fn drop(&mut self) {
+        // Back to the default dispositions is not possible with signal-hook, but closing the
+        // feed ends the thread; a late signal then has no listener and is ignored.
+        self.handle.close();
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("a signal")
+}
+
 impl Dispatcher<'_> {
-    fn event_loop(&mut self, events: &Receiver<FleetEvent>, acks: &Receiver<WriteAck>, plans: Receiver<PlanMsg>) -> Result<(), Error> {
+    fn event_loop(
+        &mut self,
+        events: &Receiver<FleetEvent>,
+        acks: &Receiver<WriteAck>,
+        plans: Receiver<PlanMsg>,
+        signals: &Receiver<i32>,
+    ) -> Result<(), Error> {
         let ticker = tick(Duration::from_millis(100));
         let no_plans = never();
         self.on_tick()?;
         loop {
             self.assign();
-            if self.done_fetching() && !self.draining {
-                self.draining = true;
-                for slot in &mut self.slots {
-                    if let Some(p) = slot.proc.as_mut() {
-                        p.close();
-                        slot.closed_at = Some(Instant::now());
-                    }
-                }
+            if self.phase == Phase::Fetching && self.done_fetching() {
+                self.phase = Phase::Draining;
+                self.close_all();
             }
-            if self.draining && self.slots.iter().all(|s| s.proc.is_none()) {
+            if self.phase != Phase::Fetching && self.slots.iter().all(|s| s.proc.is_none()) {
                 return Ok(());
             }
             // Take a new chunk only while the queue is short: the planner waits, memory stays flat.
             let want_plans = !self.planner_done && self.pending.len() < self.slots.len();
-            let plan_rx = if want_plans { &plans } else { &no_plans };
+            let plan_rx = if want_plans && self.phase == Phase::Fetching { &plans } else { &no_plans };
             select! {
                 recv(events) -> ev => self.on_event(ev.expect("the dispatcher holds a sender"))?,
                 recv(acks) -> ack => match ack {
@@ -230,23 +307,96 @@ impl Dispatcher<'_> {
                     Ok(PlanMsg::Failed(e)) => return Err(Error::Store(e)),
                     Err(_) => self.planner_done = true,
                 },
+                recv(signals) -> sig => {
+                    if let Ok(sig) = sig {
+                        self.on_signal(sig);
+                    }
+                }
                 recv(ticker) -> _ => self.on_tick()?,
             }
         }
     }
 
     fn done_fetching(&self) -> bool {
-        self.planner_done && self.pending.is_empty() && self.slots.iter().all(|s| s.outstanding.is_empty())
+        self.planner_done
+            && self.pending.is_empty()
+            && self.suspects.is_empty()
+            && self.slots.iter().all(|s| s.outstanding.is_empty())
     }
 
-    /// Hands chunks to every ready worker with room for them.
+    fn close_all(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            if let Some(p) = slot.proc.as_mut() {
+                p.close();
+                slot.closed_at = Some(now);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        match self.phase {
+            Phase::Stopping { .. } => {
+                log::warn!("received {} again: killing the workers now", signal_name(sig));
+                for slot in &self.slots {
+                    if let Some(p) = &slot.proc {
+                        p.kill();
+                    }
+                }
+            }
+            _ => {
+                log::warn!(
+                    "received {}: stopping; workers get {}ms to finish the requests in hand (signal again to stop at once)",
+                    signal_name(sig),
+                    self.cfg.grace.as_millis()
+                );
+                self.report.stopped_by = Some(sig);
+                self.phase = Phase::Stopping { signal: sig, deadline: Instant::now() + self.cfg.grace };
+                self.close_all();
+            }
+        }
+    }
+
+    /// Hands work to every ready worker with room for it: suspects alone to idle workers first,
+    /// then chunks.
     fn assign(&mut self) {
-        if self.draining {
+        if self.phase != Phase::Fetching {
             return;
         }
         let window = self.cfg.job.max_in_flight as usize;
+        // While suspects wait, the least loaded worker takes no new chunk, so it soon idles
+        // and can take one alone.
+        let reserved = if self.suspects.is_empty() {
+            None
+        } else {
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.proc.is_some() && s.ready && s.solo.is_none())
+                .min_by_key(|(_, s)| s.outstanding.len())
+                .map(|(n, _)| n)
+        };
         for (n, slot) in self.slots.iter_mut().enumerate() {
             let Some(proc) = slot.proc.as_mut().filter(|_| slot.ready) else { continue };
+            if slot.solo.is_some() {
+                continue;
+            }
+            if slot.outstanding.is_empty() {
+                if let Some(id) = self.suspects.pop_front() {
+                    log::info!("retrying id {id} alone in worker {n} (pid {})", proc.pid);
+                    slot.solo = Some(id);
+                    slot.outstanding.insert(id);
+                    if let Err(e) = proc.send(&ToWorker::Assign { ids: vec![id] }) {
+                        log::warn!("worker {n} (pid {}): cannot send it work: {e}; killing it", proc.pid);
+                        proc.kill();
+                        slot.ready = false;
+                    }
+                    continue;
+                }
+            }
+            if reserved == Some(n) {
+                continue;
+            }
             while let Some(next) = self.pending.front() {
                 if slot.outstanding.len() + next.len() > window {
                     break;
@@ -280,13 +430,27 @@ impl Dispatcher<'_> {
                 let before = results.len();
                 results.retain(|r: &ItemResult| slot.outstanding.remove(&r.id));
                 self.unexpected += (before - results.len()) as u64;
-                if !results.is_empty() {
-                    slot.delivered = true;
-                    slot.barren_deaths = 0;
-                    self.writes
-                        .send(WriteCmd::Put(results))
-                        .map_err(|_| Error::Internal("the store writer ended early".into()))?;
+                if results.is_empty() {
+                    return Ok(());
                 }
+                slot.delivered = true;
+                if slot.solo.is_some_and(|id| !slot.outstanding.contains(&id)) {
+                    slot.solo = None;
+                }
+                // Progress anywhere: deaths so far were not a broken worker.
+                for s in &mut self.slots {
+                    s.barren_deaths = 0;
+                }
+                self.quarantines_in_a_row = 0;
+                if !self.deaths_held.is_empty() || !self.solo_deaths.is_empty() {
+                    for r in &results {
+                        self.deaths_held.remove(&r.id);
+                        self.solo_deaths.remove(&r.id);
+                    }
+                }
+                self.writes
+                    .send(WriteCmd::Put(results))
+                    .map_err(|_| Error::Internal("the store writer ended early".into()))?;
             }
             EventKind::Gone { how, error } => self.on_gone(ev.slot, how, error)?,
         }
@@ -297,39 +461,77 @@ impl Dispatcher<'_> {
         let slot = &mut self.slots[n];
         let Some(proc) = slot.proc.take() else { return Ok(()) };
         slot.ready = false;
+        let solo = slot.solo.take();
+        let delivered = std::mem::take(&mut slot.delivered);
         let mut ids: Vec<u64> = slot.outstanding.drain().collect();
-        ids.sort_unstable();
-        let requeued = ids.len();
-        for chunk in rechunk(ids, self.cfg.chunk_size as usize).into_iter().rev() {
-            self.pending.push_front(chunk);
-        }
-        if self.draining {
-            // Fetching is done (nothing was outstanding anywhere): this is the worker leaving.
-            match error {
-                None => log::debug!("worker {n} (pid {}) {how}", proc.pid),
-                Some(e) => log::warn!("worker {n} (pid {}) {how} after a protocol error ({e})", proc.pid),
-            }
+        let why = error.map(|e| format!(" after a protocol error ({e})")).unwrap_or_default();
+        if self.phase != Phase::Fetching {
+            // Draining (nothing was outstanding) or stopping (what it held stays unfetched and
+            // a rerun fetches it): either way, the worker is leaving, not failing.
+            log::debug!("worker {n} (pid {}) {how}{why}; {} ids left unfetched", proc.pid, ids.len());
             return Ok(());
         }
-        let why = error.map(|e| format!(" after a protocol error ({e})")).unwrap_or_default();
-        if !slot.delivered {
-            slot.barren_deaths += 1;
+        ids.sort_unstable();
+        let held = ids.len();
+        let mut requeue = Vec::with_capacity(ids.len());
+        match solo {
+            Some(id) => {
+                let strikes = {
+                    let s = self.solo_deaths.entry(id).or_insert(0);
+                    *s += 1;
+                    *s
+                };
+                if strikes >= QUARANTINE_AFTER_SOLO_DEATHS {
+                    let deaths = strikes + self.deaths_held.remove(&id).unwrap_or(0);
+                    self.solo_deaths.remove(&id);
+                    let reason = format!("quarantined: killed {deaths} workers, {strikes} of them holding it alone (last one {how}{why})");
+                    log::warn!("id {id} {reason}");
+                    self.writes
+                        .send(WriteCmd::Quarantine { id, deaths, reason })
+                        .map_err(|_| Error::Internal("the store writer ended early".into()))?;
+                    self.quarantines_in_a_row += 1;
+                    if self.quarantines_in_a_row >= MAX_QUARANTINES_IN_A_ROW {
+                        return Err(Error::WorkersFailing {
+                            slot: n,
+                            deaths: self.quarantines_in_a_row,
+                            last: format!("{how}{why}; every id it is given kills it"),
+                        });
+                    }
+                } else {
+                    self.suspects.push_front(id);
+                }
+            }
+            None => {
+                if !delivered {
+                    slot.barren_deaths += 1;
+                    if slot.barren_deaths >= MAX_BARREN_DEATHS {
+                        return Err(Error::WorkersFailing { slot: n, deaths: slot.barren_deaths, last: format!("{how}{why}") });
+                    }
+                }
+                for id in ids {
+                    let count = self.deaths_held.entry(id).or_insert(0);
+                    *count += 1;
+                    if *count >= SUSPECT_AFTER_DEATHS {
+                        self.suspects.push_back(id);
+                    } else {
+                        requeue.push(id);
+                    }
+                }
+            }
         }
-        slot.delivered = false;
-        if slot.barren_deaths >= MAX_BARREN_DEATHS {
-            return Err(Error::WorkersFailing {
-                slot: n,
-                deaths: slot.barren_deaths,
-                last: format!("{how}{why}"),
-            });
+        let requeued = requeue.len();
+        for chunk in rechunk(requeue, self.cfg.chunk_size as usize).into_iter().rev() {
+            self.pending.push_front(chunk);
         }
+        let slot = &mut self.slots[n];
         let delay = match slot.barren_deaths {
             0 => Duration::ZERO,
             k => (Duration::from_millis(100) * (1 << (k - 1))).min(Duration::from_secs(5)),
         };
         log::warn!(
-            "worker {n} (pid {}) {how}{why}; requeued {requeued} ids; restarting in {}ms",
+            "worker {n} (pid {}) {how}{why}; it held {held} ids: {requeued} requeued, {} suspects waiting; restarting in {}ms",
             proc.pid,
+            self.suspects.len(),
             delay.as_millis()
         );
         slot.restart_at = Some(Instant::now() + delay);
@@ -340,14 +542,26 @@ impl Dispatcher<'_> {
     fn on_durable(&mut self, d: Durable) {
         self.report.answered += d.answered;
         self.report.failed += d.failed;
+        self.report.quarantined += d.quarantined;
         self.report.retries += d.retries;
     }
 
     fn on_tick(&mut self) -> Result<(), Error> {
         let now = Instant::now();
+        if let Phase::Stopping { signal, deadline } = self.phase {
+            if now >= deadline {
+                log::warn!("grace period after {} over: killing the workers still running", signal_name(signal));
+                for slot in &self.slots {
+                    if let Some(p) = &slot.proc {
+                        p.kill();
+                    }
+                }
+                self.phase = Phase::Stopping { signal, deadline: now + Duration::from_secs(3600) };
+            }
+        }
         for n in 0..self.slots.len() {
             let slot = &mut self.slots[n];
-            if slot.proc.is_none() && slot.restart_at.is_some_and(|t| t <= now) && !self.draining {
+            if slot.proc.is_none() && slot.restart_at.is_some_and(|t| t <= now) && self.phase == Phase::Fetching {
                 slot.restart_at = None;
                 slot.gen += 1;
                 slot.last_heard = now;
@@ -373,10 +587,22 @@ impl Dispatcher<'_> {
                     proc.kill();
                     slot.last_heard = now; // one kill per timeout period
                 }
-                if slot.closed_at.is_some_and(|t| now.duration_since(t) > DRAIN_GRACE) {
+                if slot.closed_at.is_some_and(|t| now.duration_since(t) > DRAIN_GRACE) && self.phase == Phase::Draining {
                     log::warn!("worker {n} (pid {}) did not exit after its stdin closed; killing it", proc.pid);
                     proc.kill();
                     slot.closed_at = Some(now);
+                }
+            }
+        }
+        if let (Some(at), Some(every)) = (self.next_chaos_kill, self.cfg.chaos.kill_every) {
+            if now >= at && self.phase == Phase::Fetching {
+                self.next_chaos_kill = Some(now + every);
+                let live: Vec<&Slot> = self.slots.iter().filter(|s| s.proc.is_some()).collect();
+                if !live.is_empty() {
+                    let victim = live[fastrand::usize(..live.len())].proc.as_ref().expect("live");
+                    log::warn!("chaos: killing worker pid {} (kill-every)", victim.pid);
+                    victim.kill();
+                    self.report.chaos_kills += 1;
                 }
             }
         }

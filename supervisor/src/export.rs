@@ -49,7 +49,7 @@ fn row(id: u64, record: &Record) -> Row<'_> {
                 error: None,
             }
         }
-        Record::Failed { attempts, error } => {
+        Record::Failed { attempts, error, .. } => {
             Row { id, status: None, attempts: *attempts, body: None, body_base64: None, error: Some(error) }
         }
     }

@@ -15,6 +15,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
+
+use crate::cli::WorkerLimits;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use shared::frame::{decode, peek_hello_version};
@@ -34,6 +36,8 @@ pub struct Spawner {
     pub self_exec: bool,
     /// The largest frame a worker may send.
     pub max_frame: usize,
+    /// Limits and identity of each worker.
+    pub limits: WorkerLimits,
 }
 
 /// What a worker said, or that it is gone. `gen` tells apart successive workers of one slot.
@@ -108,8 +112,18 @@ impl Spawner {
         for var in SUPERVISOR_ONLY_ENV {
             cmd.env_remove(var);
         }
+        // glibc reserves an arena of 64 MiB of address space per thread that allocates; with
+        // many threads that alone can exhaust the address-space limit.
+        cmd.env("MALLOC_ARENA_MAX", "2");
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        harden(&mut cmd);
+        // Out of the terminal's process group: Ctrl-C reaches the supervisor only, which then
+        // stops the workers in order.
+        cmd.process_group(0);
+        if let Some((uid, gid)) = self.limits.user {
+            // std drops supplementary groups too when it switches from root.
+            cmd.uid(uid).gid(gid);
+        }
+        harden(&mut cmd, Some(self.limits));
         let mut child = cmd.spawn()?;
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
         let stdin = child.stdin.take().expect("stdin was piped");
@@ -128,23 +142,37 @@ impl Spawner {
     }
 }
 
-/// Sets up the child between fork and exec.
+/// Sets up a child between fork and exec: it dies with the supervisor, cannot gain privileges,
+/// dumps no core, and (for workers) lives within `limits`.
 #[allow(unsafe_code)]
-pub(crate) fn harden(cmd: &mut Command) {
+pub(crate) fn harden(cmd: &mut Command, limits: Option<WorkerLimits>) {
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed. It makes four raw system calls (prctl twice, setrlimit, getppid)
-    // through nix's thin wrappers, which neither allocate nor take locks.
+    // calls are allowed. It makes only raw system calls (prctl, getppid, sigaction to SIG_IGN,
+    // setrlimit) through
+    // nix's thin wrappers, which neither allocate nor take locks; errors are returned as
+    // `io::Error::from(Errno)`, which does not allocate.
     unsafe {
         cmd.pre_exec(move || {
             use nix::sys::resource::{setrlimit, Resource};
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The supervisor may have died before the line above: then nobody would signal us.
             if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("the supervisor is gone"));
+                return Err(nix::errno::Errno::ESRCH.into());
             }
             nix::sys::prctl::set_no_new_privs()?;
             setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+            if let Some(l) = limits {
+                // A worker is stopped by closing its stdin; SIGTERM and SIGINT sent to the whole
+                // group (by a service manager) must not cut its requests short. Ignored
+                // dispositions survive exec.
+                use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+                let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+                sigaction(Signal::SIGTERM, &ignore)?;
+                sigaction(Signal::SIGINT, &ignore)?;
+                setrlimit(Resource::RLIMIT_AS, l.memory, l.memory)?;
+                setrlimit(Resource::RLIMIT_NOFILE, l.open_files, l.open_files)?;
+            }
             Ok(())
         });
     }

@@ -19,12 +19,13 @@ pub fn run_command(args: RunArgs) -> Result<i32, Error> {
     Ok(exit_code(&report))
 }
 
-/// 0 when every id of the range has an HTTP answer, 3 when some failed.
+/// 0 when every id of the range has an HTTP answer, 3 when some failed, 128 + the signal's
+/// number when a signal stopped the run (130 for SIGINT, 143 for SIGTERM).
 pub fn exit_code(report: &RunReport) -> i32 {
-    if report.failed > 0 {
-        3
-    } else {
-        0
+    match report.stopped_by {
+        Some(sig) => 128 + sig,
+        None if report.failed > 0 => 3,
+        None => 0,
     }
 }
 
@@ -40,6 +41,7 @@ pub fn execute(cfg: &RunConfig) -> Result<RunReport, Error> {
         bin,
         self_exec,
         max_frame: usize::try_from(cfg.job.max_body).unwrap_or(usize::MAX).saturating_add(8 << 20),
+        limits: cfg.limits,
     };
     let started = SystemTime::now();
     log::info!(
@@ -63,6 +65,8 @@ pub fn execute(cfg: &RunConfig) -> Result<RunReport, Error> {
         "skipped": report.skipped,
         "retries": report.retries,
         "restarts": report.restarts,
+        "quarantined": report.quarantined,
+        "stopped_by": report.stopped_by,
         "items_per_sec": report.rate(),
         "workers": cfg.workers,
         "threads": cfg.job.threads,
@@ -89,7 +93,19 @@ pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
         thousands(r.failed),
         thousands(r.skipped)
     );
-    println!("  retries   {}   worker restarts {}", thousands(r.retries), thousands(r.restarts));
+    println!(
+        "  retries   {}   worker restarts {}   quarantined {}",
+        thousands(r.retries),
+        thousands(r.restarts),
+        thousands(r.quarantined)
+    );
+    if cfg.chaos != crate::cli::Chaos::default() {
+        println!("  chaos     {} ({} workers killed on purpose)", cfg.chaos, thousands(r.chaos_kills));
+    }
+    if let Some(sig) = r.stopped_by {
+        let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("a signal");
+        println!("  stopped   by {name}: everything fetched is stored; run the same command again to resume");
+    }
     println!("  store     {}", cfg.store.display());
 }
 
@@ -104,7 +120,7 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
         thousands(counts.answered),
         thousands(counts.success)
     );
-    println!("failed    {} ids", thousands(counts.failed));
+    println!("failed    {} ids ({} quarantined)", thousands(counts.failed), thousands(counts.quarantined));
     match store.last_run()?.and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok()) {
         Some(run) => {
             let n = |k: &str| run[k].as_u64().unwrap_or(0);

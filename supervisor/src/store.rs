@@ -5,8 +5,8 @@
 //! maps each id, as 8 big-endian bytes so scans come out in id order, to its record:
 //!
 //! ```text
-//! kind u8 (1 = HTTP answer, 2 = failed) | attempts u32 BE | answer: status u16 BE, body bytes
-//!                                                         | failed: error, UTF-8
+//! kind u8 (1 = HTTP answer, 2 = failed, | attempts u32 BE | answer: status u16 BE, body bytes
+//!          3 = quarantined)                               | failed, quarantined: error, UTF-8
 //! ```
 //!
 //! Writes go through one writer thread ([`spawn_writer`]) in sled batches, and a result counts
@@ -28,6 +28,7 @@ use crate::partition::IdRange;
 const FORMAT: &[u8] = b"1";
 const KIND_ANSWER: u8 = 1;
 const KIND_FAILED: u8 = 2;
+const KIND_QUARANTINED: u8 = 3;
 const LOCK_FILE: &str = "flota.lock";
 
 /// Why the store could not be used.
@@ -121,6 +122,8 @@ pub enum Record {
         attempts: u32,
         /// Why.
         error: String,
+        /// Whether it was quarantined (it killed workers) rather than failing over HTTP.
+        quarantined: bool,
     },
 }
 
@@ -131,8 +134,10 @@ pub struct Counts {
     pub answered: u64,
     /// Of those, with a 2xx status.
     pub success: u64,
-    /// Ids that failed.
+    /// Ids that failed, quarantined ones included.
     pub failed: u64,
+    /// Of those, quarantined.
+    pub quarantined: u64,
 }
 
 /// An open store.
@@ -241,13 +246,16 @@ impl Store {
         Ok(self.db.get("job.url")?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Appends to `out` the ids of `window` that have an HTTP answer, in order.
-    pub fn answered_in(&self, window: IdRange, out: &mut Vec<u64>) -> Result<(), StoreError> {
+    /// Appends to `out` the ids of `window` that are settled, in order: those with an HTTP
+    /// answer, and quarantined ones unless `retry_quarantined`.
+    pub fn settled_in(&self, window: IdRange, retry_quarantined: bool, out: &mut Vec<u64>) -> Result<(), StoreError> {
         for kv in self.items.range(key(window.start)..key(window.end)) {
             let (k, v) = kv?;
             let id = id_of(&k).ok_or(StoreError::Corrupt(0))?;
-            if v.first() == Some(&KIND_ANSWER) {
-                out.push(id);
+            match v.first() {
+                Some(&KIND_ANSWER) => out.push(id),
+                Some(&KIND_QUARANTINED) if !retry_quarantined => out.push(id),
+                _ => {}
             }
         }
         Ok(())
@@ -275,6 +283,10 @@ impl Store {
                     }
                 }
                 (Some(&KIND_FAILED), _) => c.failed += 1,
+                (Some(&KIND_QUARANTINED), _) => {
+                    c.failed += 1;
+                    c.quarantined += 1;
+                }
                 _ => return Err(StoreError::Corrupt(id_of(&k).unwrap_or(0))),
             }
         }
@@ -327,6 +339,14 @@ fn lock(path: &Path) -> Result<Flock<File>, StoreError> {
     }
 }
 
+/// Encodes a quarantined id's record.
+pub fn encode_quarantined(deaths: u32, reason: &str, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.push(KIND_QUARANTINED);
+    buf.extend_from_slice(&deaths.to_be_bytes());
+    buf.extend_from_slice(reason.as_bytes());
+}
+
 /// Encodes a result as its record.
 pub fn encode(result: &ItemResult, buf: &mut Vec<u8>) {
     buf.clear();
@@ -355,9 +375,10 @@ pub fn decode(v: &[u8]) -> Option<Record> {
             status: u16::from_be_bytes(v.get(5..7)?.try_into().ok()?),
             body: v.get(7..)?.to_vec(),
         }),
-        &KIND_FAILED => Some(Record::Failed {
+        &kind @ (KIND_FAILED | KIND_QUARANTINED) => Some(Record::Failed {
             attempts,
             error: String::from_utf8_lossy(v.get(5..)?).into_owned(),
+            quarantined: kind == KIND_QUARANTINED,
         }),
         _ => None,
     }
@@ -373,6 +394,15 @@ pub struct Writer {
 pub enum WriteCmd {
     /// Store these results.
     Put(Vec<ItemResult>),
+    /// Store this id as quarantined: it killed `deaths` workers; `reason` starts "quarantined:".
+    Quarantine {
+        /// The id.
+        id: u64,
+        /// Workers it killed.
+        deaths: u32,
+        /// The stored error.
+        reason: String,
+    },
     /// Flush everything and end.
     Finish,
 }
@@ -382,8 +412,10 @@ pub enum WriteCmd {
 pub struct Durable {
     /// Results with an HTTP answer.
     pub answered: u64,
-    /// Failed results.
+    /// Failed results, quarantined ids included.
     pub failed: u64,
+    /// Quarantined ids.
+    pub quarantined: u64,
     /// Attempts beyond the first, summed.
     pub retries: u64,
 }
@@ -422,19 +454,30 @@ pub fn spawn_writer(
             let timeout = oldest.map_or(Duration::from_secs(3600), |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
             let cmd = cmds.recv_timeout(timeout);
             let finish = matches!(cmd, Ok(WriteCmd::Finish) | Err(crossbeam_channel::RecvTimeoutError::Disconnected));
-            if let Ok(WriteCmd::Put(results)) = cmd {
-                for r in results {
-                    encode(&r, &mut buf);
-                    bytes += buf.len();
-                    items += 1;
-                    pending.retries += u64::from(r.attempts.saturating_sub(1));
-                    match r.outcome {
-                        Outcome::Response { .. } => pending.answered += 1,
-                        Outcome::Failed { .. } => pending.failed += 1,
+            match cmd {
+                Ok(WriteCmd::Put(results)) => {
+                    for r in results {
+                        encode(&r, &mut buf);
+                        bytes += buf.len();
+                        items += 1;
+                        pending.retries += u64::from(r.attempts.saturating_sub(1));
+                        match r.outcome {
+                            Outcome::Response { .. } => pending.answered += 1,
+                            Outcome::Failed { .. } => pending.failed += 1,
+                        }
+                        batch.insert(&key(r.id), buf.as_slice());
                     }
-                    batch.insert(&key(r.id), buf.as_slice());
+                    oldest.get_or_insert_with(Instant::now);
                 }
-                oldest.get_or_insert_with(Instant::now);
+                Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
+                    encode_quarantined(deaths, &reason, &mut buf);
+                    batch.insert(&key(id), buf.as_slice());
+                    (items, bytes) = (items + 1, bytes + buf.len());
+                    pending.failed += 1;
+                    pending.quarantined += 1;
+                    oldest.get_or_insert_with(Instant::now);
+                }
+                Ok(WriteCmd::Finish) | Err(_) => {}
             }
             let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
             if items > 0 && (finish || due || items >= FLUSH_ITEMS || bytes >= FLUSH_BYTES) {
@@ -476,7 +519,9 @@ mod tests {
         assert_eq!(decode(&buf), Some(Record::Answer { attempts: 2, status: 404, body: b"nope".to_vec() }));
         let failed = ItemResult { id: 2, attempts: 8, outcome: Outcome::Failed { error: "HTTP 503".into() } };
         encode(&failed, &mut buf);
-        assert_eq!(decode(&buf), Some(Record::Failed { attempts: 8, error: "HTTP 503".into() }));
+        assert_eq!(decode(&buf), Some(Record::Failed { attempts: 8, error: "HTTP 503".into(), quarantined: false }));
+        encode_quarantined(2, "quarantined: boom", &mut buf);
+        assert_eq!(decode(&buf), Some(Record::Failed { attempts: 2, error: "quarantined: boom".into(), quarantined: true }));
         assert_eq!(decode(&[9, 0, 0, 0, 1]), None);
         assert_eq!(decode(&[1, 0]), None);
     }
@@ -491,17 +536,22 @@ mod tests {
         let t = spawn_writer(store.writer(), cmd_rx, ack_tx).expect("spawns");
         let failed = ItemResult { id: 5, attempts: 8, outcome: Outcome::Failed { error: "x".into() } };
         cmd_tx.send(WriteCmd::Put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed])).expect("sends");
+        cmd_tx.send(WriteCmd::Quarantine { id: 4, deaths: 2, reason: "quarantined: x".into() }).expect("sends");
         cmd_tx.send(WriteCmd::Finish).expect("sends");
         t.join().expect("joins");
         let acks: Vec<_> = ack_rx.iter().collect();
-        assert!(matches!(acks[0], WriteAck::Durable(Durable { answered: 2, failed: 1, retries: 9 })), "{acks:?}");
+        let durable = Durable { answered: 2, failed: 2, quarantined: 1, retries: 9 };
+        assert!(matches!(acks[0], WriteAck::Durable(d) if d == durable), "{acks:?}");
         assert!(matches!(acks.last(), Some(WriteAck::Finished)));
         let mut out = Vec::new();
-        store.answered_in(IdRange { start: 0, end: 9 }, &mut out).expect("scans");
-        assert_eq!(out, vec![3], "9 is outside the window and 5 failed");
-        assert_eq!(store.counts().expect("counts"), Counts { answered: 2, success: 1, failed: 1 });
+        store.settled_in(IdRange { start: 0, end: 9 }, false, &mut out).expect("scans");
+        assert_eq!(out, vec![3, 4], "9 is outside the window, 5 failed, 4 is quarantined");
+        out.clear();
+        store.settled_in(IdRange { start: 0, end: 9 }, true, &mut out).expect("scans");
+        assert_eq!(out, vec![3], "quarantined ids are fetched again when asked");
+        assert_eq!(store.counts().expect("counts"), Counts { answered: 2, success: 1, failed: 2, quarantined: 1 });
         let ids: Vec<u64> = store.records().map(|r| r.expect("decodes").0).collect();
-        assert_eq!(ids, vec![3, 5, 9]);
+        assert_eq!(ids, vec![3, 4, 5, 9]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! pointed at stderr, so a stray print can only reach the log, never corrupt the protocol.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +33,8 @@ pub enum Outgoing {
     Result(ItemResult),
     /// Proof of life.
     Heartbeat,
+    /// Fault injection: a frame whose payload is not a message.
+    Malformed,
 }
 
 /// Why a worker session failed.
@@ -110,12 +112,18 @@ pub fn serve() -> Result<(), LinkError> {
     // never fills and reading the next assignment never waits on the fetch threads.
     let (ids_tx, ids_rx) = crossbeam_channel::bounded::<u64>(job.max_in_flight.max(1) as usize);
     let fetcher = Arc::new(Fetcher::new(&job));
-    let threads = crate::pool::start(job.threads, fetcher, ids_rx, out_tx.clone())
+    let stopping = Arc::new(AtomicBool::new(false));
+    let chaos = Arc::new(job.chaos.clone());
+    let threads = crate::pool::start(job.threads, fetcher, chaos, stopping.clone(), ids_rx, out_tx.clone())
         .map_err(LinkError::Thread)?;
     drop(out_tx);
 
     let read_result = read_loop(&mut reader, &ids_tx);
-    drop(ids_tx); // the fetch threads finish what they hold, then end
+    // End of stdin: the supervisor is done with us (it holds nothing else here at the end of a
+    // run) or is stopping. Either way, finish the requests in hand, report them, and leave the
+    // ids not yet started: the supervisor knows they were never reported.
+    stopping.store(true, Ordering::Relaxed);
+    drop(ids_tx);
     for t in threads {
         let _ = t.join();
     }
@@ -150,12 +158,13 @@ fn write_loop(stdout: File, rx: Receiver<Outgoing>) -> Result<(), LinkError> {
     let mut w = FrameWriter::new(BufWriter::with_capacity(256 * 1024, stdout));
     let mut batch: Vec<ItemResult> = Vec::with_capacity(BATCH_MAX_ITEMS);
     while let Ok(first) = rx.recv() {
-        let (mut heartbeat, mut hello, mut bytes) = (false, false, 0);
+        let (mut heartbeat, mut hello, mut malformed, mut bytes) = (false, false, false, 0);
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Outgoing::Hello => hello = true,
                 Outgoing::Heartbeat => heartbeat = true,
+                Outgoing::Malformed => malformed = true,
                 Outgoing::Result(r) => {
                     if let shared::Outcome::Response { body, .. } = &r.outcome {
                         bytes += body.len();
@@ -177,6 +186,12 @@ fn write_loop(stdout: File, rx: Receiver<Outgoing>) -> Result<(), LinkError> {
         }
         if heartbeat {
             w.write(&FromWorker::Heartbeat).map_err(LinkError::Write)?;
+        }
+        if malformed {
+            // A length of 5, then a variant index no message has.
+            let bad = [5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
+            let sink = w.get_mut();
+            sink.write_all(&bad).and_then(|()| sink.flush()).map_err(|e| LinkError::Write(FrameError::Io(e)))?;
         }
     }
     Ok(())

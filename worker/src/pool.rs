@@ -1,26 +1,38 @@
 //! The fetch threads: each pulls ids from one bounded channel and pushes results to the link.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
+use shared::WorkerChaos;
 
 use crate::fetch::Fetcher;
 use crate::link::Outgoing;
 
-/// Starts `threads` fetch threads. They exit once `ids` is closed and drained.
+/// Starts `threads` fetch threads. They exit once `ids` is closed and drained, or, once
+/// `stopping` is set, after the request each has in hand.
 pub fn start(
     threads: u32,
     fetcher: Arc<Fetcher>,
+    chaos: Arc<WorkerChaos>,
+    stopping: Arc<AtomicBool>,
     ids: Receiver<u64>,
     out: Sender<Outgoing>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..threads.max(1))
         .map(|n| {
-            let (fetcher, ids, out) = (fetcher.clone(), ids.clone(), out.clone());
+            let (fetcher, chaos, stopping) = (fetcher.clone(), chaos.clone(), stopping.clone());
+            let (ids, out) = (ids.clone(), out.clone());
             std::thread::Builder::new().name(format!("fetch-{n}")).spawn(move || {
                 let mut url = String::with_capacity(128);
                 for id in ids {
+                    if stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if !chaos.is_empty() && inject(&chaos, id, &out) {
+                        continue;
+                    }
                     let result = fetcher.fetch(id, &mut url);
                     if out.send(Outgoing::Result(result)).is_err() {
                         // The link writer is gone: the pipe broke and the worker is ending.
@@ -30,4 +42,22 @@ pub fn start(
             })
         })
         .collect()
+}
+
+/// Injects the fault asked for `id`, if any. Returns whether the id was consumed.
+fn inject(chaos: &WorkerChaos, id: u64, out: &Sender<Outgoing>) -> bool {
+    if chaos.crash_on.contains(&id) {
+        log::error!("chaos: worker {} aborts on id {id}", std::process::id());
+        std::process::abort();
+    }
+    if chaos.hang_on.contains(&id) {
+        log::error!("chaos: worker {} stops itself on id {id}", std::process::id());
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+    if chaos.bad_frame_on.contains(&id) {
+        log::error!("chaos: worker {} sends a malformed frame for id {id}", std::process::id());
+        let _ = out.send(Outgoing::Malformed);
+        return true;
+    }
+    false
 }
