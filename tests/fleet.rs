@@ -4,17 +4,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn summary_figure(stdout: &str, label: &str) -> u64 {
-    let at = stdout.find(label).unwrap_or_else(|| panic!("no `{label}` in summary:\n{stdout}"));
-    let digits: String = stdout[at + label.len()..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == ',')
-        .filter(char::is_ascii_digit)
-        .collect();
-    digits.parse().unwrap_or_else(|_| panic!("no number after `{label}` in:\n{stdout}"))
-}
-
 #[test]
 fn a_complete_run_stores_every_id_once_with_its_own_body() {
     let api = MockApi::start(&[]);

@@ -7,5 +7,8 @@
 mod cli;
 mod faults;
 mod fleet;
+mod hostile;
+mod isolation;
 mod resume;
+mod survive;
 mod util;

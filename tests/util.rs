@@ -104,6 +104,12 @@ impl Running {
         self.child.id()
     }
 
+    /// Kills the supervisor (SIGKILL) and returns what it had printed.
+    pub fn kill(mut self) -> Outcome {
+        let _ = self.child.kill();
+        self.wait(Duration::from_secs(10))
+    }
+
     /// Waits for the exit, failing the test past `deadline`.
     pub fn wait(mut self, deadline: Duration) -> Outcome {
         let until = Instant::now() + deadline;
@@ -135,9 +141,15 @@ impl Drop for Running {
 }
 
 pub fn spawn(args: &[&str]) -> Running {
+    spawn_with_env(args, &[])
+}
+
+/// Starts the supervisor with extra environment variables; its output is collected.
+pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(SUPERVISOR)
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -236,4 +248,48 @@ pub fn path_str(p: &Path) -> &str {
 #[allow(dead_code)]
 pub fn p(s: &str) -> PathBuf {
     PathBuf::from(s)
+}
+
+/// The number after `label` in a summary, commas allowed.
+#[track_caller]
+pub fn summary_figure(stdout: &str, label: &str) -> u64 {
+    let at = stdout.find(label).unwrap_or_else(|| panic!("no `{label}` in summary:\n{stdout}"));
+    let digits: String = stdout[at + label.len()..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap_or_else(|_| panic!("no number after `{label}` in:\n{stdout}"))
+}
+
+/// Whether `pid` has ended (gone, or a zombie nobody reaped yet).
+pub fn is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(true),
+    }
+}
+
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Asserts the store holds `range` complete except `quarantined`, which are stored as
+/// quarantined failures.
+#[track_caller]
+pub fn assert_complete_but(store: &Path, range: std::ops::Range<u64>, quarantined: &[u64]) {
+    let records = export(store);
+    assert_eq!(records.len() as u64, range.end - range.start, "one record per id");
+    for (rec, id) in records.iter().zip(range) {
+        assert_eq!(rec["id"].as_u64(), Some(id), "ids in order, each once");
+        if quarantined.contains(&id) {
+            assert!(rec["status"].is_null(), "{rec}");
+            let err = rec["error"].as_str().unwrap_or_default();
+            assert!(err.starts_with("quarantined: killed "), "id {id}: {rec}");
+        } else {
+            assert_eq!(rec["status"].as_u64(), Some(200), "id {id}: {rec}");
+            assert_eq!(rec["body"].as_str(), Some(mockapi::body_for(id).as_str()), "id {id} has its own body");
+        }
+    }
 }

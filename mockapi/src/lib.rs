@@ -7,6 +7,10 @@
 //! how many times that id was asked for before, so a run is reproducible whatever order the
 //! requests arrive in. `GET /stats` reports what was served, for tests that count requests.
 //!
+//! Hostile routes, for tests of a client's defences: `/huge/{id}` (a 64 MiB body),
+//! `/trickle/{id}` (1000 bytes, one every 200ms), `/loop/{id}` (redirects to itself),
+//! `/binary/{id}` (a body that is not UTF-8). `/items/...` counts in `/stats`; these do not.
+//!
 //! Built on hyper 1 and tokio: no HTTP parsing of our own.
 #![deny(unsafe_code)]
 

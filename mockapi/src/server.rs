@@ -6,8 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::Full;
-use hyper::body::Bytes;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper::body::{Bytes, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -144,14 +148,109 @@ impl std::fmt::Display for Dropped {
 
 impl std::error::Error for Dropped {}
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+/// A response body: whole, a large one made of repeated chunks, or one that trickles.
+pub enum Body {
+    /// All at once.
+    Full(Option<Bytes>),
+    /// `left` bytes in chunks of `chunk`.
+    Repeat {
+        /// Bytes still to send.
+        left: u64,
+        /// What to send them as.
+        chunk: Bytes,
+    },
+    /// `left` bytes, one every `every`.
+    Trickle {
+        /// Bytes still to send.
+        left: u64,
+        /// Time between bytes.
+        every: Duration,
+        /// Until the next byte.
+        sleep: Pin<Box<tokio::time::Sleep>>,
+    },
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Repeat { left, chunk } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let n = (*left).min(chunk.len() as u64);
+                *left -= n;
+                Poll::Ready(Some(Ok(Frame::data(chunk.slice(..n as usize)))))
+            }
+            Body::Trickle { left, every, sleep } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                match sleep.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        *left -= 1;
+                        sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b".")))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Repeat { left, .. } | Body::Trickle { left, .. } => SizeHint::with_exact(*left),
+        }
+    }
+}
+
+
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Body::Full(Some(body.into())));
     *r.status_mut() = status;
     r
 }
 
-async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
+/// The routes that misbehave on purpose, for tests of a client's defences.
+fn hostile(path: &str) -> Option<Response<Body>> {
+    let (route, id) = path.trim_start_matches('/').split_once('/')?;
+    let id: u64 = id.parse().ok()?;
+    Some(match route {
+        // 64 MiB, more than any sane body limit.
+        "huge" => Response::new(Body::Repeat { left: 64 << 20, chunk: Bytes::from(vec![b'x'; 1 << 20]) }),
+        // 1000 bytes, one every 200ms.
+        "trickle" => Response::new(Body::Trickle {
+            left: 1000,
+            every: Duration::from_millis(200),
+            sleep: Box::pin(tokio::time::sleep(Duration::from_millis(200))),
+        }),
+        // A redirect to itself, forever.
+        "loop" => {
+            let mut r = text(StatusCode::FOUND, "");
+            r.headers_mut().insert("location", format!("/loop/{id}").parse().expect("valid header"));
+            r
+        }
+        // Bytes that are not UTF-8, ending in the id.
+        "binary" => {
+            let mut body = vec![0xff, 0xfe, 0x00, 0x80];
+            body.extend_from_slice(&id.to_le_bytes());
+            text(StatusCode::OK, body)
+        }
+        _ => return None,
+    })
+}
+
+async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Dropped> {
     let path = req.uri().path();
+    if let Some(r) = hostile(path) {
+        return Ok(r);
+    }
     if path == "/stats" {
         let s = state.counters.snapshot();
         let body = serde_json::json!({

@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use crate::cli::{self, DemoArgs};
@@ -33,6 +34,7 @@ fn start_mockapi(listen: &str, latency_ms: u64) -> Result<MockApi, Error> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    cmd.process_group(0); // Ctrl-C is for the supervisor, which stops mockapi itself
     crate::fleet::harden(&mut cmd, None);
     let mut child = cmd.spawn().map_err(|e| Error::Demo(e.to_string()))?;
     let stdout = child.stdout.take().expect("stdout was piped");

@@ -48,6 +48,8 @@ pub struct RunReport {
     pub ids: Option<IdRange>,
     /// Ids of the range already settled in the store, not fetched again.
     pub skipped: u64,
+    /// Of those, quarantined by an earlier run (they have no HTTP answer).
+    pub skipped_quarantined: u64,
     /// Ids this run fetched and stored with an HTTP answer.
     pub answered: u64,
     /// Ids this run stored as failed, quarantined ones included.
@@ -79,7 +81,7 @@ impl RunReport {
 }
 
 enum PlanMsg {
-    Chunk { ids: Vec<u64>, skipped: u64 },
+    Chunk { ids: Vec<u64>, skipped: u64, quarantined: u64 },
     Failed(StoreError),
 }
 
@@ -87,24 +89,27 @@ enum PlanMsg {
 /// through a small bounded channel: memory stays flat whatever the range.
 fn plan(store: &store::Store, range: IdRange, chunk_size: u64, retry_quarantined: bool, out: Sender<PlanMsg>) {
     let mut settled = Vec::new();
-    let mut skipped = 0;
+    let (mut skipped, mut quarantined) = (0, 0);
     for window in range.windows(chunk_size) {
         settled.clear();
-        if let Err(e) = store.settled_in(window, retry_quarantined, &mut settled) {
-            let _ = out.send(PlanMsg::Failed(e));
-            return;
+        match store.settled_in(window, retry_quarantined, &mut settled) {
+            Ok(q) => quarantined += q,
+            Err(e) => {
+                let _ = out.send(PlanMsg::Failed(e));
+                return;
+            }
         }
         skipped += settled.len() as u64;
         let ids = unsettled(window, &settled);
         if !ids.is_empty() {
-            if out.send(PlanMsg::Chunk { ids, skipped }).is_err() {
+            if out.send(PlanMsg::Chunk { ids, skipped, quarantined }).is_err() {
                 return;
             }
-            skipped = 0;
+            (skipped, quarantined) = (0, 0);
         }
     }
     if skipped > 0 {
-        let _ = out.send(PlanMsg::Chunk { ids: Vec::new(), skipped });
+        let _ = out.send(PlanMsg::Chunk { ids: Vec::new(), skipped, quarantined });
     }
 }
 
@@ -297,8 +302,9 @@ impl Dispatcher<'_> {
                     }
                 },
                 recv(plan_rx) -> msg => match msg {
-                    Ok(PlanMsg::Chunk { ids, skipped }) => {
+                    Ok(PlanMsg::Chunk { ids, skipped, quarantined }) => {
                         self.report.skipped += skipped;
+                        self.report.skipped_quarantined += quarantined;
                         self.planned += ids.len() as u64;
                         if !ids.is_empty() {
                             self.pending.push_back(ids);

@@ -142,6 +142,19 @@ impl Spawner {
     }
 }
 
+/// Marks every descriptor this process inherited above stderr close-on-exec, so workers never
+/// inherit what the supervisor's own parent leaked to it. (Everything the supervisor opens
+/// itself is close-on-exec already: std opens files that way.)
+pub fn seal_inherited_fds() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // The directory's own descriptor is in the list and already closed: ignore EBADF.
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}
+
 /// Sets up a child between fork and exec: it dies with the supervisor, cannot gain privileges,
 /// dumps no core, and (for workers) lives within `limits`.
 #[allow(unsafe_code)]

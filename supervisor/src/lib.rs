@@ -104,6 +104,7 @@ pub fn main() -> i32 {
         _ => {}
     }
     init_logging("info");
+    fleet::seal_inherited_fds();
     let result = match cli.command {
         None => report::run_command(cli.run),
         Some(Command::Export(args)) => export::run(&args),

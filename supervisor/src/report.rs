@@ -19,12 +19,13 @@ pub fn run_command(args: RunArgs) -> Result<i32, Error> {
     Ok(exit_code(&report))
 }
 
-/// 0 when every id of the range has an HTTP answer, 3 when some failed, 128 + the signal's
+/// 0 when every id of the range has an HTTP answer, 3 when some failed (in this run, or
+/// quarantined by an earlier one and skipped), 128 + the signal's
 /// number when a signal stopped the run (130 for SIGINT, 143 for SIGTERM).
 pub fn exit_code(report: &RunReport) -> i32 {
     match report.stopped_by {
         Some(sig) => 128 + sig,
-        None if report.failed > 0 => 3,
+        None if report.failed > 0 || report.skipped_quarantined > 0 => 3,
         None => 0,
     }
 }
@@ -93,6 +94,12 @@ pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
         thousands(r.failed),
         thousands(r.skipped)
     );
+    if r.skipped_quarantined > 0 {
+        println!(
+            "  skipped   {} ids quarantined by an earlier run (--retry-quarantined fetches them)",
+            thousands(r.skipped_quarantined)
+        );
+    }
     println!(
         "  retries   {}   worker restarts {}   quarantined {}",
         thousands(r.retries),
@@ -100,7 +107,7 @@ pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
         thousands(r.quarantined)
     );
     if cfg.chaos != crate::cli::Chaos::default() {
-        println!("  chaos     {} ({} workers killed on purpose)", cfg.chaos, thousands(r.chaos_kills));
+        println!("  chaos     {}   workers killed on purpose {}", cfg.chaos, thousands(r.chaos_kills));
     }
     if let Some(sig) = r.stopped_by {
         let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("a signal");

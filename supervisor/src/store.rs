@@ -247,18 +247,23 @@ impl Store {
     }
 
     /// Appends to `out` the ids of `window` that are settled, in order: those with an HTTP
-    /// answer, and quarantined ones unless `retry_quarantined`.
-    pub fn settled_in(&self, window: IdRange, retry_quarantined: bool, out: &mut Vec<u64>) -> Result<(), StoreError> {
+    /// answer, and quarantined ones unless `retry_quarantined`. Returns how many of them are
+    /// quarantined.
+    pub fn settled_in(&self, window: IdRange, retry_quarantined: bool, out: &mut Vec<u64>) -> Result<u64, StoreError> {
+        let mut quarantined = 0;
         for kv in self.items.range(key(window.start)..key(window.end)) {
             let (k, v) = kv?;
             let id = id_of(&k).ok_or(StoreError::Corrupt(0))?;
             match v.first() {
                 Some(&KIND_ANSWER) => out.push(id),
-                Some(&KIND_QUARANTINED) if !retry_quarantined => out.push(id),
+                Some(&KIND_QUARANTINED) if !retry_quarantined => {
+                    out.push(id);
+                    quarantined += 1;
+                }
                 _ => {}
             }
         }
-        Ok(())
+        Ok(quarantined)
     }
 
     /// Every record in id order.

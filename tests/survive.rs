@@ -1,0 +1,231 @@
+//! Surviving faults for real: hung workers, poison ids, external SIGKILLs, signals, a killed
+//! supervisor, hostile frames. Figures the closing notes quote are printed (`--nocapture`).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::util::*;
+
+#[test]
+fn a_worker_stopped_with_sigstop_is_detected_killed_and_replaced() {
+    let api = MockApi::start(&["--latency-ms", "2"]);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let mut args = job_args(&api.url(), "0..20000", &store);
+    set(&mut args, "--worker-timeout", "2s");
+    let running = spawn(&strs(&args));
+    wait_for("workers to start fetching", Duration::from_secs(30), || api.requests() > 500);
+    let victim = *children_of(running.pid()).first().expect("a worker");
+    signal(victim, Signal::SIGSTOP);
+    let stopped = Instant::now();
+    wait_for("the stopped worker to be killed", Duration::from_secs(10), || is_dead(victim));
+    let detected = stopped.elapsed();
+    eprintln!("figure: SIGSTOPped worker killed {detected:?} after the stop (--worker-timeout 2s)");
+    assert!(detected >= Duration::from_millis(1500) && detected < Duration::from_secs(4), "{detected:?}");
+    let out = running.wait(RUN_DEADLINE);
+    out.assert_code(0);
+    assert!(out.stderr.contains("silent for"), "{}", out.stderr);
+    assert_complete(&store, 0..20000);
+}
+
+#[test]
+fn a_hanging_id_is_quarantined_after_its_workers_time_out() {
+    let api = MockApi::start(&[]);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let mut args = job_args(&api.url(), "0..3000", &store);
+    set(&mut args, "--worker-timeout", "2s");
+    set(&mut args, "--chaos", "hang-on=1234");
+    let out = run(&strs(&args));
+    out.assert_code(3);
+    assert!(out.stdout.contains("chaos     hang-on=1234"), "the summary says chaos was on:\n{}", out.stdout);
+    assert_complete_but(&store, 0..3000, &[1234]);
+}
+
+#[test]
+fn a_poison_id_is_quarantined_in_a_handful_of_deaths_and_skipped_by_reruns() {
+    let api = MockApi::start(&[]);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let mut args = job_args(&api.url(), "0..20000", &store);
+    set(&mut args, "--chaos", "crash-on=777");
+    let out = run(&strs(&args));
+    out.assert_code(3);
+    let deaths = out.stderr.matches("was killed by SIGABRT").count();
+    eprintln!("figure: poison id quarantined after {deaths} worker deaths");
+    assert!((2..=6).contains(&deaths), "{deaths} deaths:\n{}", out.stderr);
+    assert_eq!(summary_figure(&out.stdout, "quarantined"), 1);
+    assert_complete_but(&store, 0..20000, &[777]);
+
+    // A rerun (chaos off) does not fetch it again, and still says the range is not all answered.
+    let before = api.requests();
+    let args = job_args(&api.url(), "0..20000", &store);
+    let out = run(&strs(&args));
+    out.assert_code(3);
+    assert_eq!(api.requests(), before, "nothing fetched");
+    assert!(out.stdout.contains("1 ids quarantined by an earlier run"), "{}", out.stdout);
+
+    // Unless asked to.
+    let mut args = job_args(&api.url(), "0..20000", &store);
+    args.push("--retry-quarantined".into());
+    run(&strs(&args)).assert_code(0);
+    assert_eq!(api.requests(), before + 1, "exactly the quarantined id");
+    assert_complete(&store, 0..20000);
+}
+
+#[test]
+fn workers_killed_every_half_second_lose_nothing_and_quarantine_nothing() {
+    let api = MockApi::start(&["--latency-ms", "2"]);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let mut args = job_args(&api.url(), "0..30000", &store);
+    set(&mut args, "--chaos", "kill-every=500ms");
+    let out = run(&strs(&args));
+    out.assert_code(0);
+    let kills = summary_figure(&out.stdout, "killed on purpose");
+    eprintln!("figure: {kills} workers SIGKILLed by kill-every=500ms, 0 ids quarantined");
+    assert!(kills >= 2, "{}", out.stdout);
+    assert_eq!(summary_figure(&out.stdout, "quarantined"), 0);
+    assert_complete(&store, 0..30000);
+}
+
+fn stop_with(sig: Signal, code: i32) {
+    let api = MockApi::start(&["--latency-ms", "5"]);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let args = job_args(&api.url(), "0..100000", &store);
+    let running = spawn(&strs(&args));
+    let pid = running.pid();
+    wait_for("progress", Duration::from_secs(30), || api.requests() > 3000);
+    let workers = children_of(pid);
+    signal(pid, sig);
+    let out = running.wait(Duration::from_secs(20));
+    out.assert_code(code);
+    assert!(out.stdout.contains(&format!("stopped   by {}", sig.as_str())), "{}", out.stdout);
+    for w in workers {
+        assert!(is_dead(w), "worker {w} outlived the supervisor");
+    }
+    // What was stored is right, once each; a rerun completes the range.
+    let fetched = summary_figure(&out.stdout, "fetched");
+    let records = export(&store);
+    assert_eq!(records.len() as u64, fetched, "every result in hand was stored");
+    for rec in &records {
+        let id = rec["id"].as_u64().expect("id");
+        assert_eq!(rec["body"].as_str(), Some(mockapi::body_for(id).as_str()));
+    }
+    run(&strs(&args)).assert_code(0);
+    assert_complete(&store, 0..100000);
+}
+
+#[test]
+fn sigterm_stops_gracefully_with_143_and_a_rerun_resumes() {
+    stop_with(Signal::SIGTERM, 143);
+}
+
+#[test]
+fn sigint_stops_gracefully_with_130() {
+    stop_with(Signal::SIGINT, 130);
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    // Every request takes 3 s: a graceful stop would wait for them, up to --grace 20s.
+    let api = MockApi::start(&["--latency-ms", "3000"]);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let mut args = job_args(&api.url(), "0..1000", &store);
+    set(&mut args, "--grace", "20s");
+    let running = spawn(&strs(&args));
+    let pid = running.pid();
+    wait_for("requests in flight", Duration::from_secs(30), || api.requests() > 0);
+    signal(pid, Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    let second = Instant::now();
+    signal(pid, Signal::SIGTERM);
+    let out = running.wait(Duration::from_secs(15));
+    let took = second.elapsed();
+    out.assert_code(143);
+    assert!(took < Duration::from_secs(2), "exited {took:?} after the second signal");
+    assert!(out.stderr.contains("again: killing the workers now"), "{}", out.stderr);
+}
+
+#[test]
+fn a_supervisor_killed_with_sigkill_leaves_no_orphans_and_a_rerun_completes() {
+    let api = MockApi::start(&["--latency-ms", "2"]);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let total = 50_000u64;
+    let args = job_args(&api.url(), "0..50000", &store);
+    let mut running = spawn(&strs(&args));
+    wait_for("progress", Duration::from_secs(30), || api.requests() > 10_000);
+    let workers = children_of(running.pid());
+    assert!(!workers.is_empty());
+    let _ = running.child.kill(); // SIGKILL
+    let killed = Instant::now();
+    let _ = running.child.wait();
+    wait_for("every worker to exit", Duration::from_secs(5), || workers.iter().all(|&w| is_dead(w)));
+    let gone = killed.elapsed();
+    assert!(gone < Duration::from_secs(1), "workers outlived the supervisor by {gone:?}");
+    let asked_before = api.requests();
+    run(&strs(&args)).assert_code(0);
+    assert_complete(&store, 0..total);
+    let refetched = api.requests() - total;
+    eprintln!(
+        "figure: workers gone {gone:?} after the supervisor's SIGKILL; {refetched} ids fetched twice \
+         ({asked_before} requests before the kill)"
+    );
+    // At most what was in flight or not yet flushed: a few hundred ms of work.
+    assert!(refetched < 15_000, "{refetched} ids fetched twice");
+}
+
+#[test]
+fn a_worker_sending_a_malformed_frame_is_killed_and_its_ids_requeued() {
+    let api = MockApi::start(&[]);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let mut args = job_args(&api.url(), "0..5000", &store);
+    set(&mut args, "--chaos", "bad-frame-on=321");
+    let out = run(&strs(&args));
+    out.assert_code(3);
+    assert!(out.stderr.contains("after a protocol error (frame payload does not decode"), "{}", out.stderr);
+    assert_complete_but(&store, 0..5000, &[321]);
+}
+
+fn fake_worker(dir: &std::path::Path, bytes: &[u8]) -> std::path::PathBuf {
+    let data = dir.join("frame.bin");
+    std::fs::write(&data, bytes).expect("writes");
+    let script = dir.join("worker.sh");
+    let mut f = std::fs::File::create(&script).expect("creates");
+    writeln!(f, "#!/bin/sh\ncat '{}'\nexec sleep 30", data.display()).expect("writes");
+    drop(f);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script
+}
+
+#[test]
+fn hostile_workers_are_refused_without_a_panic_or_an_allocation() {
+    let api = MockApi::start(&[]);
+    let cases: [(&[u8], &str); 3] = [
+        (&[0xff, 0xff, 0xff, 0xff], "frame of 4294967295 bytes exceeds the maximum"),
+        // A hello of protocol version 99: variant 0, then the version.
+        (&[2, 0, 0, 0, 0, 99], "worker speaks protocol 99"),
+        (&[3, 0, 0, 0, 0, 1], "stream ended inside a frame"),
+    ];
+    for (bytes, want) in cases {
+        let dir = tempdir();
+        let bin = fake_worker(dir.path(), bytes);
+        let store = dir.path().join("items.sled");
+        let mut args = job_args(&api.url(), "0..100", &store);
+        set(&mut args, "--worker-bin", path_str(&bin));
+        set(&mut args, "--workers", "1");
+        let out = run(&strs(&args));
+        out.assert_code(1);
+        let last = out.stderr.lines().last().unwrap_or_default();
+        assert!(last.contains("died 5 times in a row") && last.contains(want), "{want}: {last}");
+        assert!(!out.stderr.contains("panicked"));
+    }
+    assert_eq!(api.requests(), 0);
+}
