@@ -1,0 +1,132 @@
+//! A mutation fuzzer for the frame decoder: valid frames of every message, then mangled
+//! (bytes flipped, cut short, lengths rewritten, spliced) plus plain random bytes. The decoder
+//! must never panic, never allocate past its limit, and never loop.
+//!
+//! `cargo test` runs 20,000 inputs; `scripts/fuzz-frames.sh` runs a million or more.
+
+use std::time::Instant;
+
+use shared::frame::{peek_hello_version, MAX_FRAME_LEN};
+use shared::{FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, Outcome, ToWorker, WorkerHello};
+
+fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
+    let job = JobSpec {
+        url_template: "http://127.0.0.1:8080/items/{id}".into(),
+        threads: 8,
+        max_in_flight: 512,
+        max_attempts: 8,
+        max_body: 1 << 20,
+        connect_timeout_ms: 5000,
+        io_timeout_ms: 30000,
+        backoff_base_ms: 100,
+        backoff_max_ms: 30000,
+        headers: vec![("Authorization".into(), "Bearer x".into())],
+        chaos: Default::default(),
+    };
+    let results = FromWorker::Results(
+        (0..rng.usize(1..20))
+            .map(|i| ItemResult {
+                id: rng.u64(..),
+                attempts: rng.u32(1..9),
+                outcome: if i % 3 == 0 {
+                    Outcome::Failed { error: "HTTP 503".into() }
+                } else {
+                    Outcome::Response { status: 200, body: vec![b'x'; rng.usize(0..64)] }
+                },
+            })
+            .collect(),
+    );
+    let mut out = Vec::new();
+    let mut w = FrameWriter::new(Vec::new());
+    w.write(&ToWorker::Hello { version: 1, job }).expect("encodes");
+    out.push(std::mem::take(w.get_mut()));
+    w.write(&ToWorker::Assign { ids: (0..rng.u64(1..50)).collect() }).expect("encodes");
+    out.push(std::mem::take(w.get_mut()));
+    w.write(&FromWorker::Hello(WorkerHello { version: 1, pid: 42 })).expect("encodes");
+    out.push(std::mem::take(w.get_mut()));
+    w.write(&results).expect("encodes");
+    out.push(std::mem::take(w.get_mut()));
+    w.write(&FromWorker::Heartbeat).expect("encodes");
+    out.push(std::mem::take(w.get_mut()));
+    out
+}
+
+fn mutate(rng: &mut fastrand::Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
+    let mut input = match rng.u8(..4) {
+        0 => (0..rng.usize(0..300)).map(|_| rng.u8(..)).collect(),
+        1 => seeds[rng.usize(..seeds.len())].iter().chain(&seeds[rng.usize(..seeds.len())]).copied().collect(),
+        _ => seeds[rng.usize(..seeds.len())].clone(),
+    };
+    for _ in 0..rng.usize(0..6) {
+        if input.is_empty() {
+            break;
+        }
+        let at = rng.usize(..input.len());
+        match rng.u8(..5) {
+            0 => input[at] = rng.u8(..),
+            1 => input.truncate(at),
+            2 => input.insert(at, rng.u8(..)),
+            3 if input.len() >= 4 => {
+                let len = match rng.u8(..3) {
+                    0 => u32::MAX,
+                    1 => rng.u32(..),
+                    _ => rng.u32(..(input.len() as u32 + 8)),
+                };
+                input[..4].copy_from_slice(&len.to_le_bytes());
+            }
+            _ => input[at] ^= 1 << rng.u8(..8),
+        }
+    }
+    input
+}
+
+fn fuzz(inputs: u64, seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let started = Instant::now();
+    let (mut decoded, mut refused) = (0u64, 0u64);
+    for n in 0..inputs {
+        if n % 64 == 0 {
+            rng = fastrand::Rng::with_seed(seed ^ n);
+        }
+        let pool = seeds(&mut rng);
+        let input = mutate(&mut rng, &pool);
+        for as_worker in [false, true] {
+            let mut reader = FrameReader::new(&input[..], 1 << 16);
+            for _ in 0..input.len() + 1 {
+                let step = if as_worker {
+                    reader.read::<ToWorker>().map(|m| m.is_some())
+                } else {
+                    reader.read::<FromWorker>().map(|m| m.is_some())
+                };
+                match step {
+                    Ok(true) => decoded += 1,
+                    Ok(false) => break,
+                    Err(_) => {
+                        refused += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = peek_hello_version(input.get(4..).unwrap_or_default());
+    }
+    assert!(MAX_FRAME_LEN > 1 << 16);
+    println!(
+        "fuzz: {inputs} inputs in {:.1}s: {decoded} frames decoded, {refused} refused, no panic",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn the_decoder_survives_20k_mangled_inputs() {
+    fuzz(20_000, 0xf1a7);
+}
+
+/// `FLOTA_FUZZ_INPUTS=N cargo test --release -p shared --test fuzz_frames -- --ignored`
+#[test]
+#[ignore = "long: run by scripts/fuzz-frames.sh"]
+fn the_decoder_survives_many_mangled_inputs() {
+    let n = std::env::var("FLOTA_FUZZ_INPUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let seed = std::env::var("FLOTA_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+    fuzz(n, seed);
+}
