@@ -279,6 +279,7 @@ mod tests {
             io_timeout_ms: 1,
             backoff_base_ms: 1,
             backoff_max_ms: 1,
+            retry_after_max_ms: 1,
             headers: vec![("Authorization".into(), "Bearer s3cret".into())],
             chaos: Default::default(),
         };

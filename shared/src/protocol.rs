@@ -54,8 +54,10 @@ pub struct JobSpec {
     pub io_timeout_ms: u64,
     /// Base delay of the exponential backoff between attempts, in milliseconds.
     pub backoff_base_ms: u64,
-    /// Ceiling of the backoff delay (and of an honoured `Retry-After`), in milliseconds.
+    /// Ceiling of the backoff delay, in milliseconds.
     pub backoff_max_ms: u64,
+    /// Ceiling of an honoured `Retry-After`, in milliseconds.
+    pub retry_after_max_ms: u64,
     /// Extra request headers, name and value.
     pub headers: Vec<(String, String)>,
     /// Faults to inject, for tests and teaching; empty unless asked for.
@@ -75,6 +77,7 @@ impl std::fmt::Debug for JobSpec {
             .field("io_timeout_ms", &self.io_timeout_ms)
             .field("backoff_base_ms", &self.backoff_base_ms)
             .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("retry_after_max_ms", &self.retry_after_max_ms)
             .field("headers", &headers)
             .field("chaos", &self.chaos)
             .finish()

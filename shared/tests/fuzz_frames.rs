@@ -20,6 +20,7 @@ fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
         io_timeout_ms: 30000,
         backoff_base_ms: 100,
         backoff_max_ms: 30000,
+        retry_after_max_ms: 300000,
         headers: vec![("Authorization".into(), "Bearer x".into())],
         chaos: Default::default(),
     };

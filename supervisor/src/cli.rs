@@ -86,9 +86,12 @@ pub struct Tuning {
     /// First backoff delay between attempts (doubles each retry, with full jitter).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub backoff_base: Duration,
-    /// Longest backoff delay, and longest `Retry-After` honoured.
+    /// Longest backoff delay.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub backoff_max: Duration,
+    /// Longest `Retry-After` honoured (a 429 or 503 waits what the server asks, up to this).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub retry_after_max: Duration,
     /// A worker silent this long (no heartbeat) is killed and replaced.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub worker_timeout: Duration,
@@ -332,6 +335,7 @@ pub fn run_config(url: Option<&str>, ids: Option<&str>, store: PathBuf, t: &Tuni
             io_timeout_ms: ms(t.io_timeout),
             backoff_base_ms: ms(t.backoff_base),
             backoff_max_ms: ms(t.backoff_max),
+            retry_after_max_ms: ms(t.retry_after_max),
             headers,
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
@@ -400,6 +404,7 @@ mod tests {
             io_timeout: Duration::from_secs(1),
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
+            retry_after_max: Duration::from_secs(60),
             worker_timeout: Duration::from_secs(10),
             headers: vec!["Authorization: Bearer x".into()],
             header_file: None,

@@ -20,8 +20,10 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// The first retry waits up to this long; each further one up to twice as long as the last.
     pub base: Duration,
-    /// No wait is longer than this, an honoured `Retry-After` included.
+    /// No backoff wait is longer than this.
     pub max: Duration,
+    /// No `Retry-After` wait is longer than this.
+    pub retry_after_max: Duration,
 }
 
 impl RetryPolicy {
@@ -104,6 +106,7 @@ impl Fetcher {
                 max_attempts: job.max_attempts.max(1),
                 base: Duration::from_millis(job.backoff_base_ms),
                 max: Duration::from_millis(job.backoff_max_ms),
+                retry_after_max: Duration::from_millis(job.retry_after_max_ms),
             },
         }
     }
@@ -127,7 +130,9 @@ impl Fetcher {
                     };
                     log::debug!("id {id}: attempt {attempts} failed ({error}), retrying");
                     let delay = match wait {
-                        Some(w) => w.min(self.policy.max).max(jittered),
+                        // The server said when: that, plus the jittered backoff, so a crowd
+                        // told the same time does not come back all at once.
+                        Some(w) => w.min(self.policy.retry_after_max) + jittered,
                         None => jittered,
                     };
                     std::thread::sleep(delay);
@@ -219,6 +224,7 @@ mod tests {
             max_attempts: 8,
             base: Duration::from_millis(100),
             max: Duration::from_millis(1000),
+            retry_after_max: Duration::from_secs(60),
         };
         for _ in 0..200 {
             let waits: Vec<_> = policy.backoff().collect();
