@@ -58,7 +58,8 @@ fn a_store_that_is_not_a_store_is_refused_and_left_alone() {
     std::fs::create_dir(&notes).expect("mkdir");
     std::fs::write(notes.join("a.txt"), "mine").expect("writes");
     for (store, want) in [(&file, "not a directory"), (&notes, "a directory with other files in it")] {
-        let out = run(&["--url", "http://127.0.0.1:9/items/{id}", "--ids", "0..5", "--store", path_str(store)]);
+        let out =
+            run(&["--url", "http://127.0.0.1:9/items/{id}", "--ids", "0..5", "--store", path_str(store)]);
         out.assert_code(2);
         assert!(out.stderr.contains("is not a flota store") && out.stderr.contains(want), "{}", out.stderr);
     }

@@ -4,7 +4,16 @@ use crate::util::*;
 
 #[test]
 fn a_flaky_api_settles_every_id() {
-    let api = MockApi::start(&["--error-rate", "0.2", "--drop-rate", "0.05", "--rate-limit", "2500", "--seed", "7"]);
+    let api = MockApi::start(&[
+        "--error-rate",
+        "0.2",
+        "--drop-rate",
+        "0.05",
+        "--rate-limit",
+        "2500",
+        "--seed",
+        "7",
+    ]);
     let dir = tempdir();
     let store = dir.path().join("items.sled");
     let mut args = job_args(&api.url(), "0..6000", &store);

@@ -58,7 +58,8 @@ fn a_worker_binary_that_always_dies_stops_the_run_with_a_clear_error() {
     out.assert_code(1);
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
-        last.contains("died 5 times in a row without delivering a result") && last.contains("exited with code 1"),
+        last.contains("died 5 times in a row without delivering a result")
+            && last.contains("exited with code 1"),
         "stderr ends with the reason: {last}"
     );
     assert_eq!(api.requests(), 0);

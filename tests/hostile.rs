@@ -34,8 +34,7 @@ fn a_body_over_the_limit_fails_its_id_without_exhausting_memory() {
 
 #[test]
 fn a_trickling_server_is_cut_off_by_the_receive_timeout() {
-    let (records, out, took) =
-        run_route("trickle", &[("--io-timeout", "1s"), ("--max-attempts", "2")]);
+    let (records, out, took) = run_route("trickle", &[("--io-timeout", "1s"), ("--max-attempts", "2")]);
     out.assert_code(3);
     for rec in &records {
         assert!(rec["status"].is_null(), "{rec}");

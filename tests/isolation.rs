@@ -9,7 +9,8 @@ fn proc_file(pid: u32, name: &str) -> String {
 }
 
 fn limit(limits: &str, name: &str) -> (String, String) {
-    let line = limits.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{limits}"));
+    let line =
+        limits.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{limits}"));
     let fields: Vec<&str> = line[name.len()..].split_whitespace().collect();
     (fields[0].to_owned(), fields[1].to_owned())
 }
@@ -27,7 +28,8 @@ fn workers_are_confined_and_never_see_secrets_or_the_store() {
     set(&mut args, "--header", "Authorization: Bearer argsecret456");
     set(&mut args, "--header-file", path_str(&headers));
     set(&mut args, "--worker-memory", "1G");
-    let running = spawn_with_env(&strs(&args), &[("RUST_LOG", "debug"), ("NOTIFY_SOCKET", "/run/systemd/notify")]);
+    let running =
+        spawn_with_env(&strs(&args), &[("RUST_LOG", "debug"), ("NOTIFY_SOCKET", "/run/systemd/notify")]);
     wait_for("requests", Duration::from_secs(30), || api.requests() > 100);
     let workers = children_of(running.pid());
     assert_eq!(workers.len(), 2);
@@ -96,9 +98,17 @@ fn workers_run_as_the_user_given() {
 
 #[test]
 fn an_unknown_user_is_refused() {
-    let out = run(&["--url", "http://127.0.0.1:9/items/{id}", "--ids", "0..5", "--user", "no-such-user-here", "--store", "/tmp/flota-never-created.sled"]);
+    let out = run(&[
+        "--url",
+        "http://127.0.0.1:9/items/{id}",
+        "--ids",
+        "0..5",
+        "--user",
+        "no-such-user-here",
+        "--store",
+        "/tmp/flota-never-created.sled",
+    ]);
     out.assert_code(2);
     assert!(out.stderr.contains("--user no-such-user-here: no such user"), "{}", out.stderr);
     assert!(!std::path::Path::new("/tmp/flota-never-created.sled").exists());
 }
-

@@ -79,7 +79,13 @@ impl Outcome {
 
     #[track_caller]
     pub fn assert_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code(), Some(code), "exit status; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "exit status; stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 }
@@ -168,10 +174,26 @@ pub fn run(args: &[&str]) -> Outcome {
 /// A job's flags, with small fleets and fast backoff suitable for this 2-core machine.
 pub fn job_args(url: &str, ids: &str, store: &Path) -> Vec<String> {
     [
-        "--url", url, "--ids", ids, "--store", store.to_str().expect("utf-8 path"),
-        "--workers", "3", "--threads", "8", "--chunk-size", "64",
-        "--backoff-base", "5ms", "--backoff-max", "200ms",
-        "--connect-timeout", "2s", "--io-timeout", "5s",
+        "--url",
+        url,
+        "--ids",
+        ids,
+        "--store",
+        store.to_str().expect("utf-8 path"),
+        "--workers",
+        "3",
+        "--threads",
+        "8",
+        "--chunk-size",
+        "64",
+        "--backoff-base",
+        "5ms",
+        "--backoff-max",
+        "200ms",
+        "--connect-timeout",
+        "2s",
+        "--io-timeout",
+        "5s",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -289,7 +311,11 @@ pub fn assert_complete_but(store: &Path, range: std::ops::Range<u64>, quarantine
             assert!(err.starts_with("quarantined: killed "), "id {id}: {rec}");
         } else {
             assert_eq!(rec["status"].as_u64(), Some(200), "id {id}: {rec}");
-            assert_eq!(rec["body"].as_str(), Some(mockapi::body_for(id).as_str()), "id {id} has its own body");
+            assert_eq!(
+                rec["body"].as_str(),
+                Some(mockapi::body_for(id).as_str()),
+                "id {id} has its own body"
+            );
         }
     }
 }

@@ -87,9 +87,8 @@ pub fn run(args: Args) -> i32 {
         drop_rate: args.drop_rate,
         seed: args.seed,
     };
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
-    });
+    let threads =
+        args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let server = match Server::start(args.listen, faults, threads) {
         Ok(s) => s,
         Err(e) => {

@@ -127,8 +127,7 @@ impl State {
         loop {
             let (sec, count) = (cur >> 32, cur & 0xffff_ffff);
             let next = if sec == now { (sec << 32) | (count + 1) } else { (now << 32) | 1 };
-            match self.window.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.window.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return (next & 0xffff_ffff) <= u64::from(limit),
                 Err(actual) => cur = actual,
             }
@@ -174,7 +173,10 @@ impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Repeat { left, chunk } => {
@@ -208,8 +210,6 @@ impl hyper::body::Body for Body {
         }
     }
 }
-
-
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::Full(Some(body.into())));
@@ -371,4 +371,3 @@ async fn serve(
         });
     }
 }
-

@@ -263,7 +263,8 @@ mod tests {
         bytes.push(0);
         let len = (bytes.len() - 4) as u32;
         bytes[..4].copy_from_slice(&len.to_le_bytes());
-        let err = FrameReader::new(&bytes[..], MAX_FRAME_LEN).read::<FromWorker>().unwrap_err();
+        let err =
+            FrameReader::new(&bytes[..], MAX_FRAME_LEN).read::<FromWorker>().expect_err("trailing byte");
         assert!(matches!(err, FrameError::Trailing(1)), "{err:?}");
     }
 

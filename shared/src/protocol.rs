@@ -66,7 +66,8 @@ pub struct JobSpec {
 
 impl std::fmt::Debug for JobSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let headers: Vec<String> = self.headers.iter().map(|(name, _)| format!("{name}: <redacted>")).collect();
+        let headers: Vec<String> =
+            self.headers.iter().map(|(name, _)| format!("{name}: <redacted>")).collect();
         f.debug_struct("JobSpec")
             .field("url_template", &self.url_template)
             .field("threads", &self.threads)

@@ -27,6 +27,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // built once per process; boxing buys nothing
 pub enum Command {
     /// Write every stored record, in id order.
     Export(ExportArgs),
@@ -136,7 +137,11 @@ pub struct Chaos {
 impl std::fmt::Display for Chaos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
-        for (name, ids) in [("crash-on", &self.worker.crash_on), ("hang-on", &self.worker.hang_on), ("bad-frame-on", &self.worker.bad_frame_on)] {
+        for (name, ids) in [
+            ("crash-on", &self.worker.crash_on),
+            ("hang-on", &self.worker.hang_on),
+            ("bad-frame-on", &self.worker.bad_frame_on),
+        ] {
             parts.extend(ids.iter().map(|id| format!("{name}={id}")));
         }
         if let Some(d) = self.kill_every {
@@ -162,7 +167,9 @@ fn parse_chaos(spec: &str) -> Result<Chaos, String> {
                 }
                 chaos.kill_every = Some(d);
             }
-            other => return Err(format!("unknown fault `{other}` (crash-on, hang-on, bad-frame-on, kill-every)")),
+            other => {
+                return Err(format!("unknown fault `{other}` (crash-on, hang-on, bad-frame-on, kill-every)"))
+            }
         }
     }
     Ok(chaos)
@@ -259,12 +266,22 @@ pub struct WorkerLimits {
 }
 
 /// Checks a run's flags.
-pub fn run_config(url: Option<&str>, ids: Option<&str>, store: PathBuf, t: &Tuning) -> Result<RunConfig, String> {
+pub fn run_config(
+    url: Option<&str>,
+    ids: Option<&str>,
+    store: PathBuf,
+    t: &Tuning,
+) -> Result<RunConfig, String> {
     let url = url.ok_or("--url is required (e.g. --url 'http://127.0.0.1:8080/items/{id}')")?;
     worker::fetch::check_url_template(url).map_err(|e| format!("--url: {e}"))?;
-    let ids: IdRange = ids.ok_or("--ids is required (e.g. --ids 0..1000000)")?.parse().map_err(|e| format!("--ids: {e}"))?;
+    let ids: IdRange =
+        ids.ok_or("--ids is required (e.g. --ids 0..1000000)")?.parse().map_err(|e| format!("--ids: {e}"))?;
     let range = |name: &str, v: u32, lo: u32, hi: u32| {
-        if (lo..=hi).contains(&v) { Ok(v) } else { Err(format!("{name} must be between {lo} and {hi}, not {v}")) }
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{name} must be between {lo} and {hi}, not {v}"))
+        }
     };
     let workers = range("--workers", t.workers, 1, 1024)?;
     let threads = range("--threads", t.threads, 1, 4096)?;
@@ -273,7 +290,11 @@ pub fn run_config(url: Option<&str>, ids: Option<&str>, store: PathBuf, t: &Tuni
     if !(1..=MAX_BODY_LIMIT).contains(&t.max_body) {
         return Err(format!("--max-body must be between 1 byte and 128M, not {}", t.max_body));
     }
-    for (name, d) in [("--connect-timeout", t.connect_timeout), ("--io-timeout", t.io_timeout), ("--worker-timeout", t.worker_timeout)] {
+    for (name, d) in [
+        ("--connect-timeout", t.connect_timeout),
+        ("--io-timeout", t.io_timeout),
+        ("--worker-timeout", t.worker_timeout),
+    ] {
         if d < Duration::from_millis(1) {
             return Err(format!("{name} must be at least 1ms"));
         }
@@ -283,8 +304,8 @@ pub fn run_config(url: Option<&str>, ids: Option<&str>, store: PathBuf, t: &Tuni
     }
     let mut headers = t.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
     if let Some(file) = &t.header_file {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| format!("--header-file {}: {e}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).map_err(|e| format!("--header-file {}: {e}", file.display()))?;
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             headers.push(parse_header(line).map_err(|e| format!("--header-file {}: {e}", file.display()))?);
         }
@@ -303,7 +324,11 @@ pub fn run_config(url: Option<&str>, ids: Option<&str>, store: PathBuf, t: &Tuni
     }
     if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
-            return Err(format!("--store {}: directory {} does not exist", store.display(), parent.display()));
+            return Err(format!(
+                "--store {}: directory {} does not exist",
+                store.display(),
+                parent.display()
+            ));
         }
     }
     // Each worker holds two chunks, and enough ids to keep every thread busy.
@@ -355,7 +380,8 @@ fn resolve_user(name: &str) -> Result<(u32, u32), String> {
 }
 
 fn parse_header(h: &str) -> Result<(String, String), String> {
-    let (name, value) = h.split_once(':').ok_or_else(|| "--header must look like 'Name: value'".to_owned())?;
+    let (name, value) =
+        h.split_once(':').ok_or_else(|| "--header must look like 'Name: value'".to_owned())?;
     let name = name.trim();
     let valid_name = !name.is_empty()
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
@@ -437,8 +463,18 @@ mod tests {
             (Some("http://h/{id}"), Some("3..1"), t.clone(), "--ids"),
             (Some("http://h/{id}"), Some("0..1"), Tuning { workers: 0, ..t.clone() }, "--workers"),
             (Some("http://h/{id}"), Some("0..1"), Tuning { threads: 0, ..t.clone() }, "--threads"),
-            (Some("http://h/{id}"), Some("0..1"), Tuning { headers: vec!["nocolon".into()], ..t.clone() }, "--header"),
-            (Some("http://h/{id}"), Some("0..1"), Tuning { worker_bin: Some("/nonexistent/w".into()), ..t.clone() }, "--worker-bin"),
+            (
+                Some("http://h/{id}"),
+                Some("0..1"),
+                Tuning { headers: vec!["nocolon".into()], ..t.clone() },
+                "--header",
+            ),
+            (
+                Some("http://h/{id}"),
+                Some("0..1"),
+                Tuning { worker_bin: Some("/nonexistent/w".into()), ..t.clone() },
+                "--worker-bin",
+            ),
         ];
         for (url, ids, t, want) in cases {
             let err = run_config(url, ids, "s.sled".into(), &t).expect_err(want);

@@ -6,8 +6,8 @@
 //! for the port recorded in it, so the job is the same and the run resumes.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use crate::cli::{self, DemoArgs};
@@ -81,7 +81,12 @@ pub fn run(args: DemoArgs) -> Result<i32, Error> {
     let url = format!("http://{}/items/{{id}}", mock.addr);
     let cfg = cli::run_config(Some(&url), Some(&format!("0..{}", args.items)), store, &args.tuning)
         .map_err(Error::Usage)?;
-    println!("demo: mockapi on {} (latency {} ms); fetching {} items", mock.addr, args.latency_ms, report::thousands(args.items));
+    println!(
+        "demo: mockapi on {} (latency {} ms); fetching {} items",
+        mock.addr,
+        args.latency_ms,
+        report::thousands(args.items)
+    );
     let r = report::execute(&cfg)?;
     drop(mock);
     report::print_summary(&cfg, &r);

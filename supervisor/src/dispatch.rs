@@ -87,7 +87,13 @@ enum PlanMsg {
 
 /// Walks the range, dropping what the store has settled, and feeds chunks to the dispatcher
 /// through a small bounded channel: memory stays flat whatever the range.
-fn plan(store: &store::Store, range: IdRange, chunk_size: u64, retry_quarantined: bool, out: Sender<PlanMsg>) {
+fn plan(
+    store: &store::Store,
+    range: IdRange,
+    chunk_size: u64,
+    retry_quarantined: bool,
+    out: Sender<PlanMsg>,
+) {
     let mut settled = Vec::new();
     let (mut skipped, mut quarantined) = (0, 0);
     for window in range.windows(chunk_size) {
@@ -134,7 +140,10 @@ enum Phase {
     /// Every id is stored: workers are leaving.
     Draining,
     /// A signal arrived: workers finish the requests in hand until the deadline.
-    Stopping { signal: i32, deadline: Instant },
+    Stopping {
+        signal: i32,
+        deadline: Instant,
+    },
 }
 
 struct Dispatcher<'a> {
@@ -511,7 +520,11 @@ impl Dispatcher<'_> {
                 if !delivered {
                     slot.barren_deaths += 1;
                     if slot.barren_deaths >= MAX_BARREN_DEATHS {
-                        return Err(Error::WorkersFailing { slot: n, deaths: slot.barren_deaths, last: format!("{how}{why}") });
+                        return Err(Error::WorkersFailing {
+                            slot: n,
+                            deaths: slot.barren_deaths,
+                            last: format!("{how}{why}"),
+                        });
                     }
                 }
                 for id in ids {
@@ -556,7 +569,10 @@ impl Dispatcher<'_> {
         let now = Instant::now();
         if let Phase::Stopping { signal, deadline } = self.phase {
             if now >= deadline {
-                log::warn!("grace period after {} over: killing the workers still running", signal_name(signal));
+                log::warn!(
+                    "grace period after {} over: killing the workers still running",
+                    signal_name(signal)
+                );
                 for slot in &self.slots {
                     if let Some(p) = &slot.proc {
                         p.kill();
@@ -567,7 +583,10 @@ impl Dispatcher<'_> {
         }
         for n in 0..self.slots.len() {
             let slot = &mut self.slots[n];
-            if slot.proc.is_none() && slot.restart_at.is_some_and(|t| t <= now) && self.phase == Phase::Fetching {
+            if slot.proc.is_none()
+                && slot.restart_at.is_some_and(|t| t <= now)
+                && self.phase == Phase::Fetching
+            {
                 slot.restart_at = None;
                 slot.gen += 1;
                 slot.last_heard = now;
@@ -589,12 +608,21 @@ impl Dispatcher<'_> {
             if let Some(proc) = &slot.proc {
                 let silent = now.duration_since(slot.last_heard);
                 if silent > self.cfg.worker_timeout {
-                    log::warn!("worker {n} (pid {}) silent for {}ms; killing it", proc.pid, silent.as_millis());
+                    log::warn!(
+                        "worker {n} (pid {}) silent for {}ms; killing it",
+                        proc.pid,
+                        silent.as_millis()
+                    );
                     proc.kill();
                     slot.last_heard = now; // one kill per timeout period
                 }
-                if slot.closed_at.is_some_and(|t| now.duration_since(t) > DRAIN_GRACE) && self.phase == Phase::Draining {
-                    log::warn!("worker {n} (pid {}) did not exit after its stdin closed; killing it", proc.pid);
+                if slot.closed_at.is_some_and(|t| now.duration_since(t) > DRAIN_GRACE)
+                    && self.phase == Phase::Draining
+                {
+                    log::warn!(
+                        "worker {n} (pid {}) did not exit after its stdin closed; killing it",
+                        proc.pid
+                    );
                     proc.kill();
                     slot.closed_at = Some(now);
                 }

@@ -113,7 +113,10 @@ pub fn run(args: &ExportArgs) -> Result<i32, Error> {
 }
 
 /// Writes `path` through a temporary file beside it, renamed into place only once complete.
-fn write_atomically(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<(), Error>) -> Result<(), Error> {
+fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<(), Error>,
+) -> Result<(), Error> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let out_err = |source| Error::Output { path: path.to_owned(), source };
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(out_err)?;

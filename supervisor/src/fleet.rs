@@ -20,7 +20,9 @@ use crate::cli::WorkerLimits;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use shared::frame::{decode, peek_hello_version};
-use shared::{FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, ToWorker, PROTOCOL_VERSION};
+use shared::{
+    FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, ToWorker, PROTOCOL_VERSION,
+};
 
 /// Variables a worker must not inherit: they address the service manager, which only the
 /// supervisor may talk to.
@@ -104,7 +106,13 @@ impl WorkerProc {
 
 impl Spawner {
     /// Starts the worker for `slot`, sends it the job, and starts its reader thread.
-    pub fn spawn(&self, slot: usize, gen: u64, job: &JobSpec, events: Sender<FleetEvent>) -> std::io::Result<WorkerProc> {
+    pub fn spawn(
+        &self,
+        slot: usize,
+        gen: u64,
+        job: &JobSpec,
+        events: Sender<FleetEvent>,
+    ) -> std::io::Result<WorkerProc> {
         let mut cmd = Command::new(&self.bin);
         if self.self_exec {
             cmd.arg("worker");
@@ -192,7 +200,14 @@ pub(crate) fn harden(cmd: &mut Command, limits: Option<WorkerLimits>) {
 }
 
 /// The reader thread of one worker.
-fn read_worker(slot: usize, gen: u64, mut child: Child, stdout: ChildStdout, max_frame: usize, events: Sender<FleetEvent>) {
+fn read_worker(
+    slot: usize,
+    gen: u64,
+    mut child: Child,
+    stdout: ChildStdout,
+    max_frame: usize,
+    events: Sender<FleetEvent>,
+) {
     let send = |kind| events.send(FleetEvent { slot, gen, kind }).is_ok();
     let mut reader = FrameReader::new(BufReader::with_capacity(256 * 1024, stdout), max_frame);
     let mut greeted = false;

@@ -249,7 +249,12 @@ impl Store {
     /// Appends to `out` the ids of `window` that are settled, in order: those with an HTTP
     /// answer, and quarantined ones unless `retry_quarantined`. Returns how many of them are
     /// quarantined.
-    pub fn settled_in(&self, window: IdRange, retry_quarantined: bool, out: &mut Vec<u64>) -> Result<u64, StoreError> {
+    pub fn settled_in(
+        &self,
+        window: IdRange,
+        retry_quarantined: bool,
+        out: &mut Vec<u64>,
+    ) -> Result<u64, StoreError> {
         let mut quarantined = 0;
         for kv in self.items.range(key(window.start)..key(window.end)) {
             let (k, v) = kv?;
@@ -335,10 +340,11 @@ fn lock(path: &Path) -> Result<Flock<File>, StoreError> {
         }
         Err((mut file, _)) => {
             let mut text = String::new();
-            let holder = match file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u32>().ok()) {
-                Some(pid) => format!("pid {pid}"),
-                None => "another process".to_owned(),
-            };
+            let holder =
+                match file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u32>().ok()) {
+                    Some(pid) => format!("pid {pid}"),
+                    None => "another process".to_owned(),
+                };
             Err(StoreError::Locked { path: path.to_owned(), holder })
         }
     }
@@ -374,13 +380,13 @@ pub fn encode(result: &ItemResult, buf: &mut Vec<u8>) {
 /// Decodes a record; `None` if it is malformed.
 pub fn decode(v: &[u8]) -> Option<Record> {
     let attempts = u32::from_be_bytes(v.get(1..5)?.try_into().ok()?);
-    match v.first()? {
-        &KIND_ANSWER => Some(Record::Answer {
+    match *v.first()? {
+        KIND_ANSWER => Some(Record::Answer {
             attempts,
             status: u16::from_be_bytes(v.get(5..7)?.try_into().ok()?),
             body: v.get(7..)?.to_vec(),
         }),
-        &kind @ (KIND_FAILED | KIND_QUARANTINED) => Some(Record::Failed {
+        kind @ (KIND_FAILED | KIND_QUARANTINED) => Some(Record::Failed {
             attempts,
             error: String::from_utf8_lossy(v.get(5..)?).into_owned(),
             quarantined: kind == KIND_QUARANTINED,
@@ -456,9 +462,11 @@ pub fn spawn_writer(
         let mut oldest: Option<Instant> = None;
         let mut buf = Vec::new();
         loop {
-            let timeout = oldest.map_or(Duration::from_secs(3600), |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
+            let timeout =
+                oldest.map_or(Duration::from_secs(3600), |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
             let cmd = cmds.recv_timeout(timeout);
-            let finish = matches!(cmd, Ok(WriteCmd::Finish) | Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+            let finish =
+                matches!(cmd, Ok(WriteCmd::Finish) | Err(crossbeam_channel::RecvTimeoutError::Disconnected));
             match cmd {
                 Ok(WriteCmd::Put(results)) => {
                     for r in results {
@@ -524,9 +532,15 @@ mod tests {
         assert_eq!(decode(&buf), Some(Record::Answer { attempts: 2, status: 404, body: b"nope".to_vec() }));
         let failed = ItemResult { id: 2, attempts: 8, outcome: Outcome::Failed { error: "HTTP 503".into() } };
         encode(&failed, &mut buf);
-        assert_eq!(decode(&buf), Some(Record::Failed { attempts: 8, error: "HTTP 503".into(), quarantined: false }));
+        assert_eq!(
+            decode(&buf),
+            Some(Record::Failed { attempts: 8, error: "HTTP 503".into(), quarantined: false })
+        );
         encode_quarantined(2, "quarantined: boom", &mut buf);
-        assert_eq!(decode(&buf), Some(Record::Failed { attempts: 2, error: "quarantined: boom".into(), quarantined: true }));
+        assert_eq!(
+            decode(&buf),
+            Some(Record::Failed { attempts: 2, error: "quarantined: boom".into(), quarantined: true })
+        );
         assert_eq!(decode(&[9, 0, 0, 0, 1]), None);
         assert_eq!(decode(&[1, 0]), None);
     }
@@ -541,7 +555,9 @@ mod tests {
         let t = spawn_writer(store.writer(), cmd_rx, ack_tx).expect("spawns");
         let failed = ItemResult { id: 5, attempts: 8, outcome: Outcome::Failed { error: "x".into() } };
         cmd_tx.send(WriteCmd::Put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed])).expect("sends");
-        cmd_tx.send(WriteCmd::Quarantine { id: 4, deaths: 2, reason: "quarantined: x".into() }).expect("sends");
+        cmd_tx
+            .send(WriteCmd::Quarantine { id: 4, deaths: 2, reason: "quarantined: x".into() })
+            .expect("sends");
         cmd_tx.send(WriteCmd::Finish).expect("sends");
         t.join().expect("joins");
         let acks: Vec<_> = ack_rx.iter().collect();
@@ -554,7 +570,10 @@ mod tests {
         out.clear();
         store.settled_in(IdRange { start: 0, end: 9 }, true, &mut out).expect("scans");
         assert_eq!(out, vec![3], "quarantined ids are fetched again when asked");
-        assert_eq!(store.counts().expect("counts"), Counts { answered: 2, success: 1, failed: 2, quarantined: 1 });
+        assert_eq!(
+            store.counts().expect("counts"),
+            Counts { answered: 2, success: 1, failed: 2, quarantined: 1 }
+        );
         let ids: Vec<u64> = store.records().map(|r| r.expect("decodes").0).collect();
         assert_eq!(ids, vec![3, 4, 5, 9]);
     }
@@ -565,7 +584,9 @@ mod tests {
         let path = dir.path().join("s.sled");
         let store = Store::open_for_job(&path, "http://a/{id}").expect("opens");
         match Store::open_for_job(&path, "http://b/{id}") {
-            Err(StoreError::Locked { holder, .. }) => assert_eq!(holder, format!("pid {}", std::process::id())),
+            Err(StoreError::Locked { holder, .. }) => {
+                assert_eq!(holder, format!("pid {}", std::process::id()))
+            }
             other => panic!("expected Locked, got {:?}", other.err()),
         }
         drop(store);

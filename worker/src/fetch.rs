@@ -48,11 +48,7 @@ impl Iterator for BackoffIter {
         if self.retry + 1 >= self.policy.max_attempts {
             return None;
         }
-        let ceiling = self
-            .policy
-            .base
-            .saturating_mul(1u32 << self.retry.min(20))
-            .min(self.policy.max);
+        let ceiling = self.policy.base.saturating_mul(1u32 << self.retry.min(20)).min(self.policy.max);
         self.retry += 1;
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Some(Duration::from_nanos(fastrand::u64(0..=nanos)))
@@ -92,10 +88,7 @@ impl Fetcher {
             .user_agent(concat!("flota/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        let (prefix, suffix) = job
-            .url_template
-            .split_once("{id}")
-            .unwrap_or((job.url_template.as_str(), ""));
+        let (prefix, suffix) = job.url_template.split_once("{id}").unwrap_or((job.url_template.as_str(), ""));
         Self {
             agent,
             url_prefix: prefix.to_owned(),
@@ -153,10 +146,7 @@ impl Fetcher {
         let status = resp.status().as_u16();
         if status == 408 || status == 429 || (500..600).contains(&status) {
             let wait = if status == 429 || status == 503 {
-                resp.headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after)
+                resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
             } else {
                 None
             };
@@ -175,13 +165,16 @@ impl Fetcher {
 fn classify_error(e: ureq::Error) -> Attempt {
     use ureq::Error as E;
     match e {
-        E::BodyExceedsLimit(limit) => Attempt::Final(Outcome::Failed {
-            error: format!("body exceeds the limit of {limit} bytes"),
-        }),
-        E::TooManyRedirects | E::RedirectFailed | E::BadUri(_) | E::RequireHttpsOnly(_)
-        | E::LargeResponseHeader(..) | E::Http(_) | E::InvalidProxyUrl => {
-            Attempt::Final(Outcome::Failed { error: one_line(&e) })
+        E::BodyExceedsLimit(limit) => {
+            Attempt::Final(Outcome::Failed { error: format!("body exceeds the limit of {limit} bytes") })
         }
+        E::TooManyRedirects
+        | E::RedirectFailed
+        | E::BadUri(_)
+        | E::RequireHttpsOnly(_)
+        | E::LargeResponseHeader(..)
+        | E::Http(_)
+        | E::InvalidProxyUrl => Attempt::Final(Outcome::Failed { error: one_line(&e) }),
         other => Attempt::Retry { error: one_line(&other), wait: None },
     }
 }
@@ -212,6 +205,23 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
         }
     }
     std::str::from_utf8(&buf[i..]).expect("ASCII digits")
+}
+
+/// Checks a URL template: `{id}` present, and with an id put in, an absolute http(s) URL.
+pub fn check_url_template(template: &str) -> Result<(), String> {
+    if !template.contains("{id}") {
+        return Err(format!("`{template}` has no {{id}} in it"));
+    }
+    let url = template.replace("{id}", "0");
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("`{template}` is not a valid URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{template}` is not an http:// or https:// URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{template}` has no host"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -256,21 +266,4 @@ mod tests {
             assert_eq!(itoa(n, &mut [0; 20]), n.to_string());
         }
     }
-}
-
-/// Checks a URL template: `{id}` present, and with an id put in, an absolute http(s) URL.
-pub fn check_url_template(template: &str) -> Result<(), String> {
-    if !template.contains("{id}") {
-        return Err(format!("`{template}` has no {{id}} in it"));
-    }
-    let url = template.replace("{id}", "0");
-    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("`{template}` is not a valid URL ({e})"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(format!("`{template}` is not an http:// or https:// URL")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("`{template}` has no host"));
-    }
-    Ok(())
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use shared::frame::{peek_hello_version, MAX_FRAME_LEN};
-use shared::{FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, ToWorker, WorkerHello, PROTOCOL_VERSION};
+use shared::{
+    FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, ToWorker, WorkerHello, PROTOCOL_VERSION,
+};
 
 use crate::fetch::Fetcher;
 
@@ -191,7 +193,9 @@ fn write_loop(stdout: File, rx: Receiver<Outgoing>) -> Result<(), LinkError> {
             // A length of 5, then a variant index no message has.
             let bad = [5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
             let sink = w.get_mut();
-            sink.write_all(&bad).and_then(|()| sink.flush()).map_err(|e| LinkError::Write(FrameError::Io(e)))?;
+            sink.write_all(&bad)
+                .and_then(|()| sink.flush())
+                .map_err(|e| LinkError::Write(FrameError::Io(e)))?;
         }
     }
     Ok(())
