@@ -30,6 +30,9 @@ const KIND_ANSWER: u8 = 1;
 const KIND_FAILED: u8 = 2;
 const KIND_QUARANTINED: u8 = 3;
 const LOCK_FILE: &str = "flota.lock";
+/// sled's page cache. Its default (1 GiB) would let the supervisor grow to that size on a long
+/// run; writes are sequential and reads are range scans, so a small cache costs little.
+const CACHE_BYTES: u64 = 64 << 20;
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +222,7 @@ impl Store {
         let lock = lock(path)?;
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
         let items = db.open_tree("items")?;
