@@ -40,6 +40,7 @@ fn workers_killed_with_sigkill_mid_run_lose_and_duplicate_nothing() {
     let out = running.wait(RUN_DEADLINE);
     out.assert_code(0);
     assert_eq!(summary_figure(&out.stdout, "worker restarts"), kills, "one restart per kill");
+    assert_eq!(summary_figure(&out.stdout, "quarantined"), 0, "innocent ids survive deaths not theirs");
     assert!(out.stderr.contains("was killed by SIGKILL"), "the deaths are logged:\n{}", out.stderr);
     assert_complete(&store, 0..total);
     // Ids a dead worker held are fetched again, so some requests repeat, but never many.

@@ -55,11 +55,18 @@ fn workers_are_confined_and_never_see_secrets_or_the_store() {
             );
             assert!(!target.contains(path_str(dir.path())), "worker {w} holds {target}");
         }
-        // fds 0 and 1 are the pipes to the supervisor.
-        for n in [0, 1] {
-            let target = std::fs::read_link(format!("/proc/{w}/fd/{n}")).expect("fd");
-            assert!(target.display().to_string().starts_with("pipe:"), "fd {n}: {target:?}");
-        }
+        // stdin is the pipe from the supervisor; the pipe back has one descriptor of its own.
+        let target = std::fs::read_link(format!("/proc/{w}/fd/0")).expect("fd 0");
+        assert!(target.display().to_string().starts_with("pipe:"), "fd 0: {target:?}");
+        let stderr = std::fs::read_link(format!("/proc/{w}/fd/2")).expect("fd 2");
+        let others = std::fs::read_dir(format!("/proc/{w}/fd"))
+            .expect("fds")
+            .flatten()
+            .filter(|fd| fd.file_name() != "0")
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|t| t.display().to_string().starts_with("pipe:") && *t != stderr)
+            .count();
+        assert_eq!(others, 1, "besides stdin and stderr, one pipe: the protocol's");
     }
     let log = running.kill().stderr;
     assert!(log.contains("DEBUG"), "debug logging was on");

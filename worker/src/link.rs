@@ -6,7 +6,7 @@
 //! pointed at stderr, so a stray print can only reach the log, never corrupt the protocol.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,11 +67,13 @@ pub enum LinkError {
 
 /// Serves one session on this process's stdin and stdout.
 pub fn serve() -> Result<(), LinkError> {
-    let stdin = File::from(std::io::stdin().as_fd().try_clone_to_owned().map_err(LinkError::Stdio)?);
+    // stdin is read through std's own buffered handle, on fd 0. stdout moves to a descriptor
+    // of its own (std's handle is line-buffered, wrong for binary frames), and fd 1 becomes a
+    // copy of stderr.
     let stdout = File::from(std::io::stdout().as_fd().try_clone_to_owned().map_err(LinkError::Stdio)?);
     nix::unistd::dup2(2, 1).map_err(|e| LinkError::Stdio(e.into()))?;
 
-    let mut reader = FrameReader::new(BufReader::with_capacity(64 * 1024, stdin), MAX_FRAME_LEN);
+    let mut reader = FrameReader::new(std::io::stdin().lock(), MAX_FRAME_LEN);
     let job = match reader.read_payload().map_err(LinkError::Read)? {
         None => return Ok(()), // closed before the hello: nothing to do
         Some(payload) => {
