@@ -118,7 +118,8 @@ impl Fetcher {
                 Attempt::Final(outcome) => return ItemResult { id, attempts, outcome },
                 Attempt::Retry { error, wait } => {
                     let Some(jittered) = backoff.next() else {
-                        let error = format!("gave up after {attempts} attempts: {error}");
+                        let plural = if attempts == 1 { "" } else { "s" };
+                        let error = format!("gave up after {attempts} attempt{plural}: {error}");
                         return ItemResult { id, attempts, outcome: Outcome::Failed { error } };
                     };
                     log::debug!("id {id}: attempt {attempts} failed ({error}), retrying");
