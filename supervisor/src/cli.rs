@@ -310,8 +310,17 @@ pub fn run_config(
             headers.push(parse_header(line).map_err(|e| format!("--header-file {}: {e}", file.display()))?);
         }
     }
-    if t.worker_memory < 64 << 20 {
-        return Err(format!("--worker-memory must be at least 64M, not {}", t.worker_memory));
+    // Per fetch thread its stack and its connection's buffers (ureq keeps 128 KiB each way),
+    // plus room for the binary, the allocator and a few bodies in flight.
+    let per_thread = worker::pool::FETCH_STACK as u64 + (512 << 10);
+    let needed = u64::from(threads) * per_thread + (128 << 20) + 4 * t.max_body;
+    if t.worker_memory < needed {
+        return Err(format!(
+            "--worker-memory {} is too small for {threads} threads and --max-body {}: give it at least {}M",
+            t.worker_memory,
+            t.max_body,
+            needed.div_ceil(1 << 20)
+        ));
     }
     let user = match &t.user {
         None => None,
@@ -341,12 +350,7 @@ pub fn run_config(
         chunk_size,
         worker_timeout: t.worker_timeout,
         worker_bin: t.worker_bin.clone(),
-        limits: WorkerLimits {
-            memory: t.worker_memory,
-            // Per thread: a pooled connection and one being replaced; plus pipes, stdio, slack.
-            open_files: 2 * u64::from(threads) + 64,
-            user,
-        },
+        limits: WorkerLimits { memory: t.worker_memory, open_files: open_files(threads)?, user },
         grace: t.grace,
         retry_quarantined: t.retry_quarantined,
         chaos: t.chaos.clone().unwrap_or_default(),
@@ -365,6 +369,22 @@ pub fn run_config(
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
     })
+}
+
+/// A worker's open-files limit: per thread a pooled connection and one being replaced, plus
+/// pipes, stdio and slack; never above what this process may grant (its hard limit).
+fn open_files(threads: u32) -> Result<u64, String> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let want = 2 * u64::from(threads) + 64;
+    let (_, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("cannot read the open-files limit: {e}"))?;
+    if hard < u64::from(threads) + 16 {
+        return Err(format!(
+            "--threads {threads} needs {} open files per worker; the hard limit is {hard}",
+            u64::from(threads) + 16
+        ));
+    }
+    Ok(want.min(hard))
 }
 
 /// Looks up `--user`: it must exist, and switching to it needs root (unless it is us).

@@ -94,8 +94,18 @@ pub fn serve() -> Result<(), LinkError> {
         .name("link-writer".into())
         .spawn(move || write_loop(stdout, out_rx))
         .map_err(LinkError::Thread)?;
-    let _ = out_tx.send(Outgoing::Hello);
 
+    // The supervisor never has more than max_in_flight ids outstanding here, so this queue
+    // never fills and reading the next assignment never waits on the fetch threads.
+    let (ids_tx, ids_rx) = crossbeam_channel::bounded::<u64>(job.max_in_flight.max(1) as usize);
+    let fetcher = Arc::new(Fetcher::new(&job));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let chaos = Arc::new(job.chaos.clone());
+    // Every thread is started before the hello: a worker that cannot start them never says
+    // it is ready, so its failure is not mistaken for the fault of the ids it was given.
+    let threads = crate::pool::start(job.threads, fetcher, chaos, stopping.clone(), ids_rx, out_tx.clone())
+        .map_err(LinkError::Thread)?;
+    let _ = out_tx.send(Outgoing::Hello);
     let alive = Arc::new(AtomicBool::new(true));
     let heartbeat = {
         let (alive, out) = (alive.clone(), out_tx.clone());
@@ -111,15 +121,6 @@ pub fn serve() -> Result<(), LinkError> {
             })
             .map_err(LinkError::Thread)?
     };
-
-    // The supervisor never has more than max_in_flight ids outstanding here, so this queue
-    // never fills and reading the next assignment never waits on the fetch threads.
-    let (ids_tx, ids_rx) = crossbeam_channel::bounded::<u64>(job.max_in_flight.max(1) as usize);
-    let fetcher = Arc::new(Fetcher::new(&job));
-    let stopping = Arc::new(AtomicBool::new(false));
-    let chaos = Arc::new(job.chaos.clone());
-    let threads = crate::pool::start(job.threads, fetcher, chaos, stopping.clone(), ids_rx, out_tx.clone())
-        .map_err(LinkError::Thread)?;
     drop(out_tx);
 
     let read_result = read_loop(&mut reader, &ids_tx);

@@ -10,6 +10,10 @@ use shared::WorkerChaos;
 use crate::fetch::Fetcher;
 use crate::link::Outgoing;
 
+/// Stack of a fetch thread. Rust's default (2 MiB) would make a thousand threads need 2 GiB of
+/// address space, the worker's whole default limit; a blocking HTTP(S) call needs far less.
+pub const FETCH_STACK: usize = 512 << 10;
+
 /// Starts `threads` fetch threads. They exit once `ids` is closed and drained, or, once
 /// `stopping` is set, after the request each has in hand.
 pub fn start(
@@ -24,7 +28,7 @@ pub fn start(
         .map(|n| {
             let (fetcher, chaos, stopping) = (fetcher.clone(), chaos.clone(), stopping.clone());
             let (ids, out) = (ids.clone(), out.clone());
-            std::thread::Builder::new().name(format!("fetch-{n}")).spawn(move || {
+            std::thread::Builder::new().name(format!("fetch-{n}")).stack_size(FETCH_STACK).spawn(move || {
                 let mut url = String::with_capacity(128);
                 for id in ids {
                     if stopping.load(Ordering::Relaxed) {
