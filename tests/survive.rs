@@ -229,3 +229,42 @@ fn hostile_workers_are_refused_without_a_panic_or_an_allocation() {
     }
     assert_eq!(api.requests(), 0);
 }
+
+#[test]
+fn a_worker_that_stops_reading_its_stdin_does_not_stall_the_supervisor() {
+    // A fake worker that completes the handshake and heartbeats but never reads: the ids sent
+    // to it (9 bytes each, this high in the id space) soon fill its stdin pipe.
+    let dir = tempdir();
+    let script = dir.path().join("deaf-worker.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf '\\003\\000\\000\\000\\000\\001\\005'\n\
+         while :; do printf '\\001\\000\\000\\000\\002'; sleep 0.3; done\n",
+    )
+    .expect("writes");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let api = MockApi::start(&[]);
+    let store = dir.path().join("items.sled");
+    let mut args = job_args(&api.url(), "1152921504606846976..1152921504606906976", &store);
+    for (flag, value) in [
+        ("--worker-bin", path_str(&script)),
+        ("--workers", "2"),
+        ("--threads", "4000"),
+        ("--worker-memory", "8G"),
+        ("--chunk-size", "4096"),
+        ("--grace", "1s"),
+    ] {
+        set(&mut args, flag, value);
+    }
+    let running = spawn(&strs(&args));
+    let pid = running.pid();
+    wait_for("the fake workers", Duration::from_secs(10), || children_of(pid).len() == 2);
+    std::thread::sleep(Duration::from_millis(500)); // let the assignments pile up
+    let sent = Instant::now();
+    signal(pid, Signal::SIGTERM);
+    let out = running.wait(Duration::from_secs(15));
+    out.assert_code(143);
+    assert!(sent.elapsed() < Duration::from_secs(5), "the supervisor answered the signal late");
+    assert!(out.stderr.contains("grace period after SIGTERM over"), "{}", out.stderr);
+}

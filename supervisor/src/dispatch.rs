@@ -401,7 +401,7 @@ impl Dispatcher<'_> {
                     log::info!("retrying id {id} alone in worker {n} (pid {})", proc.pid);
                     slot.solo = Some(id);
                     slot.outstanding.insert(id);
-                    if let Err(e) = proc.send(&ToWorker::Assign { ids: vec![id] }) {
+                    if let Err(e) = proc.send(ToWorker::Assign { ids: vec![id] }) {
                         log::warn!("worker {n} (pid {}): cannot send it work: {e}; killing it", proc.pid);
                         proc.kill();
                         slot.ready = false;
@@ -418,7 +418,7 @@ impl Dispatcher<'_> {
                 }
                 let ids = self.pending.pop_front().expect("front exists");
                 slot.outstanding.extend(ids.iter().copied());
-                if let Err(e) = proc.send(&ToWorker::Assign { ids }) {
+                if let Err(e) = proc.send(ToWorker::Assign { ids }) {
                     // Its ids stay outstanding and are requeued when it is reported gone.
                     log::warn!("worker {n} (pid {}): cannot send it work: {e}; killing it", proc.pid);
                     proc.kill();

@@ -20,9 +20,7 @@ use crate::cli::WorkerLimits;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use shared::frame::{decode, peek_hello_version};
-use shared::{
-    FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, ToWorker, PROTOCOL_VERSION,
-};
+use shared::{FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, ToWorker, PROTOCOL_VERSION};
 
 /// Variables a worker must not inherit: they address the service manager, which only the
 /// supervisor may talk to.
@@ -78,22 +76,24 @@ pub struct WorkerProc {
     pub pid: Pid,
     /// When it was started.
     pub started: Instant,
-    stdin: Option<FrameWriter<ChildStdin>>,
+    /// To the worker's writer thread, which owns its stdin.
+    to_worker: Option<Sender<ToWorker>>,
 }
 
 impl WorkerProc {
-    /// Sends a message. Small assignments never fill the pipe: the worker reads eagerly into a
-    /// queue sized for everything it may be given.
-    pub fn send(&mut self, msg: &ToWorker) -> Result<(), FrameError> {
-        match self.stdin.as_mut() {
-            Some(w) => w.write(msg),
-            None => Err(FrameError::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe))),
+    /// Queues a message for the worker. Never blocks: a worker that stops reading (SIGSTOP)
+    /// stalls only its own writer thread, never the dispatcher.
+    pub fn send(&mut self, msg: ToWorker) -> std::io::Result<()> {
+        match self.to_worker.as_ref().map(|tx| tx.send(msg)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "its stdin is closed")),
         }
     }
 
-    /// Closes the worker's stdin: it finishes what it holds and exits.
+    /// Closes the worker's stdin once what is queued is written: it finishes the requests in
+    /// hand and exits.
     pub fn close(&mut self) {
-        self.stdin = None;
+        self.to_worker = None;
     }
 
     /// Kills the worker with SIGKILL. Its reader thread then reports it gone.
@@ -136,16 +136,24 @@ impl Spawner {
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
         let stdin = child.stdin.take().expect("stdin was piped");
         let stdout = child.stdout.take().expect("stdout was piped");
-        let mut proc = WorkerProc { pid, started: Instant::now(), stdin: Some(FrameWriter::new(stdin)) };
-        let max_frame = self.max_frame;
-        std::thread::Builder::new()
-            .name(format!("worker-{slot}-reader"))
-            .spawn(move || read_worker(slot, gen, child, stdout, max_frame, events))?;
-        if let Err(e) = proc.send(&ToWorker::Hello { version: PROTOCOL_VERSION, job: job.clone() }) {
-            // The reader thread will report the worker gone; make sure it goes.
-            log::debug!("worker {slot}: cannot send the hello: {e}");
-            proc.kill();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut proc = WorkerProc { pid, started: Instant::now(), to_worker: Some(tx) };
+        let writer = std::thread::Builder::new()
+            .name(format!("worker-{slot}-writer"))
+            .spawn(move || write_worker(slot, stdin, rx));
+        if let Err(e) = writer {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
         }
+        let max_frame = self.max_frame;
+        let reader = std::thread::Builder::new().name(format!("worker-{slot}-reader"));
+        // On failure the closure, and so the child, comes back inside the error: kill it.
+        if let Err(e) = reader.spawn(move || read_worker(slot, gen, child, stdout, max_frame, events)) {
+            proc.kill();
+            return Err(e);
+        }
+        let _ = proc.send(ToWorker::Hello { version: PROTOCOL_VERSION, job: job.clone() });
         Ok(proc)
     }
 }
@@ -196,6 +204,18 @@ pub(crate) fn harden(cmd: &mut Command, limits: Option<WorkerLimits>) {
             }
             Ok(())
         });
+    }
+}
+
+/// The writer thread of one worker: owns its stdin; ends (closing it) when the dispatcher drops
+/// its sender or the pipe breaks.
+fn write_worker(slot: usize, stdin: ChildStdin, rx: crossbeam_channel::Receiver<ToWorker>) {
+    let mut w = FrameWriter::new(stdin);
+    for msg in rx {
+        if let Err(e) = w.write(&msg) {
+            log::debug!("worker {slot}: cannot write to it: {e}");
+            return;
+        }
     }
 }
 
