@@ -163,6 +163,7 @@ struct Dispatcher<'a> {
     report: RunReport,
     started: Instant,
     last_progress: Instant,
+    last_tick: Instant,
     next_chaos_kill: Option<Instant>,
     unexpected: u64,
 }
@@ -214,6 +215,7 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
             report: RunReport { ids: Some(cfg.ids), ..RunReport::default() },
             started,
             last_progress: now,
+            last_tick: now,
             next_chaos_kill: cfg.chaos.kill_every.map(|every| now + every),
             unexpected: 0,
         };
@@ -567,6 +569,15 @@ impl Dispatcher<'_> {
 
     fn on_tick(&mut self) -> Result<(), Error> {
         let now = Instant::now();
+        if now.duration_since(self.last_tick) > Duration::from_secs(1) {
+            // The dispatcher itself was held up (a slow flush pushing back): heartbeats may be
+            // waiting unread, so silence measured across the stall proves nothing.
+            let grace_from = now.checked_sub(Duration::from_millis(500)).unwrap_or(now);
+            for slot in &mut self.slots {
+                slot.last_heard = slot.last_heard.max(grace_from);
+            }
+        }
+        self.last_tick = now;
         if let Phase::Stopping { signal, deadline } = self.phase {
             if now >= deadline {
                 log::warn!(
