@@ -65,8 +65,8 @@ enum Attempt {
 /// Fetches ids of one job. Cheap to share between threads.
 pub struct Fetcher {
     agent: Agent,
-    url_prefix: String,
-    url_suffix: String,
+    /// The template cut at each `{id}`: the id goes between consecutive parts.
+    url_parts: Vec<String>,
     headers: Vec<(String, String)>,
     max_body: u64,
     policy: RetryPolicy,
@@ -88,11 +88,9 @@ impl Fetcher {
             .user_agent(concat!("flota/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        let (prefix, suffix) = job.url_template.split_once("{id}").unwrap_or((job.url_template.as_str(), ""));
         Self {
             agent,
-            url_prefix: prefix.to_owned(),
-            url_suffix: suffix.to_owned(),
+            url_parts: job.url_template.split("{id}").map(str::to_owned).collect(),
             headers: job.headers.clone(),
             max_body: job.max_body,
             policy: RetryPolicy {
@@ -104,12 +102,23 @@ impl Fetcher {
         }
     }
 
+    /// The URL of `id`, built in `url` (reused, so the steady state does not allocate).
+    pub fn url_of<'u>(&self, id: u64, url: &'u mut String) -> &'u str {
+        url.clear();
+        let mut digits = [0u8; 20];
+        let id = itoa(id, &mut digits);
+        for (n, part) in self.url_parts.iter().enumerate() {
+            if n > 0 {
+                url.push_str(id);
+            }
+            url.push_str(part);
+        }
+        url
+    }
+
     /// Fetches `id` until it has a final answer or runs out of attempts.
     pub fn fetch(&self, id: u64, url: &mut String) -> ItemResult {
-        url.clear();
-        url.push_str(&self.url_prefix);
-        url.push_str(itoa(id, &mut [0u8; 20]));
-        url.push_str(&self.url_suffix);
+        self.url_of(id, url);
         let mut backoff = self.policy.backoff();
         let mut attempts = 0;
         loop {
@@ -259,6 +268,28 @@ mod tests {
         let d = parse_retry_after(&future).expect("a date");
         assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn every_id_placeholder_is_filled() {
+        let job = JobSpec {
+            url_template: "http://127.0.0.1:1/a/{id}/b?id={id}&x=1".into(),
+            threads: 1,
+            max_in_flight: 1,
+            max_attempts: 1,
+            max_body: 1,
+            connect_timeout_ms: 1,
+            io_timeout_ms: 1,
+            backoff_base_ms: 1,
+            backoff_max_ms: 1,
+            retry_after_max_ms: 1,
+            headers: vec![],
+            chaos: Default::default(),
+        };
+        let f = Fetcher::new(&job);
+        let mut url = String::new();
+        assert_eq!(f.url_of(42, &mut url), "http://127.0.0.1:1/a/42/b?id=42&x=1");
+        assert_eq!(f.url_of(7, &mut url), "http://127.0.0.1:1/a/7/b?id=7&x=1");
     }
 
     #[test]
