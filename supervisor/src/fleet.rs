@@ -2,11 +2,15 @@
 //!
 //! A worker is started with `std::process::Command` (fork+exec), never a bare fork in this
 //! threaded process. Between fork and exec the child asks to be SIGKILLed when the supervisor
-//! dies, drops the ability to gain privileges, turns off core dumps, and checks the supervisor is
-//! still its parent. Each worker gets one reader thread: it owns the child's stdout and its
-//! `Child`, decodes frames into [`FleetEvent`]s for the dispatcher, and after the end of the
-//! stream reaps the child and reports how it ended. A worker that sends anything malformed is
-//! killed on the spot: the supervisor never trusts a frame.
+//! dies, drops the ability to gain privileges, turns off core dumps, takes its resource limits,
+//! ignores SIGTERM/SIGINT (the supervisor stops it by closing its stdin), and checks the
+//! supervisor is still its parent.
+//!
+//! Each worker gets two threads. Its writer owns the child's stdin and writes what the
+//! dispatcher queues, so a worker that stops reading stalls only that thread. Its reader owns
+//! the child's stdout and its `Child`, decodes frames into [`FleetEvent`]s for the dispatcher,
+//! and after the end of the stream reaps the child and reports how it ended. A worker that sends
+//! anything malformed is killed on the spot: the supervisor never trusts a frame.
 
 use std::io::BufReader;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
