@@ -69,9 +69,7 @@ fn a_store_that_is_not_a_store_is_refused_and_left_alone() {
 
 #[test]
 fn a_store_of_another_job_is_refused_and_unchanged() {
-    let api = MockApi::start(&[]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&[]);
     run(&strs(&job_args(&api.url(), "0..100", &store))).assert_code(0);
     let before = export(&store);
     let other = format!("http://{}/other/{{id}}", api.addr);
@@ -88,9 +86,7 @@ fn a_store_of_another_job_is_refused_and_unchanged() {
 
 #[test]
 fn a_second_supervisor_on_a_busy_store_is_refused_with_the_holders_pid() {
-    let api = MockApi::start(&["--latency-ms", "50"]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&["--latency-ms", "50"]);
     let mut args = job_args(&api.url(), "0..100000", &store);
     set(&mut args, "--workers", "1");
     set(&mut args, "--threads", "2");

@@ -4,18 +4,8 @@ use crate::util::*;
 
 #[test]
 fn a_flaky_api_settles_every_id() {
-    let api = MockApi::start(&[
-        "--error-rate",
-        "0.2",
-        "--drop-rate",
-        "0.05",
-        "--rate-limit",
-        "2500",
-        "--seed",
-        "7",
-    ]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) =
+        setup(&["--error-rate", "0.2", "--drop-rate", "0.05", "--rate-limit", "2500", "--seed", "7"]);
     let mut args = job_args(&api.url(), "0..6000", &store);
     set(&mut args, "--max-attempts", "15");
     let out = run(&strs(&args));

@@ -6,9 +6,7 @@ use crate::util::*;
 
 #[test]
 fn a_complete_run_stores_every_id_once_with_its_own_body() {
-    let api = MockApi::start(&[]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&[]);
     let out = run(&strs(&job_args(&api.url(), "0..20000", &store)));
     out.assert_code(0);
     assert_eq!(summary_figure(&out.stdout, "fetched"), 20_000);
@@ -19,9 +17,7 @@ fn a_complete_run_stores_every_id_once_with_its_own_body() {
 
 #[test]
 fn workers_killed_with_sigkill_mid_run_lose_and_duplicate_nothing() {
-    let api = MockApi::start(&["--latency-ms", "5"]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&["--latency-ms", "5"]);
     let total = 30_000u64;
     let running = spawn(&strs(&job_args(&api.url(), "0..30000", &store)));
     let mut kills = 0;
@@ -50,9 +46,7 @@ fn workers_killed_with_sigkill_mid_run_lose_and_duplicate_nothing() {
 
 #[test]
 fn a_worker_binary_that_always_dies_stops_the_run_with_a_clear_error() {
-    let api = MockApi::start(&[]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&[]);
     let mut args = job_args(&api.url(), "0..100", &store);
     set(&mut args, "--worker-bin", "/bin/false");
     let out = run(&strs(&args));
@@ -68,9 +62,7 @@ fn a_worker_binary_that_always_dies_stops_the_run_with_a_clear_error() {
 
 #[test]
 fn a_4xx_is_a_final_answer_stored_as_it_is() {
-    let api = MockApi::start(&[]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&[]);
     let url = format!("http://{}/missing/{{id}}", api.addr);
     run(&strs(&job_args(&url, "0..50", &store))).assert_code(0);
     let records = export(&store);

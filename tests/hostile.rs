@@ -7,9 +7,7 @@ use base64::Engine;
 use crate::util::*;
 
 fn run_route(route: &str, extra: &[(&str, &str)]) -> (Vec<serde_json::Value>, Outcome, Duration) {
-    let api = MockApi::start(&[]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&[]);
     let mut args = job_args(&format!("http://{}/{route}/{{id}}", api.addr), "0..3", &store);
     for (flag, value) in extra {
         set(&mut args, flag, value);

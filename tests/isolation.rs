@@ -17,9 +17,7 @@ fn limit(limits: &str, name: &str) -> (String, String) {
 
 #[test]
 fn workers_are_confined_and_never_see_secrets_or_the_store() {
-    let api = MockApi::start(&["--latency-ms", "20"]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, dir, store) = setup(&["--latency-ms", "20"]);
     let headers = dir.path().join("headers");
     std::fs::write(&headers, "X-Api-Key: filesecret123\n").expect("writes");
     let mut args = job_args(&api.url(), "0..200000", &store);
@@ -82,9 +80,7 @@ fn workers_run_as_the_user_given() {
         return;
     }
     let nobody = nix::unistd::User::from_name("nobody").expect("lookup").expect("nobody exists");
-    let api = MockApi::start(&["--latency-ms", "20"]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&["--latency-ms", "20"]);
     let mut args = job_args(&api.url(), "0..100000", &store);
     set(&mut args, "--user", "nobody");
     set(&mut args, "--workers", "1");

@@ -4,9 +4,7 @@ use crate::util::*;
 
 #[test]
 fn extending_a_range_fetches_only_the_new_ids_and_a_complete_rerun_sends_nothing() {
-    let api = MockApi::start(&[]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&[]);
     run(&strs(&job_args(&api.url(), "0..3000", &store))).assert_code(0);
     assert_eq!(api.requests(), 3000);
 

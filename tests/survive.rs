@@ -10,9 +10,7 @@ use crate::util::*;
 
 #[test]
 fn a_worker_stopped_with_sigstop_is_detected_killed_and_replaced() {
-    let api = MockApi::start(&["--latency-ms", "2"]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&["--latency-ms", "2"]);
     let mut args = job_args(&api.url(), "0..20000", &store);
     set(&mut args, "--worker-timeout", "2s");
     let running = spawn(&strs(&args));
@@ -32,9 +30,7 @@ fn a_worker_stopped_with_sigstop_is_detected_killed_and_replaced() {
 
 #[test]
 fn a_hanging_id_is_quarantined_after_its_workers_time_out() {
-    let api = MockApi::start(&[]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&[]);
     let mut args = job_args(&api.url(), "0..3000", &store);
     set(&mut args, "--worker-timeout", "2s");
     set(&mut args, "--chaos", "hang-on=1234");
@@ -46,9 +42,7 @@ fn a_hanging_id_is_quarantined_after_its_workers_time_out() {
 
 #[test]
 fn a_poison_id_is_quarantined_in_a_handful_of_deaths_and_skipped_by_reruns() {
-    let api = MockApi::start(&[]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&[]);
     let mut args = job_args(&api.url(), "0..20000", &store);
     set(&mut args, "--chaos", "crash-on=777");
     let out = run(&strs(&args));
@@ -77,9 +71,7 @@ fn a_poison_id_is_quarantined_in_a_handful_of_deaths_and_skipped_by_reruns() {
 
 #[test]
 fn workers_killed_every_half_second_lose_nothing_and_quarantine_nothing() {
-    let api = MockApi::start(&["--latency-ms", "2"]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&["--latency-ms", "2"]);
     let mut args = job_args(&api.url(), "0..30000", &store);
     set(&mut args, "--chaos", "kill-every=500ms");
     let out = run(&strs(&args));
@@ -92,9 +84,7 @@ fn workers_killed_every_half_second_lose_nothing_and_quarantine_nothing() {
 }
 
 fn stop_with(sig: Signal, code: i32) {
-    let api = MockApi::start(&["--latency-ms", "5"]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&["--latency-ms", "5"]);
     let args = job_args(&api.url(), "0..100000", &store);
     let running = spawn(&strs(&args));
     let pid = running.pid();
@@ -132,9 +122,7 @@ fn sigint_stops_gracefully_with_130() {
 #[test]
 fn a_second_signal_stops_at_once() {
     // Every request takes 3 s: a graceful stop would wait for them, up to --grace 20s.
-    let api = MockApi::start(&["--latency-ms", "3000"]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&["--latency-ms", "3000"]);
     let mut args = job_args(&api.url(), "0..1000", &store);
     set(&mut args, "--grace", "20s");
     let running = spawn(&strs(&args));
@@ -153,9 +141,7 @@ fn a_second_signal_stops_at_once() {
 
 #[test]
 fn a_supervisor_killed_with_sigkill_leaves_no_orphans_and_a_rerun_completes() {
-    let api = MockApi::start(&["--latency-ms", "2"]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&["--latency-ms", "2"]);
     let total = 50_000u64;
     let args = job_args(&api.url(), "0..50000", &store);
     let mut running = spawn(&strs(&args));
@@ -182,9 +168,7 @@ fn a_supervisor_killed_with_sigkill_leaves_no_orphans_and_a_rerun_completes() {
 
 #[test]
 fn a_worker_sending_a_malformed_frame_is_killed_and_its_ids_requeued() {
-    let api = MockApi::start(&[]);
-    let dir = tempdir();
-    let store = dir.path().join("items.sled");
+    let (api, _dir, store) = setup(&[]);
     let mut args = job_args(&api.url(), "0..5000", &store);
     set(&mut args, "--chaos", "bad-frame-on=321");
     let out = run(&strs(&args));

@@ -171,6 +171,15 @@ pub fn run(args: &[&str]) -> Outcome {
     spawn(args).wait(RUN_DEADLINE)
 }
 
+/// A mockapi started with `api_flags`, a temporary directory (kept alive by the caller) and a
+/// store path inside it that does not exist yet.
+pub fn setup(api_flags: &[&str]) -> (MockApi, tempfile::TempDir, PathBuf) {
+    let api = MockApi::start(api_flags);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    (api, dir, store)
+}
+
 /// A job's flags, with small fleets and fast backoff suitable for this 2-core machine.
 pub fn job_args(url: &str, ids: &str, store: &Path) -> Vec<String> {
     [

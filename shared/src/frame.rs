@@ -271,18 +271,8 @@ mod tests {
     #[test]
     fn hello_version_is_read_before_the_rest() {
         let job = JobSpec {
-            url_template: "http://127.0.0.1:1/items/{id}".into(),
-            threads: 1,
-            max_in_flight: 1,
-            max_attempts: 1,
-            max_body: 1,
-            connect_timeout_ms: 1,
-            io_timeout_ms: 1,
-            backoff_base_ms: 1,
-            backoff_max_ms: 1,
-            retry_after_max_ms: 1,
             headers: vec![("Authorization".into(), "Bearer s3cret".into())],
-            chaos: Default::default(),
+            ..JobSpec::minimal("http://127.0.0.1:1/items/{id}")
         };
         assert!(!format!("{job:?}").contains("s3cret"), "Debug redacts header values");
         for version in [0, 1, 99, u32::MAX] {

@@ -64,6 +64,27 @@ pub struct JobSpec {
     pub chaos: WorkerChaos,
 }
 
+impl JobSpec {
+    /// A job for `url_template` with one thread, one attempt and one-millisecond timeouts: a
+    /// starting point for tests and tools, which set the fields they care about.
+    pub fn minimal(url_template: impl Into<String>) -> JobSpec {
+        JobSpec {
+            url_template: url_template.into(),
+            threads: 1,
+            max_in_flight: 1,
+            max_attempts: 1,
+            max_body: 1,
+            connect_timeout_ms: 1,
+            io_timeout_ms: 1,
+            backoff_base_ms: 1,
+            backoff_max_ms: 1,
+            retry_after_max_ms: 1,
+            headers: Vec::new(),
+            chaos: WorkerChaos::default(),
+        }
+    }
+}
+
 impl std::fmt::Debug for JobSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let headers: Vec<String> =

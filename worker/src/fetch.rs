@@ -272,21 +272,7 @@ mod tests {
 
     #[test]
     fn every_id_placeholder_is_filled() {
-        let job = JobSpec {
-            url_template: "http://127.0.0.1:1/a/{id}/b?id={id}&x=1".into(),
-            threads: 1,
-            max_in_flight: 1,
-            max_attempts: 1,
-            max_body: 1,
-            connect_timeout_ms: 1,
-            io_timeout_ms: 1,
-            backoff_base_ms: 1,
-            backoff_max_ms: 1,
-            retry_after_max_ms: 1,
-            headers: vec![],
-            chaos: Default::default(),
-        };
-        let f = Fetcher::new(&job);
+        let f = Fetcher::new(&JobSpec::minimal("http://127.0.0.1:1/a/{id}/b?id={id}&x=1"));
         let mut url = String::new();
         assert_eq!(f.url_of(42, &mut url), "http://127.0.0.1:1/a/42/b?id=42&x=1");
         assert_eq!(f.url_of(7, &mut url), "http://127.0.0.1:1/a/7/b?id=7&x=1");
