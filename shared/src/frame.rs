@@ -277,7 +277,7 @@ mod tests {
         assert!(!format!("{job:?}").contains("s3cret"), "Debug redacts header values");
         for version in [0, 1, 99, u32::MAX] {
             let mut w = FrameWriter::new(Vec::new());
-            w.write(&ToWorker::Hello { version, job: job.clone() }).expect("encodes");
+            w.write(&ToWorker::Hello { version, job: Box::new(job.clone()) }).expect("encodes");
             w.write(&FromWorker::Hello(WorkerHello { version, pid: 1 })).expect("encodes");
             let bytes = w.into_inner();
             let mut r = FrameReader::new(&bytes[..], MAX_FRAME_LEN);

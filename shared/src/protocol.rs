@@ -22,8 +22,8 @@ pub enum ToWorker {
     Hello {
         /// Must be the first field: see [`crate::frame::peek_hello_version`].
         version: u32,
-        /// What to fetch and how.
-        job: JobSpec,
+        /// What to fetch and how (boxed: it is sent once, and keeps the enum small).
+        job: Box<JobSpec>,
     },
     /// Fetch these ids (sorted, distinct) and report each exactly once.
     Assign {

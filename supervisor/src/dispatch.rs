@@ -400,14 +400,18 @@ impl Dispatcher<'_> {
             }
             if slot.outstanding.is_empty() {
                 if let Some(id) = self.suspects.pop_front() {
+                    if proc.send(ToWorker::Assign { ids: vec![id] }).is_err() {
+                        // Its writer thread has ended: the worker is dying and will be reported
+                        // gone. It never got the id, so its death is not the id's fault.
+                        log::debug!("worker {n} (pid {}): its stdin is closed", proc.pid);
+                        self.suspects.push_front(id);
+                        proc.kill();
+                        slot.ready = false;
+                        continue;
+                    }
                     log::info!("retrying id {id} alone in worker {n} (pid {})", proc.pid);
                     slot.solo = Some(id);
                     slot.outstanding.insert(id);
-                    if let Err(e) = proc.send(ToWorker::Assign { ids: vec![id] }) {
-                        log::warn!("worker {n} (pid {}): cannot send it work: {e}; killing it", proc.pid);
-                        proc.kill();
-                        slot.ready = false;
-                    }
                     continue;
                 }
             }
@@ -420,9 +424,15 @@ impl Dispatcher<'_> {
                 }
                 let ids = self.pending.pop_front().expect("front exists");
                 slot.outstanding.extend(ids.iter().copied());
-                if let Err(e) = proc.send(ToWorker::Assign { ids }) {
-                    // Its ids stay outstanding and are requeued when it is reported gone.
-                    log::warn!("worker {n} (pid {}): cannot send it work: {e}; killing it", proc.pid);
+                if let Err(unsent) = proc.send(ToWorker::Assign { ids }) {
+                    // As above: the worker never got these ids; they go back as they were.
+                    log::debug!("worker {n} (pid {}): its stdin is closed", proc.pid);
+                    if let ToWorker::Assign { ids } = unsent {
+                        for id in &ids {
+                            slot.outstanding.remove(id);
+                        }
+                        self.pending.push_front(ids);
+                    }
                     proc.kill();
                     slot.ready = false;
                     break;

@@ -86,11 +86,12 @@ pub struct WorkerProc {
 
 impl WorkerProc {
     /// Queues a message for the worker. Never blocks: a worker that stops reading (SIGSTOP)
-    /// stalls only its own writer thread, never the dispatcher.
-    pub fn send(&mut self, msg: ToWorker) -> std::io::Result<()> {
-        match self.to_worker.as_ref().map(|tx| tx.send(msg)) {
-            Some(Ok(())) => Ok(()),
-            _ => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "its stdin is closed")),
+    /// stalls only its own writer thread, never the dispatcher. Gives the message back when the
+    /// worker's stdin is closed (its writer thread has ended), so nothing was sent.
+    pub fn send(&mut self, msg: ToWorker) -> Result<(), ToWorker> {
+        match &self.to_worker {
+            Some(tx) => tx.send(msg).map_err(|e| e.into_inner()),
+            None => Err(msg),
         }
     }
 
@@ -157,7 +158,7 @@ impl Spawner {
             proc.kill();
             return Err(e);
         }
-        let _ = proc.send(ToWorker::Hello { version: PROTOCOL_VERSION, job: job.clone() });
+        let _ = proc.send(ToWorker::Hello { version: PROTOCOL_VERSION, job: Box::new(job.clone()) });
         Ok(proc)
     }
 }

@@ -82,7 +82,7 @@ pub fn serve() -> Result<(), LinkError> {
                 return Err(LinkError::Version { theirs });
             }
             match shared::frame::decode::<ToWorker>(payload).map_err(LinkError::Read)? {
-                ToWorker::Hello { job, .. } => job,
+                ToWorker::Hello { job, .. } => *job,
                 ToWorker::Assign { .. } => return Err(LinkError::Protocol("ids before the hello")),
             }
         }
