@@ -14,8 +14,9 @@ use crate::partition::IdRange;
 /// worker processes, into one sled store that a rerun resumes from.
 #[derive(Debug, Parser)]
 #[command(name = "supervisor", version, args_conflicts_with_subcommands = true)]
-#[command(after_help = "Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed; \
-2 bad invocation; 1 any other fatal error.")]
+#[command(after_help = "Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed or \
+are quarantined; 2 bad invocation; 1 any other fatal error; 130/143 stopped by SIGINT/SIGTERM (a rerun \
+resumes).")]
 pub struct Cli {
     /// What to do; without one, run the job described by the flags.
     #[command(subcommand)]
@@ -53,7 +54,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "RANGE")]
     pub ids: Option<String>,
     /// The store (a directory); created if missing.
-    #[arg(long, default_value = "flota.sled")]
+    #[arg(long, value_name = "DIR", default_value = "flota.sled")]
     pub store: PathBuf,
     /// How the job is run.
     #[command(flatten)]
