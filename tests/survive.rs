@@ -1,7 +1,6 @@
 //! Surviving faults for real: hung workers, poison ids, external SIGKILLs, signals, a killed
 //! supervisor, hostile frames. Figures the closing notes quote are printed (`--nocapture`).
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -181,11 +180,7 @@ fn fake_worker(dir: &std::path::Path, bytes: &[u8]) -> std::path::PathBuf {
     let data = dir.join("frame.bin");
     std::fs::write(&data, bytes).expect("writes");
     let script = dir.join("worker.sh");
-    let mut f = std::fs::File::create(&script).expect("creates");
-    writeln!(f, "#!/bin/sh\ncat '{}'\nexec sleep 30", data.display()).expect("writes");
-    drop(f);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    write_script(&script, &format!("#!/bin/sh\ncat '{}'\nexec sleep 30\n", data.display()));
     script
 }
 
@@ -220,14 +215,11 @@ fn a_worker_that_stops_reading_its_stdin_does_not_stall_the_supervisor() {
     // to it (9 bytes each, this high in the id space) soon fill its stdin pipe.
     let dir = tempdir();
     let script = dir.path().join("deaf-worker.sh");
-    std::fs::write(
+    write_script(
         &script,
         "#!/bin/sh\nprintf '\\003\\000\\000\\000\\000\\001\\005'\n\
          while :; do printf '\\001\\000\\000\\000\\002'; sleep 0.3; done\n",
-    )
-    .expect("writes");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     let api = MockApi::start(&[]);
     let store = dir.path().join("items.sled");
     let mut args = job_args(&api.url(), "1152921504606846976..1152921504606906976", &store);

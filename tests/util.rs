@@ -272,13 +272,15 @@ pub fn sigkill(pid: u32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
 }
 
-pub fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+/// Writes an executable shell script at `path`.
+pub fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("writes the script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-#[allow(dead_code)]
-pub fn p(s: &str) -> PathBuf {
-    PathBuf::from(s)
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
 }
 
 /// The number after `label` in a summary, commas allowed.

@@ -296,7 +296,6 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
-    state: Arc<State>,
     runtime: tokio::runtime::Runtime,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -319,18 +318,13 @@ impl Server {
             window: AtomicU64::new(0),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
-        runtime.spawn(serve(listener, state.clone(), rx));
-        Ok(Self { addr, state, runtime, shutdown: Some(tx) })
+        runtime.spawn(serve(listener, state, rx));
+        Ok(Self { addr, runtime, shutdown: Some(tx) })
     }
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// What has been served so far.
-    pub fn stats(&self) -> Stats {
-        self.state.counters.snapshot()
     }
 
     /// Blocks for as long as the server runs (until the process is killed).

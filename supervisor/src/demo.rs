@@ -73,14 +73,13 @@ pub fn run(args: DemoArgs) -> Result<i32, Error> {
         }
     };
     let listen = recorded_listen_addr(&store).unwrap_or_else(|| "127.0.0.1:0".to_owned());
-    // Validate before starting anything.
-    let probe_url = "http://127.0.0.1:1/items/{id}";
-    cli::run_config(Some(probe_url), Some(&format!("0..{}", args.items)), store.clone(), &args.tuning)
-        .map_err(Error::Usage)?;
+    // Validate before starting anything; the real address is known once mockapi runs.
+    let placeholder = "http://127.0.0.1:1/items/{id}";
+    let mut cfg =
+        cli::run_config(Some(placeholder), Some(&format!("0..{}", args.items)), store, &args.tuning)
+            .map_err(Error::Usage)?;
     let mock = start_mockapi(&listen, args.latency_ms)?;
-    let url = format!("http://{}/items/{{id}}", mock.addr);
-    let cfg = cli::run_config(Some(&url), Some(&format!("0..{}", args.items)), store, &args.tuning)
-        .map_err(Error::Usage)?;
+    cfg.job.url_template = format!("http://{}/items/{{id}}", mock.addr);
     println!(
         "demo: mockapi on {} (latency {} ms); fetching {} items",
         mock.addr,

@@ -44,8 +44,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// The figures of a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
-    /// The range.
-    pub ids: Option<IdRange>,
     /// Ids of the range already settled in the store, not fetched again.
     pub skipped: u64,
     /// Of those, quarantined by an earlier run (they have no HTTP answer).
@@ -139,10 +137,11 @@ enum Phase {
     Fetching,
     /// Every id is stored: workers are leaving.
     Draining,
-    /// A signal arrived: workers finish the requests in hand until the deadline.
+    /// A signal arrived: workers finish the requests in hand until the deadline (`None` once
+    /// it has passed and the stragglers were killed).
     Stopping {
         signal: i32,
-        deadline: Instant,
+        deadline: Option<Instant>,
     },
 }
 
@@ -212,7 +211,7 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
             planned: 0,
             planner_done: false,
             phase: Phase::Fetching,
-            report: RunReport { ids: Some(cfg.ids), ..RunReport::default() },
+            report: RunReport::default(),
             started,
             last_progress: now,
             last_tick: now,
@@ -355,11 +354,7 @@ impl Dispatcher<'_> {
         match self.phase {
             Phase::Stopping { .. } => {
                 log::warn!("received {} again: killing the workers now", signal_name(sig));
-                for slot in &self.slots {
-                    if let Some(p) = &slot.proc {
-                        p.kill();
-                    }
-                }
+                self.kill_workers();
             }
             _ => {
                 log::warn!(
@@ -368,7 +363,7 @@ impl Dispatcher<'_> {
                     self.cfg.grace.as_millis()
                 );
                 self.report.stopped_by = Some(sig);
-                self.phase = Phase::Stopping { signal: sig, deadline: Instant::now() + self.cfg.grace };
+                self.phase = Phase::Stopping { signal: sig, deadline: Some(Instant::now() + self.cfg.grace) };
                 self.close_all();
             }
         }
@@ -588,18 +583,14 @@ impl Dispatcher<'_> {
             }
         }
         self.last_tick = now;
-        if let Phase::Stopping { signal, deadline } = self.phase {
+        if let Phase::Stopping { signal, deadline: Some(deadline) } = self.phase {
             if now >= deadline {
                 log::warn!(
                     "grace period after {} over: killing the workers still running",
                     signal_name(signal)
                 );
-                for slot in &self.slots {
-                    if let Some(p) = &slot.proc {
-                        p.kill();
-                    }
-                }
-                self.phase = Phase::Stopping { signal, deadline: now + Duration::from_secs(3600) };
+                self.kill_workers();
+                self.phase = Phase::Stopping { signal, deadline: None };
             }
         }
         for n in 0..self.slots.len() {
@@ -677,14 +668,17 @@ impl Dispatcher<'_> {
         Ok(())
     }
 
+    /// SIGKILLs every live worker; their reader threads report them gone.
+    fn kill_workers(&self) {
+        for p in self.slots.iter().filter_map(|s| s.proc.as_ref()) {
+            p.kill();
+        }
+    }
+
     /// Kills every worker and waits (briefly) for their reader threads to deliver what they
     /// had read, so those results are stored too.
     fn kill_all(&mut self, events: &Receiver<FleetEvent>) {
-        for slot in &self.slots {
-            if let Some(p) = &slot.proc {
-                p.kill();
-            }
-        }
+        self.kill_workers();
         let deadline = Instant::now() + Duration::from_secs(2);
         while self.slots.iter().any(|s| s.proc.is_some()) {
             let Ok(ev) = events.recv_deadline(deadline) else { break };

@@ -16,7 +16,6 @@ use std::io::BufReader;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
@@ -78,8 +77,6 @@ pub enum EventKind {
 pub struct WorkerProc {
     /// Its process id.
     pub pid: Pid,
-    /// When it was started.
-    pub started: Instant,
     /// To the worker's writer thread, which owns its stdin.
     to_worker: Option<Sender<ToWorker>>,
 }
@@ -142,7 +139,7 @@ impl Spawner {
         let stdin = child.stdin.take().expect("stdin was piped");
         let stdout = child.stdout.take().expect("stdout was piped");
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut proc = WorkerProc { pid, started: Instant::now(), to_worker: Some(tx) };
+        let mut proc = WorkerProc { pid, to_worker: Some(tx) };
         let writer = std::thread::Builder::new()
             .name(format!("worker-{slot}-writer"))
             .spawn(move || write_worker(slot, stdin, rx));

@@ -84,10 +84,7 @@ impl Error {
     }
 }
 
-/// Formats an error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    worker::error_chain(e)
-}
+pub use worker::error_chain;
 
 /// The supervisor's `main`: returns the exit code.
 pub fn main() -> i32 {

@@ -240,11 +240,6 @@ impl Store {
         }
     }
 
-    /// The store's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The URL template the store was made for.
     pub fn job(&self) -> Result<Option<String>, StoreError> {
         Ok(self.db.get("job.url")?.map(|v| String::from_utf8_lossy(&v).into_owned()))
