@@ -58,9 +58,28 @@ pub enum FrameError {
 }
 
 /// Decodes one message from a whole payload; trailing bytes are an error.
+///
+/// bincode allocates a string's buffer as soon as it reads the string's length, before the
+/// bytes, checking only that what was claimed so far stays under its limit. With the limit at
+/// [`MAX_FRAME_LEN`], a 91-byte payload claiming a long string made a 2.4 MB allocation (found
+/// by the frame fuzzer). So the limit follows the payload: 16 times the smallest of 4 KiB,
+/// 64 KiB, 1 MiB, 16 MiB and [`MAX_FRAME_LEN`] that holds it. (bincode counts decoded sizes,
+/// not wire bytes: a varint u64 of one byte claims eight, hence the factor.) Nothing a payload
+/// claims can then make one allocation more than 16 times its size class; serde's own
+/// pre-allocation for a sequence is capped at 1 MiB.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    fn limited<T: DeserializeOwned, const N: usize>(payload: &[u8]) -> Result<(T, usize), FrameError> {
+        bincode::serde::decode_from_slice(payload, bincode::config::standard().with_limit::<N>())
+            .map_err(|e| FrameError::Decode(e.to_string()))
+    }
+    const K: usize = 1 << 10;
+    let (msg, used) = match payload.len() {
+        0..=4096 => limited::<T, { 16 * 4 * K }>(payload),
+        ..=65_536 => limited::<T, { 16 * 64 * K }>(payload),
+        ..=1_048_576 => limited::<T, { 16 * K * K }>(payload),
+        ..=16_777_216 => limited::<T, { 16 * 16 * K * K }>(payload),
+        _ => limited::<T, { 16 * MAX_FRAME_LEN }>(payload),
+    }?;
     if used != payload.len() {
         return Err(FrameError::Trailing(payload.len() - used));
     }

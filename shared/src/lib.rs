@@ -12,5 +12,6 @@ pub mod protocol;
 
 pub use frame::{FrameError, FrameReader, FrameWriter};
 pub use protocol::{
-    FromWorker, ItemResult, JobSpec, Outcome, ToWorker, WorkerChaos, WorkerHello, PROTOCOL_VERSION,
+    FromWorker, ItemResult, JobSpec, Outcome, ToWorker, WorkerChaos, WorkerHello, HEARTBEAT_EVERY,
+    PROTOCOL_VERSION,
 };

@@ -2,14 +2,20 @@
 //!
 //! A session is: supervisor sends [`ToWorker::Hello`] (version, then the job); the worker answers
 //! [`FromWorker::Hello`]; then the supervisor sends [`ToWorker::Assign`] frames and the worker
-//! answers with [`FromWorker::Results`] batches and a [`FromWorker::Heartbeat`] at least every
-//! second. The supervisor ends a session by closing the worker's stdin: the worker finishes the
+//! answers with [`FromWorker::Results`] batches and a [`FromWorker::Heartbeat`] every
+//! [`HEARTBEAT_EVERY`]. The supervisor ends a session by closing the worker's stdin: the worker finishes the
 //! ids it holds, reports them, and exits 0.
 //!
 //! Variants are only ever appended, and any change to a message's shape bumps
 //! [`PROTOCOL_VERSION`].
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+/// How often a worker says it is alive, from a thread of its own, whatever its fetch threads
+/// are doing. The supervisor's `--worker-timeout` is a multiple of it.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
@@ -140,7 +146,7 @@ pub enum FromWorker {
     Hello(WorkerHello),
     /// Final answers for some of the assigned ids, each reported once.
     Results(Vec<ItemResult>),
-    /// Sent at least every second from a thread of its own: the worker is alive.
+    /// Sent every [`HEARTBEAT_EVERY`] from a thread of its own: the worker is alive.
     Heartbeat,
 }
 

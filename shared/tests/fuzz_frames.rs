@@ -1,13 +1,52 @@
 //! A mutation fuzzer for the frame decoder: valid frames of every message, then mangled
-//! (bytes flipped, cut short, lengths rewritten, spliced) plus plain random bytes. The decoder
-//! must never panic, never allocate past its limit, and never loop.
+//! (bytes flipped, cut short, lengths rewritten, spliced) plus plain random bytes. Checked for
+//! every input: the decoder does not panic; no single allocation made while decoding is larger
+//! than [`MAX_ALLOC`] (measured by a counting allocator), however large a length the input
+//! claims; and each frame read consumes at least its 4-byte header, so reading an input ends
+//! within `len / 4 + 1` reads.
 //!
 //! `cargo test` runs 20,000 inputs; `scripts/fuzz-frames.sh` runs a million or more.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use shared::frame::peek_hello_version;
 use shared::{FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, Outcome, ToWorker, WorkerHello};
+
+/// The frame limit the fuzzer's readers are given.
+const FRAME_LIMIT: usize = 1 << 16;
+/// The largest single allocation decoding a frame under [`FRAME_LIMIT`] may make: serde's
+/// cautious pre-allocation for a claimed sequence length, which it caps at 1 MiB (bincode's
+/// own, for a claimed string length, is held to the payload's size class by `decode`).
+const MAX_ALLOC: usize = 1 << 20;
+
+/// The system allocator, recording the largest single allocation since the last reset.
+struct Measuring;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+#[allow(unsafe_code)]
+// SAFETY: every call is passed straight to the system allocator with the caller's own layout
+// and pointer; the only addition is an atomic maximum, which neither allocates nor panics.
+unsafe impl GlobalAlloc for Measuring {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Measuring = Measuring;
 
 fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
     let job = JobSpec {
@@ -93,9 +132,11 @@ fn fuzz(inputs: u64, seed: u64) {
         }
         let pool = seeds(&mut rng);
         let input = mutate(&mut rng, &pool);
+        LARGEST.store(0, Ordering::Relaxed);
         for as_worker in [false, true] {
-            let mut reader = FrameReader::new(&input[..], 1 << 16);
-            for _ in 0..input.len() + 1 {
+            let mut reader = FrameReader::new(&input[..], FRAME_LIMIT);
+            let mut ended = false;
+            for _ in 0..input.len() / 4 + 1 {
                 let step = if as_worker {
                     reader.read::<ToWorker>().map(|m| m.is_some())
                 } else {
@@ -103,15 +144,22 @@ fn fuzz(inputs: u64, seed: u64) {
                 };
                 match step {
                     Ok(true) => decoded += 1,
-                    Ok(false) => break,
+                    Ok(false) => {
+                        ended = true;
+                        break;
+                    }
                     Err(_) => {
                         refused += 1;
+                        ended = true;
                         break;
                     }
                 }
             }
+            assert!(ended, "input {n} was still being read after {} reads: {input:?}", input.len() / 4 + 1);
         }
         let _ = peek_hello_version(input.get(4..).unwrap_or_default());
+        let largest = LARGEST.load(Ordering::Relaxed);
+        assert!(largest <= MAX_ALLOC, "input {n} made a {largest}-byte allocation: {input:?}");
     }
     println!(
         "fuzz: {inputs} inputs in {:.1}s: {decoded} frames decoded, {refused} refused, no panic",

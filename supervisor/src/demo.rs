@@ -10,10 +10,11 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::cli::{self, DemoArgs};
-use crate::report;
+use crate::cli::DemoArgs;
+use crate::config;
+use crate::error::Error;
 use crate::store::Store;
-use crate::Error;
+use crate::{report, run};
 
 /// A mockapi child process, killed when dropped.
 struct MockApi {
@@ -76,7 +77,7 @@ pub fn run(args: DemoArgs) -> Result<i32, Error> {
     // Validate before starting anything; the real address is known once mockapi runs.
     let placeholder = "http://127.0.0.1:1/items/{id}";
     let mut cfg =
-        cli::run_config(Some(placeholder), Some(&format!("0..{}", args.items)), store, &args.tuning)
+        config::run_config(Some(placeholder), Some(&format!("0..{}", args.items)), store, &args.tuning)
             .map_err(Error::Usage)?;
     let mock = start_mockapi(&listen, args.latency_ms)?;
     cfg.job.url_template = format!("http://{}/items/{{id}}", mock.addr);
@@ -86,8 +87,8 @@ pub fn run(args: DemoArgs) -> Result<i32, Error> {
         args.latency_ms,
         report::thousands(args.items)
     );
-    let r = report::execute(&cfg)?;
+    let r = run::execute(&cfg)?;
     drop(mock);
     report::print_summary(&cfg, &r);
-    Ok(report::exit_code(&r))
+    Ok(run::exit_code(&r))
 }

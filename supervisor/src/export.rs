@@ -10,8 +10,8 @@ use base64::Engine;
 use serde::Serialize;
 
 use crate::cli::{ExportArgs, Format};
-use crate::store::{Record, Store};
-use crate::Error;
+use crate::error::Error;
+use crate::store::{Record, Store, StoreError};
 
 #[derive(Serialize)]
 struct Row<'a> {
@@ -55,18 +55,46 @@ fn row(id: u64, record: &Record) -> Row<'_> {
     }
 }
 
+/// Why writing records stopped: the store could not be read, or the output not written. The
+/// caller knows where the output goes, so it names it.
+enum ExportError {
+    Store(StoreError),
+    Write(io::Error),
+}
+
+impl From<StoreError> for ExportError {
+    fn from(e: StoreError) -> Self {
+        ExportError::Store(e)
+    }
+}
+
+impl From<io::Error> for ExportError {
+    fn from(e: io::Error) -> Self {
+        ExportError::Write(e)
+    }
+}
+
+impl ExportError {
+    /// As the command's error, naming the output it was writing.
+    fn writing(self, output: &Path) -> Error {
+        match self {
+            ExportError::Store(e) => Error::Store(e),
+            ExportError::Write(source) => Error::Output { path: output.to_owned(), source },
+        }
+    }
+}
+
 /// Writes the store's records to `out`.
-pub fn write_records(store: &Store, format: Format, out: impl Write) -> Result<(), Error> {
-    let io_err = |e: io::Error| Error::Output { path: "output".into(), source: e };
+fn write_records(store: &Store, format: Format, out: impl Write) -> Result<(), ExportError> {
     match format {
         Format::Jsonl => {
             let mut out = BufWriter::with_capacity(1 << 20, out);
             for rec in store.records() {
                 let (id, record) = rec?;
-                serde_json::to_writer(&mut out, &row(id, &record)).map_err(|e| io_err(e.into()))?;
-                out.write_all(b"\n").map_err(io_err)?;
+                serde_json::to_writer(&mut out, &row(id, &record)).map_err(io::Error::from)?;
+                out.write_all(b"\n")?;
             }
-            out.flush().map_err(io_err)
+            Ok(out.flush()?)
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(out);
@@ -81,9 +109,9 @@ pub fn write_records(store: &Store, format: Format, out: impl Write) -> Result<(
                     body_base64: r.body_base64,
                     error: r.error,
                 };
-                w.serialize(csv_row).map_err(|e| io_err(csv_io_error(e)))?;
+                w.serialize(csv_row).map_err(csv_io_error)?;
             }
-            w.flush().map_err(io_err)
+            Ok(w.flush()?)
         }
     }
 }
@@ -101,9 +129,9 @@ pub fn run(args: &ExportArgs) -> Result<i32, Error> {
     match &args.output {
         None => match write_records(&store, args.format, io::stdout().lock()) {
             // A reader that stopped reading (`| head`) is not an error.
-            Err(Error::Output { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => Ok(0),
-            Err(Error::Output { source, .. }) => Err(Error::Output { path: "stdout".into(), source }),
-            other => other.map(|()| 0),
+            Err(ExportError::Write(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(0),
+            Err(e) => Err(e.writing(Path::new("stdout"))),
+            Ok(()) => Ok(0),
         },
         Some(path) => {
             write_atomically(path, |file| write_records(&store, args.format, file))?;
@@ -115,15 +143,12 @@ pub fn run(args: &ExportArgs) -> Result<i32, Error> {
 /// Writes `path` through a temporary file beside it, renamed into place only once complete.
 fn write_atomically(
     path: &Path,
-    fill: impl FnOnce(&mut std::fs::File) -> Result<(), Error>,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<(), ExportError>,
 ) -> Result<(), Error> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let out_err = |source| Error::Output { path: path.to_owned(), source };
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(out_err)?;
-    match fill(tmp.as_file_mut()) {
-        Err(Error::Output { source, .. }) => return Err(out_err(source)),
-        other => other?,
-    }
+    fill(tmp.as_file_mut()).map_err(|e| e.writing(path))?;
     tmp.as_file().sync_all().map_err(out_err)?;
     tmp.persist(path).map_err(|e| out_err(e.error))?;
     Ok(())

@@ -8,20 +8,30 @@
 //!
 //! Each worker gets two threads. Its writer owns the child's stdin and writes what the
 //! dispatcher queues, so a worker that stops reading stalls only that thread. Its reader owns
-//! the child's stdout and its `Child`, decodes frames into [`FleetEvent`]s for the dispatcher,
-//! and after the end of the stream reaps the child and reports how it ended. A worker that sends
-//! anything malformed is killed on the spot: the supervisor never trusts a frame.
+//! the child's stdout, decodes frames into [`FleetEvent`]s for the dispatcher, and after the end
+//! of the stream reaps the child and reports how it ended. A worker that sends anything
+//! malformed is killed on the spot: the supervisor never trusts a frame.
+//!
+//! Signals reach a worker only through its `Child`, shared by the dispatcher's [`WorkerProc`]
+//! and the reader behind one lock. The reader waits for the exit without reaping
+//! (`waitid(WNOWAIT)`), then reaps under the lock; std's `Child::kill` sends nothing once the
+//! child is reaped. So a kill reaches either the live worker or its zombie, never a process
+//! that reused its pid.
 
 use std::io::BufReader;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::Sender;
-
-use crate::cli::WorkerLimits;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
+
+use crate::config::WorkerLimits;
+use crate::error::Error;
+use crate::threads;
 use shared::frame::{decode, peek_hello_version};
 use shared::{FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, ToWorker, PROTOCOL_VERSION};
 
@@ -75,8 +85,10 @@ pub enum EventKind {
 
 /// A running worker, as the dispatcher holds it.
 pub struct WorkerProc {
-    /// Its process id.
-    pub pid: Pid,
+    /// Its process id, for logs.
+    pub pid: u32,
+    /// Shared with the reader thread, which reaps it.
+    child: Arc<Mutex<Child>>,
     /// To the worker's writer thread, which owns its stdin.
     to_worker: Option<Sender<ToWorker>>,
 }
@@ -98,12 +110,17 @@ impl WorkerProc {
         self.to_worker = None;
     }
 
-    /// Kills the worker with SIGKILL. Its reader thread then reports it gone.
+    /// Kills the worker with SIGKILL, unless it has been reaped already. Its reader thread
+    /// then reports it gone.
     pub fn kill(&self) {
-        // The reader thread reaps the child only after its stdout closes, which a live worker's
-        // does not, so the pid cannot have been reused yet.
-        let _ = kill(self.pid, Signal::SIGKILL);
+        kill_child(&self.child);
     }
+}
+
+/// SIGKILLs the child unless it is reaped (std's `kill` is a no-op then).
+fn kill_child(child: &Mutex<Child>) {
+    // A panic elsewhere while holding the lock leaves the Child as it was: still usable.
+    let _ = child.lock().unwrap_or_else(PoisonError::into_inner).kill();
 }
 
 impl Spawner {
@@ -114,6 +131,7 @@ impl Spawner {
         gen: u64,
         job: &JobSpec,
         events: Sender<FleetEvent>,
+        panics: &Sender<Error>,
     ) -> std::io::Result<WorkerProc> {
         let mut cmd = Command::new(&self.bin);
         if self.self_exec {
@@ -135,24 +153,23 @@ impl Spawner {
         }
         harden(&mut cmd, Some(self.limits));
         let mut child = cmd.spawn()?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+        let pid = child.id();
         let stdin = child.stdin.take().expect("stdin was piped");
         let stdout = child.stdout.take().expect("stdout was piped");
+        let child = Arc::new(Mutex::new(child));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut proc = WorkerProc { pid, to_worker: Some(tx) };
-        let writer = std::thread::Builder::new()
-            .name(format!("worker-{slot}-writer"))
-            .spawn(move || write_worker(slot, stdin, rx));
-        if let Err(e) = writer {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-        let max_frame = self.max_frame;
-        let reader = std::thread::Builder::new().name(format!("worker-{slot}-reader"));
-        // On failure the closure, and so the child, comes back inside the error: kill it.
-        if let Err(e) = reader.spawn(move || read_worker(slot, gen, child, stdout, max_frame, events)) {
+        let mut proc = WorkerProc { pid, child: child.clone(), to_worker: Some(tx) };
+        let started =
+            threads::spawn(format!("worker-{slot}-writer"), panics, move || write_worker(slot, stdin, rx))
+                .and_then(|_| {
+                    let (child, max_frame) = (child.clone(), self.max_frame);
+                    let read = move || read_worker(slot, gen, &child, stdout, max_frame, &events);
+                    threads::spawn(format!("worker-{slot}-reader"), panics, read)
+                });
+        if let Err(e) = started {
+            // No reader will reap it: do it here.
             proc.kill();
+            let _ = child.lock().unwrap_or_else(PoisonError::into_inner).wait();
             return Err(e);
         }
         let _ = proc.send(ToWorker::Hello { version: PROTOCOL_VERSION, job: Box::new(job.clone()) });
@@ -225,10 +242,10 @@ fn write_worker(slot: usize, stdin: ChildStdin, rx: crossbeam_channel::Receiver<
 fn read_worker(
     slot: usize,
     gen: u64,
-    mut child: Child,
+    child: &Mutex<Child>,
     stdout: ChildStdout,
     max_frame: usize,
-    events: Sender<FleetEvent>,
+    events: &Sender<FleetEvent>,
 ) {
     let send = |kind| events.send(FleetEvent { slot, gen, kind }).is_ok();
     let mut reader = FrameReader::new(BufReader::with_capacity(256 * 1024, stdout), max_frame);
@@ -261,14 +278,26 @@ fn read_worker(
         }
     };
     if error.is_some() {
-        let _ = child.kill();
+        kill_child(child);
     }
     drop(reader);
-    let how = match child.wait() {
+    let how = match reap(child) {
         Ok(status) => describe(status),
         Err(e) => format!("could not be reaped ({e})"),
     };
     send(EventKind::Gone { how, error });
+}
+
+/// Waits for the child to exit without holding its lock (so it can still be killed), then
+/// reaps it under the lock.
+fn reap(child: &Mutex<Child>) -> std::io::Result<ExitStatus> {
+    let pid = Pid::from_raw(
+        i32::try_from(child.lock().unwrap_or_else(PoisonError::into_inner).id()).expect("pids fit in i32"),
+    );
+    // Interrupted: wait again. Already reaped (ECHILD) or exited: std's wait below reports it.
+    while waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) == Err(nix::errno::Errno::EINTR) {
+    }
+    child.lock().unwrap_or_else(PoisonError::into_inner).wait()
 }
 
 /// "exited with code 3", "was killed by SIGKILL".

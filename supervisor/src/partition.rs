@@ -23,11 +23,6 @@ impl IdRange {
         self.end - self.start
     }
 
-    /// Whether the range holds no id.
-    pub fn is_empty(&self) -> bool {
-        self.end <= self.start
-    }
-
     /// The windows of at most `size` ids that cover the range, in order.
     pub fn windows(self, size: u64) -> impl Iterator<Item = IdRange> {
         let size = size.max(1);

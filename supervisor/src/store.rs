@@ -9,7 +9,7 @@
 //!          3 = quarantined)                               | failed, quarantined: error, UTF-8
 //! ```
 //!
-//! Writes go through one writer thread ([`spawn_writer`]) in sled batches, and a result counts
+//! Writes go through one writer thread ([`write_loop`]) in sled batches, and a result counts
 //! as done only after the `flush()` that follows its batch: sled's flush is the durability point.
 //! A store is held by one process at a time: `flota.lock` in its directory is flock()ed and
 //! names the holder's pid.
@@ -96,14 +96,32 @@ pub enum StoreError {
     #[error("store operation failed")]
     Sled(#[from] sled::Error),
     /// A record does not decode.
-    #[error("corrupt record for id {0}")]
-    Corrupt(u64),
+    #[error("the record of id {id} is corrupt")]
+    Corrupt {
+        /// The record's id.
+        id: u64,
+    },
+    /// A key in the items tree is not an id.
+    #[error("a key of {len} bytes in the items is not an id: the store is damaged")]
+    BadKey {
+        /// The key's length (ids are 8 bytes).
+        len: usize,
+    },
+    /// The last run's figures do not decode.
+    #[error("the last run's figures are unreadable ({0})")]
+    BadLastRun(String),
 }
 
 impl StoreError {
     /// Whether the error is the invocation's fault (exit 2) rather than a failure (exit 1).
     pub fn is_usage(&self) -> bool {
-        !matches!(self, StoreError::Sled(_) | StoreError::Corrupt(_))
+        !matches!(
+            self,
+            StoreError::Sled(_)
+                | StoreError::Corrupt { .. }
+                | StoreError::BadKey { .. }
+                | StoreError::BadLastRun(_)
+        )
     }
 }
 
@@ -155,8 +173,8 @@ fn key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
-fn id_of(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.try_into().ok()?))
+fn id_of(key: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(key.try_into().map_err(|_| StoreError::BadKey { len: key.len() })?))
 }
 
 impl Store {
@@ -245,37 +263,17 @@ impl Store {
         Ok(self.db.get("job.url")?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Appends to `out` the ids of `window` that are settled, in order: those with an HTTP
-    /// answer, and quarantined ones unless `retry_quarantined`. Returns how many of them are
-    /// quarantined.
-    pub fn settled_in(
-        &self,
-        window: IdRange,
-        retry_quarantined: bool,
-        out: &mut Vec<u64>,
-    ) -> Result<u64, StoreError> {
-        let mut quarantined = 0;
-        for kv in self.items.range(key(window.start)..key(window.end)) {
-            let (k, v) = kv?;
-            let id = id_of(&k).ok_or(StoreError::Corrupt(0))?;
-            match v.first() {
-                Some(&KIND_ANSWER) => out.push(id),
-                Some(&KIND_QUARANTINED) if !retry_quarantined => {
-                    out.push(id);
-                    quarantined += 1;
-                }
-                _ => {}
-            }
-        }
-        Ok(quarantined)
+    /// A read handle for the planner thread.
+    pub fn reader(&self) -> Reader {
+        Reader { items: self.items.clone() }
     }
 
     /// Every record in id order.
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
         self.items.iter().map(|kv| {
             let (k, v) = kv?;
-            let id = id_of(&k).ok_or(StoreError::Corrupt(0))?;
-            Ok((id, decode(&v).ok_or(StoreError::Corrupt(id))?))
+            let id = id_of(&k)?;
+            Ok((id, decode(&v).ok_or(StoreError::Corrupt { id })?))
         })
     }
 
@@ -296,20 +294,26 @@ impl Store {
                     c.failed += 1;
                     c.quarantined += 1;
                 }
-                _ => return Err(StoreError::Corrupt(id_of(&k).unwrap_or(0))),
+                _ => return Err(StoreError::Corrupt { id: id_of(&k)? }),
             }
         }
         Ok(c)
     }
 
-    /// The last run's figures, as the JSON that [`Store::set_last_run`] wrote.
-    pub fn last_run(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.db.get("run.last")?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    /// The last run's figures, as [`Store::set_last_run`] wrote them.
+    pub fn last_run(&self) -> Result<Option<LastRun>, StoreError> {
+        match self.db.get("run.last")? {
+            None => Ok(None),
+            Some(v) => {
+                serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::BadLastRun(e.to_string()))
+            }
+        }
     }
 
     /// Records the figures of the run that just ended, durably.
-    pub fn set_last_run(&self, json: &str) -> Result<(), StoreError> {
-        self.db.insert("run.last", json.as_bytes())?;
+    pub fn set_last_run(&self, run: &LastRun) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(run).expect("plain numbers and strings always serialize");
+        self.db.insert("run.last", json)?;
         self.db.flush()?;
         Ok(())
     }
@@ -317,6 +321,77 @@ impl Store {
     /// A handle for the writer thread.
     pub fn writer(&self) -> Writer {
         Writer { db: self.db.clone(), items: self.items.clone() }
+    }
+}
+
+/// The figures of a store's last run, kept as JSON under `run.last`: one struct both ways,
+/// so a field cannot be written under one name and read under another.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LastRun {
+    /// The range, as `A..B`.
+    pub ids: String,
+    /// When it started, in seconds since the epoch.
+    pub started_unix: u64,
+    /// When it finished.
+    pub finished_unix: u64,
+    /// Wall time.
+    pub wall_secs: f64,
+    /// Ids stored.
+    pub fetched: u64,
+    /// Of those, with an HTTP answer.
+    pub answered: u64,
+    /// Of those, failed (quarantined included).
+    pub failed: u64,
+    /// Ids already settled, skipped.
+    pub skipped: u64,
+    /// Attempts beyond the first.
+    pub retries: u64,
+    /// Worker restarts.
+    pub restarts: u64,
+    /// Ids quarantined.
+    pub quarantined: u64,
+    /// The signal that stopped it, if one did.
+    pub stopped_by: Option<i32>,
+    /// Ids stored per second.
+    pub items_per_sec: f64,
+    /// Worker processes.
+    pub workers: u32,
+    /// Threads per worker.
+    pub threads: u32,
+    /// Its exit code.
+    pub exit_code: i32,
+}
+
+/// A read handle on the items, for the planner thread.
+#[derive(Clone)]
+pub struct Reader {
+    items: sled::Tree,
+}
+
+impl Reader {
+    /// Appends to `out` the ids of `window` that are settled, in order: those with an HTTP
+    /// answer, and quarantined ones unless `retry_quarantined`. Returns how many of them are
+    /// quarantined.
+    pub fn settled_in(
+        &self,
+        window: IdRange,
+        retry_quarantined: bool,
+        out: &mut Vec<u64>,
+    ) -> Result<u64, StoreError> {
+        let mut quarantined = 0;
+        for kv in self.items.range(key(window.start)..key(window.end)) {
+            let (k, v) = kv?;
+            let id = id_of(&k)?;
+            match v.first() {
+                Some(&KIND_ANSWER) => out.push(id),
+                Some(&KIND_QUARANTINED) if !retry_quarantined => {
+                    out.push(id);
+                    quarantined += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(quarantined)
     }
 }
 
@@ -448,72 +523,65 @@ const FLUSH_BYTES: usize = 16 << 20;
 /// ...or the oldest has waited this long.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
-/// Starts the writer thread: it batches results, applies each batch, flushes, and acks.
-pub fn spawn_writer(
-    writer: Writer,
-    cmds: Receiver<WriteCmd>,
-    acks: Sender<WriteAck>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("store-writer".into()).spawn(move || {
-        let mut batch = sled::Batch::default();
-        let mut pending = Durable::default();
-        let (mut items, mut bytes) = (0usize, 0usize);
-        let mut oldest: Option<Instant> = None;
-        let mut buf = Vec::new();
-        loop {
-            let timeout =
-                oldest.map_or(Duration::from_secs(3600), |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
-            let cmd = cmds.recv_timeout(timeout);
-            let finish =
-                matches!(cmd, Ok(WriteCmd::Finish) | Err(crossbeam_channel::RecvTimeoutError::Disconnected));
-            match cmd {
-                Ok(WriteCmd::Put(results)) => {
-                    for r in results {
-                        encode(&r, &mut buf);
-                        bytes += buf.len();
-                        items += 1;
-                        pending.retries += u64::from(r.attempts.saturating_sub(1));
-                        match r.outcome {
-                            Outcome::Response { .. } => pending.answered += 1,
-                            Outcome::Failed { .. } => pending.failed += 1,
-                        }
-                        batch.insert(&key(r.id), buf.as_slice());
+/// The writer thread's body: it batches results, applies each batch, flushes, and acks.
+pub fn write_loop(writer: Writer, cmds: Receiver<WriteCmd>, acks: Sender<WriteAck>) {
+    let mut batch = sled::Batch::default();
+    let mut pending = Durable::default();
+    let (mut items, mut bytes) = (0usize, 0usize);
+    let mut oldest: Option<Instant> = None;
+    let mut buf = Vec::new();
+    loop {
+        let timeout = oldest.map_or(Duration::from_secs(3600), |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
+        let cmd = cmds.recv_timeout(timeout);
+        let finish =
+            matches!(cmd, Ok(WriteCmd::Finish) | Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+        match cmd {
+            Ok(WriteCmd::Put(results)) => {
+                for r in results {
+                    encode(&r, &mut buf);
+                    bytes += buf.len();
+                    items += 1;
+                    pending.retries += u64::from(r.attempts.saturating_sub(1));
+                    match r.outcome {
+                        Outcome::Response { .. } => pending.answered += 1,
+                        Outcome::Failed { .. } => pending.failed += 1,
                     }
-                    oldest.get_or_insert_with(Instant::now);
+                    batch.insert(&key(r.id), buf.as_slice());
                 }
-                Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
-                    encode_quarantined(deaths, &reason, &mut buf);
-                    batch.insert(&key(id), buf.as_slice());
-                    (items, bytes) = (items + 1, bytes + buf.len());
-                    pending.failed += 1;
-                    pending.quarantined += 1;
-                    oldest.get_or_insert_with(Instant::now);
-                }
-                Ok(WriteCmd::Finish) | Err(_) => {}
+                oldest.get_or_insert_with(Instant::now);
             }
-            let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
-            if items > 0 && (finish || due || items >= FLUSH_ITEMS || bytes >= FLUSH_BYTES) {
-                let flushed = writer
-                    .items
-                    .apply_batch(std::mem::take(&mut batch))
-                    .and_then(|()| writer.db.flush().map(drop));
-                if let Err(e) = flushed {
-                    let _ = acks.send(WriteAck::Failed(e.into()));
-                    return;
-                }
-                let _ = acks.send(WriteAck::Durable(std::mem::take(&mut pending)));
-                (items, bytes, oldest) = (0, 0, None);
+            Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
+                encode_quarantined(deaths, &reason, &mut buf);
+                batch.insert(&key(id), buf.as_slice());
+                (items, bytes) = (items + 1, bytes + buf.len());
+                pending.failed += 1;
+                pending.quarantined += 1;
+                oldest.get_or_insert_with(Instant::now);
             }
-            if finish {
-                if let Err(e) = writer.db.flush() {
-                    let _ = acks.send(WriteAck::Failed(e.into()));
-                    return;
-                }
-                let _ = acks.send(WriteAck::Finished);
+            Ok(WriteCmd::Finish) | Err(_) => {}
+        }
+        let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+        if items > 0 && (finish || due || items >= FLUSH_ITEMS || bytes >= FLUSH_BYTES) {
+            let flushed = writer
+                .items
+                .apply_batch(std::mem::take(&mut batch))
+                .and_then(|()| writer.db.flush().map(drop));
+            if let Err(e) = flushed {
+                let _ = acks.send(WriteAck::Failed(e.into()));
                 return;
             }
+            let _ = acks.send(WriteAck::Durable(std::mem::take(&mut pending)));
+            (items, bytes, oldest) = (0, 0, None);
         }
-    })
+        if finish {
+            if let Err(e) = writer.db.flush() {
+                let _ = acks.send(WriteAck::Failed(e.into()));
+                return;
+            }
+            let _ = acks.send(WriteAck::Finished);
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -551,7 +619,8 @@ mod tests {
         let store = Store::open_for_job(&path, "http://127.0.0.1:1/{id}").expect("opens");
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
-        let t = spawn_writer(store.writer(), cmd_rx, ack_tx).expect("spawns");
+        let writer = store.writer();
+        let t = std::thread::spawn(move || write_loop(writer, cmd_rx, ack_tx));
         let failed = ItemResult { id: 5, attempts: 8, outcome: Outcome::Failed { error: "x".into() } };
         cmd_tx.send(WriteCmd::Put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed])).expect("sends");
         cmd_tx
@@ -564,10 +633,10 @@ mod tests {
         assert!(matches!(acks[0], WriteAck::Durable(d) if d == durable), "{acks:?}");
         assert!(matches!(acks.last(), Some(WriteAck::Finished)));
         let mut out = Vec::new();
-        store.settled_in(IdRange { start: 0, end: 9 }, false, &mut out).expect("scans");
+        store.reader().settled_in(IdRange { start: 0, end: 9 }, false, &mut out).expect("scans");
         assert_eq!(out, vec![3, 4], "9 is outside the window, 5 failed, 4 is quarantined");
         out.clear();
-        store.settled_in(IdRange { start: 0, end: 9 }, true, &mut out).expect("scans");
+        store.reader().settled_in(IdRange { start: 0, end: 9 }, true, &mut out).expect("scans");
         assert_eq!(out, vec![3], "quarantined ids are fetched again when asked");
         assert_eq!(
             store.counts().expect("counts"),

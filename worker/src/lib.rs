@@ -15,7 +15,16 @@ pub mod link;
 pub mod pool;
 
 /// Runs a worker on this process's stdin and stdout. Returns the exit code.
+///
+/// A panic on any of its threads aborts the process: a fetch thread that vanished would leave
+/// its id unreported while the worker lives on, and the run would wait for it forever. As a
+/// crash, the supervisor sees it die, requeues what it held, and isolates a poison id.
 pub fn run() -> i32 {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     match link::serve() {
         Ok(()) => 0,
         Err(e) => {

@@ -10,18 +10,16 @@ use std::io::{BufWriter, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use shared::frame::{peek_hello_version, MAX_FRAME_LEN};
 use shared::{
-    FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, ToWorker, WorkerHello, PROTOCOL_VERSION,
+    FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, ToWorker, WorkerHello, HEARTBEAT_EVERY,
+    PROTOCOL_VERSION,
 };
 
 use crate::fetch::Fetcher;
 
-/// How often the heartbeat thread speaks.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 /// A results frame holds at most this many results...
 const BATCH_MAX_ITEMS: usize = 1024;
 /// ...and stops growing once its bodies pass this many bytes.
@@ -63,6 +61,9 @@ pub enum LinkError {
     /// A thread could not be started.
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+    /// A thread panicked (where panics do not abort the process, as they do in `worker::run`).
+    #[error("thread {0} panicked")]
+    Panicked(&'static str),
 }
 
 /// Serves one session on this process's stdin and stdout.
@@ -129,14 +130,16 @@ pub fn serve() -> Result<(), LinkError> {
     // ids not yet started: the supervisor knows they were never reported.
     stopping.store(true, Ordering::Relaxed);
     drop(ids_tx);
-    for t in threads {
-        let _ = t.join();
-    }
+    // A panicked thread would have lost results: never take that for success.
+    let fetch_panicked = threads.into_iter().map(|t| t.join()).fold(false, |any, r| any | r.is_err());
     alive.store(false, Ordering::Relaxed);
     heartbeat.thread().unpark();
     let _ = heartbeat.join();
-    let write_result = writer.join().unwrap_or(Ok(()));
+    let write_result = writer.join().unwrap_or(Err(LinkError::Panicked("link-writer")));
     read_result?;
+    if fetch_panicked {
+        return Err(LinkError::Panicked("fetch"));
+    }
     write_result
 }
 

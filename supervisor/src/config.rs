@@ -1,0 +1,346 @@
+//! A run's validated settings: what the flags mean once checked against each other and the
+//! machine. Everything an invocation can get wrong is caught here, before anything is created
+//! or started.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shared::{JobSpec, WorkerChaos, HEARTBEAT_EVERY};
+
+use crate::cli::{parse_duration, Tuning};
+use crate::partition::IdRange;
+
+/// Faults to inject (`--chaos`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chaos {
+    /// The workers' part.
+    pub worker: WorkerChaos,
+    /// SIGKILL a random worker this often.
+    pub kill_every: Option<Duration>,
+}
+
+impl std::fmt::Display for Chaos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        for (name, ids) in [
+            ("crash-on", &self.worker.crash_on),
+            ("hang-on", &self.worker.hang_on),
+            ("bad-frame-on", &self.worker.bad_frame_on),
+        ] {
+            parts.extend(ids.iter().map(|id| format!("{name}={id}")));
+        }
+        if let Some(d) = self.kill_every {
+            parts.push(format!("kill-every={}", humantime::format_duration(d)));
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+pub fn parse_chaos(spec: &str) -> Result<Chaos, String> {
+    let mut chaos = Chaos::default();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| format!("`{part}` is not KEY=VALUE"))?;
+        let id = || value.parse::<u64>().map_err(|_| format!("`{value}` in `{part}` is not an id"));
+        match key {
+            "crash-on" => chaos.worker.crash_on.push(id()?),
+            "hang-on" => chaos.worker.hang_on.push(id()?),
+            "bad-frame-on" => chaos.worker.bad_frame_on.push(id()?),
+            "kill-every" => {
+                let d = parse_duration(value)?;
+                if d < Duration::from_millis(10) {
+                    return Err("kill-every must be at least 10ms".into());
+                }
+                chaos.kill_every = Some(d);
+            }
+            other => {
+                return Err(format!("unknown fault `{other}` (crash-on, hang-on, bad-frame-on, kill-every)"))
+            }
+        }
+    }
+    Ok(chaos)
+}
+
+/// The largest `--max-body`: a result frame must stay under the protocol's frame limit.
+pub const MAX_BODY_LIMIT: u64 = 128 << 20;
+
+/// A validated run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The ids.
+    pub ids: IdRange,
+    /// The store path.
+    pub store: PathBuf,
+    /// Worker processes.
+    pub workers: u32,
+    /// Ids per chunk.
+    pub chunk_size: u32,
+    /// Silence after which a worker is replaced.
+    pub worker_timeout: Duration,
+    /// Worker executable; `None` for this executable in worker mode.
+    pub worker_bin: Option<PathBuf>,
+    /// How workers are confined.
+    pub limits: WorkerLimits,
+    /// Grace period on SIGTERM/SIGINT.
+    pub grace: Duration,
+    /// Whether quarantined ids are fetched again.
+    pub retry_quarantined: bool,
+    /// SIGKILL a random worker this often (`--chaos kill-every`); the workers' own faults are
+    /// in `job.chaos`.
+    pub kill_every: Option<Duration>,
+    /// What each worker is told.
+    pub job: JobSpec,
+}
+
+impl RunConfig {
+    /// The faults injected into this run, as `--chaos` gave them.
+    pub fn chaos(&self) -> Chaos {
+        Chaos { worker: self.job.chaos.clone(), kill_every: self.kill_every }
+    }
+}
+
+/// Limits and identity applied to each worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// RLIMIT_AS, in bytes.
+    pub memory: u64,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
+    /// uid and gid to run as.
+    pub user: Option<(u32, u32)>,
+}
+
+/// Checks a run's flags.
+pub fn run_config(
+    url: Option<&str>,
+    ids: Option<&str>,
+    store: PathBuf,
+    t: &Tuning,
+) -> Result<RunConfig, String> {
+    let url = url.ok_or("--url is required (e.g. --url 'http://127.0.0.1:8080/items/{id}')")?;
+    worker::fetch::check_url_template(url).map_err(|e| format!("--url: {e}"))?;
+    let ids: IdRange =
+        ids.ok_or("--ids is required (e.g. --ids 0..1000000)")?.parse().map_err(|e| format!("--ids: {e}"))?;
+    let range = |name: &str, v: u32, lo: u32, hi: u32| {
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{name} must be between {lo} and {hi}, not {v}"))
+        }
+    };
+    let workers = range("--workers", t.workers, 1, 1024)?;
+    let threads = range("--threads", t.threads, 1, 4096)?;
+    let chunk_size = range("--chunk-size", t.chunk_size, 1, 1 << 20)?;
+    let max_attempts = range("--max-attempts", t.max_attempts, 1, 1000)?;
+    if !(1..=MAX_BODY_LIMIT).contains(&t.max_body) {
+        return Err(format!("--max-body must be between 1 byte and 128M, not {}", t.max_body));
+    }
+    for (name, d) in [
+        ("--connect-timeout", t.connect_timeout),
+        ("--io-timeout", t.io_timeout),
+        ("--worker-timeout", t.worker_timeout),
+    ] {
+        if d < Duration::from_millis(1) {
+            return Err(format!("{name} must be at least 1ms"));
+        }
+    }
+    let min_timeout = 4 * HEARTBEAT_EVERY;
+    if t.worker_timeout < min_timeout {
+        return Err(format!(
+            "--worker-timeout must be at least {}ms (workers send a heartbeat every {}ms)",
+            min_timeout.as_millis(),
+            HEARTBEAT_EVERY.as_millis()
+        ));
+    }
+    let mut headers = t.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = &t.header_file {
+        let text =
+            std::fs::read_to_string(file).map_err(|e| format!("--header-file {}: {e}", file.display()))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            headers.push(parse_header(line).map_err(|e| format!("--header-file {}: {e}", file.display()))?);
+        }
+    }
+    // Per fetch thread its stack and its connection's buffers (ureq keeps 128 KiB each way),
+    // plus room for the binary, the allocator and a few bodies in flight.
+    let per_thread = worker::pool::FETCH_STACK as u64 + (512 << 10);
+    let needed = u64::from(threads) * per_thread + (128 << 20) + 4 * t.max_body;
+    if t.worker_memory < needed {
+        return Err(format!(
+            "--worker-memory {} is too small for {threads} threads and --max-body {}: give it at least {}M",
+            t.worker_memory,
+            t.max_body,
+            needed.div_ceil(1 << 20)
+        ));
+    }
+    let user = match &t.user {
+        None => None,
+        Some(name) => Some(resolve_user(name)?),
+    };
+    if let Some(bin) = &t.worker_bin {
+        if !bin.is_file() {
+            return Err(format!("--worker-bin {} is not a file", bin.display()));
+        }
+    }
+    if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(format!(
+                "--store {}: directory {} does not exist",
+                store.display(),
+                parent.display()
+            ));
+        }
+    }
+    // Each worker holds two chunks, and enough ids to keep every thread busy.
+    let max_in_flight = (2 * chunk_size).max(chunk_size + 2 * threads);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Ok(RunConfig {
+        ids,
+        store,
+        workers,
+        chunk_size,
+        worker_timeout: t.worker_timeout,
+        worker_bin: t.worker_bin.clone(),
+        limits: WorkerLimits { memory: t.worker_memory, open_files: open_files(threads)?, user },
+        grace: t.grace,
+        retry_quarantined: t.retry_quarantined,
+        kill_every: t.chaos.as_ref().and_then(|c| c.kill_every),
+        job: JobSpec {
+            url_template: url.to_owned(),
+            threads,
+            max_in_flight,
+            max_attempts,
+            max_body: t.max_body,
+            connect_timeout_ms: ms(t.connect_timeout),
+            io_timeout_ms: ms(t.io_timeout),
+            backoff_base_ms: ms(t.backoff_base),
+            backoff_max_ms: ms(t.backoff_max),
+            retry_after_max_ms: ms(t.retry_after_max),
+            headers,
+            chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
+        },
+    })
+}
+
+/// A worker's open-files limit: per thread a pooled connection and one being replaced, plus
+/// pipes, stdio and slack; never above what this process may grant (its hard limit).
+fn open_files(threads: u32) -> Result<u64, String> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let want = 2 * u64::from(threads) + 64;
+    let (_, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("cannot read the open-files limit: {e}"))?;
+    if hard < u64::from(threads) + 16 {
+        return Err(format!(
+            "--threads {threads} needs {} open files per worker; the hard limit is {hard}",
+            u64::from(threads) + 16
+        ));
+    }
+    Ok(want.min(hard))
+}
+
+/// Looks up `--user`: it must exist, and switching to it needs root (unless it is us).
+fn resolve_user(name: &str) -> Result<(u32, u32), String> {
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("--user {name}: {e}"))?
+        .ok_or_else(|| format!("--user {name}: no such user"))?;
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && me != user.uid {
+        return Err(format!("--user {name}: switching users needs the supervisor to run as root"));
+    }
+    Ok((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+fn parse_header(h: &str) -> Result<(String, String), String> {
+    let (name, value) =
+        h.split_once(':').ok_or_else(|| "--header must look like 'Name: value'".to_owned())?;
+    let name = name.trim();
+    let valid_name = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid_name {
+        return Err(format!("--header: `{name}` is not a valid header name"));
+    }
+    let value = value.trim();
+    if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        return Err(format!("--header {name}: the value has control characters"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuning() -> Tuning {
+        Tuning {
+            workers: 4,
+            threads: 8,
+            chunk_size: 100,
+            max_attempts: 3,
+            max_body: 1024,
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            retry_after_max: Duration::from_secs(60),
+            worker_timeout: Duration::from_secs(10),
+            headers: vec!["Authorization: Bearer x".into()],
+            header_file: None,
+            worker_bin: None,
+            worker_memory: 1 << 30,
+            user: None,
+            grace: Duration::from_secs(1),
+            retry_quarantined: false,
+            chaos: None,
+        }
+    }
+
+    #[test]
+    fn a_good_run_validates() {
+        let c = run_config(Some("http://127.0.0.1:9/items/{id}"), Some("0..10"), "s.sled".into(), &tuning())
+            .expect("valid");
+        assert_eq!(c.ids, IdRange { start: 0, end: 10 });
+        assert_eq!(c.job.headers, vec![("Authorization".to_owned(), "Bearer x".to_owned())]);
+        assert!(c.job.max_in_flight >= 2 * c.chunk_size);
+    }
+
+    #[test]
+    fn bad_runs_are_refused_with_the_flag_named() {
+        let t = tuning();
+        let cases: Vec<(Option<&str>, Option<&str>, Tuning, &str)> = vec![
+            (None, Some("0..1"), t.clone(), "--url is required"),
+            (Some("http://127.0.0.1/items"), Some("0..1"), t.clone(), "--url"),
+            (Some("ftp://h/{id}"), Some("0..1"), t.clone(), "--url"),
+            (Some("http://h/{id}"), None, t.clone(), "--ids is required"),
+            (Some("http://h/{id}"), Some("3..1"), t.clone(), "--ids"),
+            (Some("http://h/{id}"), Some("0..1"), Tuning { workers: 0, ..t.clone() }, "--workers"),
+            (Some("http://h/{id}"), Some("0..1"), Tuning { threads: 0, ..t.clone() }, "--threads"),
+            (
+                Some("http://h/{id}"),
+                Some("0..1"),
+                Tuning { headers: vec!["nocolon".into()], ..t.clone() },
+                "--header",
+            ),
+            (
+                Some("http://h/{id}"),
+                Some("0..1"),
+                Tuning { worker_bin: Some("/nonexistent/w".into()), ..t.clone() },
+                "--worker-bin",
+            ),
+        ];
+        for (url, ids, t, want) in cases {
+            let err = run_config(url, ids, "s.sled".into(), &t).expect_err(want);
+            assert!(err.contains(want), "{err:?} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn chaos_specs_parse_and_print_back() {
+        let c = parse_chaos("crash-on=7, hang-on=9,kill-every=500ms,bad-frame-on=3").expect("valid");
+        assert_eq!(c.worker.crash_on, vec![7]);
+        assert_eq!(c.worker.hang_on, vec![9]);
+        assert_eq!(c.worker.bad_frame_on, vec![3]);
+        assert_eq!(c.kill_every, Some(Duration::from_millis(500)));
+        assert_eq!(c.to_string(), "crash-on=7,hang-on=9,bad-frame-on=3,kill-every=500ms");
+        for bad in ["crash-on", "crash-on=x", "explode=1", "kill-every=1ms"] {
+            assert!(parse_chaos(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The dispatcher: the one thread that runs a job, as a thin loop around its decision core.
+//!
+//! [`core::Core`] owns the run's state and decides; this loop only receives events, feeds them
+//! to the core with the time they were seen, and carries out the commands it returns. Events
+//! come from six sources, `select!`ed: the workers' reader threads, the store writer's acks,
+//! the planner's chunks (taken only while the core wants more), signals, panics of helper
+//! threads, and a 100ms ticker. Carrying out a command can itself produce an event (a spawn
+//! succeeded or failed, an assignment could not be handed over); those are fed back before the
+//! next event is taken, so the core sees the outcome of its commands in order.
+//!
+//! Nothing is shared behind a lock; the loop holds the workers' handles, the core their state.
+
+pub mod core;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, never, select, tick, unbounded, Receiver, Sender};
+use shared::{JobSpec, ToWorker};
+
+use self::core::{Command, Core, Event, Settings};
+use crate::config::RunConfig;
+use crate::error::Error;
+use crate::fleet::{EventKind, FleetEvent, Spawner, WorkerProc};
+use crate::partition::{unsettled, IdRange};
+use crate::store::{self, StoreError, WriteAck, WriteCmd};
+use crate::threads;
+
+/// How often the core's timers are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The figures of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Ids of the range already settled in the store, not fetched again.
+    pub skipped: u64,
+    /// Of those, quarantined by an earlier run (they have no HTTP answer).
+    pub skipped_quarantined: u64,
+    /// Ids this run fetched and stored with an HTTP answer.
+    pub answered: u64,
+    /// Ids this run stored as failed, quarantined ones included.
+    pub failed: u64,
+    /// Ids this run quarantined.
+    pub quarantined: u64,
+    /// Attempts beyond the first, over the ids stored.
+    pub retries: u64,
+    /// Workers started again after one ended.
+    pub restarts: u64,
+    /// Workers the supervisor killed on purpose (`--chaos kill-every`).
+    pub chaos_kills: u64,
+    /// Results dropped because their worker did not hold the id.
+    pub dropped_results: u64,
+    /// The signal that stopped the run early, if one did.
+    pub stopped_by: Option<i32>,
+    /// Wall time.
+    pub wall: Duration,
+}
+
+impl RunReport {
+    /// Ids stored by this run.
+    pub fn fetched(&self) -> u64 {
+        self.answered + self.failed
+    }
+
+    /// Ids stored per second of wall time.
+    pub fn rate(&self) -> f64 {
+        self.fetched() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Settings {
+    fn of(cfg: &RunConfig) -> Settings {
+        Settings {
+            workers: cfg.workers as usize,
+            chunk_size: cfg.chunk_size as usize,
+            max_in_flight: cfg.job.max_in_flight as usize,
+            worker_timeout: cfg.worker_timeout,
+            grace: cfg.grace,
+            kill_every: cfg.kill_every,
+        }
+    }
+}
+
+/// Runs the job against an open store. Returns the run's figures, or the error that stopped it
+/// (after storing every result already received).
+pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<RunReport, Error> {
+    let started = Instant::now();
+    let (plan_tx, plan_rx) = bounded::<PlanMsg>(2 * cfg.workers as usize + 2);
+    let (events_tx, events_rx) = unbounded::<FleetEvent>();
+    let (write_tx, write_rx) = bounded::<WriteCmd>(64);
+    let (ack_tx, ack_rx) = unbounded::<WriteAck>();
+    let (panic_tx, panic_rx) = unbounded::<Error>();
+    let signals = SignalFeed::start().map_err(Error::Thread)?;
+    let writer = store.writer();
+    threads::spawn("store-writer".into(), &panic_tx, move || store::write_loop(writer, write_rx, ack_tx))
+        .map_err(Error::Thread)?;
+    let (reader, ids, chunk, retry_q) =
+        (store.reader(), cfg.ids, u64::from(cfg.chunk_size), cfg.retry_quarantined);
+    threads::spawn("planner".into(), &panic_tx, move || plan(&reader, ids, chunk, retry_q, &plan_tx))
+        .map_err(Error::Thread)?;
+    let mut l = Loop {
+        core: Core::new(Settings::of(cfg), Instant::now(), fastrand::Rng::new()),
+        workers: Workers::new(spawner, cfg.job.clone(), events_tx, panic_tx),
+        writes: write_tx,
+        feedback: VecDeque::new(),
+        panics: panic_rx,
+    };
+    let sources = Sources { events: events_rx, acks: ack_rx, plans: plan_rx, signals: signals.rx.clone() };
+    l.run(&sources);
+    // Whatever happened, store what came back.
+    l.finish_writes(&sources.acks);
+    let mut report = l.core.conclude()?;
+    report.wall = started.elapsed();
+    if report.dropped_results > 0 {
+        log::warn!("dropped {} results for ids their worker did not hold", report.dropped_results);
+    }
+    Ok(report)
+}
+
+/// What the planner sends.
+enum PlanMsg {
+    Chunk {
+        ids: Vec<u64>,
+        skipped: u64,
+        quarantined: u64,
+    },
+    Failed(StoreError),
+    /// The whole range is planned. (A planner that ends without saying so has died.)
+    End,
+}
+
+/// Walks the range, dropping what the store has settled, and feeds chunks to the dispatcher
+/// through a small bounded channel: memory stays flat whatever the range.
+fn plan(
+    store: &store::Reader,
+    range: IdRange,
+    chunk_size: u64,
+    retry_quarantined: bool,
+    out: &Sender<PlanMsg>,
+) {
+    let mut settled = Vec::new();
+    let (mut skipped, mut quarantined) = (0, 0);
+    for window in range.windows(chunk_size) {
+        settled.clear();
+        match store.settled_in(window, retry_quarantined, &mut settled) {
+            Ok(q) => quarantined += q,
+            Err(e) => {
+                let _ = out.send(PlanMsg::Failed(e));
+                return;
+            }
+        }
+        skipped += settled.len() as u64;
+        let ids = unsettled(window, &settled);
+        if !ids.is_empty() {
+            if out.send(PlanMsg::Chunk { ids, skipped, quarantined }).is_err() {
+                return;
+            }
+            (skipped, quarantined) = (0, 0);
+        }
+    }
+    if skipped > 0 {
+        let _ = out.send(PlanMsg::Chunk { ids: Vec::new(), skipped, quarantined });
+    }
+    let _ = out.send(PlanMsg::End);
+}
+
+/// The channels the loop listens to.
+struct Sources {
+    events: Receiver<FleetEvent>,
+    acks: Receiver<WriteAck>,
+    plans: Receiver<PlanMsg>,
+    signals: Receiver<i32>,
+}
+
+struct Loop {
+    core: Core,
+    workers: Workers,
+    writes: Sender<WriteCmd>,
+    /// Outcomes of commands, fed to the core before the next outside event.
+    feedback: VecDeque<Event>,
+    panics: Receiver<Error>,
+}
+
+impl Loop {
+    /// Feeds events to the core and carries out its commands until it says the run is over.
+    fn run(&mut self, sources: &Sources) {
+        let ticker = tick(TICK);
+        let mut event = Event::Tick;
+        loop {
+            for command in self.core.handle(event, Instant::now()) {
+                if self.carry_out(command) {
+                    return;
+                }
+            }
+            event = match self.feedback.pop_front() {
+                Some(e) => e,
+                None => self.next_event(sources, &ticker),
+            };
+        }
+    }
+
+    /// Waits for the next event from outside.
+    fn next_event(&mut self, s: &Sources, ticker: &Receiver<Instant>) -> Event {
+        let no_plans = never();
+        let plans = if self.core.wants_plans() { &s.plans } else { &no_plans };
+        select! {
+            recv(s.events) -> ev => {
+                let ev = ev.expect("the loop holds a sender");
+                if matches!(ev.kind, EventKind::Gone { .. }) {
+                    self.workers.gone(ev.slot, ev.gen);
+                }
+                Event::Worker(ev)
+            }
+            recv(s.acks) -> ack => match ack {
+                Ok(WriteAck::Durable(d)) => Event::Durable(d),
+                Ok(WriteAck::Failed(e)) => Event::Fatal(Error::Store(e)),
+                Ok(WriteAck::Finished) | Err(_) => Event::Fatal(threads::ended_early(&self.panics, "the store writer")),
+            },
+            recv(plans) -> msg => match msg {
+                Ok(PlanMsg::Chunk { ids, skipped, quarantined }) => Event::Planned { ids, skipped, quarantined },
+                Ok(PlanMsg::End) => Event::PlanEnded,
+                Ok(PlanMsg::Failed(e)) => Event::Fatal(Error::Store(e)),
+                Err(_) => Event::Fatal(threads::ended_early(&self.panics, "the planner")),
+            },
+            recv(s.signals) -> sig => match sig {
+                Ok(sig) => Event::Signal(sig),
+                Err(_) => Event::Fatal(Error::Internal("the signal feed ended".into())),
+            },
+            recv(self.panics) -> p => Event::Fatal(p.expect("the loop holds a sender")),
+            recv(ticker) -> _ => Event::Tick,
+        }
+    }
+
+    /// Does what the core said. Returns whether the run is over.
+    fn carry_out(&mut self, command: Command) -> bool {
+        match command {
+            Command::Spawn { slot, gen } => self.feedback.push_back(self.workers.spawn(slot, gen)),
+            Command::Assign { slot, gen, ids } => {
+                if let Err(ids) = self.workers.assign(slot, gen, ids) {
+                    self.feedback.push_back(Event::Unsent { slot, gen, ids });
+                }
+            }
+            Command::CloseInput { slot, gen } => self.workers.close(slot, gen),
+            Command::Kill { slot, gen, why } => self.workers.kill(slot, gen, why),
+            Command::Store(results) => self.write(WriteCmd::Put(results)),
+            Command::Quarantine { id, deaths, reason } => {
+                self.write(WriteCmd::Quarantine { id, deaths, reason })
+            }
+            Command::Log(level, line) => log::log!(level, "{line}"),
+            Command::Finish => return true,
+        }
+        false
+    }
+
+    fn write(&mut self, cmd: WriteCmd) {
+        if self.writes.send(cmd).is_err() {
+            let error = threads::ended_early(&self.panics, "the store writer");
+            self.feedback.push_back(Event::Fatal(error));
+        }
+    }
+
+    /// Asks the store writer to flush everything and end, and feeds its last acks to the core.
+    fn finish_writes(&mut self, acks: &Receiver<WriteAck>) {
+        let _ = self.writes.send(WriteCmd::Finish);
+        let now = Instant::now;
+        loop {
+            let event = match acks.recv() {
+                Ok(WriteAck::Durable(d)) => Event::Durable(d),
+                Ok(WriteAck::Finished) => return,
+                Ok(WriteAck::Failed(e)) => Event::Fatal(Error::Store(e)),
+                Err(_) => Event::Fatal(threads::ended_early(&self.panics, "the store writer")),
+            };
+            let last = matches!(event, Event::Fatal(_));
+            // The run is over: the core only counts, and says nothing more to do.
+            let _ = self.core.handle(event, now());
+            if last {
+                return;
+            }
+        }
+    }
+}
+
+/// The running workers' handles, by slot. The core knows their state; this knows how to reach
+/// them.
+struct Workers {
+    spawner: Spawner,
+    job: JobSpec,
+    events: Sender<FleetEvent>,
+    panics: Sender<Error>,
+    procs: Vec<Option<(u64, WorkerProc)>>,
+}
+
+impl Workers {
+    fn new(spawner: Spawner, job: JobSpec, events: Sender<FleetEvent>, panics: Sender<Error>) -> Workers {
+        Workers { spawner, job, events, panics, procs: Vec::new() }
+    }
+
+    fn get(&mut self, slot: usize, gen: u64) -> Option<&mut WorkerProc> {
+        match self.procs.get_mut(slot) {
+            Some(Some((g, proc))) if *g == gen => Some(proc),
+            _ => None,
+        }
+    }
+
+    fn spawn(&mut self, slot: usize, gen: u64) -> Event {
+        if self.procs.len() <= slot {
+            self.procs.resize_with(slot + 1, || None);
+        }
+        match self.spawner.spawn(slot, gen, &self.job, self.events.clone(), &self.panics) {
+            Ok(proc) => {
+                let pid = proc.pid;
+                self.procs[slot] = Some((gen, proc));
+                Event::Spawned { slot, gen, pid }
+            }
+            Err(source) => Event::SpawnFailed {
+                slot,
+                gen,
+                error: Error::Spawn { bin: self.spawner.bin.clone(), source },
+            },
+        }
+    }
+
+    /// Gives the ids back when the worker's stdin is closed: it never received them.
+    fn assign(&mut self, slot: usize, gen: u64, ids: Vec<u64>) -> Result<(), Vec<u64>> {
+        let Some(proc) = self.get(slot, gen) else { return Err(ids) };
+        match proc.send(ToWorker::Assign { ids }) {
+            Ok(()) => Ok(()),
+            Err(ToWorker::Assign { ids }) => Err(ids),
+            Err(ToWorker::Hello { .. }) => unreachable!("an Assign comes back as it was sent"),
+        }
+    }
+
+    fn close(&mut self, slot: usize, gen: u64) {
+        if let Some(proc) = self.get(slot, gen) {
+            proc.close();
+        }
+    }
+
+    fn kill(&mut self, slot: usize, gen: u64, why: core::KillReason) {
+        if let Some(proc) = self.get(slot, gen) {
+            log::warn!("worker {slot} (pid {}) {why}; killing it", proc.pid);
+            proc.kill();
+        }
+    }
+
+    /// The worker has been reaped: its handle is done.
+    fn gone(&mut self, slot: usize, gen: u64) {
+        if self.get(slot, gen).is_some() {
+            self.procs[slot] = None;
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, delivered as messages on a channel (signal-hook's self-pipe underneath).
+struct SignalFeed {
+    rx: Receiver<i32>,
+    handle: signal_hook::iterator::Handle,
+}
+
+impl SignalFeed {
+    fn start() -> std::io::Result<SignalFeed> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let handle = signals.handle();
+        let (tx, rx) = unbounded();
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(SignalFeed { rx, handle })
+    }
+}
+
+impl Drop for SignalFeed {
+    fn drop(&mut self) {
+        // Back to the default dispositions is not possible with signal-hook, but closing the
+        // feed ends the thread; a late signal then has no listener and is ignored.
+        self.handle.close();
+    }
+}

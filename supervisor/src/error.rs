@@ -1,0 +1,74 @@
+//! Everything that can stop a command, and the exit code each one means. `main` is the only
+//! place that turns one into an exit code.
+
+use std::path::PathBuf;
+
+use crate::store::StoreError;
+
+/// Everything that can stop a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The invocation is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The store could not be opened, read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A worker slot keeps dying without delivering anything: the worker is broken.
+    #[error("worker {slot} died {deaths} times in a row without delivering a result (last it {last})")]
+    WorkersFailing {
+        /// The slot.
+        slot: usize,
+        /// Deaths in a row.
+        deaths: u32,
+        /// How the last one ended.
+        last: String,
+    },
+    /// Workers cannot be started at all.
+    #[error("cannot start worker {}", bin.display())]
+    Spawn {
+        /// The executable.
+        bin: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+    /// A helper thread panicked: a bug.
+    #[error("thread {thread} panicked: {message}")]
+    Panicked {
+        /// The thread's name.
+        thread: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// An output file could not be written.
+    #[error("cannot write {}", path.display())]
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The demo's mockapi could not be started.
+    #[error("cannot start mockapi: {0}")]
+    Demo(String),
+    /// A broken invariant: a bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The process exit code for this error: 2 for a bad invocation (flags, or an unusable,
+    /// mismatched or busy store), 1 for anything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Store(e) if e.is_usage() => 2,
+            _ => 1,
+        }
+    }
+}

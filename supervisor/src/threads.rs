@@ -1,0 +1,50 @@
+//! Helper threads whose panics are reported, never swallowed.
+//!
+//! A helper that panics (a worker's reader or writer, the planner, the store writer) would
+//! otherwise vanish: its channel closes, and the dispatcher could read that as a clean end (the
+//! planner "done" early) or wait forever (a reader that never reports its worker gone). Every
+//! helper is started here instead: a panic is caught and sent to the dispatcher as
+//! [`Error::Panicked`], which stops the run with exit 1 and the panic's message.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::Error;
+
+/// Starts a named helper thread; if `body` panics, the panic goes to `panics`.
+pub fn spawn<F>(name: String, panics: &Sender<Error>, body: F) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let panics = panics.clone();
+    std::thread::Builder::new().name(name.clone()).spawn(move || {
+        // The body owns nothing the dispatcher shares: after a panic nothing is left half-made
+        // that anyone else could observe.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(body)) {
+            let _ = panics.send(Error::Panicked { thread: name, message: panic_message(payload.as_ref()) });
+        }
+    })
+}
+
+/// The text a panic was raised with.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+/// The error to report when the helper `what` ended without saying why: its panic, if one
+/// arrives shortly (a panicking thread drops its channels before the panic is caught), or an
+/// internal error.
+pub fn ended_early(panics: &Receiver<Error>, what: &str) -> Error {
+    panics
+        .recv_timeout(Duration::from_secs(1))
+        .unwrap_or_else(|_| Error::Internal(format!("{what} ended early")))
+}
