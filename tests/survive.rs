@@ -128,6 +128,8 @@ fn a_second_signal_stops_at_once() {
     let pid = running.pid();
     wait_for("requests in flight", Duration::from_secs(30), || api.requests() > 0);
     signal(pid, Signal::SIGTERM);
+    // Not a wait for a condition: two identical signals sent back to back can merge into one
+    // pending signal in the kernel. A pause keeps them two.
     std::thread::sleep(Duration::from_millis(200));
     let second = Instant::now();
     signal(pid, Signal::SIGTERM);
@@ -236,7 +238,9 @@ fn a_worker_that_stops_reading_its_stdin_does_not_stall_the_supervisor() {
     let running = spawn(&strs(&args));
     let pid = running.pid();
     wait_for("the fake workers", Duration::from_secs(10), || children_of(pid).len() == 2);
-    std::thread::sleep(Duration::from_millis(500)); // let the assignments pile up
+    wait_for("a writer thread blocked on a full stdin pipe", Duration::from_secs(20), || {
+        threads_of(pid).iter().any(|(name, wchan)| name.ends_with("-writer") && wchan.contains("pipe_write"))
+    });
     let sent = Instant::now();
     signal(pid, Signal::SIGTERM);
     let out = running.wait(Duration::from_secs(15));

@@ -46,14 +46,14 @@ impl MockApi {
     }
 
     /// The server's counters, as `GET /stats` reports them.
-    pub fn stats(&self) -> serde_json::Value {
+    pub fn stats(&self) -> mockapi::Stats {
         let mut resp = ureq::get(format!("http://{}/stats", self.addr)).call().expect("stats answers");
         let text = resp.body_mut().read_to_string().expect("stats body");
-        serde_json::from_str(&text).expect("stats is JSON")
+        serde_json::from_str(&text).expect("stats is mockapi's Stats as JSON")
     }
 
     pub fn requests(&self) -> u64 {
-        self.stats()["requests"].as_u64().expect("a count")
+        self.stats().requests
     }
 }
 
@@ -294,6 +294,18 @@ pub fn summary_figure(stdout: &str, label: &str) -> u64 {
         .filter(char::is_ascii_digit)
         .collect();
     digits.parse().unwrap_or_else(|_| panic!("no number after `{label}` in:\n{stdout}"))
+}
+
+/// The threads of `pid`: each one's name and what it is blocked in (its `wchan`, e.g.
+/// `pipe_write`; "0" when it is running).
+pub fn threads_of(pid: u32) -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    dir.flatten()
+        .map(|task| {
+            let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+            (read("comm").trim().to_owned(), read("wchan"))
+        })
+        .collect()
 }
 
 /// Whether `pid` has ended (gone, or a zombie nobody reaped yet).

@@ -120,75 +120,18 @@ pub fn run_config(
     worker::fetch::check_url_template(url).map_err(|e| format!("--url: {e}"))?;
     let ids: IdRange =
         ids.ok_or("--ids is required (e.g. --ids 0..1000000)")?.parse().map_err(|e| format!("--ids: {e}"))?;
-    let range = |name: &str, v: u32, lo: u32, hi: u32| {
-        if (lo..=hi).contains(&v) {
-            Ok(v)
-        } else {
-            Err(format!("{name} must be between {lo} and {hi}, not {v}"))
-        }
-    };
-    let workers = range("--workers", t.workers, 1, 1024)?;
-    let threads = range("--threads", t.threads, 1, 4096)?;
-    let chunk_size = range("--chunk-size", t.chunk_size, 1, 1 << 20)?;
-    let max_attempts = range("--max-attempts", t.max_attempts, 1, 1000)?;
+    let workers = within("--workers", t.workers, 1, 1024)?;
+    let threads = within("--threads", t.threads, 1, 4096)?;
+    let chunk_size = within("--chunk-size", t.chunk_size, 1, 1 << 20)?;
+    let max_attempts = within("--max-attempts", t.max_attempts, 1, 1000)?;
     if !(1..=MAX_BODY_LIMIT).contains(&t.max_body) {
         return Err(format!("--max-body must be between 1 byte and 128M, not {}", t.max_body));
     }
-    for (name, d) in [
-        ("--connect-timeout", t.connect_timeout),
-        ("--io-timeout", t.io_timeout),
-        ("--worker-timeout", t.worker_timeout),
-    ] {
-        if d < Duration::from_millis(1) {
-            return Err(format!("{name} must be at least 1ms"));
-        }
-    }
-    let min_timeout = 4 * HEARTBEAT_EVERY;
-    if t.worker_timeout < min_timeout {
-        return Err(format!(
-            "--worker-timeout must be at least {}ms (workers send a heartbeat every {}ms)",
-            min_timeout.as_millis(),
-            HEARTBEAT_EVERY.as_millis()
-        ));
-    }
-    let mut headers = t.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
-    if let Some(file) = &t.header_file {
-        let text =
-            std::fs::read_to_string(file).map_err(|e| format!("--header-file {}: {e}", file.display()))?;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            headers.push(parse_header(line).map_err(|e| format!("--header-file {}: {e}", file.display()))?);
-        }
-    }
-    // Per fetch thread its stack and its connection's buffers (ureq keeps 128 KiB each way),
-    // plus room for the binary, the allocator and a few bodies in flight.
-    let per_thread = worker::pool::FETCH_STACK as u64 + (512 << 10);
-    let needed = u64::from(threads) * per_thread + (128 << 20) + 4 * t.max_body;
-    if t.worker_memory < needed {
-        return Err(format!(
-            "--worker-memory {} is too small for {threads} threads and --max-body {}: give it at least {}M",
-            t.worker_memory,
-            t.max_body,
-            needed.div_ceil(1 << 20)
-        ));
-    }
-    let user = match &t.user {
-        None => None,
-        Some(name) => Some(resolve_user(name)?),
-    };
-    if let Some(bin) = &t.worker_bin {
-        if !bin.is_file() {
-            return Err(format!("--worker-bin {} is not a file", bin.display()));
-        }
-    }
-    if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            return Err(format!(
-                "--store {}: directory {} does not exist",
-                store.display(),
-                parent.display()
-            ));
-        }
-    }
+    check_timeouts(t)?;
+    check_worker_memory(t, threads)?;
+    let headers = headers(t)?;
+    let user = t.user.as_deref().map(resolve_user).transpose()?;
+    check_paths(&store, t)?;
     // Each worker holds two chunks, and enough ids to keep every thread busy.
     let max_in_flight = (2 * chunk_size).max(chunk_size + 2 * threads);
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -218,6 +161,78 @@ pub fn run_config(
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
     })
+}
+
+fn within(name: &str, v: u32, lo: u32, hi: u32) -> Result<u32, String> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{name} must be between {lo} and {hi}, not {v}"))
+    }
+}
+
+fn check_timeouts(t: &Tuning) -> Result<(), String> {
+    for (name, d) in [
+        ("--connect-timeout", t.connect_timeout),
+        ("--io-timeout", t.io_timeout),
+        ("--worker-timeout", t.worker_timeout),
+    ] {
+        if d < Duration::from_millis(1) {
+            return Err(format!("{name} must be at least 1ms"));
+        }
+    }
+    let min_timeout = 4 * HEARTBEAT_EVERY;
+    if t.worker_timeout < min_timeout {
+        return Err(format!(
+            "--worker-timeout must be at least {}ms (workers send a heartbeat every {}ms)",
+            min_timeout.as_millis(),
+            HEARTBEAT_EVERY.as_millis()
+        ));
+    }
+    Ok(())
+}
+
+/// `--worker-memory` must hold, per fetch thread, its stack and its connection's buffers
+/// (ureq keeps 128 KiB each way), plus room for the binary, the allocator and a few bodies.
+fn check_worker_memory(t: &Tuning, threads: u32) -> Result<(), String> {
+    let per_thread = worker::pool::FETCH_STACK as u64 + (512 << 10);
+    let needed = u64::from(threads) * per_thread + (128 << 20) + 4 * t.max_body;
+    if t.worker_memory < needed {
+        return Err(format!(
+            "--worker-memory {} is too small for {threads} threads and --max-body {}: give it at least {}M",
+            t.worker_memory,
+            t.max_body,
+            needed.div_ceil(1 << 20)
+        ));
+    }
+    Ok(())
+}
+
+/// `--header`s, then those of `--header-file` (blank lines and `#` comments skipped).
+fn headers(t: &Tuning) -> Result<Vec<(String, String)>, String> {
+    let mut headers = t.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = &t.header_file {
+        let in_file = |e| format!("--header-file {}: {e}", file.display());
+        let text = std::fs::read_to_string(file).map_err(|e| in_file(e.to_string()))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            headers.push(parse_header(line).map_err(in_file)?);
+        }
+    }
+    Ok(headers)
+}
+
+fn check_paths(store: &std::path::Path, t: &Tuning) -> Result<(), String> {
+    if let Some(bin) = &t.worker_bin {
+        if !bin.is_file() {
+            return Err(format!("--worker-bin {} is not a file", bin.display()));
+        }
+    }
+    match store.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) if !parent.is_dir() => {
+            Err(format!("--store {}: directory {} does not exist", store.display(), parent.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A worker's open-files limit: per thread a pooled connection and one being replaced, plus

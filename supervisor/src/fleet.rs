@@ -311,3 +311,41 @@ pub fn describe(status: ExitStatus) -> String {
         (None, None) => "ended".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Whether some thread of this process is blocked waiting for a child.
+    fn a_thread_waits_for_a_child() -> bool {
+        std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("wait")))
+    }
+
+    #[test]
+    fn a_kill_reaches_a_child_being_waited_for_and_nothing_is_signalled_once_it_is_reaped() {
+        let child = Command::new("sleep").arg("30").spawn().expect("sleep starts");
+        let child = Arc::new(Mutex::new(child));
+        let reader = {
+            let child = child.clone();
+            std::thread::spawn(move || reap(&child))
+        };
+        let until = Instant::now() + Duration::from_secs(2);
+        while !a_thread_waits_for_a_child() && Instant::now() < until {
+            std::thread::yield_now();
+        }
+        // The reader waits without the lock, so this kill is not held up behind it.
+        kill_child(&child);
+        let status = reader.join().expect("joins").expect("reaped");
+        assert_eq!(describe(status), "was killed by SIGKILL");
+        // Reaped: std now sends nothing, so a process that reused the pid is safe.
+        kill_child(&child);
+        let mut child = child.lock().expect("not poisoned");
+        assert_eq!(child.try_wait().expect("known").map(describe).as_deref(), Some("was killed by SIGKILL"));
+    }
+}

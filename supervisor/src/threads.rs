@@ -48,3 +48,23 @@ pub fn ended_early(panics: &Receiver<Error>, what: &str) -> Error {
         .recv_timeout(Duration::from_secs(1))
         .unwrap_or_else(|_| Error::Internal(format!("{what} ended early")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_helper_panic_reaches_the_dispatcher_with_its_message() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let t = spawn("planner".into(), &tx, || panic!("boom at {}", 42)).expect("spawns");
+        t.join().expect("the panic is caught inside the thread");
+        match rx.try_recv() {
+            Ok(Error::Panicked { thread, message }) => {
+                assert_eq!((thread.as_str(), message.as_str()), ("planner", "boom at 42"))
+            }
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        drop(tx);
+        assert_eq!(ended_early(&rx, "the planner").to_string(), "internal error: the planner ended early");
+    }
+}
