@@ -75,9 +75,9 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     const K: usize = 1 << 10;
     let (msg, used) = match payload.len() {
         0..=4096 => limited::<T, { 16 * 4 * K }>(payload),
-        ..=65_536 => limited::<T, { 16 * 64 * K }>(payload),
-        ..=1_048_576 => limited::<T, { 16 * K * K }>(payload),
-        ..=16_777_216 => limited::<T, { 16 * 16 * K * K }>(payload),
+        4097..=65_536 => limited::<T, { 16 * 64 * K }>(payload),
+        65_537..=1_048_576 => limited::<T, { 16 * K * K }>(payload),
+        1_048_577..=16_777_216 => limited::<T, { 16 * 16 * K * K }>(payload),
         _ => limited::<T, { 16 * MAX_FRAME_LEN }>(payload),
     }?;
     if used != payload.len() {
