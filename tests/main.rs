@@ -9,6 +9,7 @@ mod faults;
 mod fleet;
 mod hostile;
 mod isolation;
+mod private;
 mod report;
 mod resume;
 mod survive;

@@ -46,6 +46,9 @@ pub fn main() -> i32 {
     }
     init_logging("info");
     fleet::seal_inherited_fds();
+    // Whatever the caller's umask, what this process creates (a store, its files, an export)
+    // is its owner's alone. An existing store's modes are left as they are.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let result = match cli.command {
         None => run::run_command(cli.run),
         Some(Command::Export(args)) => export::run(&args),

@@ -16,6 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -199,7 +200,11 @@ impl Store {
     /// A store made for another job is refused.
     pub fn open_for_job(path: &Path, url_template: &str) -> Result<Store, StoreError> {
         match std::fs::metadata(path) {
-            Err(_) => std::fs::create_dir_all(path)
+            // Owner-only: what a job fetched often needed credentials to fetch. The files sled
+            // creates inside follow the process umask, which `main` sets to 077.
+            Err(_) => std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(path)
                 .map_err(|source| StoreError::Io { path: path.to_owned(), source })?,
             Ok(m) if !m.is_dir() => {
                 return Err(StoreError::NotAStore { path: path.to_owned(), why: "not a directory" })
