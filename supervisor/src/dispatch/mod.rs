@@ -96,7 +96,7 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
         .map_err(Error::Thread)?;
     let (reader, ids, chunk, retry_q) =
         (store.reader(), cfg.ids, u64::from(cfg.chunk_size), cfg.retry_quarantined);
-    threads::spawn("planner".into(), &panic_tx, move || plan(&reader, ids, chunk, retry_q, &plan_tx))
+    threads::spawn("planner".into(), &panic_tx, move || plan(reader, ids, chunk, retry_q, &plan_tx))
         .map_err(Error::Thread)?;
     let mut l = Loop {
         core: Core::new(Settings::of(cfg), Instant::now(), fastrand::Rng::new()),
@@ -132,7 +132,7 @@ enum PlanMsg {
 /// Walks the range, dropping what the store has settled, and feeds chunks to the dispatcher
 /// through a small bounded channel: memory stays flat whatever the range.
 fn plan(
-    store: &store::Reader,
+    mut store: store::Reader,
     range: IdRange,
     chunk_size: u64,
     retry_quarantined: bool,

@@ -1,19 +1,18 @@
 //! The store: one sled database, written only by the supervisor. The only module that imports
 //! sled.
 //!
-//! Layout: the default tree holds metadata (`format`, `job.url`, `run.last`); the `items` tree
-//! maps each id, as 8 big-endian bytes so scans come out in id order, to its record:
+//! Layout (format 2): the default tree holds metadata (`format`, `job.url`, `run.last`); the
+//! `blocks` tree maps each block number (id / 1024), as 8 big-endian bytes so scans come out in
+//! id order, to the records of those 1024 ids: see [`block`] for why and how.
 //!
-//! ```text
-//! kind u8 (1 = HTTP answer, 2 = failed, | attempts u32 BE | answer: status u16 BE, body bytes
-//!          3 = quarantined)                               | failed, quarantined: error, UTF-8
-//! ```
-//!
-//! Writes go through one writer thread ([`write_loop`]) in sled batches, and a result counts
-//! as done only after the `flush()` that follows its batch: sled's flush is the durability point.
+//! Writes go through one writer thread ([`write_loop`]). It gathers results by block, and at
+//! each flush merges them into their blocks (a block is read, merged and written again when
+//! its ids arrive over several flushes), applies one sled batch and flushes: a result counts as
+//! done only after that `flush()`, sled's durability point.
 //! A store is held by one process at a time: `flota.lock` in its directory is flock()ed and
 //! names the holder's pid.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::DirBuilderExt;
@@ -25,15 +24,17 @@ use nix::fcntl::{Flock, FlockArg};
 use shared::{ItemResult, Outcome};
 
 use crate::partition::IdRange;
+use block::{BlockError, Index, KIND_ANSWER, KIND_QUARANTINED};
 
-const FORMAT: &[u8] = b"1";
-const KIND_ANSWER: u8 = 1;
-const KIND_FAILED: u8 = 2;
-const KIND_QUARANTINED: u8 = 3;
+pub mod block;
+
+/// The store format this build reads and writes. Format 1 kept one sled key per id.
+const FORMAT: &str = "2";
 const LOCK_FILE: &str = "flota.lock";
+const BLOCKS_TREE: &str = "blocks";
 /// sled's page cache. Its default (1 GiB) would let the supervisor grow to that size on a long
-/// run; writes are sequential and reads are range scans, so a small cache costs little.
-const CACHE_BYTES: u64 = 64 << 20;
+/// run; writes go block by block and reads are range scans, so a small cache costs little.
+const CACHE_BYTES: u64 = 8 << 20;
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +69,10 @@ pub enum StoreError {
         given: String,
     },
     /// The store's format is not one this build reads.
-    #[error("store {path} has format {found}, this build reads format 1")]
+    #[error(
+        "store {path} has format {found}, this build reads format 2 (stores of format 1 were made by \
+         flota before its block layout: export them with that version, or start a new store)"
+    )]
     Format {
         /// The store.
         path: PathBuf,
@@ -96,16 +100,20 @@ pub enum StoreError {
     /// A read or write failed while the store was open.
     #[error("store operation failed")]
     Sled(#[from] sled::Error),
-    /// A record does not decode.
-    #[error("the record of id {id} is corrupt")]
+    /// A block of records does not decode.
+    #[error("the block of ids {first}..{end} is damaged: {why}")]
     Corrupt {
-        /// The record's id.
-        id: u64,
+        /// Its first id.
+        first: u64,
+        /// One past its last id.
+        end: u64,
+        /// What is wrong with it.
+        why: BlockError,
     },
-    /// A key in the items tree is not an id.
-    #[error("a key of {len} bytes in the items is not an id: the store is damaged")]
+    /// A key in the blocks tree is not a block number.
+    #[error("a key of {len} bytes among the blocks is not a block number: the store is damaged")]
     BadKey {
-        /// The key's length (ids are 8 bytes).
+        /// The key's length (block numbers are 8 bytes).
         len: usize,
     },
     /// The last run's figures do not decode.
@@ -166,16 +174,35 @@ pub struct Counts {
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
-    items: sled::Tree,
+    blocks: sled::Tree,
     _lock: Flock<File>,
 }
 
-fn key(id: u64) -> [u8; 8] {
-    id.to_be_bytes()
+fn key(block: u64) -> [u8; 8] {
+    block.to_be_bytes()
 }
 
-fn id_of(key: &[u8]) -> Result<u64, StoreError> {
+fn block_of(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(key.try_into().map_err(|_| StoreError::BadKey { len: key.len() })?))
+}
+
+/// The error for a block that does not decode.
+fn corrupt(block: u64, why: BlockError) -> StoreError {
+    let first = block::first_id(block);
+    StoreError::Corrupt { first, end: first.saturating_add(block::BLOCK_IDS), why }
+}
+
+impl From<&ItemResult> for Record {
+    fn from(r: &ItemResult) -> Record {
+        match &r.outcome {
+            Outcome::Response { status, body } => {
+                Record::Answer { attempts: r.attempts, status: *status, body: body.clone() }
+            }
+            Outcome::Failed { error } => {
+                Record::Failed { attempts: r.attempts, error: error.clone(), quarantined: false }
+            }
+        }
+    }
 }
 
 impl Store {
@@ -233,7 +260,7 @@ impl Store {
             }
             Some(_) => store.check_format()?,
             None => {
-                store.db.insert("format", FORMAT)?;
+                store.db.insert("format", FORMAT.as_bytes())?;
                 store.db.insert("job.url", url_template.as_bytes())?;
                 store.db.flush()?;
             }
@@ -248,13 +275,13 @@ impl Store {
             .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-        let items = db.open_tree("items")?;
-        Ok(Store { path: path.to_owned(), db, items, _lock: lock })
+        let blocks = db.open_tree(BLOCKS_TREE)?;
+        Ok(Store { path: path.to_owned(), db, blocks, _lock: lock })
     }
 
     fn check_format(&self) -> Result<(), StoreError> {
         match self.db.get("format")? {
-            Some(f) if f == FORMAT => Ok(()),
+            Some(f) if f == FORMAT.as_bytes() => Ok(()),
             Some(f) => Err(StoreError::Format {
                 path: self.path.clone(),
                 found: String::from_utf8_lossy(&f).into_owned(),
@@ -270,36 +297,44 @@ impl Store {
 
     /// A read handle for the planner thread.
     pub fn reader(&self) -> Reader {
-        Reader { items: self.items.clone() }
+        Reader { blocks: self.blocks.clone(), cached: None }
     }
 
     /// Every record in id order.
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
-        self.items.iter().map(|kv| {
-            let (k, v) = kv?;
-            let id = id_of(&k)?;
-            Ok((id, decode(&v).ok_or(StoreError::Corrupt { id })?))
+        self.blocks.iter().flat_map(|kv| {
+            let decoded = kv.map_err(StoreError::from).and_then(|(k, v)| {
+                let n = block_of(&k)?;
+                let records = block::decode(&v).map_err(|why| corrupt(n, why))?;
+                let first = block::first_id(n);
+                Ok(records.into_iter().map(move |(offset, r)| Ok((first + u64::from(offset), r))))
+            });
+            let (ok, err) = match decoded {
+                Ok(records) => (Some(records), None),
+                Err(e) => (None, Some(Err(e))),
+            };
+            ok.into_iter().flatten().chain(err)
         })
     }
 
-    /// Counts of answered and failed ids.
+    /// Counts of answered and failed ids, from the blocks' indexes alone.
     pub fn counts(&self) -> Result<Counts, StoreError> {
         let mut c = Counts::default();
-        for kv in self.items.iter() {
+        for kv in self.blocks.iter() {
             let (k, v) = kv?;
-            match (v.first(), v.get(5..7)) {
-                (Some(&KIND_ANSWER), Some(s)) => {
-                    c.answered += 1;
-                    if (200..300).contains(&u16::from_be_bytes([s[0], s[1]])) {
-                        c.success += 1;
+            let index = Index::parse(&v).map_err(|why| corrupt(block_of(&k).unwrap_or(0), why))?;
+            for e in index.entries() {
+                match e.kind {
+                    KIND_ANSWER => {
+                        c.answered += 1;
+                        c.success += u64::from((200..300).contains(&e.status));
                     }
+                    KIND_QUARANTINED => {
+                        c.failed += 1;
+                        c.quarantined += 1;
+                    }
+                    _ => c.failed += 1,
                 }
-                (Some(&KIND_FAILED), _) => c.failed += 1,
-                (Some(&KIND_QUARANTINED), _) => {
-                    c.failed += 1;
-                    c.quarantined += 1;
-                }
-                _ => return Err(StoreError::Corrupt { id: id_of(&k)? }),
             }
         }
         Ok(c)
@@ -325,7 +360,7 @@ impl Store {
 
     /// A handle for the writer thread.
     pub fn writer(&self) -> Writer {
-        Writer { db: self.db.clone(), items: self.items.clone() }
+        Writer { db: self.db.clone(), blocks: self.blocks.clone() }
     }
 }
 
@@ -367,36 +402,57 @@ pub struct LastRun {
     pub exit_code: i32,
 }
 
-/// A read handle on the items, for the planner thread.
-#[derive(Clone)]
+/// A read handle on the blocks, for the planner thread. It keeps the last block it read, as
+/// consecutive windows usually fall in the same block.
 pub struct Reader {
-    items: sled::Tree,
+    blocks: sled::Tree,
+    cached: Option<(u64, sled::IVec)>,
 }
 
 impl Reader {
     /// Appends to `out` the ids of `window` that are settled, in order: those with an HTTP
     /// answer, and quarantined ones unless `retry_quarantined`. Returns how many of them are
-    /// quarantined.
+    /// quarantined. Reads the blocks' indexes only.
     pub fn settled_in(
-        &self,
+        &mut self,
         window: IdRange,
         retry_quarantined: bool,
         out: &mut Vec<u64>,
     ) -> Result<u64, StoreError> {
         let mut quarantined = 0;
-        for kv in self.items.range(key(window.start)..key(window.end)) {
-            let (k, v) = kv?;
-            let id = id_of(&k)?;
-            match v.first() {
-                Some(&KIND_ANSWER) => out.push(id),
-                Some(&KIND_QUARANTINED) if !retry_quarantined => {
-                    out.push(id);
-                    quarantined += 1;
+        let (first, _) = block::locate(window.start);
+        let (last, _) = block::locate(window.end - 1);
+        for n in first..=last {
+            let Some(value) = self.block(n)? else { continue };
+            let index = Index::parse(&value).map_err(|why| corrupt(n, why))?;
+            let base = block::first_id(n);
+            for e in index.entries() {
+                let id = base + u64::from(e.offset);
+                if id < window.start || id >= window.end {
+                    continue;
                 }
-                _ => {}
+                match e.kind {
+                    KIND_ANSWER => out.push(id),
+                    KIND_QUARANTINED if !retry_quarantined => {
+                        out.push(id);
+                        quarantined += 1;
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(quarantined)
+    }
+
+    fn block(&mut self, n: u64) -> Result<Option<sled::IVec>, StoreError> {
+        if let Some((cached, value)) = &self.cached {
+            if *cached == n {
+                return Ok(Some(value.clone()));
+            }
+        }
+        let value = self.blocks.get(key(n))?;
+        self.cached = value.clone().map(|v| (n, v));
+        Ok(value)
     }
 }
 
@@ -429,55 +485,10 @@ fn lock(path: &Path) -> Result<Flock<File>, StoreError> {
     }
 }
 
-/// Encodes a quarantined id's record.
-pub fn encode_quarantined(deaths: u32, reason: &str, buf: &mut Vec<u8>) {
-    buf.clear();
-    buf.push(KIND_QUARANTINED);
-    buf.extend_from_slice(&deaths.to_be_bytes());
-    buf.extend_from_slice(reason.as_bytes());
-}
-
-/// Encodes a result as its record.
-pub fn encode(result: &ItemResult, buf: &mut Vec<u8>) {
-    buf.clear();
-    match &result.outcome {
-        Outcome::Response { status, body } => {
-            buf.reserve(7 + body.len());
-            buf.push(KIND_ANSWER);
-            buf.extend_from_slice(&result.attempts.to_be_bytes());
-            buf.extend_from_slice(&status.to_be_bytes());
-            buf.extend_from_slice(body);
-        }
-        Outcome::Failed { error } => {
-            buf.push(KIND_FAILED);
-            buf.extend_from_slice(&result.attempts.to_be_bytes());
-            buf.extend_from_slice(error.as_bytes());
-        }
-    }
-}
-
-/// Decodes a record; `None` if it is malformed.
-pub fn decode(v: &[u8]) -> Option<Record> {
-    let attempts = u32::from_be_bytes(v.get(1..5)?.try_into().ok()?);
-    match *v.first()? {
-        KIND_ANSWER => Some(Record::Answer {
-            attempts,
-            status: u16::from_be_bytes(v.get(5..7)?.try_into().ok()?),
-            body: v.get(7..)?.to_vec(),
-        }),
-        kind @ (KIND_FAILED | KIND_QUARANTINED) => Some(Record::Failed {
-            attempts,
-            error: String::from_utf8_lossy(v.get(5..)?).into_owned(),
-            quarantined: kind == KIND_QUARANTINED,
-        }),
-        _ => None,
-    }
-}
-
 /// The writer thread's handle on the store.
 pub struct Writer {
     db: sled::Db,
-    items: sled::Tree,
+    blocks: sled::Tree,
 }
 
 /// Asks the writer thread to do something.
@@ -530,62 +541,94 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 /// The writer thread's body: it batches results, applies each batch, flushes, and acks.
 pub fn write_loop(writer: Writer, cmds: Receiver<WriteCmd>, acks: Sender<WriteAck>) {
-    let mut batch = sled::Batch::default();
-    let mut pending = Durable::default();
-    let (mut items, mut bytes) = (0usize, 0usize);
-    let mut oldest: Option<Instant> = None;
-    let mut buf = Vec::new();
+    let mut pending = Pending::default();
     loop {
-        let timeout = oldest.map_or(Duration::from_secs(3600), |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
+        let timeout =
+            pending.oldest.map_or(Duration::from_secs(3600), |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
         let cmd = cmds.recv_timeout(timeout);
         let finish =
             matches!(cmd, Ok(WriteCmd::Finish) | Err(crossbeam_channel::RecvTimeoutError::Disconnected));
         match cmd {
             Ok(WriteCmd::Put(results)) => {
-                for r in results {
-                    encode(&r, &mut buf);
-                    bytes += buf.len();
-                    items += 1;
-                    pending.retries += u64::from(r.attempts.saturating_sub(1));
+                for r in &results {
+                    pending.durable.retries += u64::from(r.attempts.saturating_sub(1));
                     match r.outcome {
-                        Outcome::Response { .. } => pending.answered += 1,
-                        Outcome::Failed { .. } => pending.failed += 1,
+                        Outcome::Response { .. } => pending.durable.answered += 1,
+                        Outcome::Failed { .. } => pending.durable.failed += 1,
                     }
-                    batch.insert(&key(r.id), buf.as_slice());
+                    pending.add(r.id, Record::from(r));
                 }
-                oldest.get_or_insert_with(Instant::now);
             }
             Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
-                encode_quarantined(deaths, &reason, &mut buf);
-                batch.insert(&key(id), buf.as_slice());
-                (items, bytes) = (items + 1, bytes + buf.len());
-                pending.failed += 1;
-                pending.quarantined += 1;
-                oldest.get_or_insert_with(Instant::now);
+                pending.durable.failed += 1;
+                pending.durable.quarantined += 1;
+                pending.add(id, Record::Failed { attempts: deaths, error: reason, quarantined: true });
             }
             Ok(WriteCmd::Finish) | Err(_) => {}
         }
-        let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
-        if items > 0 && (finish || due || items >= FLUSH_ITEMS || bytes >= FLUSH_BYTES) {
-            let flushed = writer
-                .items
-                .apply_batch(std::mem::take(&mut batch))
-                .and_then(|()| writer.db.flush().map(drop));
-            if let Err(e) = flushed {
-                let _ = acks.send(WriteAck::Failed(e.into()));
-                return;
+        let due = pending.oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+        if pending.items > 0
+            && (finish || due || pending.items >= FLUSH_ITEMS || pending.bytes >= FLUSH_BYTES)
+        {
+            match pending.write(&writer) {
+                Ok(durable) => {
+                    let _ = acks.send(WriteAck::Durable(durable));
+                }
+                Err(e) => {
+                    let _ = acks.send(WriteAck::Failed(e));
+                    return;
+                }
             }
-            let _ = acks.send(WriteAck::Durable(std::mem::take(&mut pending)));
-            (items, bytes, oldest) = (0, 0, None);
         }
         if finish {
-            if let Err(e) = writer.db.flush() {
-                let _ = acks.send(WriteAck::Failed(e.into()));
-                return;
-            }
-            let _ = acks.send(WriteAck::Finished);
+            let _ = acks.send(match writer.db.flush() {
+                Ok(_) => WriteAck::Finished,
+                Err(e) => WriteAck::Failed(e.into()),
+            });
             return;
         }
+    }
+}
+
+/// Results received and not yet written, gathered by block.
+#[derive(Default)]
+struct Pending {
+    blocks: BTreeMap<u64, BTreeMap<u16, Record>>,
+    items: usize,
+    bytes: usize,
+    oldest: Option<Instant>,
+    durable: Durable,
+}
+
+impl Pending {
+    fn add(&mut self, id: u64, record: Record) {
+        self.bytes += match &record {
+            Record::Answer { body, .. } => body.len(),
+            Record::Failed { error, .. } => error.len(),
+        };
+        self.items += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+        let (n, offset) = block::locate(id);
+        self.blocks.entry(n).or_default().insert(offset, record);
+    }
+
+    /// Merges every pending record into its block (records already stored for other ids of the
+    /// block are kept; a newer record of the same id replaces the older), writes the blocks in
+    /// one batch and flushes. Returns what became durable.
+    fn write(&mut self, writer: &Writer) -> Result<Durable, StoreError> {
+        let mut batch = sled::Batch::default();
+        for (n, mut records) in std::mem::take(&mut self.blocks) {
+            if let Some(old) = writer.blocks.get(key(n))? {
+                for (offset, record) in block::decode(&old).map_err(|why| corrupt(n, why))? {
+                    records.entry(offset).or_insert(record);
+                }
+            }
+            batch.insert(&key(n), block::encode(&records));
+        }
+        writer.blocks.apply_batch(batch)?;
+        writer.db.flush()?;
+        (self.items, self.bytes, self.oldest) = (0, 0, None);
+        Ok(std::mem::take(&mut self.durable))
     }
 }
 
@@ -597,24 +640,81 @@ mod tests {
         ItemResult { id, attempts: 2, outcome: Outcome::Response { status, body: body.as_bytes().to_vec() } }
     }
 
+    /// Runs the writer over `batches`, each flushed before the next is sent.
+    fn write_in_flushes(store: &Store, batches: Vec<Vec<ItemResult>>) {
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        let writer = store.writer();
+        let t = std::thread::spawn(move || write_loop(writer, cmd_rx, ack_tx));
+        for batch in batches {
+            let n = batch.len() as u64;
+            cmd_tx.send(WriteCmd::Put(batch)).expect("sends");
+            match ack_rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(WriteAck::Durable(d)) => assert_eq!(d.answered + d.failed, n),
+                other => panic!("expected a durable ack, got {other:?}"),
+            }
+        }
+        cmd_tx.send(WriteCmd::Finish).expect("sends");
+        t.join().expect("joins");
+    }
+
     #[test]
-    fn records_round_trip() {
-        let mut buf = Vec::new();
-        encode(&answer(1, 404, "nope"), &mut buf);
-        assert_eq!(decode(&buf), Some(Record::Answer { attempts: 2, status: 404, body: b"nope".to_vec() }));
-        let failed = ItemResult { id: 2, attempts: 8, outcome: Outcome::Failed { error: "HTTP 503".into() } };
-        encode(&failed, &mut buf);
-        assert_eq!(
-            decode(&buf),
-            Some(Record::Failed { attempts: 8, error: "HTTP 503".into(), quarantined: false })
-        );
-        encode_quarantined(2, "quarantined: boom", &mut buf);
-        assert_eq!(
-            decode(&buf),
-            Some(Record::Failed { attempts: 2, error: "quarantined: boom".into(), quarantined: true })
-        );
-        assert_eq!(decode(&[9, 0, 0, 0, 1]), None);
-        assert_eq!(decode(&[1, 0]), None);
+    fn results_arriving_over_many_flushes_merge_into_their_blocks_and_a_newer_record_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
+        let failed =
+            |id| ItemResult { id, attempts: 8, outcome: Outcome::Failed { error: "HTTP 503".into() } };
+        // Ids 1000..1100 straddle blocks 0 and 1; odd ones first, then even ones, then a rerun
+        // answers the two that failed.
+        let odd: Vec<ItemResult> =
+            (1000..1100).filter(|i| i % 2 == 1).map(|i| answer(i, 200, &i.to_string())).collect();
+        let mut even: Vec<ItemResult> =
+            (1000..1100).filter(|i| i % 2 == 0).map(|i| answer(i, 200, &i.to_string())).collect();
+        even[3] = failed(1006);
+        even[40] = failed(1080);
+        write_in_flushes(&store, vec![odd, even, vec![answer(1006, 200, "1006"), answer(1080, 201, "1080")]]);
+        let records: Vec<(u64, Record)> = store.records().map(|r| r.expect("decodes")).collect();
+        assert_eq!(records.len(), 100, "every id once");
+        for (n, (id, record)) in records.iter().enumerate() {
+            assert_eq!(*id, 1000 + n as u64, "in id order");
+            let status = if *id == 1080 { 201 } else { 200 };
+            assert_eq!(*record, Record::Answer { attempts: 2, status, body: id.to_string().into_bytes() });
+        }
+        assert_eq!(store.blocks.len(), 2);
+        let mut settled = Vec::new();
+        store.reader().settled_in(IdRange { start: 1020, end: 1030 }, false, &mut settled).expect("scans");
+        assert_eq!(settled, (1020..1030).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_damaged_block_is_named_with_its_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
+        write_in_flushes(&store, vec![(2048..2100).map(|i| answer(i, 200, "x")).collect()]);
+        let mut value = store.blocks.get(key(2)).expect("reads").expect("block 2").to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 1;
+        store.blocks.insert(key(2), value).expect("writes");
+        let err = store.records().find_map(Result::err).expect("an error");
+        assert_eq!(err.to_string(), "the block of ids 2048..3072 is damaged: checksum mismatch");
+        assert!(store.counts().is_err());
+    }
+
+    #[test]
+    fn a_store_of_the_old_format_is_refused_naming_both_formats() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.sled");
+        drop(Store::open_for_job(&path, "http://a/{id}").expect("opens"));
+        {
+            let db = sled::open(&path).expect("sled opens");
+            db.insert("format", "1").expect("writes");
+            db.flush().expect("flushes");
+        }
+        let err = Store::open_for_job(&path, "http://a/{id}").err().expect("refused");
+        assert!(err.to_string().contains("has format 1, this build reads format 2"), "{err}");
+        assert!(err.is_usage(), "exit 2");
     }
 
     #[test]
