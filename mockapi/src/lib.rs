@@ -35,6 +35,10 @@ pub struct Args {
     /// Item requests served per second; beyond it, 429 with `Retry-After: 1`.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// Size of each item's body in bytes: a realistic JSON record of at least this size
+    /// (default: a small body of about 70 bytes).
+    #[arg(long)]
+    pub body_bytes: Option<usize>,
     /// Fraction of item requests whose connection is closed without an answer (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub drop_rate: f64,
@@ -69,6 +73,43 @@ pub fn body_for(id: u64) -> String {
     format!("{{\"id\":{id},\"name\":\"item-{id}\",\"checksum\":\"{:016x}\"}}", mix(id, 0x5eed))
 }
 
+/// Words of the descriptions in [`sized_body`].
+const WORDS: [&str; 64] = [
+    "acoustic", "amber", "anchor", "arc", "atlas", "aurora", "basalt", "beacon", "birch", "bolt", "breeze",
+    "bronze", "canyon", "carbon", "cedar", "cobalt", "comet", "coral", "crest", "delta", "dune", "ember",
+    "falcon", "fern", "flint", "forge", "frost", "garnet", "glacier", "granite", "harbor", "hazel", "helix",
+    "indigo", "iris", "jade", "juniper", "kelp", "lagoon", "lantern", "lumen", "maple", "meadow", "mesa",
+    "nebula", "nickel", "oak", "onyx", "orbit", "pebble", "pine", "prism", "quartz", "raven", "ridge",
+    "sable", "sierra", "slate", "summit", "tidal", "timber", "umber", "vertex", "willow",
+];
+
+/// A JSON body for `id` of at least `bytes` bytes (`--body-bytes`), shaped like a product
+/// record: the fields of [`body_for`], a price, tags, and a description of words drawn from a
+/// small vocabulary by a hash of the id, so bodies differ as real records do and compress as
+/// real JSON does, not as a repeated pattern would.
+pub fn sized_body(id: u64, bytes: usize) -> String {
+    let h = |k: u64| mix(id, k);
+    let mut body = format!(
+        "{{\"id\":{id},\"name\":\"item-{id}\",\"checksum\":\"{:016x}\",\"price\":{}.{:02},\"stock\":{},\"tags\":[\"{}\",\"{}\"],\"description\":\"",
+        h(0x5eed),
+        h(1) % 1000,
+        h(2) % 100,
+        h(3) % 5000,
+        WORDS[(h(4) % 64) as usize],
+        WORDS[(h(5) % 64) as usize],
+    );
+    let mut k = 6;
+    while body.len() + 2 < bytes {
+        if !body.ends_with('"') {
+            body.push(' ');
+        }
+        body.push_str(WORDS[(h(k) % 64) as usize]);
+        k += 1;
+    }
+    body.push_str("\"}");
+    body
+}
+
 /// A 64-bit mixer (splitmix64's finaliser) over two words: the fault decisions' randomness.
 pub(crate) fn mix(a: u64, b: u64) -> u64 {
     let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -86,6 +127,7 @@ pub fn run(args: Args) -> i32 {
         rate_limit: args.rate_limit,
         drop_rate: args.drop_rate,
         seed: args.seed,
+        body_bytes: args.body_bytes,
     };
     let threads =
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
@@ -113,6 +155,17 @@ mod tests {
         assert_ne!(body_for(1), body_for(2));
         let v: serde_json::Value = serde_json::from_str(&body_for(7)).expect("valid JSON");
         assert_eq!(v["id"], 7);
+    }
+
+    #[test]
+    fn sized_bodies_are_json_of_at_least_their_size_and_differ() {
+        for bytes in [0, 100, 1024, 4096] {
+            let body = sized_body(9, bytes);
+            assert!(body.len() >= bytes && body.len() < bytes.max(150) + 16, "{bytes}: {} bytes", body.len());
+            let v: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+            assert_eq!(v["id"], 9);
+        }
+        assert_ne!(sized_body(1, 1024)[40..], sized_body(2, 1024)[40..]);
     }
 
     #[test]

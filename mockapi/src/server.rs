@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::{body_for, mix};
+use crate::{body_for, mix, sized_body};
 
 /// The faults a server injects.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +32,8 @@ pub struct Faults {
     pub drop_rate: f64,
     /// Seed of the fault decisions.
     pub seed: u64,
+    /// Not a fault: the size of item bodies ([`sized_body`]), or the small [`body_for`].
+    pub body_bytes: Option<usize>,
 }
 
 /// Counters of what the server did, as `GET /stats` reports them: serialized as JSON by the
@@ -269,7 +271,11 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
     Ok(match state.verdict(id) {
         Verdict::Serve => {
             c.ok.fetch_add(1, Ordering::Relaxed);
-            let mut r = text(StatusCode::OK, body_for(id));
+            let body = match state.faults.body_bytes {
+                Some(bytes) => sized_body(id, bytes),
+                None => body_for(id),
+            };
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
             r
         }

@@ -92,8 +92,11 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
     let (panic_tx, panic_rx) = unbounded::<Error>();
     let signals = SignalFeed::start().map_err(Error::Thread)?;
     let writer = store.writer();
-    threads::spawn("store-writer".into(), &panic_tx, move || store::write_loop(writer, write_rx, ack_tx))
-        .map_err(Error::Thread)?;
+    let range = cfg.ids;
+    threads::spawn("store-writer".into(), &panic_tx, move || {
+        store::write_loop(writer, range, store::Timing::DEFAULT, write_rx, ack_tx)
+    })
+    .map_err(Error::Thread)?;
     let (reader, ids, chunk, retry_q) =
         (store.reader(), cfg.ids, u64::from(cfg.chunk_size), cfg.retry_quarantined);
     threads::spawn("planner".into(), &panic_tx, move || plan(reader, ids, chunk, retry_q, &plan_tx))

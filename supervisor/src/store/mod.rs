@@ -2,8 +2,9 @@
 //! sled.
 //!
 //! Layout (format 2): the default tree holds metadata (`format`, `job.url`, `run.last`); the
-//! `blocks` tree maps each block number (id / 1024), as 8 big-endian bytes so scans come out in
-//! id order, to the records of those 1024 ids: see [`block`] for why and how.
+//! `blocks` tree maps each block number (id / 256), as 8 big-endian bytes so scans come out in
+//! id order, to the records of those 256 ids, compressed and checksummed: see [`block`] for
+//! why and how.
 //!
 //! Writes go through one writer thread ([`write_loop`]). It gathers results by block, and at
 //! each flush merges them into their blocks (a block is read, merged and written again when
@@ -12,14 +13,11 @@
 //! A store is held by one process at a time: `flota.lock` in its directory is flock()ed and
 //! names the holder's pid.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use nix::fcntl::{Flock, FlockArg};
 use shared::{ItemResult, Outcome};
 
@@ -27,6 +25,7 @@ use crate::partition::IdRange;
 use block::{BlockError, Index, KIND_ANSWER, KIND_QUARANTINED};
 
 pub mod block;
+mod writer;
 
 /// The store format this build reads and writes. Format 1 kept one sled key per id.
 const FORMAT: &str = "2";
@@ -178,7 +177,7 @@ pub struct Store {
     _lock: Flock<File>,
 }
 
-fn key(block: u64) -> [u8; 8] {
+pub(crate) fn key(block: u64) -> [u8; 8] {
     block.to_be_bytes()
 }
 
@@ -187,7 +186,7 @@ fn block_of(key: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// The error for a block that does not decode.
-fn corrupt(block: u64, why: BlockError) -> StoreError {
+pub(crate) fn corrupt(block: u64, why: BlockError) -> StoreError {
     let first = block::first_id(block);
     StoreError::Corrupt { first, end: first.saturating_add(block::BLOCK_IDS), why }
 }
@@ -521,6 +520,15 @@ pub struct Durable {
     pub retries: u64,
 }
 
+impl Durable {
+    fn add(&mut self, d: Durable) {
+        self.answered += d.answered;
+        self.failed += d.failed;
+        self.quarantined += d.quarantined;
+        self.retries += d.retries;
+    }
+}
+
 /// What the writer thread reports.
 #[derive(Debug)]
 pub enum WriteAck {
@@ -532,108 +540,12 @@ pub enum WriteAck {
     Failed(StoreError),
 }
 
-/// Results are flushed once this many are waiting...
-const FLUSH_ITEMS: usize = 16_384;
-/// ...or their records pass this many bytes...
-const FLUSH_BYTES: usize = 16 << 20;
-/// ...or the oldest has waited this long.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
-
-/// The writer thread's body: it batches results, applies each batch, flushes, and acks.
-pub fn write_loop(writer: Writer, cmds: Receiver<WriteCmd>, acks: Sender<WriteAck>) {
-    let mut pending = Pending::default();
-    loop {
-        let timeout =
-            pending.oldest.map_or(Duration::from_secs(3600), |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
-        let cmd = cmds.recv_timeout(timeout);
-        let finish =
-            matches!(cmd, Ok(WriteCmd::Finish) | Err(crossbeam_channel::RecvTimeoutError::Disconnected));
-        match cmd {
-            Ok(WriteCmd::Put(results)) => {
-                for r in &results {
-                    pending.durable.retries += u64::from(r.attempts.saturating_sub(1));
-                    match r.outcome {
-                        Outcome::Response { .. } => pending.durable.answered += 1,
-                        Outcome::Failed { .. } => pending.durable.failed += 1,
-                    }
-                    pending.add(r.id, Record::from(r));
-                }
-            }
-            Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
-                pending.durable.failed += 1;
-                pending.durable.quarantined += 1;
-                pending.add(id, Record::Failed { attempts: deaths, error: reason, quarantined: true });
-            }
-            Ok(WriteCmd::Finish) | Err(_) => {}
-        }
-        let due = pending.oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
-        if pending.items > 0
-            && (finish || due || pending.items >= FLUSH_ITEMS || pending.bytes >= FLUSH_BYTES)
-        {
-            match pending.write(&writer) {
-                Ok(durable) => {
-                    let _ = acks.send(WriteAck::Durable(durable));
-                }
-                Err(e) => {
-                    let _ = acks.send(WriteAck::Failed(e));
-                    return;
-                }
-            }
-        }
-        if finish {
-            let _ = acks.send(match writer.db.flush() {
-                Ok(_) => WriteAck::Finished,
-                Err(e) => WriteAck::Failed(e.into()),
-            });
-            return;
-        }
-    }
-}
-
-/// Results received and not yet written, gathered by block.
-#[derive(Default)]
-struct Pending {
-    blocks: BTreeMap<u64, BTreeMap<u16, Record>>,
-    items: usize,
-    bytes: usize,
-    oldest: Option<Instant>,
-    durable: Durable,
-}
-
-impl Pending {
-    fn add(&mut self, id: u64, record: Record) {
-        self.bytes += match &record {
-            Record::Answer { body, .. } => body.len(),
-            Record::Failed { error, .. } => error.len(),
-        };
-        self.items += 1;
-        self.oldest.get_or_insert_with(Instant::now);
-        let (n, offset) = block::locate(id);
-        self.blocks.entry(n).or_default().insert(offset, record);
-    }
-
-    /// Merges every pending record into its block (records already stored for other ids of the
-    /// block are kept; a newer record of the same id replaces the older), writes the blocks in
-    /// one batch and flushes. Returns what became durable.
-    fn write(&mut self, writer: &Writer) -> Result<Durable, StoreError> {
-        let mut batch = sled::Batch::default();
-        for (n, mut records) in std::mem::take(&mut self.blocks) {
-            if let Some(old) = writer.blocks.get(key(n))? {
-                for (offset, record) in block::decode(&old).map_err(|why| corrupt(n, why))? {
-                    records.entry(offset).or_insert(record);
-                }
-            }
-            batch.insert(&key(n), block::encode(&records));
-        }
-        writer.blocks.apply_batch(batch)?;
-        writer.db.flush()?;
-        (self.items, self.bytes, self.oldest) = (0, 0, None);
-        Ok(std::mem::take(&mut self.durable))
-    }
-}
+pub use writer::{write_loop, Timing};
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn answer(id: u64, status: u16, body: &str) -> ItemResult {
@@ -645,7 +557,10 @@ mod tests {
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let writer = store.writer();
-        let t = std::thread::spawn(move || write_loop(writer, cmd_rx, ack_tx));
+        let timing = Timing { every: Duration::from_millis(1), hold: Duration::ZERO };
+        let t = std::thread::spawn(move || {
+            write_loop(writer, IdRange { start: 0, end: u64::MAX }, timing, cmd_rx, ack_tx)
+        });
         for batch in batches {
             let n = batch.len() as u64;
             cmd_tx.send(WriteCmd::Put(batch)).expect("sends");
@@ -688,17 +603,46 @@ mod tests {
     }
 
     #[test]
+    fn a_block_is_held_until_complete_then_written_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        let writer = store.writer();
+        let timing = Timing { every: Duration::from_millis(1), hold: Duration::from_secs(60) };
+        let range = IdRange { start: 100, end: 256 };
+        let t = std::thread::spawn(move || write_loop(writer, range, timing, cmd_rx, ack_tx));
+        let half: Vec<ItemResult> = (100..200).map(|i| answer(i, 200, "x")).collect();
+        cmd_tx.send(WriteCmd::Put(half)).expect("sends");
+        assert!(ack_rx.recv_timeout(Duration::from_millis(50)).is_err(), "an incomplete block waits");
+        assert!(store.blocks.is_empty());
+        cmd_tx.send(WriteCmd::Put((200..256).map(|i| answer(i, 200, "x")).collect())).expect("sends");
+        match ack_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(WriteAck::Durable(d)) => {
+                assert_eq!(d.answered, 156, "the ids of the range complete the block")
+            }
+            other => panic!("expected a durable ack, got {other:?}"),
+        }
+        assert_eq!(store.records().count(), 156);
+        cmd_tx.send(WriteCmd::Finish).expect("sends");
+        t.join().expect("joins");
+        assert!(matches!(ack_rx.try_recv(), Ok(WriteAck::Finished)), "nothing else was pending");
+    }
+
+    #[test]
     fn a_damaged_block_is_named_with_its_ids() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store =
             Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
         write_in_flushes(&store, vec![(2048..2100).map(|i| answer(i, 200, "x")).collect()]);
-        let mut value = store.blocks.get(key(2)).expect("reads").expect("block 2").to_vec();
+        let (n, _) = block::locate(2048);
+        let mut value = store.blocks.get(key(n)).expect("reads").expect("the block").to_vec();
         let last = value.len() - 1;
         value[last] ^= 1;
-        store.blocks.insert(key(2), value).expect("writes");
+        store.blocks.insert(key(n), value).expect("writes");
         let err = store.records().find_map(Result::err).expect("an error");
-        assert_eq!(err.to_string(), "the block of ids 2048..3072 is damaged: checksum mismatch");
+        assert_eq!(err.to_string(), "the block of ids 2048..2304 is damaged: checksum mismatch");
         assert!(store.counts().is_err());
     }
 
@@ -725,7 +669,9 @@ mod tests {
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let writer = store.writer();
-        let t = std::thread::spawn(move || write_loop(writer, cmd_rx, ack_tx));
+        let t = std::thread::spawn(move || {
+            write_loop(writer, IdRange { start: 0, end: 10 }, Timing::DEFAULT, cmd_rx, ack_tx)
+        });
         let failed = ItemResult { id: 5, attempts: 8, outcome: Outcome::Failed { error: "x".into() } };
         cmd_tx.send(WriteCmd::Put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed])).expect("sends");
         cmd_tx

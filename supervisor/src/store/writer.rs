@@ -1,0 +1,204 @@
+//! The store writer: the one thread that writes blocks.
+//!
+//! Results arrive id by id, a few thousand per second per worker, and sled rewrites a value
+//! whole: a block written at every flush while its 1024 ids trickle in would be written many
+//! times, and sled keeps the older copies on disk until it gets round to collecting them (with
+//! 1 KiB bodies, 200k ids took 384 MB, 1.9 times their bodies). So the writer holds a block's
+//! results until the block is complete (every id of it in the job's range has a record, stored
+//! before or pending now), and writes it once. A block is written incomplete only when its
+//! first pending result has waited [`Timing::hold`], when pending bodies pass [`HOLD_BYTES`], or at the
+//! end of the run; merging it with what is stored keeps every record either way.
+//!
+//! Each write is one sled batch followed by `flush()`, and only then are its results acked as
+//! durable: the dispatcher counts a result as done only after that.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use shared::Outcome;
+
+use super::block::{self, Index};
+use super::{corrupt, key, Durable, Record, StoreError, WriteAck, WriteCmd, Writer};
+use crate::partition::IdRange;
+
+/// When the writer writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often it looks for blocks to write (and so the longest a complete block waits).
+    pub every: Duration,
+    /// The longest a result waits for the rest of its block.
+    pub hold: Duration,
+}
+
+impl Timing {
+    /// A write every 200ms; a result held at most a second.
+    pub const DEFAULT: Timing = Timing { every: Duration::from_millis(200), hold: Duration::from_secs(1) };
+}
+
+/// Pending bodies past this many bytes are written whatever their blocks' state.
+const HOLD_BYTES: usize = 16 << 20;
+
+/// The writer thread's body: gathers results by block, writes complete blocks (and any held
+/// too long), flushes, and acks. `range` is the job's: a block is complete when each of its ids
+/// in the range has a record.
+pub fn write_loop(
+    writer: Writer,
+    range: IdRange,
+    timing: Timing,
+    cmds: Receiver<WriteCmd>,
+    acks: Sender<WriteAck>,
+) {
+    let mut pending = Pending { range, hold: timing.hold, blocks: BTreeMap::new(), bytes: 0 };
+    let mut next_write = Instant::now() + timing.every;
+    loop {
+        let cmd = cmds.recv_deadline(next_write);
+        let finish = matches!(cmd, Ok(WriteCmd::Finish) | Err(RecvTimeoutError::Disconnected));
+        let added = match cmd {
+            Ok(WriteCmd::Put(results)) => results.iter().try_for_each(|r| {
+                let mut d =
+                    Durable { retries: u64::from(r.attempts.saturating_sub(1)), ..Durable::default() };
+                match r.outcome {
+                    Outcome::Response { .. } => d.answered = 1,
+                    Outcome::Failed { .. } => d.failed = 1,
+                }
+                pending.add(&writer, r.id, Record::from(r), d)
+            }),
+            Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
+                let d = Durable { failed: 1, quarantined: 1, ..Durable::default() };
+                pending.add(
+                    &writer,
+                    id,
+                    Record::Failed { attempts: deaths, error: reason, quarantined: true },
+                    d,
+                )
+            }
+            Ok(WriteCmd::Finish) | Err(_) => Ok(()),
+        };
+        let now = Instant::now();
+        let written = added.and_then(|()| {
+            if finish || now >= next_write {
+                next_write = now + timing.every;
+                pending.write(&writer, now, finish)
+            } else {
+                Ok(None)
+            }
+        });
+        match written {
+            Ok(Some(durable)) => {
+                let _ = acks.send(WriteAck::Durable(durable));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = acks.send(WriteAck::Failed(e));
+                return;
+            }
+        }
+        if finish {
+            let _ = acks.send(match writer.db.flush() {
+                Ok(_) => WriteAck::Finished,
+                Err(e) => WriteAck::Failed(e.into()),
+            });
+            return;
+        }
+    }
+}
+
+/// Results received and not yet written, by block.
+struct Pending {
+    range: IdRange,
+    hold: Duration,
+    blocks: BTreeMap<u64, PendingBlock>,
+    bytes: usize,
+}
+
+struct PendingBlock {
+    records: BTreeMap<u16, Record>,
+    /// Offsets that already have a record in the store.
+    stored: Vec<u16>,
+    /// Distinct offsets with a record, stored or pending.
+    filled: usize,
+    since: Instant,
+    durable: Durable,
+}
+
+impl Pending {
+    fn add(&mut self, writer: &Writer, id: u64, record: Record, d: Durable) -> Result<(), StoreError> {
+        let (n, offset) = block::locate(id);
+        let p = match self.blocks.entry(n) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let stored: Vec<u16> = match writer.blocks.get(key(n))? {
+                    Some(v) => {
+                        Index::parse(&v).map_err(|why| corrupt(n, why))?.entries().map(|e| e.offset).collect()
+                    }
+                    None => Vec::new(),
+                };
+                let filled = stored.len();
+                e.insert(PendingBlock {
+                    records: BTreeMap::new(),
+                    stored,
+                    filled,
+                    since: Instant::now(),
+                    durable: Durable::default(),
+                })
+            }
+        };
+        self.bytes += match &record {
+            Record::Answer { body, .. } => body.len(),
+            Record::Failed { error, .. } => error.len(),
+        };
+        if p.records.insert(offset, record).is_none() && p.stored.binary_search(&offset).is_err() {
+            p.filled += 1;
+        }
+        p.durable.add(d);
+        Ok(())
+    }
+
+    /// How many ids of block `n` the job's range holds.
+    fn ids_in_range(&self, n: u64) -> usize {
+        let first = block::first_id(n);
+        let end = first.saturating_add(block::BLOCK_IDS).min(self.range.end);
+        end.saturating_sub(first.max(self.range.start)) as usize
+    }
+
+    /// Writes the blocks that are due (all of them when `all`), in one batch, and flushes.
+    /// Returns what became durable, or `None` if nothing was due.
+    fn write(&mut self, writer: &Writer, now: Instant, all: bool) -> Result<Option<Durable>, StoreError> {
+        let everything = all || self.bytes >= HOLD_BYTES;
+        let due: Vec<u64> = self
+            .blocks
+            .iter()
+            .filter(|(&n, p)| {
+                everything || p.filled >= self.ids_in_range(n) || now.duration_since(p.since) >= self.hold
+            })
+            .map(|(&n, _)| n)
+            .collect();
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let mut batch = sled::Batch::default();
+        let mut durable = Durable::default();
+        for n in due {
+            let p = self.blocks.remove(&n).expect("listed above");
+            let mut records = p.records;
+            for r in records.values() {
+                self.bytes -= match r {
+                    Record::Answer { body, .. } => body.len(),
+                    Record::Failed { error, .. } => error.len(),
+                };
+            }
+            if !p.stored.is_empty() {
+                let old = writer.blocks.get(key(n))?.unwrap_or_default();
+                for (offset, record) in block::decode(&old).map_err(|why| corrupt(n, why))? {
+                    records.entry(offset).or_insert(record);
+                }
+            }
+            batch.insert(&key(n), block::encode(&records));
+            durable.add(p.durable);
+        }
+        writer.blocks.apply_batch(batch)?;
+        writer.db.flush()?;
+        Ok(Some(durable))
+    }
+}
