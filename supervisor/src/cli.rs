@@ -31,6 +31,12 @@ pub enum Command {
     Export(ExportArgs),
     /// Show a store's job, its counts and the figures of its last run.
     Status(StatusArgs),
+    /// Read every record of a store and say whether it is sound (exit 0) or damaged (exit 2),
+    /// and what a salvage would recover. Changes nothing.
+    Verify(StatusArgs),
+    /// Copy every intact record of a (damaged) store into a new store of the same job; a run of
+    /// the job on the new store then fetches only what was lost. Changes nothing in the old one.
+    Salvage(SalvageArgs),
     /// Start mockapi on a free loopback port and run a whole job against it.
     Demo(DemoArgs),
     /// Serve as a worker on stdin/stdout (started by the supervisor itself).
@@ -152,6 +158,17 @@ pub struct StatusArgs {
     /// The store to read.
     #[arg(long)]
     pub store: PathBuf,
+}
+
+/// Flags of `salvage`.
+#[derive(Debug, Args)]
+pub struct SalvageArgs {
+    /// The store to read.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// The new store to write; must not exist.
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
 }
 
 /// Flags of `demo`.

@@ -33,6 +33,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The store could not be written during a run (a full disk, an I/O error): what was
+    /// already flushed is safe, and a rerun resumes.
+    #[error(
+        "cannot write store {}: {}; the {flushed} results this run flushed before that are safe, and the same \
+         command resumes once the cause is fixed",
+        path.display(),
+        describe_io(cause)
+    )]
+    StoreWrite {
+        /// The store.
+        path: PathBuf,
+        /// Results this run had made durable.
+        flushed: u64,
+        /// What failed.
+        cause: std::io::Error,
+    },
     /// A thread could not be started.
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
@@ -70,5 +86,20 @@ impl Error {
             Error::Store(e) if e.is_usage() => 2,
             _ => 1,
         }
+    }
+}
+
+/// An I/O error in plain words: "the disk is full" rather than sled's debug text.
+fn describe_io(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull => "the disk is full (no space left on device)".to_owned(),
+        ErrorKind::QuotaExceeded => "the disk quota is exceeded".to_owned(),
+        ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        ErrorKind::ReadOnlyFilesystem => "the filesystem is read-only".to_owned(),
+        _ => match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+            None => e.to_string(),
+        },
     }
 }

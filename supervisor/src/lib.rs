@@ -15,9 +15,11 @@ mod cli;
 mod config;
 mod demo;
 mod dispatch;
+mod doctor;
 mod error;
 mod export;
 mod fleet;
+mod panics;
 mod partition;
 mod report;
 mod run;
@@ -32,6 +34,17 @@ use worker::error_chain;
 
 /// The supervisor's `main`: returns the exit code.
 pub fn main() -> i32 {
+    panics::install();
+    match panics::catching(run_main) {
+        Ok(code) => code,
+        Err(panic) => {
+            eprintln!("supervisor: error: internal error: {panic}; please report this bug");
+            1
+        }
+    }
+}
+
+fn run_main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_error(&e),
@@ -53,6 +66,8 @@ pub fn main() -> i32 {
         None => run::run_command(cli.run),
         Some(Command::Export(args)) => export::run(&args),
         Some(Command::Status(args)) => report::status(&args),
+        Some(Command::Verify(args)) => doctor::verify(&args),
+        Some(Command::Salvage(args)) => doctor::salvage(&args),
         Some(Command::Demo(args)) => demo::run(args),
         Some(Command::Worker | Command::Mockapi(_)) => unreachable!("handled above"),
     };
@@ -79,8 +94,14 @@ fn clap_error(e: &clap::Error) -> i32 {
     2
 }
 
+/// Logs to stderr at `RUST_LOG`'s levels, or `default`. sled's own lines are left out unless
+/// `RUST_LOG` names sled: it logs every failed write at error level, several lines for one full
+/// disk, which flota reports once in its own words.
 fn init_logging(default: &str) {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_target(false)
-        .init();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if f.contains("sled") => f,
+        Ok(f) => format!("{f},sled=off"),
+        Err(_) => format!("{default},sled=off"),
+    };
+    env_logger::Builder::new().parse_filters(&filter).format_target(false).init();
 }

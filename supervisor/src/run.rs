@@ -75,5 +75,6 @@ pub fn execute(cfg: &RunConfig) -> Result<RunReport, Error> {
         threads: cfg.job.threads,
         exit_code: exit_code(&report),
     })?;
+    store.record_manifest()?;
     Ok(report)
 }

@@ -6,7 +6,6 @@
 //! helper is started here instead: a panic is caught and sent to the dispatcher as
 //! [`Error::Panicked`], which stops the run with exit 1 and the panic's message.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,21 +22,10 @@ where
     std::thread::Builder::new().name(name.clone()).spawn(move || {
         // The body owns nothing the dispatcher shares: after a panic nothing is left half-made
         // that anyone else could observe.
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(body)) {
-            let _ = panics.send(Error::Panicked { thread: name, message: panic_message(payload.as_ref()) });
+        if let Err(message) = crate::panics::catching(body) {
+            let _ = panics.send(Error::Panicked { thread: name, message });
         }
     })
-}
-
-/// The text a panic was raised with.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_owned()
-    }
 }
 
 /// The error to report when the helper `what` ended without saying why: its panic, if one
@@ -55,12 +43,14 @@ mod tests {
 
     #[test]
     fn a_helper_panic_reaches_the_dispatcher_with_its_message() {
+        crate::panics::install();
         let (tx, rx) = crossbeam_channel::unbounded();
         let t = spawn("planner".into(), &tx, || panic!("boom at {}", 42)).expect("spawns");
         t.join().expect("the panic is caught inside the thread");
         match rx.try_recv() {
             Ok(Error::Panicked { thread, message }) => {
-                assert_eq!((thread.as_str(), message.as_str()), ("planner", "boom at 42"))
+                assert_eq!(thread, "planner");
+                assert!(message.starts_with("boom at 42 (at supervisor/src/threads.rs:"), "{message}");
             }
             other => panic!("expected Panicked, got {other:?}"),
         }

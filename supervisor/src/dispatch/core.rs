@@ -392,6 +392,11 @@ impl Core {
         matches!(self.phase, Phase::Fetching) && !self.planner_done && self.pending.len() < self.slots.len()
     }
 
+    /// Results this run has made durable so far.
+    pub fn flushed(&self) -> u64 {
+        self.report.fetched()
+    }
+
     /// The run's figures once the store writer has finished, or the error that stopped it.
     /// Checks that every planned id was stored.
     pub fn conclude(self) -> Result<RunReport, Error> {

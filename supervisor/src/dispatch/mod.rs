@@ -112,7 +112,14 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
     l.run(&sources);
     // Whatever happened, store what came back.
     l.finish_writes(&sources.acks);
-    let mut report = l.core.conclude()?;
+    let flushed = l.core.flushed();
+    let mut report = l.core.conclude().map_err(|e| match e {
+        Error::Store(e) => match e.into_io() {
+            Ok(cause) => Error::StoreWrite { path: cfg.store.clone(), flushed, cause },
+            Err(e) => Error::Store(e),
+        },
+        other => other,
+    })?;
     report.wall = started.elapsed();
     if report.dropped_results > 0 {
         log::warn!("dropped {} results for ids their worker did not hold", report.dropped_results);
@@ -341,7 +348,9 @@ impl Workers {
 
     fn kill(&mut self, slot: usize, gen: u64, why: core::KillReason) {
         if let Some(proc) = self.get(slot, gen) {
-            log::warn!("worker {slot} (pid {}) {why}; killing it", proc.pid);
+            // Killing the workers of a run stopping on an error is routine: the error is the news.
+            let level = if why == core::KillReason::Abort { log::Level::Debug } else { log::Level::Warn };
+            log::log!(level, "worker {slot} (pid {}) {why}; killing it", proc.pid);
             proc.kill();
         }
     }

@@ -9,7 +9,8 @@
 //! both with LZ4). A block is:
 //!
 //! ```text
-//! version u8 = 2 | count u16 LE | crc32 u32 LE (of every other byte of the block)
+//! magic "FLB2" | block number u64 LE | count u16 LE | length u32 LE (of the whole block)
+//!              | crc32 u32 LE (of every other byte of the block)
 //! index: count × (offset u16 LE, kind u8, status u16 LE)     sorted by offset, distinct
 //! payload: raw length u32 LE | zstd frame (level 1) of, per record in index order:
 //!          attempts varint | length varint | body (answer) or error text (failed, quarantined)
@@ -17,8 +18,9 @@
 //!
 //! The index is small and uncompressed, so planning a rerun and counting read no body. The
 //! payload of a whole block is compressed together, so what records share (JSON keys, a
-//! common shape) costs little. The checksum lets a damaged block be told from a sound one:
-//! `verify` and `salvage` work block by block.
+//! common shape) costs little. A block names itself and checks itself (its number, length and
+//! checksum), so it can be recognised in raw bytes: `salvage` finds every intact block in the
+//! store's files even when sled cannot read them ([`scan`]).
 
 use std::collections::BTreeMap;
 
@@ -26,11 +28,12 @@ use crate::store::Record;
 
 /// Ids per block. Offsets within a block fit a u16.
 pub const BLOCK_IDS: u64 = 256;
-const VERSION: u8 = 2;
+const MAGIC: &[u8; 4] = b"FLB2";
 /// zstd's fastest level: about three times smaller than the records for JSON bodies, at a
 /// small fraction of a core.
 const ZSTD_LEVEL: i32 = 1;
-const HEADER: usize = 7;
+const HEADER: usize = 22;
+const CRC_AT: usize = 18;
 const INDEX_ENTRY: usize = 5;
 
 /// What kind of record an index entry is.
@@ -78,19 +81,19 @@ pub struct Index<'a> {
 }
 
 impl<'a> Index<'a> {
-    /// Checks `value`'s checksum and shape and reads its index.
-    pub fn parse(value: &'a [u8]) -> Result<Index<'a>, BlockError> {
-        if value.len() < HEADER {
-            return Err(BlockError::Malformed("shorter than its header"));
+    /// Checks `value`'s shape and checksum, and that it is block `n`, and reads its index.
+    pub fn parse(value: &'a [u8], n: u64) -> Result<Index<'a>, BlockError> {
+        let (block, len) = header(value).ok_or(BlockError::Malformed("no block header"))?;
+        if len != value.len() {
+            return Err(BlockError::Malformed("its length does not match"));
         }
-        if value[0] != VERSION {
-            return Err(BlockError::Malformed("unknown block version"));
-        }
-        let count = usize::from(u16::from_le_bytes([value[1], value[2]]));
-        let crc = u32::from_le_bytes(value[3..7].try_into().expect("4 bytes"));
-        if checksum(value) != crc {
+        if checksum(value) != u32::from_le_bytes(value[CRC_AT..HEADER].try_into().expect("4 bytes")) {
             return Err(BlockError::Checksum);
         }
+        if block != n {
+            return Err(BlockError::Malformed("it names another block"));
+        }
+        let count = usize::from(u16::from_le_bytes([value[12], value[13]]));
         let raw = value
             .get(HEADER..HEADER + count * INDEX_ENTRY)
             .ok_or(BlockError::Malformed("index cut short"))?;
@@ -107,9 +110,48 @@ impl<'a> Index<'a> {
     }
 }
 
-/// Decodes every record of a block, in offset order.
-pub fn decode(value: &[u8]) -> Result<Vec<(u16, Record)>, BlockError> {
-    let index = Index::parse(value)?;
+/// The block number and length a block's header claims, unchecked.
+fn header(bytes: &[u8]) -> Option<(u64, usize)> {
+    if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+        return None;
+    }
+    let n = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(bytes[14..18].try_into().expect("4 bytes")) as usize;
+    Some((n, len))
+}
+
+/// Every intact block in `bytes` (a file of the store, read raw), with its number: each
+/// place the magic appears whose header, length and checksum hold. What it finds may include
+/// older copies of a block that sled has not yet reclaimed.
+pub fn scan(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(i) = find(&bytes[at..], MAGIC) {
+        let start = at + i;
+        let candidate = &bytes[start..];
+        match header(candidate) {
+            Some((n, len)) if len >= HEADER && len <= candidate.len() => {
+                let value = &candidate[..len];
+                if Index::parse(value, n).is_ok() && decode(value, n).is_ok() {
+                    found.push((n, value));
+                    at = start + len;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        at = start + 1;
+    }
+    found
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Decodes every record of block `n`, in offset order.
+pub fn decode(value: &[u8], n: u64) -> Result<Vec<(u16, Record)>, BlockError> {
+    let index = Index::parse(value, n)?;
     let payload = &value[HEADER + index.raw.len()..];
     let raw_len = payload.get(..4).ok_or(BlockError::Malformed("payload cut short"))?;
     let raw_len = u32::from_le_bytes(raw_len.try_into().expect("4 bytes")) as usize;
@@ -143,8 +185,8 @@ pub fn decode(value: &[u8]) -> Result<Vec<(u16, Record)>, BlockError> {
     Ok(out)
 }
 
-/// Encodes records (offset → record) as one block.
-pub fn encode(records: &BTreeMap<u16, Record>) -> Vec<u8> {
+/// Encodes records (offset → record) as block `n`.
+pub fn encode(n: u64, records: &BTreeMap<u16, Record>) -> Vec<u8> {
     let mut index = Vec::with_capacity(records.len() * INDEX_ENTRY);
     let mut data = Vec::new();
     for (&offset, record) in records {
@@ -164,23 +206,26 @@ pub fn encode(records: &BTreeMap<u16, Record>) -> Vec<u8> {
     }
     let count = u16::try_from(records.len()).expect("a block holds at most BLOCK_IDS records");
     let mut out = Vec::with_capacity(HEADER + index.len() + data.len() / 2 + 16);
-    out.push(VERSION);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&n.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&index);
     out.extend_from_slice(&u32::try_from(data.len()).expect("a block's records fit in 4 GiB").to_le_bytes());
     out.extend_from_slice(
         &zstd::bulk::compress(&data, ZSTD_LEVEL).expect("compressing into memory cannot fail"),
     );
+    let len = u32::try_from(out.len()).expect("a block fits in 4 GiB");
+    out[14..18].copy_from_slice(&len.to_le_bytes());
     let crc = checksum(&out);
-    out[3..7].copy_from_slice(&crc.to_le_bytes());
+    out[CRC_AT..HEADER].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
 /// CRC-32 of a block's bytes but its own field.
 fn checksum(value: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&value[..3]);
+    h.update(&value[..CRC_AT]);
     h.update(&value[HEADER..]);
     h.finalize()
 }
@@ -236,10 +281,10 @@ mod tests {
     #[test]
     fn blocks_round_trip_and_their_index_reads_without_the_payload() {
         let records = sample();
-        let value = encode(&records);
-        let back: BTreeMap<u16, Record> = decode(&value).expect("decodes").into_iter().collect();
+        let value = encode(3, &records);
+        let back: BTreeMap<u16, Record> = decode(&value, 3).expect("decodes").into_iter().collect();
         assert_eq!(back, records);
-        let entries: Vec<Entry> = Index::parse(&value).expect("parses").entries().collect();
+        let entries: Vec<Entry> = Index::parse(&value, 3).expect("parses").entries().collect();
         assert_eq!(
             entries,
             vec![
@@ -253,13 +298,14 @@ mod tests {
 
     #[test]
     fn every_changed_byte_and_every_truncation_is_caught() {
-        let value = encode(&sample());
+        let value = encode(5, &sample());
         for at in 0..value.len() {
             let mut bad = value.clone();
             bad[at] ^= 0x40;
-            assert!(decode(&bad).is_err(), "a flipped byte at {at} went unnoticed");
-            assert!(decode(&value[..at]).is_err(), "a block cut to {at} bytes went unnoticed");
+            assert!(decode(&bad, 5).is_err(), "a flipped byte at {at} went unnoticed");
+            assert!(decode(&value[..at], 5).is_err(), "a block cut to {at} bytes went unnoticed");
         }
+        assert_eq!(decode(&value, 6).err(), Some(BlockError::Malformed("it names another block")));
     }
 
     #[test]
@@ -271,8 +317,22 @@ mod tests {
             .map(|i| (i, Record::Answer { attempts: 1, status: 200, body: body(i.into()).into_bytes() }))
             .collect();
         let raw: usize = (0..BLOCK_IDS).map(|i| body(i).len()).sum();
-        let stored = encode(&records).len();
+        let stored = encode(0, &records).len();
         assert!(stored * 3 < raw, "{stored} bytes stored for {raw} bytes of bodies");
+    }
+
+    #[test]
+    fn intact_blocks_are_found_in_raw_bytes_and_damaged_ones_are_not() {
+        let (a, b, c) = (encode(1, &sample()), encode(9, &sample()), encode(4, &sample()));
+        let mut file = b"sled's own bytes FLB2 and a false magic".to_vec();
+        file.extend_from_slice(&a);
+        file.extend_from_slice(b"between");
+        let b_at = file.len();
+        file.extend_from_slice(&b);
+        file.extend_from_slice(&c[..c.len() - 3]); // cut short, as a truncated file leaves it
+        file[b_at + 40] ^= 0xff; // block 9 damaged
+        let found: Vec<u64> = scan(&file).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(found, vec![1]);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! A store is held by one process at a time: `flota.lock` in its directory is flock()ed and
 //! names the holder's pid.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::DirBuilderExt;
@@ -21,15 +22,19 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use shared::{ItemResult, Outcome};
 
+use crate::panics;
 use crate::partition::IdRange;
 use block::{BlockError, Index, KIND_ANSWER, KIND_QUARANTINED};
 
 pub mod block;
+pub mod salvage;
 mod writer;
 
 /// The store format this build reads and writes. Format 1 kept one sled key per id.
 const FORMAT: &str = "2";
 const LOCK_FILE: &str = "flota.lock";
+/// The job and format again, outside sled, for `salvage` when sled has lost them.
+const META_FILE: &str = "flota.meta";
 const BLOCKS_TREE: &str = "blocks";
 /// sled's page cache. Its default (1 GiB) would let the supervisor grow to that size on a long
 /// run; writes go block by block and reads are range scans, so a small cache costs little.
@@ -99,9 +104,27 @@ pub enum StoreError {
     /// A read or write failed while the store was open.
     #[error("store operation failed")]
     Sled(#[from] sled::Error),
+    /// The store is damaged: sled panicked on it, or lost what flota keeps in it.
+    #[error(
+        "store {path} is damaged ({detail}); `supervisor verify --store {path}` shows what is readable, \
+         `supervisor salvage --store {path} --into NEW` copies it into a new store a rerun completes",
+        path = path.display()
+    )]
+    Damaged {
+        /// The store.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
     /// A block of records does not decode.
-    #[error("the block of ids {first}..{end} is damaged: {why}")]
+    #[error(
+        "store {path}: the block of ids {first}..{end} is damaged ({why}); `supervisor salvage --store {path} \
+         --into NEW` copies the rest into a new store a rerun completes",
+        path = path.display()
+    )]
     Corrupt {
+        /// The store.
+        path: PathBuf,
         /// Its first id.
         first: u64,
         /// One past its last id.
@@ -121,15 +144,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The I/O error behind a failed read or write, if that is what this is.
+    pub fn into_io(self) -> Result<std::io::Error, StoreError> {
+        match self {
+            StoreError::Sled(sled::Error::Io(e)) => Ok(e),
+            other => Err(other),
+        }
+    }
+
     /// Whether the error is the invocation's fault (exit 2) rather than a failure (exit 1).
     pub fn is_usage(&self) -> bool {
-        !matches!(
-            self,
-            StoreError::Sled(_)
-                | StoreError::Corrupt { .. }
-                | StoreError::BadKey { .. }
-                | StoreError::BadLastRun(_)
-        )
+        !matches!(self, StoreError::Sled(_) | StoreError::BadLastRun(_))
     }
 }
 
@@ -186,9 +211,35 @@ fn block_of(key: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// The error for a block that does not decode.
-pub(crate) fn corrupt(block: u64, why: BlockError) -> StoreError {
+pub(crate) fn corrupt(path: &Path, block: u64, why: BlockError) -> StoreError {
     let first = block::first_id(block);
-    StoreError::Corrupt { first, end: first.saturating_add(block::BLOCK_IDS), why }
+    StoreError::Corrupt { path: path.to_owned(), first, end: first.saturating_add(block::BLOCK_IDS), why }
+}
+
+/// Runs `f`, which uses sled on the store at `path`: a panic inside sled (as some damage makes
+/// it) comes back as [`StoreError::Damaged`], and prints nothing.
+pub(crate) fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    panics::catching(f).unwrap_or_else(|panic| {
+        Err(StoreError::Damaged { path: path.to_owned(), detail: format!("sled: {panic}") })
+    })
+}
+
+/// What [`META_FILE`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    /// The store format.
+    pub format: String,
+    /// The job's URL template.
+    pub job_url: String,
+    /// Records in the store when the last run ended. sled, opening a damaged store, drops what
+    /// follows the damage without a word; a count below this one is how flota notices.
+    #[serde(default)]
+    pub records: u64,
+}
+
+/// Reads a store's [`META_FILE`], if it has one.
+pub fn read_meta(path: &Path) -> Option<Meta> {
+    serde_json::from_slice(&std::fs::read(path.join(META_FILE)).ok()?).ok()
 }
 
 impl From<&ItemResult> for Record {
@@ -205,7 +256,8 @@ impl From<&ItemResult> for Record {
 }
 
 impl Store {
-    /// Opens a store that must already exist (for `export` and `status`); creates nothing.
+    /// Opens a store that must already exist (for `export`, `status`, `verify`); creates
+    /// nothing.
     pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
         match std::fs::metadata(path) {
             Err(_) => return Err(StoreError::Missing(path.to_owned())),
@@ -219,19 +271,23 @@ impl Store {
         }
         let store = Self::open(path)?;
         store.check_format()?;
+        store.check_manifest()?;
         Ok(store)
     }
 
     /// Opens the store for a run of the job `url_template`, creating it if there is none.
     /// A store made for another job is refused.
     pub fn open_for_job(path: &Path, url_template: &str) -> Result<Store, StoreError> {
-        match std::fs::metadata(path) {
+        let fresh = match std::fs::metadata(path) {
             // Owner-only: what a job fetched often needed credentials to fetch. The files sled
             // creates inside follow the process umask, which `main` sets to 077.
-            Err(_) => std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(path)
-                .map_err(|source| StoreError::Io { path: path.to_owned(), source })?,
+            Err(_) => {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(path)
+                    .map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+                true
+            }
             Ok(m) if !m.is_dir() => {
                 return Err(StoreError::NotAStore { path: path.to_owned(), why: "not a directory" })
             }
@@ -246,10 +302,11 @@ impl Store {
                         why: "a directory with other files in it",
                     });
                 }
+                empty
             }
-        }
+        };
         let store = Self::open(path)?;
-        match store.db.get("job.url")? {
+        match store.guard(|| Ok(store.db.get("job.url")?))? {
             Some(stored) if stored != url_template.as_bytes() => {
                 return Err(StoreError::JobMismatch {
                     path: path.to_owned(),
@@ -257,91 +314,176 @@ impl Store {
                     given: url_template.to_owned(),
                 });
             }
-            Some(_) => store.check_format()?,
-            None => {
-                store.db.insert("format", FORMAT.as_bytes())?;
-                store.db.insert("job.url", url_template.as_bytes())?;
-                store.db.flush()?;
+            Some(_) => {
+                store.check_format()?;
+                store.check_manifest()?;
             }
+            // A store that had files but no metadata lost it: never start it afresh.
+            None if !fresh => return Err(store.damaged("its metadata (the job, the format) is gone")),
+            None => store.initialise(url_template)?,
         }
         Ok(store)
     }
 
+    fn initialise(&self, url_template: &str) -> Result<(), StoreError> {
+        self.write_meta(&Meta { format: FORMAT.to_owned(), job_url: url_template.to_owned(), records: 0 })?;
+        self.guard(|| {
+            self.db.insert("format", FORMAT.as_bytes())?;
+            self.db.insert("job.url", url_template.as_bytes())?;
+            self.db.flush()?;
+            Ok(())
+        })
+    }
+
+    fn write_meta(&self, meta: &Meta) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(meta).expect("strings and a number always serialize");
+        let tmp = self.path.join(format!("{META_FILE}.new"));
+        std::fs::write(&tmp, &json)
+            .and_then(|()| std::fs::rename(&tmp, self.path.join(META_FILE)))
+            .map_err(|source| StoreError::Io { path: self.path.clone(), source })
+    }
+
+    /// Records, outside sled, how many records the store holds now (at the end of a run).
+    pub fn record_manifest(&self) -> Result<(), StoreError> {
+        let c = self.counts()?;
+        let job_url = self.job()?.unwrap_or_default();
+        self.write_meta(&Meta { format: FORMAT.to_owned(), job_url, records: c.answered + c.failed })
+    }
+
+    /// Checks that sled still reads at least as many records as the last run left.
+    fn check_manifest(&self) -> Result<(), StoreError> {
+        let Some(meta) = read_meta(&self.path) else { return Ok(()) };
+        let c = self.counts()?;
+        let now = c.answered + c.failed;
+        if now < meta.records {
+            return Err(self.damaged(&format!(
+                "the last run left {} records and sled now reads {now}: its files were damaged, and sled drops \
+                 what follows damage as it opens them",
+                meta.records
+            )));
+        }
+        Ok(())
+    }
+
     fn open(path: &Path) -> Result<Store, StoreError> {
         let lock = lock(path)?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-        let blocks = db.open_tree(BLOCKS_TREE)?;
+        let opened = panics::catching(|| {
+            let db = sled::Config::new()
+                .path(path)
+                .cache_capacity(CACHE_BYTES)
+                .open()
+                .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+            let blocks = db.open_tree(BLOCKS_TREE)?;
+            Ok::<_, StoreError>((db, blocks))
+        });
+        let (db, blocks) = match opened {
+            Ok(result) => result?,
+            Err(panic) => {
+                return Err(StoreError::Damaged { path: path.to_owned(), detail: format!("sled: {panic}") })
+            }
+        };
         Ok(Store { path: path.to_owned(), db, blocks, _lock: lock })
     }
 
+    /// Runs `f`, which uses sled: a panic inside sled (as some damage makes it) comes back as
+    /// [`StoreError::Damaged`].
+    fn guard<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        guard(&self.path, f)
+    }
+
+    fn damaged(&self, detail: &str) -> StoreError {
+        StoreError::Damaged { path: self.path.clone(), detail: detail.to_owned() }
+    }
+
     fn check_format(&self) -> Result<(), StoreError> {
-        match self.db.get("format")? {
+        match self.guard(|| Ok(self.db.get("format")?))? {
             Some(f) if f == FORMAT.as_bytes() => Ok(()),
             Some(f) => Err(StoreError::Format {
                 path: self.path.clone(),
                 found: String::from_utf8_lossy(&f).into_owned(),
             }),
+            None if self.path.join(META_FILE).is_file() => {
+                Err(self.damaged("its metadata (the job, the format) is gone"))
+            }
             None => Err(StoreError::NotAStore { path: self.path.clone(), why: "no flota metadata" }),
         }
     }
 
     /// The URL template the store was made for.
     pub fn job(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.db.get("job.url")?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        self.guard(|| Ok(self.db.get("job.url")?.map(|v| String::from_utf8_lossy(&v).into_owned())))
     }
 
     /// A read handle for the planner thread.
     pub fn reader(&self) -> Reader {
-        Reader { blocks: self.blocks.clone(), cached: None }
+        Reader { path: self.path.clone(), blocks: self.blocks.clone(), cached: None }
     }
 
-    /// Every record in id order.
+    /// Every record in id order. A damaged block ends the iteration with its error.
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
-        self.blocks.iter().flat_map(|kv| {
-            let decoded = kv.map_err(StoreError::from).and_then(|(k, v)| {
+        let mut blocks = self.blocks.iter();
+        let mut current = Vec::new().into_iter();
+        let mut failed = false;
+        std::iter::from_fn(move || loop {
+            if let Some(record) = current.next() {
+                return Some(Ok(record));
+            }
+            if failed {
+                return None;
+            }
+            let next = self.guard(|| {
+                let Some(kv) = blocks.next() else { return Ok(None) };
+                let (k, v) = kv?;
                 let n = block_of(&k)?;
-                let records = block::decode(&v).map_err(|why| corrupt(n, why))?;
                 let first = block::first_id(n);
-                Ok(records.into_iter().map(move |(offset, r)| Ok((first + u64::from(offset), r))))
+                let records = block::decode(&v, n).map_err(|why| corrupt(&self.path, n, why))?;
+                Ok(Some(
+                    records
+                        .into_iter()
+                        .map(move |(offset, r)| (first + u64::from(offset), r))
+                        .collect::<Vec<_>>(),
+                ))
             });
-            let (ok, err) = match decoded {
-                Ok(records) => (Some(records), None),
-                Err(e) => (None, Some(Err(e))),
-            };
-            ok.into_iter().flatten().chain(err)
+            match next {
+                Ok(Some(records)) => current = records.into_iter(),
+                Ok(None) => return None,
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
+                }
+            }
         })
     }
 
     /// Counts of answered and failed ids, from the blocks' indexes alone.
     pub fn counts(&self) -> Result<Counts, StoreError> {
-        let mut c = Counts::default();
-        for kv in self.blocks.iter() {
-            let (k, v) = kv?;
-            let index = Index::parse(&v).map_err(|why| corrupt(block_of(&k).unwrap_or(0), why))?;
-            for e in index.entries() {
-                match e.kind {
-                    KIND_ANSWER => {
-                        c.answered += 1;
-                        c.success += u64::from((200..300).contains(&e.status));
+        self.guard(|| {
+            let mut c = Counts::default();
+            for kv in self.blocks.iter() {
+                let (k, v) = kv?;
+                let n = block_of(&k)?;
+                let index = Index::parse(&v, n).map_err(|why| corrupt(&self.path, n, why))?;
+                for e in index.entries() {
+                    match e.kind {
+                        KIND_ANSWER => {
+                            c.answered += 1;
+                            c.success += u64::from((200..300).contains(&e.status));
+                        }
+                        KIND_QUARANTINED => {
+                            c.failed += 1;
+                            c.quarantined += 1;
+                        }
+                        _ => c.failed += 1,
                     }
-                    KIND_QUARANTINED => {
-                        c.failed += 1;
-                        c.quarantined += 1;
-                    }
-                    _ => c.failed += 1,
                 }
             }
-        }
-        Ok(c)
+            Ok(c)
+        })
     }
 
     /// The last run's figures, as [`Store::set_last_run`] wrote them.
     pub fn last_run(&self) -> Result<Option<LastRun>, StoreError> {
-        match self.db.get("run.last")? {
+        match self.guard(|| Ok(self.db.get("run.last")?))? {
             None => Ok(None),
             Some(v) => {
                 serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::BadLastRun(e.to_string()))
@@ -352,14 +494,31 @@ impl Store {
     /// Records the figures of the run that just ended, durably.
     pub fn set_last_run(&self, run: &LastRun) -> Result<(), StoreError> {
         let json = serde_json::to_vec(run).expect("plain numbers and strings always serialize");
-        self.db.insert("run.last", json)?;
-        self.db.flush()?;
-        Ok(())
+        self.guard(|| {
+            self.db.insert("run.last", json)?;
+            self.db.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Writes whole blocks (block number → records) and flushes: for `salvage`, into a new store.
+    pub fn put_blocks(&self, blocks: BTreeMap<u64, BTreeMap<u16, Record>>) -> Result<(), StoreError> {
+        self.guard(|| {
+            for chunk in blocks.into_iter().collect::<Vec<_>>().chunks(256) {
+                let mut batch = sled::Batch::default();
+                for (n, records) in chunk {
+                    batch.insert(&key(*n), block::encode(*n, records));
+                }
+                self.blocks.apply_batch(batch)?;
+            }
+            self.db.flush()?;
+            Ok(())
+        })
     }
 
     /// A handle for the writer thread.
     pub fn writer(&self) -> Writer {
-        Writer { db: self.db.clone(), blocks: self.blocks.clone() }
+        Writer { path: self.path.clone(), db: self.db.clone(), blocks: self.blocks.clone() }
     }
 }
 
@@ -404,6 +563,7 @@ pub struct LastRun {
 /// A read handle on the blocks, for the planner thread. It keeps the last block it read, as
 /// consecutive windows usually fall in the same block.
 pub struct Reader {
+    path: PathBuf,
     blocks: sled::Tree,
     cached: Option<(u64, sled::IVec)>,
 }
@@ -423,7 +583,7 @@ impl Reader {
         let (last, _) = block::locate(window.end - 1);
         for n in first..=last {
             let Some(value) = self.block(n)? else { continue };
-            let index = Index::parse(&value).map_err(|why| corrupt(n, why))?;
+            let index = Index::parse(&value, n).map_err(|why| corrupt(&self.path, n, why))?;
             let base = block::first_id(n);
             for e in index.entries() {
                 let id = base + u64::from(e.offset);
@@ -449,9 +609,27 @@ impl Reader {
                 return Ok(Some(value.clone()));
             }
         }
-        let value = self.blocks.get(key(n))?;
+        let value = guard(&self.path, || Ok(self.blocks.get(key(n))?))?;
         self.cached = value.clone().map(|v| (n, v));
         Ok(value)
+    }
+}
+
+/// Shares the store's lock with other readers, so no run writes it meanwhile; changes nothing
+/// (a store without a lock file is read without one).
+fn lock_shared(path: &Path) -> Result<Option<Flock<File>>, StoreError> {
+    let Ok(file) = File::open(path.join(LOCK_FILE)) else { return Ok(None) };
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(locked) => Ok(Some(locked)),
+        Err((mut file, _)) => {
+            let mut text = String::new();
+            let holder =
+                match file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u32>().ok()) {
+                    Some(pid) => format!("pid {pid}"),
+                    None => "another process".to_owned(),
+                };
+            Err(StoreError::Locked { path: path.to_owned(), holder })
+        }
     }
 }
 
@@ -486,6 +664,7 @@ fn lock(path: &Path) -> Result<Flock<File>, StoreError> {
 
 /// The writer thread's handle on the store.
 pub struct Writer {
+    path: PathBuf,
     db: sled::Db,
     blocks: sled::Tree,
 }
@@ -642,7 +821,11 @@ mod tests {
         value[last] ^= 1;
         store.blocks.insert(key(n), value).expect("writes");
         let err = store.records().find_map(Result::err).expect("an error");
-        assert_eq!(err.to_string(), "the block of ids 2048..2304 is damaged: checksum mismatch");
+        assert!(
+            err.to_string().contains("the block of ids 2048..2304 is damaged (checksum mismatch)"),
+            "{err}"
+        );
+        assert!(err.is_usage(), "a damaged store is exit 2");
         assert!(store.counts().is_err());
     }
 

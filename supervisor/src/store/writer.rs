@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use shared::Outcome;
 
 use super::block::{self, Index};
-use super::{corrupt, key, Durable, Record, StoreError, WriteAck, WriteCmd, Writer};
+use super::{corrupt, guard, key, Durable, Record, StoreError, WriteAck, WriteCmd, Writer};
 use crate::partition::IdRange;
 
 /// When the writer writes.
@@ -128,10 +128,12 @@ impl Pending {
         let p = match self.blocks.entry(n) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                let stored: Vec<u16> = match writer.blocks.get(key(n))? {
-                    Some(v) => {
-                        Index::parse(&v).map_err(|why| corrupt(n, why))?.entries().map(|e| e.offset).collect()
-                    }
+                let stored: Vec<u16> = match guard(&writer.path, || Ok(writer.blocks.get(key(n))?))? {
+                    Some(v) => Index::parse(&v, n)
+                        .map_err(|why| corrupt(&writer.path, n, why))?
+                        .entries()
+                        .map(|e| e.offset)
+                        .collect(),
                     None => Vec::new(),
                 };
                 let filled = stored.len();
@@ -189,16 +191,19 @@ impl Pending {
                 };
             }
             if !p.stored.is_empty() {
-                let old = writer.blocks.get(key(n))?.unwrap_or_default();
-                for (offset, record) in block::decode(&old).map_err(|why| corrupt(n, why))? {
+                let old = guard(&writer.path, || Ok(writer.blocks.get(key(n))?))?.unwrap_or_default();
+                for (offset, record) in block::decode(&old, n).map_err(|why| corrupt(&writer.path, n, why))? {
                     records.entry(offset).or_insert(record);
                 }
             }
-            batch.insert(&key(n), block::encode(&records));
+            batch.insert(&key(n), block::encode(n, &records));
             durable.add(p.durable);
         }
-        writer.blocks.apply_batch(batch)?;
-        writer.db.flush()?;
+        guard(&writer.path, || {
+            writer.blocks.apply_batch(batch)?;
+            writer.db.flush()?;
+            Ok(())
+        })?;
         Ok(Some(durable))
     }
 }
