@@ -621,15 +621,16 @@ fn lock_shared(path: &Path) -> Result<Option<Flock<File>>, StoreError> {
     let Ok(file) = File::open(path.join(LOCK_FILE)) else { return Ok(None) };
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
         Ok(locked) => Ok(Some(locked)),
-        Err((mut file, _)) => {
-            let mut text = String::new();
-            let holder =
-                match file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u32>().ok()) {
-                    Some(pid) => format!("pid {pid}"),
-                    None => "another process".to_owned(),
-                };
-            Err(StoreError::Locked { path: path.to_owned(), holder })
-        }
+        Err((file, _)) => Err(StoreError::Locked { path: path.to_owned(), holder: holder(file) }),
+    }
+}
+
+/// Who holds a lock file: "pid N" as it says, or "another process".
+fn holder(mut file: File) -> String {
+    let mut text = String::new();
+    match file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u32>().ok()) {
+        Some(pid) => format!("pid {pid}"),
+        None => "another process".to_owned(),
     }
 }
 
@@ -650,15 +651,7 @@ fn lock(path: &Path) -> Result<Flock<File>, StoreError> {
             writeln!(locked, "{}", std::process::id()).map_err(io)?;
             Ok(locked)
         }
-        Err((mut file, _)) => {
-            let mut text = String::new();
-            let holder =
-                match file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u32>().ok()) {
-                    Some(pid) => format!("pid {pid}"),
-                    None => "another process".to_owned(),
-                };
-            Err(StoreError::Locked { path: path.to_owned(), holder })
-        }
+        Err((file, _)) => Err(StoreError::Locked { path: path.to_owned(), holder: holder(file) }),
     }
 }
 
