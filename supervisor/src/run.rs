@@ -75,6 +75,6 @@ pub fn execute(cfg: &RunConfig) -> Result<RunReport, Error> {
         threads: cfg.job.threads,
         exit_code: exit_code(&report),
     })?;
-    store.record_manifest()?;
+    store.record_manifest(report.new_records)?;
     Ok(report)
 }

@@ -377,6 +377,7 @@ impl Core {
                 self.report.failed += d.failed;
                 self.report.quarantined += d.quarantined;
                 self.report.retries += d.retries;
+                self.report.new_records += d.new_records;
             }
             Event::Signal(sig) => self.on_signal(sig, now),
             Event::Tick => self.on_tick(now),

@@ -48,6 +48,8 @@ pub struct RunReport {
     pub restarts: u64,
     /// Workers the supervisor killed on purpose (`--chaos kill-every`).
     pub chaos_kills: u64,
+    /// Ids stored that had no record before.
+    pub new_records: u64,
     /// Results dropped because their worker did not hold the id.
     pub dropped_results: u64,
     /// The signal that stopped the run early, if one did.

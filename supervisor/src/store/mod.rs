@@ -38,7 +38,7 @@ const META_FILE: &str = "flota.meta";
 const BLOCKS_TREE: &str = "blocks";
 /// sled's page cache. Its default (1 GiB) would let the supervisor grow to that size on a long
 /// run; writes go block by block and reads are range scans, so a small cache costs little.
-const CACHE_BYTES: u64 = 8 << 20;
+const CACHE_BYTES: u64 = 1 << 20;
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -343,11 +343,13 @@ impl Store {
             .map_err(|source| StoreError::Io { path: self.path.clone(), source })
     }
 
-    /// Records, outside sled, how many records the store holds now (at the end of a run).
-    pub fn record_manifest(&self) -> Result<(), StoreError> {
-        let c = self.counts()?;
+    /// Records, outside sled, how many records the store holds at the end of a run that added
+    /// `new_records` (counted as they were written: a scan of a large store would cost as much
+    /// memory as the store's size, as sled keeps what it reads).
+    pub fn record_manifest(&self, new_records: u64) -> Result<(), StoreError> {
+        let before = read_meta(&self.path).map_or(0, |m| m.records);
         let job_url = self.job()?.unwrap_or_default();
-        self.write_meta(&Meta { format: FORMAT.to_owned(), job_url, records: c.answered + c.failed })
+        self.write_meta(&Meta { format: FORMAT.to_owned(), job_url, records: before + new_records })
     }
 
     /// Checks that sled still reads at least as many records as the last run left.
@@ -690,6 +692,8 @@ pub struct Durable {
     pub quarantined: u64,
     /// Attempts beyond the first, summed.
     pub retries: u64,
+    /// Ids that had no record before (the others replaced a failure).
+    pub new_records: u64,
 }
 
 impl Durable {
@@ -698,6 +702,7 @@ impl Durable {
         self.failed += d.failed;
         self.quarantined += d.quarantined;
         self.retries += d.retries;
+        self.new_records += d.new_records;
     }
 }
 
@@ -724,8 +729,9 @@ mod tests {
         ItemResult { id, attempts: 2, outcome: Outcome::Response { status, body: body.as_bytes().to_vec() } }
     }
 
-    /// Runs the writer over `batches`, each flushed before the next is sent.
-    fn write_in_flushes(store: &Store, batches: Vec<Vec<ItemResult>>) {
+    /// Runs the writer over `batches`, each flushed before the next is sent; returns each
+    /// batch's ack.
+    fn write_in_flushes(store: &Store, batches: Vec<Vec<ItemResult>>) -> Vec<Durable> {
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let writer = store.writer();
@@ -733,16 +739,21 @@ mod tests {
         let t = std::thread::spawn(move || {
             write_loop(writer, IdRange { start: 0, end: u64::MAX }, timing, cmd_rx, ack_tx)
         });
+        let mut acks = Vec::new();
         for batch in batches {
             let n = batch.len() as u64;
             cmd_tx.send(WriteCmd::Put(batch)).expect("sends");
             match ack_rx.recv_timeout(Duration::from_secs(5)) {
-                Ok(WriteAck::Durable(d)) => assert_eq!(d.answered + d.failed, n),
+                Ok(WriteAck::Durable(d)) => {
+                    assert_eq!(d.answered + d.failed, n);
+                    acks.push(d);
+                }
                 other => panic!("expected a durable ack, got {other:?}"),
             }
         }
         cmd_tx.send(WriteCmd::Finish).expect("sends");
         t.join().expect("joins");
+        acks
     }
 
     #[test]
@@ -760,7 +771,12 @@ mod tests {
             (1000..1100).filter(|i| i % 2 == 0).map(|i| answer(i, 200, &i.to_string())).collect();
         even[3] = failed(1006);
         even[40] = failed(1080);
-        write_in_flushes(&store, vec![odd, even, vec![answer(1006, 200, "1006"), answer(1080, 201, "1080")]]);
+        let acks = write_in_flushes(
+            &store,
+            vec![odd, even, vec![answer(1006, 200, "1006"), answer(1080, 201, "1080")]],
+        );
+        let new: Vec<u64> = acks.iter().map(|d| d.new_records).collect();
+        assert_eq!(new, vec![50, 50, 0], "the last two replaced failures: no new records");
         let records: Vec<(u64, Record)> = store.records().map(|r| r.expect("decodes")).collect();
         assert_eq!(records.len(), 100, "every id once");
         for (n, (id, record)) in records.iter().enumerate() {
@@ -856,7 +872,7 @@ mod tests {
         cmd_tx.send(WriteCmd::Finish).expect("sends");
         t.join().expect("joins");
         let acks: Vec<_> = ack_rx.iter().collect();
-        let durable = Durable { answered: 2, failed: 2, quarantined: 1, retries: 9 };
+        let durable = Durable { answered: 2, failed: 2, quarantined: 1, retries: 9, new_records: 4 };
         assert!(matches!(acks[0], WriteAck::Durable(d) if d == durable), "{acks:?}");
         assert!(matches!(acks.last(), Some(WriteAck::Finished)));
         let mut out = Vec::new();

@@ -197,7 +197,8 @@ impl Pending {
                 }
             }
             batch.insert(&key(n), block::encode(n, &records));
-            durable.add(p.durable);
+            let new_records = (p.filled - p.stored.len()) as u64;
+            durable.add(Durable { new_records, ..p.durable });
         }
         guard(&writer.path, || {
             writer.blocks.apply_batch(batch)?;
