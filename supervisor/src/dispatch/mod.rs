@@ -107,6 +107,7 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
         core: Core::new(Settings::of(cfg), Instant::now(), fastrand::Rng::new()),
         workers: Workers::new(spawner, cfg.job.clone(), events_tx, panic_tx),
         writes: write_tx,
+        acks: ack_rx.clone(),
         feedback: VecDeque::new(),
         panics: panic_rx,
     };
@@ -188,6 +189,8 @@ struct Loop {
     core: Core,
     workers: Workers,
     writes: Sender<WriteCmd>,
+    /// The store writer's acks (the same channel `Sources` selects on).
+    acks: Receiver<WriteAck>,
     /// Outcomes of commands, fed to the core before the next outside event.
     feedback: VecDeque<Event>,
     panics: Receiver<Error>,
@@ -265,10 +268,20 @@ impl Loop {
     }
 
     fn write(&mut self, cmd: WriteCmd) {
-        if self.writes.send(cmd).is_err() {
-            let error = threads::ended_early(&self.panics, "the store writer");
-            self.feedback.push_back(Event::Fatal(error));
+        if self.writes.send(cmd).is_ok() {
+            return;
         }
+        // The writer has ended. It says why before it ends (a write failed: a full disk), and
+        // what it flushed before that counts: take its last acks first, in order.
+        for ack in self.acks.try_iter() {
+            match ack {
+                WriteAck::Durable(d) => self.feedback.push_back(Event::Durable(d)),
+                WriteAck::Failed(e) => return self.feedback.push_back(Event::Fatal(Error::Store(e))),
+                WriteAck::Finished => {}
+            }
+        }
+        let error = threads::ended_early(&self.panics, "the store writer");
+        self.feedback.push_back(Event::Fatal(error));
     }
 
     /// Asks the store writer to flush everything and end, and feeds its last acks to the core.
