@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use shared::{ItemResult, Outcome};
 
 use super::*;
+use crate::store::Durable;
 
 const CHUNK: usize = 4;
 const WINDOW: usize = 8;

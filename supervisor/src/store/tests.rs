@@ -1,0 +1,180 @@
+//! The store: writing over many flushes, holding blocks, damage, formats, locks.
+
+use std::time::Duration;
+
+use super::*;
+
+fn answer(id: u64, status: u16, body: &str) -> ItemResult {
+    ItemResult { id, attempts: 2, outcome: Outcome::Response { status, body: body.as_bytes().to_vec() } }
+}
+
+/// Runs the writer over `batches`, each flushed before the next is sent; returns each
+/// batch's ack.
+fn write_in_flushes(store: &Store, batches: Vec<Vec<ItemResult>>) -> Vec<Durable> {
+    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+    let writer = store.writer();
+    let timing = Timing { every: Duration::from_millis(1), hold: Duration::ZERO };
+    let t = std::thread::spawn(move || {
+        write_loop(writer, IdRange { start: 0, end: u64::MAX }, timing, cmd_rx, ack_tx)
+    });
+    let mut acks = Vec::new();
+    for batch in batches {
+        let n = batch.len() as u64;
+        cmd_tx.send(WriteCmd::Put(batch)).expect("sends");
+        match ack_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(WriteAck::Durable(d)) => {
+                assert_eq!(d.answered + d.failed, n);
+                acks.push(d);
+            }
+            other => panic!("expected a durable ack, got {other:?}"),
+        }
+    }
+    cmd_tx.send(WriteCmd::Finish).expect("sends");
+    t.join().expect("joins");
+    acks
+}
+
+#[test]
+fn results_arriving_over_many_flushes_merge_into_their_blocks_and_a_newer_record_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
+    let failed = |id| ItemResult { id, attempts: 8, outcome: Outcome::Failed { error: "HTTP 503".into() } };
+    // Ids 1000..1100 straddle blocks 0 and 1; odd ones first, then even ones, then a rerun
+    // answers the two that failed.
+    let odd: Vec<ItemResult> =
+        (1000..1100).filter(|i| i % 2 == 1).map(|i| answer(i, 200, &i.to_string())).collect();
+    let mut even: Vec<ItemResult> =
+        (1000..1100).filter(|i| i % 2 == 0).map(|i| answer(i, 200, &i.to_string())).collect();
+    even[3] = failed(1006);
+    even[40] = failed(1080);
+    let acks =
+        write_in_flushes(&store, vec![odd, even, vec![answer(1006, 200, "1006"), answer(1080, 201, "1080")]]);
+    let new: Vec<u64> = acks.iter().map(|d| d.new_records).collect();
+    assert_eq!(new, vec![50, 50, 0], "the last two replaced failures: no new records");
+    let records: Vec<(u64, Record)> = store.records().map(|r| r.expect("decodes")).collect();
+    assert_eq!(records.len(), 100, "every id once");
+    for (n, (id, record)) in records.iter().enumerate() {
+        assert_eq!(*id, 1000 + n as u64, "in id order");
+        let status = if *id == 1080 { 201 } else { 200 };
+        assert_eq!(*record, Record::Answer { attempts: 2, status, body: id.to_string().into_bytes() });
+    }
+    assert_eq!(store.blocks.len(), 2);
+    let mut settled = Vec::new();
+    store.reader().settled_in(IdRange { start: 1020, end: 1030 }, false, &mut settled).expect("scans");
+    assert_eq!(settled, (1020..1030).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_block_is_held_until_complete_then_written_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
+    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+    let writer = store.writer();
+    let timing = Timing { every: Duration::from_millis(1), hold: Duration::from_secs(60) };
+    let range = IdRange { start: 100, end: 256 };
+    let t = std::thread::spawn(move || write_loop(writer, range, timing, cmd_rx, ack_tx));
+    let half: Vec<ItemResult> = (100..200).map(|i| answer(i, 200, "x")).collect();
+    cmd_tx.send(WriteCmd::Put(half)).expect("sends");
+    assert!(ack_rx.recv_timeout(Duration::from_millis(50)).is_err(), "an incomplete block waits");
+    assert!(store.blocks.is_empty());
+    cmd_tx.send(WriteCmd::Put((200..256).map(|i| answer(i, 200, "x")).collect())).expect("sends");
+    match ack_rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(WriteAck::Durable(d)) => {
+            assert_eq!(d.answered, 156, "the ids of the range complete the block")
+        }
+        other => panic!("expected a durable ack, got {other:?}"),
+    }
+    assert_eq!(store.records().count(), 156);
+    cmd_tx.send(WriteCmd::Finish).expect("sends");
+    t.join().expect("joins");
+    assert!(matches!(ack_rx.try_recv(), Ok(WriteAck::Finished)), "nothing else was pending");
+}
+
+#[test]
+fn a_damaged_block_is_named_with_its_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
+    write_in_flushes(&store, vec![(2048..2100).map(|i| answer(i, 200, "x")).collect()]);
+    let (n, _) = block::locate(2048);
+    let mut value = store.blocks.get(key(n)).expect("reads").expect("the block").to_vec();
+    let last = value.len() - 1;
+    value[last] ^= 1;
+    store.blocks.insert(key(n), value).expect("writes");
+    let err = store.records().find_map(Result::err).expect("an error");
+    assert!(err.to_string().contains("the block of ids 2048..2304 is damaged (checksum mismatch)"), "{err}");
+    assert!(err.is_usage(), "a damaged store is exit 2");
+    assert!(store.counts().is_err());
+}
+
+#[test]
+fn a_store_of_the_old_format_is_refused_naming_both_formats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.sled");
+    drop(Store::open_for_job(&path, "http://a/{id}").expect("opens"));
+    {
+        let db = sled::open(&path).expect("sled opens");
+        db.insert("format", "1").expect("writes");
+        db.flush().expect("flushes");
+    }
+    let err = Store::open_for_job(&path, "http://a/{id}").err().expect("refused");
+    assert!(err.to_string().contains("has format 1, this build reads format 2"), "{err}");
+    assert!(err.is_usage(), "exit 2");
+}
+
+#[test]
+fn writer_makes_results_durable_and_the_store_finds_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.sled");
+    let store = Store::open_for_job(&path, "http://127.0.0.1:1/{id}").expect("opens");
+    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+    let writer = store.writer();
+    let t = std::thread::spawn(move || {
+        write_loop(writer, IdRange { start: 0, end: 10 }, Timing::DEFAULT, cmd_rx, ack_tx)
+    });
+    let failed = ItemResult { id: 5, attempts: 8, outcome: Outcome::Failed { error: "x".into() } };
+    cmd_tx.send(WriteCmd::Put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed])).expect("sends");
+    cmd_tx.send(WriteCmd::Quarantine { id: 4, deaths: 2, reason: "quarantined: x".into() }).expect("sends");
+    cmd_tx.send(WriteCmd::Finish).expect("sends");
+    t.join().expect("joins");
+    let acks: Vec<_> = ack_rx.iter().collect();
+    let durable = Durable { answered: 2, failed: 2, quarantined: 1, retries: 9, new_records: 4 };
+    assert!(matches!(acks[0], WriteAck::Durable(d) if d == durable), "{acks:?}");
+    assert!(matches!(acks.last(), Some(WriteAck::Finished)));
+    let mut out = Vec::new();
+    store.reader().settled_in(IdRange { start: 0, end: 9 }, false, &mut out).expect("scans");
+    assert_eq!(out, vec![3, 4], "9 is outside the window, 5 failed, 4 is quarantined");
+    out.clear();
+    store.reader().settled_in(IdRange { start: 0, end: 9 }, true, &mut out).expect("scans");
+    assert_eq!(out, vec![3], "quarantined ids are fetched again when asked");
+    assert_eq!(
+        store.counts().expect("counts"),
+        Counts { answered: 2, success: 1, failed: 2, quarantined: 1 }
+    );
+    let ids: Vec<u64> = store.records().map(|r| r.expect("decodes").0).collect();
+    assert_eq!(ids, vec![3, 4, 5, 9]);
+}
+
+#[test]
+fn a_store_refuses_another_job_and_a_second_holder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.sled");
+    let store = Store::open_for_job(&path, "http://a/{id}").expect("opens");
+    match Store::open_for_job(&path, "http://b/{id}") {
+        Err(StoreError::Locked { holder, .. }) => {
+            assert_eq!(holder, format!("pid {}", std::process::id()))
+        }
+        other => panic!("expected Locked, got {:?}", other.err()),
+    }
+    drop(store);
+    match Store::open_for_job(&path, "http://b/{id}") {
+        Err(StoreError::JobMismatch { stored, given, .. }) => {
+            assert_eq!((stored.as_str(), given.as_str()), ("http://a/{id}", "http://b/{id}"));
+        }
+        other => panic!("expected JobMismatch, got {:?}", other.err()),
+    }
+    assert!(matches!(Store::open_existing(&dir.path().join("nope")), Err(StoreError::Missing(_))));
+    assert!(!dir.path().join("nope").exists(), "a missing store is not created");
+}
