@@ -1,9 +1,9 @@
 //! The store writer: the one thread that writes blocks.
 //!
 //! Results arrive id by id, a few thousand per second per worker, and sled rewrites a value
-//! whole: a block written at every flush while its 1024 ids trickle in would be written many
-//! times, and sled keeps the older copies on disk until it gets round to collecting them (with
-//! 1 KiB bodies, 200k ids took 384 MB, 1.9 times their bodies). So the writer holds a block's
+//! whole: a block written at every flush while its ids trickle in would be written many
+//! times, and sled keeps the older copies on disk until it gets round to collecting them (in
+//! blocks of 1024 ids with 1 KiB bodies, 200k ids took 384 MB, 1.9 times their bodies). So the writer holds a block's
 //! results until the block is complete (every id of it in the job's range has a record, stored
 //! before or pending now), and writes it once. A block is written incomplete only when its
 //! first pending result has waited [`Timing::hold`], when pending bodies pass [`HOLD_BYTES`], or at the
