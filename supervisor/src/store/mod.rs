@@ -242,15 +242,21 @@ pub fn read_meta(path: &Path) -> Option<Meta> {
     serde_json::from_slice(&std::fs::read(path.join(META_FILE)).ok()?).ok()
 }
 
-impl From<&ItemResult> for Record {
-    fn from(r: &ItemResult) -> Record {
-        match &r.outcome {
-            Outcome::Response { status, body } => {
-                Record::Answer { attempts: r.attempts, status: *status, body: body.clone() }
-            }
-            Outcome::Failed { error } => {
-                Record::Failed { attempts: r.attempts, error: error.clone(), quarantined: false }
-            }
+impl From<ItemResult> for Record {
+    fn from(r: ItemResult) -> Record {
+        match r.outcome {
+            Outcome::Response { status, body } => Record::Answer { attempts: r.attempts, status, body },
+            Outcome::Failed { error } => Record::Failed { attempts: r.attempts, error, quarantined: false },
+        }
+    }
+}
+
+impl Record {
+    /// The bytes it carries: its body, or its error text.
+    pub fn size(&self) -> usize {
+        match self {
+            Record::Answer { body, .. } => body.len(),
+            Record::Failed { error, .. } => error.len(),
         }
     }
 }

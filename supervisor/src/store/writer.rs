@@ -55,7 +55,7 @@ pub fn write_loop(
         let cmd = cmds.recv_deadline(next_write);
         let finish = matches!(cmd, Ok(WriteCmd::Finish) | Err(RecvTimeoutError::Disconnected));
         let added = match cmd {
-            Ok(WriteCmd::Put(results)) => results.iter().try_for_each(|r| {
+            Ok(WriteCmd::Put(results)) => results.into_iter().try_for_each(|r| {
                 let mut d =
                     Durable { retries: u64::from(r.attempts.saturating_sub(1)), ..Durable::default() };
                 match r.outcome {
@@ -114,6 +114,9 @@ struct Pending {
 
 struct PendingBlock {
     records: BTreeMap<u16, Record>,
+    /// The block as stored when its first pending result arrived (the writer is its only
+    /// writer, so it is still so when the block is written).
+    old: Option<sled::IVec>,
     /// Offsets that already have a record in the store.
     stored: Vec<u16>,
     /// Distinct offsets with a record, stored or pending.
@@ -128,8 +131,9 @@ impl Pending {
         let p = match self.blocks.entry(n) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                let stored: Vec<u16> = match guard(&writer.path, || Ok(writer.blocks.get(key(n))?))? {
-                    Some(v) => Index::parse(&v, n)
+                let old = guard(&writer.path, || Ok(writer.blocks.get(key(n))?))?;
+                let stored: Vec<u16> = match &old {
+                    Some(v) => Index::parse(v, n)
                         .map_err(|why| corrupt(&writer.path, n, why))?
                         .entries()
                         .map(|e| e.offset)
@@ -139,6 +143,7 @@ impl Pending {
                 let filled = stored.len();
                 e.insert(PendingBlock {
                     records: BTreeMap::new(),
+                    old,
                     stored,
                     filled,
                     since: Instant::now(),
@@ -146,12 +151,11 @@ impl Pending {
                 })
             }
         };
-        self.bytes += match &record {
-            Record::Answer { body, .. } => body.len(),
-            Record::Failed { error, .. } => error.len(),
-        };
-        if p.records.insert(offset, record).is_none() && p.stored.binary_search(&offset).is_err() {
-            p.filled += 1;
+        self.bytes += record.size();
+        match p.records.insert(offset, record) {
+            Some(replaced) => self.bytes -= replaced.size(),
+            None if p.stored.binary_search(&offset).is_err() => p.filled += 1,
+            None => {}
         }
         p.durable.add(d);
         Ok(())
@@ -184,15 +188,9 @@ impl Pending {
         for n in due {
             let p = self.blocks.remove(&n).expect("listed above");
             let mut records = p.records;
-            for r in records.values() {
-                self.bytes -= match r {
-                    Record::Answer { body, .. } => body.len(),
-                    Record::Failed { error, .. } => error.len(),
-                };
-            }
-            if !p.stored.is_empty() {
-                let old = guard(&writer.path, || Ok(writer.blocks.get(key(n))?))?.unwrap_or_default();
-                for (offset, record) in block::decode(&old, n).map_err(|why| corrupt(&writer.path, n, why))? {
+            self.bytes -= records.values().map(Record::size).sum::<usize>();
+            if let Some(old) = &p.old {
+                for (offset, record) in block::decode(old, n).map_err(|why| corrupt(&writer.path, n, why))? {
                     records.entry(offset).or_insert(record);
                 }
             }
