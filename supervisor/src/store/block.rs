@@ -120,10 +120,10 @@ fn header(bytes: &[u8]) -> Option<(u64, usize)> {
     Some((n, len))
 }
 
-/// Every intact block in `bytes` (a file of the store, read raw), with its number: each
-/// place the magic appears whose header, length and checksum hold. What it finds may include
-/// older copies of a block that sled has not yet reclaimed.
-pub fn scan(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+/// Every intact block in `bytes` (a file of the store, read raw), with its number and its
+/// records: each place the magic appears whose header, length, checksum and payload hold. What
+/// it finds may include older copies of a block that sled has not yet reclaimed.
+pub fn scan(bytes: &[u8]) -> Vec<(u64, Vec<(u16, Record)>)> {
     let mut found = Vec::new();
     let mut at = 0;
     while let Some(i) = find(&bytes[at..], MAGIC) {
@@ -131,9 +131,8 @@ pub fn scan(bytes: &[u8]) -> Vec<(u64, &[u8])> {
         let candidate = &bytes[start..];
         match header(candidate) {
             Some((n, len)) if len >= HEADER && len <= candidate.len() => {
-                let value = &candidate[..len];
-                if Index::parse(value, n).is_ok() && decode(value, n).is_ok() {
-                    found.push((n, value));
+                if let Ok(records) = decode(&candidate[..len], n) {
+                    found.push((n, records));
                     at = start + len;
                     continue;
                 }

@@ -87,8 +87,7 @@ fn recover(path: &Path) -> BTreeMap<u64, Record> {
     let mut records = BTreeMap::new();
     for file in store_files(path) {
         let Ok(bytes) = std::fs::read(&file) else { continue };
-        for (n, value) in block::scan(&bytes) {
-            let Ok(found) = block::decode(value, n) else { continue };
+        for (n, found) in block::scan(&bytes) {
             for (offset, record) in found {
                 let id = block::first_id(n) + u64::from(offset);
                 match records.get(&id) {
@@ -182,6 +181,11 @@ fn without_hint(e: StoreError) -> String {
 pub fn verify(path: &Path) -> Result<Report, StoreError> {
     check_is_store(path)?;
     let _lock = lock_shared(path)?;
+    inspect(path).map(|(report, _)| report)
+}
+
+/// What [`verify`] reports, and the records a salvage would copy (read once for both).
+fn inspect(path: &Path) -> Result<(Report, BTreeMap<u64, Record>), StoreError> {
     let mut report = Report::default();
     let range = read_with_sled(path, &mut report)?;
     let meta = read_meta(path);
@@ -195,7 +199,7 @@ pub fn verify(path: &Path) -> Result<Report, StoreError> {
         let missing = range.len() - recovered.range(range.start..range.end).count() as u64;
         report.last_range = Some((range, missing));
     }
-    Ok(report)
+    Ok((report, recovered))
 }
 
 fn check_is_store(path: &Path) -> Result<(), StoreError> {
@@ -229,14 +233,15 @@ pub fn salvage(path: &Path, into: &Path) -> Result<Salvaged, StoreError> {
             why: "it exists already; salvage makes a new store",
         });
     }
-    let report = verify(path)?;
+    check_is_store(path)?;
+    let _lock = lock_shared(path)?;
+    let (report, recovered) = inspect(path)?;
     let Some(job) = report.job.clone() else {
         return Err(StoreError::Damaged {
             path: path.to_owned(),
             detail: "its job (URL template) is unreadable, both in sled and in flota.meta".into(),
         });
     };
-    let recovered = recover(path);
     let store = Store::open_for_job(into, &job)?;
     let mut blocks: BTreeMap<u64, BTreeMap<u16, Record>> = BTreeMap::new();
     for (id, record) in recovered {
