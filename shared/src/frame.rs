@@ -239,6 +239,20 @@ mod tests {
             FromWorker::Hello(WorkerHello { version: PROTOCOL_VERSION, pid: 7 }),
             results(100),
             FromWorker::Heartbeat,
+            FromWorker::Spent(12),
+            FromWorker::Traffic(crate::Traffic {
+                requests: 40,
+                too_many: 2,
+                throttled: 3,
+                latency_us: 123_456,
+                wait_ms: Some(1000),
+                announced: Some(crate::Announced {
+                    limit: Some(2000),
+                    window_ms: Some(1000),
+                    remaining: Some(0),
+                    reset_ms: None,
+                }),
+            }),
         ];
         let bytes = encode_frames(&msgs);
         let mut r = FrameReader::new(&bytes[..], MAX_FRAME_LEN);

@@ -12,6 +12,6 @@ pub mod protocol;
 
 pub use frame::{FrameError, FrameReader, FrameWriter};
 pub use protocol::{
-    FromWorker, ItemResult, JobSpec, Outcome, ToWorker, WorkerChaos, WorkerHello, HEARTBEAT_EVERY,
-    PROTOCOL_VERSION,
+    Announced, FromWorker, ItemResult, JobSpec, Outcome, Pace, ToWorker, Traffic, WorkerChaos, WorkerHello,
+    HEARTBEAT_EVERY, PROTOCOL_VERSION, TRAFFIC_EVERY,
 };

@@ -19,7 +19,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,26 @@ pub enum ToWorker {
         /// The ids to fetch.
         ids: Vec<u64>,
     },
+    /// How this worker may send from now on: see [`Pace`].
+    Pace(Pace),
+    /// More permits, each good for one request (retries included), when the worker is metered.
+    Permits(u32),
+    /// Send nothing for this long (a server asked the fleet to wait), and drop the permits in
+    /// hand: sending resumes on fresh ones.
+    Pause {
+        /// How long, in milliseconds, from when the worker reads this.
+        ms: u64,
+    },
+}
+
+/// The limits a worker sends under; the supervisor sends them after the hello and whenever
+/// they change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pace {
+    /// The most requests this worker has in flight at once (its share of the fleet's limit).
+    pub concurrency: u32,
+    /// Whether each request needs a permit ([`ToWorker::Permits`]): the fleet is under a rate.
+    pub metered: bool,
 }
 
 /// Everything a worker needs to know about the job. Secrets (request headers) travel here,
@@ -148,6 +168,53 @@ pub enum FromWorker {
     Results(Vec<ItemResult>),
     /// Sent every [`HEARTBEAT_EVERY`] from a thread of its own: the worker is alive.
     Heartbeat,
+    /// It has spent this many permits since it last said so, and is running low.
+    Spent(u32),
+    /// What its requests met since the last report: sent every [`TRAFFIC_EVERY`] while it
+    /// sends, and at once when a server asks the fleet to wait or announces a new limit.
+    Traffic(Traffic),
+}
+
+/// How often a busy worker reports its [`Traffic`].
+pub const TRAFFIC_EVERY: Duration = Duration::from_millis(100);
+
+/// What a worker's requests met over one report period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// HTTP requests that ended (answered or not).
+    pub requests: u32,
+    /// Of those, answered 429.
+    pub too_many: u32,
+    /// Answered 429 or 503: the server is overloaded or limiting us.
+    pub throttled: u32,
+    /// Sum of the requests' durations, in microseconds.
+    pub latency_us: u64,
+    /// The longest wait a `Retry-After` asked for (or a limit announced as used up until its
+    /// reset), in milliseconds.
+    pub wait_ms: Option<u64>,
+    /// The latest rate limit the server announced in its headers.
+    pub announced: Option<Announced>,
+}
+
+impl Traffic {
+    /// Whether there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.wait_ms.is_none() && self.announced.is_none()
+    }
+}
+
+/// A rate limit as a server announces it (`RateLimit`, `RateLimit-Policy`, `RateLimit-*`,
+/// `X-RateLimit-*` headers), each part as far as it was given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announced {
+    /// Requests allowed per window.
+    pub limit: Option<u64>,
+    /// The window, in milliseconds (from a policy's `w`).
+    pub window_ms: Option<u64>,
+    /// Requests left in the current window.
+    pub remaining: Option<u64>,
+    /// Until the window resets, in milliseconds.
+    pub reset_ms: Option<u64>,
 }
 
 /// The final answer for one id.

@@ -70,9 +70,22 @@ pub struct Tuning {
     /// Worker processes.
     #[arg(long, default_value_t = 4)]
     pub workers: u32,
-    /// Fetch threads in each worker.
-    #[arg(long, default_value_t = 32)]
+    /// Fetch threads in each worker. Workers times threads bounds the requests in flight; the
+    /// adaptive limit (or --concurrency) decides how many are.
+    #[arg(long, default_value_t = 256)]
     pub threads: u32,
+    /// At most this many requests a second from the whole fleet, retries included: `20`,
+    /// `0.5`, `20/s`, `600/min`, `50000/h`. Without it, the fleet keeps to the limit a server
+    /// announces in RateLimit or X-RateLimit headers, if it announces one.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// With a rate: how many requests may go at once beyond it (default: 50ms worth).
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u32>,
+    /// Keep exactly this many requests in flight across the fleet instead of adapting the
+    /// number to the server's answers (at most workers times threads).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
     /// Ids per chunk handed to a worker.
     #[arg(long, default_value_t = 256)]
     pub chunk_size: u32,
@@ -194,6 +207,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms or 5s ({e})"))
 }
 
+/// Parses a rate: requests per second, or per a unit (`/s`, `/min`, `/h`).
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let bad = || format!("`{s}` is not a rate like 20, 0.5, 20/s, 600/min or 50000/h");
+    let (count, per) = match s.trim().split_once('/') {
+        Some((count, unit)) => {
+            let per = match unit.trim() {
+                "s" | "sec" | "second" => 1.0,
+                "m" | "min" | "minute" => 60.0,
+                "h" | "hour" => 3600.0,
+                _ => return Err(bad()),
+            };
+            (count, per)
+        }
+        None => (s, 1.0),
+    };
+    let count: f64 = count.trim().parse().map_err(|_| bad())?;
+    if !count.is_finite() || count <= 0.0 {
+        return Err(format!("`{s}`: a rate must be above zero"));
+    }
+    Ok(count / per)
+}
+
 /// Parses a byte count: `1048576`, `512K`, `16M`, `1G` (powers of 1024; a trailing `iB` or `B`
 /// is allowed).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -213,6 +248,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_parse_with_their_units() {
+        assert_eq!(parse_rate("1900"), Ok(1900.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        assert_eq!(parse_rate("20/s"), Ok(20.0));
+        assert_eq!(parse_rate("600/min"), Ok(10.0));
+        assert_eq!(parse_rate(" 7200 / h "), Ok(2.0));
+        for bad in ["", "fast", "10/day", "0", "-3", "inf", "NaN/s", "/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 
     #[test]
     fn sizes_parse() {

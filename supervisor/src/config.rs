@@ -8,6 +8,7 @@ use std::time::Duration;
 use shared::{JobSpec, WorkerChaos, HEARTBEAT_EVERY};
 
 use crate::cli::{parse_duration, Tuning};
+use crate::dispatch::core::PaceSettings;
 use crate::partition::IdRange;
 
 /// Faults to inject (`--chaos`).
@@ -87,6 +88,8 @@ pub struct RunConfig {
     /// SIGKILL a random worker this often (`--chaos kill-every`); the workers' own faults are
     /// in `job.chaos`.
     pub kill_every: Option<Duration>,
+    /// How fast the fleet may send.
+    pub pace: PaceSettings,
     /// What each worker is told.
     pub job: JobSpec,
 }
@@ -130,6 +133,7 @@ pub fn run_config(
     check_timeouts(t)?;
     check_worker_memory(t, threads)?;
     let headers = headers(t)?;
+    let pace = pace(t, workers * threads)?;
     let user = t.user.as_deref().map(resolve_user).transpose()?;
     check_paths(&store, t)?;
     // Each worker holds two chunks, and enough ids to keep every thread busy.
@@ -146,6 +150,7 @@ pub fn run_config(
         grace: t.grace,
         retry_quarantined: t.retry_quarantined,
         kill_every: t.chaos.as_ref().and_then(|c| c.kill_every),
+        pace,
         job: JobSpec {
             url_template: url.to_owned(),
             threads,
@@ -161,6 +166,24 @@ pub fn run_config(
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
     })
+}
+
+/// `--rate`, `--burst` and `--concurrency`, checked against the fleet's size.
+fn pace(t: &Tuning, ceiling: u32) -> Result<PaceSettings, String> {
+    if t.burst.is_some() && t.rate.is_none() {
+        return Err("--burst needs --rate".into());
+    }
+    if t.burst == Some(0) {
+        return Err("--burst must be at least 1".into());
+    }
+    if let Some(c) = t.concurrency {
+        if c == 0 || c > ceiling {
+            return Err(format!(
+                "--concurrency must be between 1 and --workers times --threads ({ceiling}), not {c}"
+            ));
+        }
+    }
+    Ok(PaceSettings { rate: t.rate, burst: t.burst, concurrency: t.concurrency, ceiling })
 }
 
 fn within(name: &str, v: u32, lo: u32, hi: u32) -> Result<u32, String> {
@@ -303,6 +326,9 @@ mod tests {
             user: None,
             grace: Duration::from_secs(1),
             retry_quarantined: false,
+            rate: None,
+            burst: None,
+            concurrency: None,
             chaos: None,
         }
     }

@@ -73,6 +73,10 @@ pub enum EventKind {
     Results(Vec<ItemResult>),
     /// Proof of life.
     Heartbeat,
+    /// It spent this many permits.
+    Spent(u32),
+    /// What its requests met.
+    Traffic(shared::Traffic),
     /// The worker has ended and been reaped. `error` is set when it was killed for breaking the
     /// protocol.
     Gone {
@@ -271,6 +275,8 @@ fn read_worker(
             }
             Ok(FromWorker::Results(r)) => EventKind::Results(r),
             Ok(FromWorker::Heartbeat) => EventKind::Heartbeat,
+            Ok(FromWorker::Spent(n)) => EventKind::Spent(n),
+            Ok(FromWorker::Traffic(t)) => EventKind::Traffic(t),
             Err(e) => break Some(e.to_string()),
         };
         if !send(kind) {

@@ -38,6 +38,9 @@ pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
         thousands(r.restarts),
         thousands(r.quarantined)
     );
+    for line in pacing_lines(&crate::run::pacing(&r.pace)) {
+        println!("  {line}");
+    }
     let chaos = cfg.chaos();
     if chaos != crate::config::Chaos::default() {
         println!("  chaos     {chaos}   workers killed on purpose {}", thousands(r.chaos_kills));
@@ -47,6 +50,32 @@ pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
         println!("  stopped   by {name}: everything fetched is stored; run the same command again to resume");
     }
     println!("  store     {}", cfg.store.display());
+}
+
+/// Two lines on how a run was paced: its requests and 429s, then its rate and concurrency.
+fn pacing_lines(p: &crate::store::Pacing) -> [String; 2] {
+    let share = 100.0 * p.too_many as f64 / p.requests.max(1) as f64;
+    let mut first = format!(
+        "requests  {}   answered 429 {} ({share:.2}%)   server-asked pauses {}",
+        thousands(p.requests),
+        thousands(p.too_many),
+        thousands(p.pauses)
+    );
+    if p.pauses > 0 {
+        first.push_str(&format!(" ({:.1} s)", p.paused_secs));
+    }
+    let rate = match (p.rate, &p.rate_source) {
+        (Some(r), Some(source)) => format!("rate {r:.1}/s ({source})"),
+        (Some(r), None) => format!("rate {r:.1}/s"),
+        (None, _) => "no rate".to_owned(),
+    };
+    let (lo, hi) = p.concurrency_range;
+    let concurrency = if p.adaptive {
+        format!("concurrency adaptive, {} at the end ({lo}..{hi})", p.concurrency)
+    } else {
+        format!("concurrency fixed at {}", p.concurrency)
+    };
+    [first, format!("pacing    {rate}   {concurrency}")]
 }
 
 /// `supervisor status --store S`.
@@ -76,6 +105,11 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
                 thousands(run.restarts),
                 run.exit_code
             );
+            if run.pacing.requests > 0 {
+                for line in pacing_lines(&run.pacing) {
+                    println!("          {line}");
+                }
+            }
         }
         None => println!("last run  none finished"),
     }

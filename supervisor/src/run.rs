@@ -74,7 +74,27 @@ pub fn execute(cfg: &RunConfig) -> Result<RunReport, Error> {
         workers: cfg.workers,
         threads: cfg.job.threads,
         exit_code: exit_code(&report),
+        pacing: pacing(&report.pace),
     })?;
     store.record_manifest(report.new_records)?;
     Ok(report)
+}
+
+/// The pacing figures as the store keeps them.
+pub fn pacing(p: &crate::dispatch::core::PaceReport) -> crate::store::Pacing {
+    use crate::dispatch::core::RateSource;
+    crate::store::Pacing {
+        requests: p.requests,
+        too_many: p.too_many,
+        pauses: p.pauses,
+        paused_secs: p.paused.as_secs_f64(),
+        rate: p.rate.map(|(r, _)| r),
+        rate_source: p.rate.map(|(_, s)| match s {
+            RateSource::Given => "--rate".to_owned(),
+            RateSource::Announced => "announced".to_owned(),
+        }),
+        concurrency: p.limit.0,
+        concurrency_range: (p.limit.1, p.limit.2),
+        adaptive: p.adaptive,
+    }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use shared::{ItemResult, JobSpec, Outcome};
 use ureq::Agent;
 
+use crate::gate::{Gate, Met};
+
 /// How often to try an id, and how long to wait between tries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -55,11 +57,10 @@ impl Iterator for BackoffIter {
     }
 }
 
-/// One attempt's result: final, or worth another try (after at least `wait`, if the server
-/// said so).
+/// One attempt's result: final, or worth another try.
 enum Attempt {
     Final(Outcome),
-    Retry { error: String, wait: Option<Duration> },
+    Retry { error: String },
 }
 
 /// Fetches ids of one job. Cheap to share between threads.
@@ -116,58 +117,68 @@ impl Fetcher {
         url
     }
 
-    /// Fetches `id` until it has a final answer or runs out of attempts.
-    pub fn fetch(&self, id: u64, url: &mut String) -> ItemResult {
+    /// Fetches `id` until it has a final answer or runs out of attempts. Every attempt passes
+    /// `gate` first; `None` when the gate closes before the id has an answer (the worker is
+    /// stopping, and the id stays unreported).
+    pub fn fetch(&self, id: u64, url: &mut String, gate: &Gate) -> Option<ItemResult> {
         self.url_of(id, url);
         let mut backoff = self.policy.backoff();
         let mut attempts = 0;
         loop {
+            let started = gate.enter()?;
             attempts += 1;
-            match self.attempt(url) {
-                Attempt::Final(outcome) => return ItemResult { id, attempts, outcome },
-                Attempt::Retry { error, wait } => {
+            let (attempt, mut met) = self.attempt(url);
+            // A server's wait is the fleet's: the gate pauses this worker at once and tells the
+            // supervisor, which pauses the others.
+            met.wait = met.wait.map(|w| w.min(self.policy.retry_after_max));
+            gate.leave(started, met);
+            match attempt {
+                Attempt::Final(outcome) => return Some(ItemResult { id, attempts, outcome }),
+                Attempt::Retry { error } => {
                     let Some(jittered) = backoff.next() else {
                         let plural = if attempts == 1 { "" } else { "s" };
                         let error = format!("gave up after {attempts} attempt{plural}: {error}");
-                        return ItemResult { id, attempts, outcome: Outcome::Failed { error } };
+                        return Some(ItemResult { id, attempts, outcome: Outcome::Failed { error } });
                     };
                     log::debug!("id {id}: attempt {attempts} failed ({error}), retrying");
-                    let delay = match wait {
-                        // The server said when: that, plus the jittered backoff, so a crowd
-                        // told the same time does not come back all at once.
-                        Some(w) => w.min(self.policy.retry_after_max) + jittered,
-                        None => jittered,
-                    };
-                    std::thread::sleep(delay);
+                    // After a server's wait, the gate holds the retry until the wait is over; the
+                    // jittered backoff on top spreads the fleet's retries out.
+                    std::thread::sleep(jittered);
                 }
             }
         }
     }
 
-    fn attempt(&self, url: &str) -> Attempt {
+    fn attempt(&self, url: &str) -> (Attempt, Met) {
         let mut req = self.agent.get(url);
         for (name, value) in &self.headers {
             req = req.header(name.as_str(), value.as_str());
         }
         let mut resp = match req.call() {
             Ok(resp) => resp,
-            Err(e) => return classify_error(e),
+            Err(e) => return (classify_error(e), Met::default()),
         };
         let status = resp.status().as_u16();
+        let announced = crate::announce::announced(resp.headers());
+        let retry_after = if status == 429 || status == 503 {
+            resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
+        } else {
+            None
+        };
+        // A limit announced as used up waits for its reset as a Retry-After would.
+        let used_up =
+            announced.filter(|a| a.remaining == Some(0)).and_then(|a| a.reset_ms).map(Duration::from_millis);
+        let met = Met { status: Some(status), wait: retry_after.or(used_up), announced };
         if status == 408 || status == 429 || (500..600).contains(&status) {
-            let wait = if status == 429 || status == 503 {
-                resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
-            } else {
-                None
-            };
             // Read (a bounded amount of) the body so the connection can be reused.
             let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
-            return Attempt::Retry { error: format!("HTTP {status}"), wait };
+            return (Attempt::Retry { error: format!("HTTP {status}") }, met);
         }
-        match resp.body_mut().with_config().limit(self.max_body).read_to_vec() {
+        let attempt = match resp.body_mut().with_config().limit(self.max_body).read_to_vec() {
             Ok(body) => Attempt::Final(Outcome::Response { status, body }),
             Err(e) => classify_error(e),
-        }
+        };
+        (attempt, met)
     }
 }
 
@@ -185,7 +196,7 @@ fn classify_error(e: ureq::Error) -> Attempt {
         | E::LargeResponseHeader(..)
         | E::Http(_)
         | E::InvalidProxyUrl => Attempt::Final(Outcome::Failed { error: one_line(&e) }),
-        other => Attempt::Retry { error: one_line(&other), wait: None },
+        other => Attempt::Retry { error: one_line(&other) },
     }
 }
 

@@ -10,7 +10,9 @@
 //! pipe failed.
 #![deny(unsafe_code)]
 
+pub mod announce;
 pub mod fetch;
+pub mod gate;
 pub mod link;
 pub mod pool;
 

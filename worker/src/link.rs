@@ -1,7 +1,7 @@
 //! The worker's end of the pipe: the only reader of stdin and the only writer of stdout.
 //!
 //! The main thread reads frames; one writer thread owns stdout, so frames never interleave, and
-//! batches whatever results are waiting into one frame; a heartbeat thread of its own says the
+//! batches whatever results are waiting into one frame; a reporter thread of its own says the
 //! process is alive even when every fetch thread is stuck. Right after taking stdout, fd 1 is
 //! pointed at stderr, so a stray print can only reach the log, never corrupt the protocol.
 
@@ -10,15 +10,17 @@ use std::io::{BufWriter, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use shared::frame::{peek_hello_version, MAX_FRAME_LEN};
 use shared::{
     FrameError, FrameReader, FrameWriter, FromWorker, ItemResult, ToWorker, WorkerHello, HEARTBEAT_EVERY,
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSION, TRAFFIC_EVERY,
 };
 
 use crate::fetch::Fetcher;
+use crate::gate::Gate;
 
 /// A results frame holds at most this many results...
 const BATCH_MAX_ITEMS: usize = 1024;
@@ -33,6 +35,9 @@ pub enum Outgoing {
     Result(ItemResult),
     /// Proof of life.
     Heartbeat,
+    /// A message about pacing ([`FromWorker::Spent`], [`FromWorker::Traffic`]), sent after the
+    /// results already waiting.
+    Control(FromWorker),
     /// Fault injection: a frame whose payload is not a message.
     Malformed,
 }
@@ -84,7 +89,7 @@ pub fn serve() -> Result<(), LinkError> {
             }
             match shared::frame::decode::<ToWorker>(payload).map_err(LinkError::Read)? {
                 ToWorker::Hello { job, .. } => *job,
-                ToWorker::Assign { .. } => return Err(LinkError::Protocol("ids before the hello")),
+                _ => return Err(LinkError::Protocol("a message before the hello")),
             }
         }
     };
@@ -100,41 +105,42 @@ pub fn serve() -> Result<(), LinkError> {
     // never fills and reading the next assignment never waits on the fetch threads.
     let (ids_tx, ids_rx) = crossbeam_channel::bounded::<u64>(job.max_in_flight.max(1) as usize);
     let fetcher = Arc::new(Fetcher::new(&job));
+    let gate = Arc::new(Gate::new(out_tx.clone()));
     let stopping = Arc::new(AtomicBool::new(false));
     let chaos = Arc::new(job.chaos.clone());
     // Every thread is started before the hello: a worker that cannot start them never says
     // it is ready, so its failure is not mistaken for the fault of the ids it was given.
-    let threads = crate::pool::start(job.threads, fetcher, chaos, stopping.clone(), ids_rx, out_tx.clone())
-        .map_err(LinkError::Thread)?;
+    let threads = crate::pool::start(
+        job.threads,
+        crate::pool::Shared { fetcher, gate: gate.clone(), chaos, stopping: stopping.clone() },
+        ids_rx,
+        out_tx.clone(),
+    )
+    .map_err(LinkError::Thread)?;
     let _ = out_tx.send(Outgoing::Hello);
     let alive = Arc::new(AtomicBool::new(true));
-    let heartbeat = {
-        let (alive, out) = (alive.clone(), out_tx.clone());
+    let reporter = {
+        let (alive, out, gate) = (alive.clone(), out_tx.clone(), gate.clone());
         std::thread::Builder::new()
-            .name("heartbeat".into())
-            .spawn(move || {
-                while alive.load(Ordering::Relaxed) {
-                    if out.send(Outgoing::Heartbeat).is_err() {
-                        return;
-                    }
-                    std::thread::park_timeout(HEARTBEAT_EVERY);
-                }
-            })
+            .name("reporter".into())
+            .spawn(move || report_loop(&alive, &out, &gate))
             .map_err(LinkError::Thread)?
     };
     drop(out_tx);
 
-    let read_result = read_loop(&mut reader, &ids_tx);
+    let read_result = read_loop(&mut reader, &ids_tx, &gate);
     // End of stdin: the supervisor is done with us (it holds nothing else here at the end of a
     // run) or is stopping. Either way, finish the requests in hand, report them, and leave the
     // ids not yet started: the supervisor knows they were never reported.
     stopping.store(true, Ordering::Relaxed);
+    gate.close();
     drop(ids_tx);
     // A panicked thread would have lost results: never take that for success.
     let fetch_panicked = threads.into_iter().map(|t| t.join()).fold(false, |any, r| any | r.is_err());
     alive.store(false, Ordering::Relaxed);
-    heartbeat.thread().unpark();
-    let _ = heartbeat.join();
+    reporter.thread().unpark();
+    let _ = reporter.join();
+    drop(gate); // its sender too: the writer ends once every sender is gone
     let write_result = writer.join().unwrap_or(Err(LinkError::Panicked("link-writer")));
     read_result?;
     if fetch_panicked {
@@ -143,7 +149,11 @@ pub fn serve() -> Result<(), LinkError> {
     write_result
 }
 
-fn read_loop(reader: &mut FrameReader<impl std::io::Read>, ids: &Sender<u64>) -> Result<(), LinkError> {
+fn read_loop(
+    reader: &mut FrameReader<impl std::io::Read>,
+    ids: &Sender<u64>,
+    gate: &Gate,
+) -> Result<(), LinkError> {
     while let Some(msg) = reader.read::<ToWorker>().map_err(LinkError::Read)? {
         match msg {
             ToWorker::Assign { ids: batch } => {
@@ -153,10 +163,33 @@ fn read_loop(reader: &mut FrameReader<impl std::io::Read>, ids: &Sender<u64>) ->
                     }
                 }
             }
+            ToWorker::Pace(pace) => gate.set_pace(pace),
+            ToWorker::Permits(n) => gate.grant(n),
+            ToWorker::Pause { ms } => gate.pause(Duration::from_millis(ms)),
             ToWorker::Hello { .. } => return Err(LinkError::Protocol("a second hello")),
         }
     }
     Ok(())
+}
+
+/// Says the worker is alive every [`HEARTBEAT_EVERY`], whatever the fetch threads are doing,
+/// and reports what their requests met every [`TRAFFIC_EVERY`] while there is something to say.
+fn report_loop(alive: &AtomicBool, out: &Sender<Outgoing>, gate: &Gate) {
+    let mut last_heartbeat: Option<Instant> = None;
+    while alive.load(Ordering::Relaxed) {
+        if let Some(t) = gate.take_traffic() {
+            if out.send(Outgoing::Control(FromWorker::Traffic(t))).is_err() {
+                return;
+            }
+        }
+        if last_heartbeat.is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY) {
+            last_heartbeat = Some(Instant::now());
+            if out.send(Outgoing::Heartbeat).is_err() {
+                return;
+            }
+        }
+        std::thread::park_timeout(TRAFFIC_EVERY);
+    }
 }
 
 /// Owns stdout. Sends each result once, in batches: after blocking for the first message, it
@@ -167,12 +200,14 @@ fn write_loop(stdout: File, rx: Receiver<Outgoing>) -> Result<(), LinkError> {
     let mut batch: Vec<ItemResult> = Vec::with_capacity(BATCH_MAX_ITEMS);
     while let Ok(first) = rx.recv() {
         let (mut heartbeat, mut hello, mut malformed, mut bytes) = (false, false, false, 0);
+        let mut controls = Vec::new();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Outgoing::Hello => hello = true,
                 Outgoing::Heartbeat => heartbeat = true,
                 Outgoing::Malformed => malformed = true,
+                Outgoing::Control(m) => controls.push(m),
                 Outgoing::Result(r) => {
                     if let shared::Outcome::Response { body, .. } = &r.outcome {
                         bytes += body.len();
@@ -191,6 +226,9 @@ fn write_loop(stdout: File, rx: Receiver<Outgoing>) -> Result<(), LinkError> {
         if !batch.is_empty() {
             w.write(&FromWorker::Results(std::mem::take(&mut batch))).map_err(LinkError::Write)?;
             batch = Vec::with_capacity(BATCH_MAX_ITEMS);
+        }
+        for m in &controls {
+            w.write(m).map_err(LinkError::Write)?;
         }
         if heartbeat {
             w.write(&FromWorker::Heartbeat).map_err(LinkError::Write)?;

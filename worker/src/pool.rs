@@ -8,41 +8,59 @@ use crossbeam_channel::{Receiver, Sender};
 use shared::WorkerChaos;
 
 use crate::fetch::Fetcher;
+use crate::gate::Gate;
 use crate::link::Outgoing;
+
+/// What every fetch thread shares.
+pub struct Shared {
+    /// The agent and the retry policy.
+    pub fetcher: Arc<Fetcher>,
+    /// Every request passes it.
+    pub gate: Arc<Gate>,
+    /// Faults to inject.
+    pub chaos: Arc<WorkerChaos>,
+    /// Set once stdin has closed.
+    pub stopping: Arc<AtomicBool>,
+}
 
 /// Stack of a fetch thread. Rust's default (2 MiB) would make a thousand threads need 2 GiB of
 /// address space, the worker's whole default limit; a blocking HTTP(S) call needs far less.
 pub const FETCH_STACK: usize = 512 << 10;
 
 /// Starts `threads` fetch threads. They exit once `ids` is closed and drained, or, once
-/// `stopping` is set, after the request each has in hand.
+/// `stopping` is set, after the request each has in hand: an id whose next attempt the closed
+/// gate refuses is left unreported, for the supervisor to requeue or a rerun to fetch.
 pub fn start(
     threads: u32,
-    fetcher: Arc<Fetcher>,
-    chaos: Arc<WorkerChaos>,
-    stopping: Arc<AtomicBool>,
+    shared: Shared,
     ids: Receiver<u64>,
     out: Sender<Outgoing>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..threads.max(1))
         .map(|n| {
-            let (fetcher, chaos, stopping) = (fetcher.clone(), chaos.clone(), stopping.clone());
+            let (fetcher, gate) = (shared.fetcher.clone(), shared.gate.clone());
+            let (chaos, stopping) = (shared.chaos.clone(), shared.stopping.clone());
             let (ids, out) = (ids.clone(), out.clone());
             std::thread::Builder::new().name(format!("fetch-{n}")).stack_size(FETCH_STACK).spawn(move || {
                 let mut url = String::with_capacity(128);
-                for id in ids {
+                let mut holding = false;
+                // A place at the gate first, then an id: threads beyond the worker's share
+                // sleep holding nothing, and the ids wait in the queue for a thread at work.
+                while gate.hold(&mut holding) {
+                    let Ok(id) = ids.recv() else { break };
                     if stopping.load(Ordering::Relaxed) {
-                        return;
+                        break;
                     }
                     if !chaos.is_empty() && inject(&chaos, id, &out) {
                         continue;
                     }
-                    let result = fetcher.fetch(id, &mut url);
+                    let Some(result) = fetcher.fetch(id, &mut url, &gate) else { break };
                     if out.send(Outgoing::Result(result)).is_err() {
                         // The link writer is gone: the pipe broke and the worker is ending.
-                        return;
+                        break;
                     }
                 }
+                gate.release(&mut holding);
             })
         })
         .collect()

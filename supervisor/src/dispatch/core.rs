@@ -25,6 +25,8 @@ use log::Level;
 use shared::{ItemResult, HEARTBEAT_EVERY};
 
 pub use self::messages::{signal_name, Command, Event, KillReason};
+use self::pace::Pacer;
+pub use self::pace::{PaceReport, PaceSettings, RateSource};
 use super::RunReport;
 use crate::error::Error;
 use crate::fleet::{EventKind, FleetEvent};
@@ -63,6 +65,8 @@ pub struct Settings {
     pub grace: Duration,
     /// Kill a random worker this often (`--chaos kill-every`).
     pub kill_every: Option<Duration>,
+    /// How fast the fleet may send.
+    pub pace: PaceSettings,
 }
 
 /// How long a slot waits before it starts again, after `barren_deaths` deaths in a row without
@@ -179,6 +183,7 @@ pub struct Core {
     last_tick: Instant,
     next_chaos_kill: Option<Instant>,
     rng: fastrand::Rng,
+    pacer: Pacer,
     out: Vec<Command>,
 }
 
@@ -190,6 +195,7 @@ impl Core {
                 .map(|_| Slot { gen: 0, barren_deaths: 0, state: SlotState::Down { restart_at: now } })
                 .collect(),
             next_chaos_kill: settings.kill_every.map(|every| now + every),
+            pacer: Pacer::new(settings.pace.clone(), settings.workers, now),
             settings,
             pending: VecDeque::new(),
             suspects: VecDeque::new(),
@@ -234,6 +240,7 @@ impl Core {
             }
             Event::Signal(sig) => self.on_signal(sig, now),
             Event::Tick => self.on_tick(now),
+            Event::Wake => self.pacer.wake(now, &mut self.out),
             Event::Fatal(error) => self.fail(error, now),
         }
         self.step(now);
@@ -244,6 +251,15 @@ impl Core {
     /// planner waits and memory stays flat whatever the range.
     pub fn wants_plans(&self) -> bool {
         matches!(self.phase, Phase::Fetching) && !self.planner_done && self.pending.len() < self.slots.len()
+    }
+
+    /// When the core next wants an [`Event::Wake`], besides the regular ticks: permits accrue
+    /// or a pause ends.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        match self.phase {
+            Phase::Fetching => self.pacer.next_wake(now),
+            _ => None,
+        }
     }
 
     /// Results this run has made durable so far.
@@ -257,7 +273,8 @@ impl Core {
         if let Some(error) = self.error {
             return Err(error);
         }
-        let report = self.report;
+        let mut report = self.report;
+        report.pace = self.pacer.report();
         if report.stopped_by.is_none() && report.fetched() != self.planned {
             return Err(Error::Internal(format!(
                 "planned {} ids but stored {}: please report this bug",
@@ -338,8 +355,13 @@ impl Core {
         let Some(w) = live_worker(&mut self.slots, slot, gen) else { return };
         w.last_heard = now;
         match kind {
-            EventKind::Hello if w.stage == Stage::Starting => w.stage = Stage::Ready,
+            EventKind::Hello if w.stage == Stage::Starting => {
+                w.stage = Stage::Ready;
+                self.pacer.join(slot, gen, now, &mut self.out);
+            }
             EventKind::Results(results) => self.on_results(slot, gen, results),
+            EventKind::Spent(n) => self.pacer.spent(slot, gen, n, now, &mut self.out),
+            EventKind::Traffic(t) => self.pacer.traffic(&t, now, &mut self.out),
             EventKind::Hello | EventKind::Heartbeat | EventKind::Gone { .. } => {}
         }
     }
@@ -382,6 +404,7 @@ impl Core {
         let SlotState::Up(w) = std::mem::replace(&mut s.state, SlotState::Down { restart_at: now }) else {
             return;
         };
+        self.pacer.leave(slot, &mut self.out);
         let why = error.map(|e| format!(" after a protocol error ({e})")).unwrap_or_default();
         if !matches!(self.phase, Phase::Fetching) {
             // Draining (it held nothing) or stopping (what it held stays unfetched and a rerun
@@ -574,6 +597,9 @@ impl Core {
             self.tick_slot(slot, now);
         }
         self.chaos(now);
+        if matches!(self.phase, Phase::Fetching) {
+            self.pacer.wake(now, &mut self.out);
+        }
         if now.duration_since(self.last_progress) >= PROGRESS_EVERY {
             self.last_progress = now;
             self.progress(now);
@@ -629,14 +655,30 @@ impl Core {
         let done = self.report.fetched();
         let secs = now.duration_since(self.started).as_secs_f64();
         let line = format!(
-            "progress: {done} stored of {} planned so far ({} skipped), {:.0} items/s, {} retries, {} restarts",
+            "progress: {done} stored of {} planned so far ({} skipped), {:.0} items/s, {} retries, {} restarts; {}",
             self.planned,
             self.report.skipped,
             done as f64 / secs.max(1e-9),
             self.report.retries,
-            self.report.restarts
+            self.report.restarts,
+            self.pacing_line(now)
         );
         self.say(Level::Info, line);
+    }
+
+    /// Pacing in a few words: the 429 share, the limit, the rate, a pause.
+    fn pacing_line(&self, now: Instant) -> String {
+        let p = self.pacer.report();
+        let share = 100.0 * p.too_many as f64 / p.requests.max(1) as f64;
+        let mut line =
+            format!("{} requests, {share:.1}% answered 429, concurrency limit {}", p.requests, p.limit.0);
+        if let Some(rate) = self.pacer.rate() {
+            line.push_str(&format!(", rate {rate:.1}/s"));
+        }
+        if let Some(until) = self.pacer.paused_until(now) {
+            line.push_str(&format!(", paused for {}ms more", until.duration_since(now).as_millis()));
+        }
+        line
     }
 
     /// Hands work to every ready worker with room for it: suspects alone to idle workers first,
@@ -705,6 +747,7 @@ impl Core {
             if matches!(w.stage, Stage::Starting | Stage::Ready) {
                 w.stage = Stage::Closing { since: now };
                 self.out.push(Command::CloseInput { slot, gen: s.gen });
+                self.pacer.leave(slot, &mut self.out);
             }
         }
     }
@@ -722,6 +765,7 @@ impl Core {
             if w.stage != Stage::Killed {
                 w.stage = Stage::Killed;
                 self.out.push(Command::Kill { slot, gen: s.gen, why });
+                self.pacer.leave(slot, &mut self.out);
             }
         }
     }
@@ -736,5 +780,6 @@ fn live_worker(slots: &mut [Slot], slot: usize, gen: u64) -> Option<&mut Worker>
 }
 
 mod messages;
+mod pace;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ pub mod core;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, never, select, tick, unbounded, Receiver, Sender};
+use crossbeam_channel::{at, bounded, never, select, tick, unbounded, Receiver, Sender};
 use shared::{JobSpec, ToWorker};
 
 use self::core::{Command, Core, Event, Settings};
@@ -54,6 +54,8 @@ pub struct RunReport {
     pub dropped_results: u64,
     /// The signal that stopped the run early, if one did.
     pub stopped_by: Option<i32>,
+    /// Requests, 429s, pauses, the rate and the concurrency limit.
+    pub pace: core::PaceReport,
     /// Wall time.
     pub wall: Duration,
 }
@@ -79,6 +81,7 @@ impl Settings {
             worker_timeout: cfg.worker_timeout,
             grace: cfg.grace,
             kill_every: cfg.kill_every,
+            pace: cfg.pace.clone(),
         }
     }
 }
@@ -218,6 +221,7 @@ impl Loop {
     fn next_event(&mut self, s: &Sources, ticker: &Receiver<Instant>) -> Event {
         let no_plans = never();
         let plans = if self.core.wants_plans() { &s.plans } else { &no_plans };
+        let wake = self.core.next_wake(Instant::now()).map_or_else(never, at);
         select! {
             recv(s.events) -> ev => {
                 let ev = ev.expect("the loop holds a sender");
@@ -243,6 +247,7 @@ impl Loop {
             },
             recv(self.panics) -> p => Event::Fatal(p.expect("the loop holds a sender")),
             recv(ticker) -> _ => Event::Tick,
+            recv(wake) -> _ => Event::Wake,
         }
     }
 
@@ -255,6 +260,9 @@ impl Loop {
                     self.feedback.push_back(Event::Unsent { slot, gen, ids });
                 }
             }
+            Command::Pace { slot, gen, pace } => self.workers.tell(slot, gen, ToWorker::Pace(pace)),
+            Command::Permits { slot, gen, n } => self.workers.tell(slot, gen, ToWorker::Permits(n)),
+            Command::Pause { slot, gen, ms } => self.workers.tell(slot, gen, ToWorker::Pause { ms }),
             Command::CloseInput { slot, gen } => self.workers.close(slot, gen),
             Command::Kill { slot, gen, why } => self.workers.kill(slot, gen, why),
             Command::Store(results) => self.write(WriteCmd::Put(results)),
@@ -351,7 +359,15 @@ impl Workers {
         match proc.send(ToWorker::Assign { ids }) {
             Ok(()) => Ok(()),
             Err(ToWorker::Assign { ids }) => Err(ids),
-            Err(ToWorker::Hello { .. }) => unreachable!("an Assign comes back as it was sent"),
+            Err(_) => unreachable!("an Assign comes back as it was sent"),
+        }
+    }
+
+    /// Sends a pacing order. One the worker cannot take no longer matters: it is leaving, and
+    /// the refused assignment or its end tells the core.
+    fn tell(&mut self, slot: usize, gen: u64, msg: ToWorker) {
+        if let Some(proc) = self.get(slot, gen) {
+            let _ = proc.send(msg);
         }
     }
 

@@ -566,6 +566,32 @@ pub struct LastRun {
     pub threads: u32,
     /// Its exit code.
     pub exit_code: i32,
+    /// How it was paced (absent from stores written before pacing existed).
+    #[serde(default)]
+    pub pacing: Pacing,
+}
+
+/// A run's pacing figures, as `status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Pacing {
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    /// Of those, answered 429.
+    pub too_many: u64,
+    /// Fleet-wide pauses a server asked for, and their total length.
+    pub pauses: u64,
+    /// Seconds paused.
+    pub paused_secs: f64,
+    /// The rate in force at the end, requests per second, if any.
+    pub rate: Option<f64>,
+    /// Where it came from: "--rate" or "announced".
+    pub rate_source: Option<String>,
+    /// The fleet's concurrency limit at the end.
+    pub concurrency: u32,
+    /// Its lowest and highest over the run.
+    pub concurrency_range: (u32, u32),
+    /// Whether it adapted (no `--concurrency`).
+    pub adaptive: bool,
 }
 
 /// A read handle on the blocks, for the planner thread. It keeps the last block it read, as

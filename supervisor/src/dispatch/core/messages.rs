@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use log::Level;
-use shared::ItemResult;
+use shared::{ItemResult, Pace};
 
 use crate::error::Error;
 use crate::fleet::FleetEvent;
@@ -60,6 +60,8 @@ pub enum Event {
     Signal(i32),
     /// Time passes.
     Tick,
+    /// The time [`super::Core::next_wake`] asked for has come.
+    Wake,
     /// Something outside the core failed (the store, the planner, a helper thread).
     Fatal(Error),
 }
@@ -83,6 +85,33 @@ pub enum Command {
         gen: u64,
         /// The ids.
         ids: Vec<u64>,
+    },
+    /// Tell the worker how it may send.
+    Pace {
+        /// The slot.
+        slot: usize,
+        /// The worker's generation.
+        gen: u64,
+        /// Its share of the fleet's concurrency, and whether it needs permits.
+        pace: Pace,
+    },
+    /// Grant the worker this many permits.
+    Permits {
+        /// The slot.
+        slot: usize,
+        /// The worker's generation.
+        gen: u64,
+        /// How many.
+        n: u32,
+    },
+    /// Tell the worker to send nothing for `ms` milliseconds and drop its permits.
+    Pause {
+        /// The slot.
+        slot: usize,
+        /// The worker's generation.
+        gen: u64,
+        /// How long.
+        ms: u64,
     },
     /// Close the worker's stdin: it finishes the requests in hand and exits.
     CloseInput {

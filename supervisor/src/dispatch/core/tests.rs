@@ -27,6 +27,7 @@ fn settings(workers: usize) -> Settings {
         worker_timeout: TIMEOUT,
         grace: GRACE,
         kill_every: None,
+        pace: PaceSettings { rate: None, burst: None, concurrency: None, ceiling: 64 },
     }
 }
 
@@ -54,6 +55,8 @@ struct Sim {
     kills: Vec<(usize, KillReason)>,
     closed: Vec<usize>,
     logs: Vec<(Level, String)>,
+    /// Every command, in order, as `Debug` text (pacing and assignment order is checked here).
+    said: Vec<String>,
     finished: bool,
     /// Whether new workers say hello at once.
     auto_hello: bool,
@@ -87,6 +90,7 @@ impl Sim {
             kills: Vec::new(),
             closed: Vec::new(),
             logs: Vec::new(),
+            said: Vec::new(),
             finished: false,
             auto_hello: true,
             deaf: Vec::new(),
@@ -115,6 +119,7 @@ impl Sim {
 
     fn apply(&mut self, cmd: Command) {
         assert!(!self.finished, "a command after Finish: {cmd:?}");
+        self.said.push(format!("{cmd:?}"));
         match cmd {
             Command::Spawn { slot, gen } => {
                 assert!(gen > self.gens[slot], "generations only grow");
@@ -166,6 +171,7 @@ impl Sim {
                 self.feedback.push_back(Event::Durable(d));
             }
             Command::Log(level, line) => self.logs.push((level, line)),
+            Command::Pace { .. } | Command::Permits { .. } | Command::Pause { .. } => {}
             Command::Finish => self.finished = true,
         }
     }
@@ -813,4 +819,32 @@ proptest! {
             prop_assert_eq!(seen.len(), sim.stored.len());
         }
     }
+}
+
+#[test]
+fn a_worker_is_paced_before_its_first_assignment() {
+    let sim = Sim::started(2, 0..16);
+    for slot in 0..2 {
+        let first = |what: &str| {
+            sim.said.iter().position(|c| c.starts_with(what) && c.contains(&format!("slot: {slot},")))
+        };
+        let (pace, assign) = (first("Pace"), first("Assign"));
+        assert!(
+            pace.is_some() && pace < assign,
+            "slot {slot}: pace at {pace:?}, first assignment at {assign:?}"
+        );
+    }
+}
+
+#[test]
+fn a_server_wait_reported_by_one_worker_pauses_every_worker() {
+    let mut sim = Sim::started(3, 0..64);
+    sim.said.clear();
+    let t =
+        shared::Traffic { requests: 1, too_many: 1, throttled: 1, wait_ms: Some(1500), ..Default::default() };
+    sim.feed(worker(1, sim.gens[1], EventKind::Traffic(t)));
+    let paused: Vec<&String> = sim.said.iter().filter(|c| c.starts_with("Pause")).collect();
+    assert_eq!(paused.len(), 3, "{paused:?}");
+    assert!(paused.iter().all(|c| c.contains("ms: 1500")));
+    assert_eq!(sim.core.next_wake(sim.now), Some(sim.now + Duration::from_millis(1500)));
 }

@@ -1,0 +1,384 @@
+//! The gate of a worker's fetch threads: its share of the fleet's concurrency limit (how many
+//! threads work on an id at once), and before every request, retries included, the rate
+//! permits the supervisor grants and any pause a server asked for. It is also where what the
+//! requests met is counted for the supervisor.
+//!
+//! The supervisor decides; the gate only obeys. Until the first [`Pace`] arrives nothing is
+//! sent, so a worker never sends outside the fleet's limits, even for its first request. A
+//! server's `Retry-After` pauses this worker at once, before the supervisor has heard of it and
+//! paused the others.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use shared::{Announced, FromWorker, Pace, Traffic};
+
+use crate::link::Outgoing;
+
+/// What one request met, as far as the fleet's pacing cares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Met {
+    /// The HTTP status, if there was an answer.
+    pub status: Option<u16>,
+    /// How long the server asked us to wait (`Retry-After`, or a limit announced as used up
+    /// until its reset), already capped.
+    pub wait: Option<Duration>,
+    /// The rate limit its headers announced.
+    pub announced: Option<Announced>,
+}
+
+/// See the module documentation. Shared by the fetch threads, the link reader (which applies
+/// the supervisor's orders) and the reporter.
+pub struct Gate {
+    state: Mutex<State>,
+    changed: Condvar,
+    out: Sender<Outgoing>,
+}
+
+#[derive(Default)]
+struct State {
+    /// `None` until the supervisor's first word: nothing may be sent.
+    pace: Option<Pace>,
+    /// Fetch threads holding a place (working on an id).
+    active: u32,
+    /// Permits in hand (metered only).
+    permits: u32,
+    /// Permits spent since the supervisor was last told.
+    spent: u32,
+    /// The largest grant so far: spending half of one is worth a report.
+    batch: u32,
+    /// No request starts before this.
+    paused_until: Option<Instant>,
+    /// The worker is stopping: no request starts at all.
+    closed: bool,
+    traffic: Traffic,
+    /// The limit and window last reported, to report a change at once.
+    told: Option<(Option<u64>, Option<u64>)>,
+}
+
+impl Gate {
+    /// A closed gate (no pace yet) that reports through `out`.
+    pub fn new(out: Sender<Outgoing>) -> Gate {
+        Gate { state: Mutex::new(State::default()), changed: Condvar::new(), out }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code holding this lock can panic halfway through a change, and a panic aborts
+        // the worker anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The supervisor's new limits.
+    pub fn set_pace(&self, pace: Pace) {
+        let mut s = self.lock();
+        if !pace.metered {
+            s.permits = 0;
+            s.spent = 0;
+        }
+        s.pace = Some(pace);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Adds permits granted by the supervisor.
+    pub fn grant(&self, permits: u32) {
+        let mut s = self.lock();
+        s.permits = s.permits.saturating_add(permits);
+        s.batch = s.batch.max(permits);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// The supervisor pauses the fleet: nothing starts for `wait`, and the permits in hand are
+    /// dropped (the supervisor counts them as returned).
+    pub fn pause(&self, wait: Duration) {
+        let mut s = self.lock();
+        s.permits = 0;
+        s.spent = 0;
+        let until = Instant::now() + wait;
+        s.paused_until = Some(s.paused_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// No request starts from now on; waiting threads give up.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the calling fetch thread may work on an id: one of the worker's share of
+    /// the fleet's concurrency. `holding` is the thread's own flag: a thread that holds a place
+    /// keeps it from one id to the next, with no hand-over to a sleeping thread, until the
+    /// share shrinks below the number held. Returns `false` once the gate is closed.
+    pub fn hold(&self, holding: &mut bool) -> bool {
+        let mut s = self.lock();
+        loop {
+            if s.closed {
+                if std::mem::take(holding) {
+                    s.active -= 1;
+                }
+                return false;
+            }
+            let share = s.pace.map_or(0, |p| p.concurrency);
+            if *holding {
+                if s.active <= share {
+                    return true;
+                }
+                // The share shrank: this thread steps down.
+                *holding = false;
+                s.active -= 1;
+            }
+            if s.active < share {
+                s.active += 1;
+                *holding = true;
+                return true;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The calling thread gives its place up for good (it is ending).
+    pub fn release(&self, holding: &mut bool) {
+        if std::mem::take(holding) {
+            self.lock().active -= 1;
+            self.changed.notify_one();
+        }
+    }
+
+    /// Waits until one request may be sent: no pause in force, and a permit if metered (which
+    /// it takes). Returns when it started, or `None` once the gate is closed.
+    pub fn enter(&self) -> Option<Instant> {
+        let mut s = self.lock();
+        loop {
+            if s.closed {
+                return None;
+            }
+            let now = Instant::now();
+            if let Some(until) = s.paused_until {
+                if now < until {
+                    s = self.changed.wait_timeout(s, until - now).unwrap_or_else(|p| p.into_inner()).0;
+                    continue;
+                }
+                s.paused_until = None;
+            }
+            let Some(pace) = s.pace else {
+                s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            if pace.metered {
+                if s.permits == 0 {
+                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                s.permits -= 1;
+                s.spent += 1;
+                if s.permits == 0 || s.spent >= (s.batch / 2).max(1) {
+                    let spent = std::mem::take(&mut s.spent);
+                    let _ = self.out.send(Outgoing::Control(FromWorker::Spent(spent)));
+                }
+            }
+            return Some(now);
+        }
+    }
+
+    /// A request that entered at `started` has ended, having met `met`.
+    pub fn leave(&self, started: Instant, met: Met) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let t = &mut s.traffic;
+        t.requests += 1;
+        t.latency_us += u64::try_from(now.duration_since(started).as_micros()).unwrap_or(u64::MAX);
+        if met.status == Some(429) {
+            t.too_many += 1;
+        }
+        if matches!(met.status, Some(429 | 503)) {
+            t.throttled += 1;
+        }
+        let mut urgent = false;
+        if let Some(wait) = met.wait {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            t.wait_ms = Some(t.wait_ms.map_or(ms, |w| w.max(ms)));
+            let until = now + wait;
+            s.paused_until = Some(s.paused_until.map_or(until, |u| u.max(until)));
+            urgent = true;
+        }
+        if let Some(a) = met.announced {
+            s.traffic.announced = Some(a);
+            let policy = Some((a.limit, a.window_ms));
+            if s.told != policy {
+                s.told = policy;
+                urgent = true;
+            }
+        }
+        let report = if urgent { Some(std::mem::take(&mut s.traffic)) } else { None };
+        drop(s);
+        if let Some(t) = report {
+            let _ = self.out.send(Outgoing::Control(FromWorker::Traffic(t)));
+        }
+    }
+
+    /// What the requests met since the last report, if anything.
+    pub fn take_traffic(&self) -> Option<Traffic> {
+        let mut s = self.lock();
+        if s.traffic.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut s.traffic))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::{unbounded, Receiver};
+    use std::sync::Arc;
+
+    fn gate() -> (Arc<Gate>, Receiver<Outgoing>) {
+        let (tx, rx) = unbounded();
+        (Arc::new(Gate::new(tx)), rx)
+    }
+
+    fn controls(rx: &Receiver<Outgoing>) -> Vec<FromWorker> {
+        rx.try_iter()
+            .filter_map(|o| match o {
+                Outgoing::Control(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Starts a thread that enters once; returns whether it got in within `wait`.
+    fn enters_within(g: &Arc<Gate>, wait: Duration) -> bool {
+        let (tx, rx) = unbounded();
+        let g2 = g.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(g2.enter().is_some());
+        });
+        let got = rx.recv_timeout(wait).unwrap_or(false);
+        if !got {
+            g.close(); // frees the thread
+        }
+        got
+    }
+
+    #[test]
+    fn nothing_is_sent_before_the_first_pace() {
+        let (g, _rx) = gate();
+        assert!(!enters_within(&g, Duration::from_millis(50)));
+        let g2 = g.clone();
+        let holder = std::thread::spawn(move || g2.hold(&mut false));
+        std::thread::sleep(Duration::from_millis(30));
+        g.close();
+        assert!(!holder.join().expect("joins"), "a place taken before the first pace");
+    }
+
+    #[test]
+    fn the_share_bounds_the_threads_at_work_and_a_holder_keeps_its_place() {
+        let (g, _rx) = gate();
+        g.set_pace(Pace { concurrency: 2, metered: false });
+        let (mut a, mut b) = (false, false);
+        assert!(g.hold(&mut a) && g.hold(&mut b));
+        assert!(g.hold(&mut a), "a holder goes on to its next id");
+        let g2 = g.clone();
+        let (tx, rx) = unbounded();
+        let third = std::thread::spawn(move || {
+            let mut c = false;
+            let _ = tx.send(g2.hold(&mut c));
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "a third thread got a place");
+        g.release(&mut a);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true), "a released place goes to the waiter");
+        third.join().expect("joins");
+        // The share shrinks to one: of the two holders, the first to ask again steps down.
+        g.set_pace(Pace { concurrency: 1, metered: false });
+        let g2 = g.clone();
+        let stepped_down = std::thread::spawn(move || g2.hold(&mut b));
+        std::thread::sleep(Duration::from_millis(30));
+        g.close();
+        assert!(!stepped_down.join().expect("joins"));
+    }
+
+    #[test]
+    fn metered_requests_wait_for_a_permit() {
+        let (g, _rx) = gate();
+        g.set_pace(Pace { concurrency: 100, metered: true });
+        assert!(!enters_within(&g, Duration::from_millis(30)), "entered without a permit");
+    }
+
+    #[test]
+    fn metered_requests_spend_permits_and_report_them() {
+        let (g, rx) = gate();
+        g.set_pace(Pace { concurrency: 100, metered: true });
+        g.grant(4);
+        for _ in 0..4 {
+            let t = g.enter().expect("a permit");
+            g.leave(t, Met::default());
+        }
+        assert!(!enters_within(&g, Duration::from_millis(30)), "a fifth request with 4 permits");
+        // Half a batch, then the last: 2 + 2.
+        assert_eq!(controls(&rx), vec![FromWorker::Spent(2), FromWorker::Spent(2)]);
+    }
+
+    #[test]
+    fn a_retry_after_pauses_the_worker_and_is_reported_at_once() {
+        let (g, rx) = gate();
+        g.set_pace(Pace { concurrency: 10, metered: false });
+        let t = g.enter().expect("open");
+        let met = Met { status: Some(429), wait: Some(Duration::from_millis(300)), announced: None };
+        g.leave(t, met);
+        let sent = controls(&rx);
+        match &sent[..] {
+            [FromWorker::Traffic(t)] => {
+                assert_eq!((t.requests, t.too_many, t.throttled, t.wait_ms), (1, 1, 1, Some(300)));
+            }
+            other => panic!("expected one traffic report, got {other:?}"),
+        }
+        let started = Instant::now();
+        g.enter().expect("opens again");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(250), "paused only {waited:?}");
+    }
+
+    #[test]
+    fn a_pause_from_the_supervisor_drops_the_permits_in_hand() {
+        let (g, _rx) = gate();
+        g.set_pace(Pace { concurrency: 10, metered: true });
+        g.grant(10);
+        g.pause(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!enters_within(&g, Duration::from_millis(30)), "spent a permit dropped by the pause");
+    }
+
+    #[test]
+    fn a_new_announced_policy_is_reported_at_once_and_repeats_wait_for_the_tick() {
+        let (g, rx) = gate();
+        g.set_pace(Pace { concurrency: 10, metered: false });
+        let a = Announced { limit: Some(100), window_ms: Some(1000), remaining: Some(99), reset_ms: None };
+        for remaining in [99, 98] {
+            let t = g.enter().expect("open");
+            let announced = Some(Announced { remaining: Some(remaining), ..a });
+            g.leave(t, Met { status: Some(200), wait: None, announced });
+        }
+        assert_eq!(controls(&rx).len(), 1, "the same policy again is not urgent");
+        let t = g.take_traffic().expect("one request since");
+        assert_eq!((t.requests, t.announced.and_then(|a| a.remaining)), (1, Some(98)));
+        assert!(g.take_traffic().is_none());
+    }
+
+    #[test]
+    fn closing_frees_every_waiting_thread() {
+        let (g, _rx) = gate();
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || g.enter())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        g.close();
+        for w in waiters {
+            assert_eq!(w.join().expect("joins"), None);
+        }
+    }
+}
