@@ -5,7 +5,8 @@
 //! errors, a per-second rate limit answered with 429 and `Retry-After`, and connections dropped
 //! without an answer. Whether a request meets a fault is a pure function of the seed, the id and
 //! how many times that id was asked for before, so a run is reproducible whatever order the
-//! requests arrive in. `GET /stats` reports what was served, for tests that count requests.
+//! requests arrive in. `GET /stats` reports what was served, for tests that count requests;
+//! with `--record`, `GET /log` lists every item request with its arrival time and answer.
 //!
 //! Hostile routes, for tests of a client's defences: `/huge/{id}` (a 64 MiB body),
 //! `/trickle/{id}` (1000 bytes, one every 200ms), `/loop/{id}` (redirects to itself),
@@ -18,7 +19,7 @@ mod server;
 
 use std::net::SocketAddr;
 
-pub use server::{Faults, Server, Stats};
+pub use server::{Faults, Logged, Server, Stats};
 
 /// Command-line flags of `mockapi` (also `supervisor mockapi`).
 #[derive(Debug, Clone, clap::Args)]
@@ -32,9 +33,18 @@ pub struct Args {
     /// Fraction of item requests answered 500 (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub error_rate: f64,
-    /// Item requests served per second; beyond it, 429 with `Retry-After: 1`.
+    /// Item requests served per second (a fixed window); beyond it, 429 with `Retry-After: 1`.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// Announce the rate limit in `RateLimit-Policy` and `RateLimit` headers.
+    #[arg(long, requires = "rate_limit")]
+    pub announce_limit: bool,
+    /// Answer every N-th item request (by arrival) 503 with `Retry-After: 1`.
+    #[arg(long, value_name = "N")]
+    pub unavailable_every: Option<u64>,
+    /// Log every item request (arrival time, id, status), served as `GET /log`.
+    #[arg(long)]
+    pub record: bool,
     /// Size of each item's body in bytes: a realistic JSON record of at least this size
     /// (default: a small body of about 70 bytes).
     #[arg(long)]
@@ -128,6 +138,9 @@ pub fn run(args: Args) -> i32 {
         drop_rate: args.drop_rate,
         seed: args.seed,
         body_bytes: args.body_bytes,
+        announce_limit: args.announce_limit,
+        record: args.record,
+        unavailable_every: args.unavailable_every,
     };
     let threads =
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));

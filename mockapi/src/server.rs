@@ -34,6 +34,26 @@ pub struct Faults {
     pub seed: u64,
     /// Not a fault: the size of item bodies ([`sized_body`]), or the small [`body_for`].
     pub body_bytes: Option<usize>,
+    /// With a rate limit: announce it in `RateLimit-Policy` and `RateLimit` headers (the IETF
+    /// draft's structured form) on every item answer.
+    pub announce_limit: bool,
+    /// Answer every n-th item request (by arrival) 503 with `Retry-After: 1`: a server that
+    /// now and then asks its clients to wait.
+    pub unavailable_every: Option<u64>,
+    /// Keep a log of item requests (when each arrived, its id, its answer), served as
+    /// `GET /log`: for tests that check when requests were sent.
+    pub record: bool,
+}
+
+/// One item request, as `GET /log` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Logged {
+    /// When it arrived, in milliseconds since the server started.
+    pub ms: u64,
+    /// The id asked for.
+    pub id: u64,
+    /// The status answered; 0 for a dropped connection.
+    pub status: u16,
 }
 
 /// Counters of what the server did, as `GET /stats` reports them: serialized as JSON by the
@@ -50,6 +70,9 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Dropped without an answer.
     pub dropped: u64,
+    /// Answered 503 (`--unavailable-every`).
+    #[serde(default)]
+    pub unavailable: u64,
 }
 
 #[derive(Default)]
@@ -59,6 +82,7 @@ struct Counters {
     errors: AtomicU64,
     rate_limited: AtomicU64,
     dropped: AtomicU64,
+    unavailable: AtomicU64,
 }
 
 impl Counters {
@@ -69,6 +93,7 @@ impl Counters {
             errors: self.errors.load(Ordering::Relaxed),
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            unavailable: self.unavailable.load(Ordering::Relaxed),
         }
     }
 }
@@ -83,6 +108,7 @@ struct State {
     started: Instant,
     /// Rate limit window: high 32 bits the second since start, low 32 bits the count in it.
     window: AtomicU64,
+    log: Mutex<Vec<Logged>>,
 }
 
 enum Verdict {
@@ -92,13 +118,20 @@ enum Verdict {
     Limited,
 }
 
+/// Where a request stands in the rate limit's window.
+#[derive(Clone, Copy)]
+struct Window {
+    limit: u32,
+    remaining: u64,
+    /// Seconds until the window resets, rounded up.
+    reset: u64,
+}
+
 impl State {
-    fn verdict(&self, id: u64) -> Verdict {
+    fn verdict(&self, id: u64, window: Option<Window>) -> Verdict {
         let f = &self.faults;
-        if let Some(limit) = f.rate_limit {
-            if !self.admit(limit) {
-                return Verdict::Limited;
-            }
+        if window.is_some_and(|w| w.remaining == u64::MAX) {
+            return Verdict::Limited;
         }
         if f.error_rate <= 0.0 && f.drop_rate <= 0.0 {
             return Verdict::Serve;
@@ -123,17 +156,28 @@ impl State {
         }
     }
 
-    /// A fixed one-second window: admits the first `limit` requests of each second.
-    fn admit(&self, limit: u32) -> bool {
-        let now = self.started.elapsed().as_secs();
+    /// A fixed one-second window: admits the first `limit` requests of each second. Returns
+    /// the window as this request leaves it; `remaining` is `u64::MAX` for a refused request.
+    fn admit(&self, limit: u32) -> Window {
+        let elapsed = self.started.elapsed();
+        let now = elapsed.as_secs();
         let mut cur = self.window.load(Ordering::Relaxed);
-        loop {
+        let count = loop {
             let (sec, count) = (cur >> 32, cur & 0xffff_ffff);
             let next = if sec == now { (sec << 32) | (count + 1) } else { (now << 32) | 1 };
             match self.window.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return (next & 0xffff_ffff) <= u64::from(limit),
+                Ok(_) => break next & 0xffff_ffff,
                 Err(actual) => cur = actual,
             }
+        };
+        let remaining = if count <= u64::from(limit) { u64::from(limit) - count } else { u64::MAX };
+        Window { limit, remaining, reset: 1 }
+    }
+
+    fn record(&self, id: u64, status: u16) {
+        if self.faults.record {
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.log.lock().unwrap_or_else(|p| p.into_inner()).push(Logged { ms, id, status });
         }
     }
 }
@@ -254,9 +298,13 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
     if let Some(r) = hostile(path) {
         return Ok(r);
     }
-    if path == "/stats" {
-        let body = serde_json::to_string(&state.counters.snapshot()).expect("counters always serialize");
-        let mut r = text(StatusCode::OK, body);
+    if path == "/stats" || path == "/log" {
+        let body = if path == "/stats" {
+            serde_json::to_string(&state.counters.snapshot())
+        } else {
+            serde_json::to_string(&*state.log.lock().unwrap_or_else(|p| p.into_inner()))
+        };
+        let mut r = text(StatusCode::OK, body.expect("plain numbers always serialize"));
         r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
         return Ok(r);
     }
@@ -264,11 +312,19 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
         return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
     };
     let c = &state.counters;
-    c.requests.fetch_add(1, Ordering::Relaxed);
+    let nth = c.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if state.faults.unavailable_every.is_some_and(|n| nth.is_multiple_of(n.max(1))) {
+        c.unavailable.fetch_add(1, Ordering::Relaxed);
+        state.record(id, 503);
+        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "busy: come back in a second\n");
+        r.headers_mut().insert("retry-after", "1".parse().expect("valid header"));
+        return Ok(r);
+    }
     if !state.faults.latency.is_zero() {
         tokio::time::sleep(state.faults.latency).await;
     }
-    Ok(match state.verdict(id) {
+    let window = state.faults.rate_limit.map(|limit| state.admit(limit));
+    let mut r = match state.verdict(id, window) {
         Verdict::Serve => {
             c.ok.fetch_add(1, Ordering::Relaxed);
             let body = match state.faults.body_bytes {
@@ -291,9 +347,20 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
         }
         Verdict::Drop => {
             c.dropped.fetch_add(1, Ordering::Relaxed);
+            state.record(id, 0);
             return Err(Dropped);
         }
-    })
+    };
+    state.record(id, r.status().as_u16());
+    if let Some(w) = window.filter(|_| state.faults.announce_limit) {
+        let h = r.headers_mut();
+        let policy = format!("\"default\";q={};w=1", w.limit);
+        let now =
+            format!("\"default\";r={};t={}", if w.remaining == u64::MAX { 0 } else { w.remaining }, w.reset);
+        h.insert("ratelimit-policy", policy.parse().expect("valid header"));
+        h.insert("ratelimit", now.parse().expect("valid header"));
+    }
+    Ok(r)
 }
 
 /// A running server.
@@ -319,6 +386,7 @@ impl Server {
             seen: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             started: Instant::now(),
             window: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         runtime.spawn(serve(listener, state, rx));

@@ -190,6 +190,10 @@ fn report_loop(alive: &AtomicBool, out: &Sender<Outgoing>, gate: &Gate) {
         }
         std::thread::park_timeout(TRAFFIC_EVERY);
     }
+    // The fetch threads are done: what their last requests met.
+    if let Some(t) = gate.take_traffic() {
+        let _ = out.send(Outgoing::Control(FromWorker::Traffic(t)));
+    }
 }
 
 /// Owns stdout. Sends each result once, in batches: after blocking for the first message, it

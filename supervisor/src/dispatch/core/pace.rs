@@ -24,7 +24,7 @@ use shared::{Announced, Pace, Traffic};
 use super::messages::Command;
 
 /// How often the adaptive limit is reconsidered.
-pub const INTERVAL: Duration = Duration::from_millis(200);
+pub const INTERVAL: Duration = Duration::from_millis(100);
 /// The share of an announced rate the fleet keeps to, leaving room for clock skew and the
 /// server's own window edges.
 pub const ANNOUNCED_SHARE: f64 = 0.95;
@@ -34,7 +34,7 @@ pub const DEFAULT_BURST: Duration = Duration::from_millis(50);
 /// doubles in microseconds under any load).
 const QUEUE_SLACK: Duration = Duration::from_millis(2);
 /// The adaptive limit's first value, per worker.
-const START_PER_WORKER: u32 = 8;
+const START_PER_WORKER: u32 = 16;
 
 /// What pacing needs of the run's configuration.
 #[derive(Debug, Clone)]

@@ -1,0 +1,161 @@
+//! Pacing, end to end: the fleet's rate, fleet-wide pauses, announced limits and the adaptive
+//! concurrency limit, checked against what mockapi saw arrive (`--record`).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// Every item request mockapi logged, in arrival order.
+fn log_of(api: &MockApi) -> Vec<mockapi::Logged> {
+    let mut resp = ureq::get(format!("http://{}/log", api.addr)).call().expect("log answers");
+    let text = resp.body_mut().read_to_string().expect("log body");
+    let mut log: Vec<mockapi::Logged> = serde_json::from_str(&text).expect("log is mockapi's Logged list");
+    log.sort_by_key(|l| l.ms);
+    log
+}
+
+/// The most requests that arrived within any `span_ms`.
+fn busiest(log: &[mockapi::Logged], span_ms: u64) -> usize {
+    let mut window = VecDeque::new();
+    let mut most = 0;
+    for l in log {
+        window.push_back(l.ms);
+        while window.front().is_some_and(|&f| l.ms - f >= span_ms) {
+            window.pop_front();
+        }
+        most = most.max(window.len());
+    }
+    most
+}
+
+/// The adaptive limit's end, lowest and highest, from the summary's pacing line.
+fn limits(stdout: &str) -> (u32, u32, u32) {
+    let line = stdout.lines().find(|l| l.contains("concurrency adaptive")).expect("a pacing line");
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("digits"))
+        .collect();
+    match nums[..] {
+        [.., end, lo, hi] => (end, lo, hi),
+        _ => panic!("no limits in {line}"),
+    }
+}
+
+#[test]
+fn the_fleet_never_sends_more_than_its_rate_and_burst() {
+    let (api, _dir, store) = setup(&["--record"]);
+    let mut args = job_args(&api.url(), "0..600", &store);
+    set(&mut args, "--rate", "200");
+    set(&mut args, "--burst", "10");
+    run(&strs(&args)).assert_code(0);
+    assert_complete(&store, 0..600);
+    let log = log_of(&api);
+    assert_eq!(log.len(), 600, "one request per id: no faults here");
+    // The bound is on sending; arrivals may bunch up by the network's jitter, allowed 50ms.
+    for span_ms in [250, 1000] {
+        let bound = 10 + 200 * (span_ms + 50) / 1000;
+        let most = busiest(&log, span_ms);
+        assert!(most as u64 <= bound, "{most} requests arrived within {span_ms}ms; the bound is {bound}");
+    }
+    let span = log[log.len() - 1].ms - log[0].ms;
+    assert!(span >= (600 - 10 - 1) * 1000 / 200 - 50, "600 requests at 200/s took only {span}ms");
+}
+
+#[test]
+fn a_retry_after_pauses_every_worker_not_just_the_one_that_met_it() {
+    // Every 1000th request is answered 503 with Retry-After: 1. Each is met by one worker;
+    // the others hear of it only from the supervisor. At 20ms an answer, 32 in flight, the
+    // fleet would send about 1,500 requests during each pause if it did not stop.
+    let (api, _dir, store) = setup(&["--unavailable-every", "1000", "--latency-ms", "20", "--record"]);
+    let mut args = job_args(&api.url(), "0..3000", &store);
+    set(&mut args, "--workers", "4");
+    let out = run(&strs(&args));
+    out.assert_code(0);
+    assert_complete(&store, 0..3000);
+    let log = log_of(&api);
+    let waits: Vec<u64> = log.iter().filter(|l| l.status == 503).map(|l| l.ms).collect();
+    assert!(waits.len() >= 3, "{} requests answered 503", waits.len());
+    // Two 503s a few ms apart (the second sent before the pause reached every worker) are
+    // one pause; so there are at least two, not always three.
+    assert!(summary_figure(&out.stdout, "server-asked pauses") >= 2, "{}", out.stdout);
+    for t in waits {
+        // Requests already in flight arrive just after; then nothing until the second is over.
+        let quiet: Vec<_> = log.iter().filter(|l| l.ms > t + 100 && l.ms < t + 900).collect();
+        assert!(quiet.is_empty(), "{} requests arrived during the pause after {t}ms: {quiet:?}", quiet.len());
+    }
+}
+
+#[test]
+fn a_dead_workers_permits_are_not_lost_for_good() {
+    let (api, _dir, store) = setup(&[]);
+    let mut args = job_args(&api.url(), "0..300", &store);
+    set(&mut args, "--rate", "100");
+    set(&mut args, "--burst", "6");
+    set(&mut args, "--chaos", "kill-every=300ms");
+    // Were a dead worker's permits lost, the run would starve and hit the deadline.
+    let out = spawn(&strs(&args)).wait(Duration::from_secs(30));
+    out.assert_code(0);
+    assert_complete(&store, 0..300);
+    assert!(summary_figure(&out.stdout, "workers killed on purpose") >= 3, "{}", out.stdout);
+}
+
+#[test]
+fn an_announced_limit_is_kept_to_without_meeting_it() {
+    let (api, _dir, store) = setup(&["--rate-limit", "300", "--announce-limit"]);
+    let args = job_args(&api.url(), "0..900", &store);
+    let out = run(&strs(&args));
+    out.assert_code(0);
+    assert_complete(&store, 0..900);
+    assert!(out.stdout.contains("rate 285.0/s (announced)"), "{}", out.stdout);
+    let stats = api.stats();
+    assert!(stats.rate_limited <= 3, "{} of {} requests answered 429", stats.rate_limited, stats.requests);
+}
+
+#[test]
+fn the_limit_grows_on_a_slow_clean_api_and_shrinks_on_429s() {
+    let (api, _dir, store) = setup(&["--latency-ms", "50"]);
+    let mut args = job_args(&api.url(), "0..4000", &store);
+    set(&mut args, "--workers", "2");
+    set(&mut args, "--threads", "100");
+    let out = run(&strs(&args));
+    out.assert_code(0);
+    assert_eq!(limits(&out.stdout), (200, 32, 200), "from 16 a worker up to the ceiling: {}", out.stdout);
+
+    let (api, _dir, store) = setup(&["--rate-limit", "200"]);
+    let mut args = job_args(&api.url(), "0..1000", &store);
+    set(&mut args, "--workers", "2");
+    set(&mut args, "--threads", "100");
+    let out = run(&strs(&args));
+    out.assert_code(0);
+    assert_complete(&store, 0..1000);
+    let (end, _, hi) = limits(&out.stdout);
+    assert!(end < hi / 2, "the limit ended at {end}, its peak was {hi}: {}", out.stdout);
+    drop(api);
+}
+
+#[test]
+fn bad_pacing_flags_are_refused_with_one_line() {
+    let (api, dir, store) = setup(&[]);
+    for (flags, want) in [
+        (&["--rate", "fast"][..], "not a rate like 20, 0.5, 20/s"),
+        (&["--rate", "0"], "a rate must be above zero"),
+        (&["--rate", "10/day"], "not a rate"),
+        (&["--burst", "5"], "--burst needs --rate"),
+        (&["--rate", "5", "--burst", "0"], "--burst must be at least 1"),
+        (&["--concurrency", "25"], "--concurrency must be between 1 and --workers times --threads (24)"),
+    ] {
+        let mut args = job_args(&api.url(), "0..10", &store);
+        for pair in flags.chunks(2) {
+            set(&mut args, pair[0], pair[1]);
+        }
+        let out = run(&strs(&args));
+        out.assert_code(2);
+        assert!(out.stderr.contains(want), "{flags:?}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{flags:?}: {}", out.stderr);
+        assert!(!store.exists(), "{flags:?} created the store");
+    }
+    assert_eq!(api.requests(), 0);
+    drop(dir);
+}
