@@ -121,7 +121,7 @@ fn the_limit_grows_on_a_slow_clean_api_and_shrinks_on_429s() {
     set(&mut args, "--threads", "100");
     let out = run(&strs(&args));
     out.assert_code(0);
-    assert_eq!(limits(&out.stdout), (200, 32, 200), "from 16 a worker up to the ceiling: {}", out.stdout);
+    assert_eq!(limits(&out.stdout), (200, 4, 200), "from 2 a worker up to the ceiling: {}", out.stdout);
 
     let (api, _dir, store) = setup(&["--rate-limit", "200"]);
     let mut args = job_args(&api.url(), "0..1000", &store);

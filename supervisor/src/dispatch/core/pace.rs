@@ -11,10 +11,10 @@
 //!   then; their permits are dropped and the bucket starts empty, so sending resumes at the
 //!   rate, not in a burst, and the concurrency limit was cut.
 //! - **A concurrency limit** ([`Controller`]): the fleet's requests in flight, split among the
-//!   workers. Fixed by `--concurrency`, or adaptive: it doubles from a small start while answers
-//!   stay fast and clean (slow start), then grows by about its square root per interval; it
-//!   halves on 429/503 and shrinks by a tenth when latency rises past twice its baseline
-//!   (requests queueing), as TCP's AIMD and the Vegas/Gradient limiters do.
+//!   workers. Fixed by `--concurrency`, or adaptive: it doubles from a small start each round
+//!   trip while answers stay fast and clean (slow start), then grows by about its square root
+//!   per interval; it halves on 429/503 and shrinks by a tenth when latency rises past twice
+//!   its baseline (requests queueing), as TCP's AIMD and the Vegas/Gradient limiters do.
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +33,9 @@ pub const DEFAULT_BURST: Duration = Duration::from_millis(50);
 /// Latency this far above twice the baseline is queueing, not noise (a fast loopback answer
 /// doubles in microseconds under any load).
 const QUEUE_SLACK: Duration = Duration::from_millis(2);
-/// The adaptive limit's first value, per worker.
-const START_PER_WORKER: u32 = 16;
+/// The adaptive limit's first value, per worker: small, as TCP's initial window is, so that
+/// the fleet hears what the server says of its limits before it sends much.
+const START_PER_WORKER: u32 = 2;
 
 /// What pacing needs of the run's configuration.
 #[derive(Debug, Clone)]
