@@ -158,11 +158,13 @@ impl Controller {
         (self.requests, self.latency_us, self.throttled, self.since) = (0, 0, 0, now);
     }
 
-    /// Reconsiders the limit once an interval has passed with answers in it. Returns whether
-    /// it changed.
+    /// Reconsiders the limit once an interval has passed with answers in it, or, in slow
+    /// start, once a whole limit's worth of requests has ended (a round trip: TCP's slow start
+    /// doubles its window each round trip). Returns whether it changed.
     pub fn update(&mut self, now: Instant) -> bool {
-        if now.saturating_duration_since(self.since) < INTERVAL || (self.requests == 0 && self.throttled == 0)
-        {
+        let interval = now.saturating_duration_since(self.since) >= INTERVAL;
+        let round_trip = self.slow_start && self.requests as f64 >= self.limit;
+        if !(interval || round_trip) || (self.requests == 0 && self.throttled == 0) {
             return false;
         }
         let before = self.limit;
@@ -462,7 +464,16 @@ impl Pacer {
     }
 
     fn adapt(&mut self, now: Instant, out: &mut Vec<Command>) {
-        if self.controller.as_mut().is_some_and(|c| c.update(now)) {
+        let Some(c) = &mut self.controller else { return };
+        let mean_ms = c.latency_us as f64 / c.requests.max(1) as f64 / 1000.0;
+        if c.update(now) {
+            let line = format!(
+                "concurrency limit now {} (mean latency {mean_ms:.1}ms, baseline {:.1}ms{})",
+                c.limit(1),
+                c.baseline_us.unwrap_or(0.0) / 1000.0,
+                if c.slow_start { ", slow start" } else { "" }
+            );
+            out.push(Command::Log(Level::Debug, line));
             self.share(out);
         }
     }
