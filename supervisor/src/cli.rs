@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{parse_chaos, Chaos};
+use crate::partition::IdRange;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// flota's supervisor: fetches every id of a range from an HTTP API with a fleet of isolated
@@ -154,6 +155,30 @@ pub struct ExportArgs {
     /// Output file (default: stdout).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Only these records: ok (a 2xx), answered (any HTTP answer), failed (no answer,
+    /// quarantined included), quarantined.
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+    /// Only the ids of this range: `A..B` or `A..=B`.
+    #[arg(long, value_name = "RANGE", value_parser = parse_ids)]
+    pub ids: Option<IdRange>,
+}
+
+/// Which records `export --only` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Only {
+    /// A 2xx answer.
+    Ok,
+    /// Any HTTP answer.
+    Answered,
+    /// No HTTP answer: failed or quarantined.
+    Failed,
+    /// Quarantined: it killed the workers that fetched it.
+    Quarantined,
+}
+
+fn parse_ids(s: &str) -> Result<IdRange, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 /// Export formats.

@@ -1,7 +1,8 @@
 //! `supervisor export`: every stored record, in id order, as JSON Lines or CSV.
 //!
 //! A body that is valid UTF-8 is written as text (`body`); any other body is written as base64
-//! (`body_base64`), never mangled. A failed id has `"status": null` and its `error`.
+//! (`body_base64`), never mangled. A failed id has `"status": null` and its `error`. `--only`
+//! keeps one kind of record, `--ids` one range (only its blocks are read).
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::path::Path;
 use base64::Engine;
 use serde::Serialize;
 
-use crate::cli::{ExportArgs, Format};
+use crate::cli::{ExportArgs, Format, Only};
 use crate::error::Error;
 use crate::store::{Record, Store, StoreError};
 
@@ -84,12 +85,27 @@ impl ExportError {
     }
 }
 
-/// Writes the store's records to `out`.
-fn write_records(store: &Store, format: Format, out: impl Write) -> Result<(), ExportError> {
-    match format {
+/// Whether `record` is one `--only` asks for.
+fn wanted(only: Option<Only>, record: &Record) -> bool {
+    match (only, record) {
+        (None, _) => true,
+        (Some(Only::Ok), Record::Answer { status, .. }) => (200..300).contains(status),
+        (Some(Only::Answered), Record::Answer { .. }) => true,
+        (Some(Only::Failed), Record::Failed { .. }) => true,
+        (Some(Only::Quarantined), Record::Failed { quarantined, .. }) => *quarantined,
+        _ => false,
+    }
+}
+
+/// Writes the records `args` asks for to `out`.
+fn write_records(store: &Store, args: &ExportArgs, out: impl Write) -> Result<(), ExportError> {
+    let (from, to) = args.ids.map_or((0, u64::MAX), |r| (r.start, r.end - 1));
+    let records =
+        store.records_in(from, to).filter(|r| r.as_ref().map_or(true, |(_, rec)| wanted(args.only, rec)));
+    match args.format {
         Format::Jsonl => {
             let mut out = BufWriter::with_capacity(1 << 20, out);
-            for rec in store.records() {
+            for rec in records {
                 let (id, record) = rec?;
                 serde_json::to_writer(&mut out, &row(id, &record)).map_err(io::Error::from)?;
                 out.write_all(b"\n")?;
@@ -98,7 +114,7 @@ fn write_records(store: &Store, format: Format, out: impl Write) -> Result<(), E
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(out);
-            for rec in store.records() {
+            for rec in records {
                 let (id, record) = rec?;
                 let r = row(id, &record);
                 let csv_row = CsvRow {
@@ -127,14 +143,14 @@ fn csv_io_error(e: csv::Error) -> io::Error {
 pub fn run(args: &ExportArgs) -> Result<i32, Error> {
     let store = Store::open_existing(&args.store)?;
     match &args.output {
-        None => match write_records(&store, args.format, io::stdout().lock()) {
+        None => match write_records(&store, args, io::stdout().lock()) {
             // A reader that stopped reading (`| head`) is not an error.
             Err(ExportError::Write(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(0),
             Err(e) => Err(e.writing(Path::new("stdout"))),
             Ok(()) => Ok(0),
         },
         Some(path) => {
-            write_atomically(path, |file| write_records(&store, args.format, file))?;
+            write_atomically(path, |file| write_records(&store, args, file))?;
             Ok(0)
         }
     }

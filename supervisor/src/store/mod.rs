@@ -428,8 +428,21 @@ impl Store {
     }
 
     /// Every record in id order. A damaged block ends the iteration with its error.
+    #[cfg(test)]
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
-        let mut blocks = self.blocks.iter();
+        self.records_in(0, u64::MAX)
+    }
+
+    /// The records of ids `from..=to`, in id order: only their blocks are read. A damaged
+    /// block ends the iteration with its error.
+    pub fn records_in(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
+        let (first, _) = block::locate(from);
+        let (last, _) = block::locate(to);
+        let mut blocks = self.blocks.range(key(first)..=key(last));
         let mut current = Vec::new().into_iter();
         let mut failed = false;
         std::iter::from_fn(move || loop {
@@ -449,6 +462,7 @@ impl Store {
                     records
                         .into_iter()
                         .map(move |(offset, r)| (first + u64::from(offset), r))
+                        .filter(|(id, _)| (from..=to).contains(id))
                         .collect::<Vec<_>>(),
                 ))
             });

@@ -13,8 +13,9 @@
 //! - **A concurrency limit** ([`Controller`]): the fleet's requests in flight, split among the
 //!   workers. Fixed by `--concurrency`, or adaptive: it doubles from a small start each round
 //!   trip while answers stay fast and clean (slow start), then grows by about its square root
-//!   per interval; it halves on 429/503 and shrinks by a tenth when latency rises past twice
-//!   its baseline (requests queueing), as TCP's AIMD and the Vegas/Gradient limiters do.
+//!   per interval; it halves on 429/503 and shrinks by a tenth when latency stays past twice
+//!   its baseline for two intervals (requests queueing), as TCP's AIMD and the Vegas/Gradient
+//!   limiters do.
 
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,8 @@ pub struct Controller {
     /// The lowest interval's mean latency, drifting up 1% an interval so a server that slows
     /// for good is relearned.
     baseline_us: Option<f64>,
+    /// Whether the last interval looked like queueing.
+    queueing: bool,
     requests: u64,
     latency_us: u64,
     throttled: u64,
@@ -128,6 +131,7 @@ impl Controller {
             max: f64::from(max.max(1)),
             slow_start: true,
             baseline_us: None,
+            queueing: false,
             requests: 0,
             latency_us: 0,
             throttled: 0,
@@ -175,9 +179,14 @@ impl Controller {
         let mean = self.latency_us as f64 / self.requests as f64;
         let baseline = self.baseline_us.map_or(mean, |b| (b * 1.01).min(mean));
         self.baseline_us = Some(baseline);
-        if mean > 2.0 * baseline + QUEUE_SLACK.as_micros() as f64 {
-            self.limit = (self.limit * 0.9).max(1.0);
+        let queueing = mean > 2.0 * baseline + QUEUE_SLACK.as_micros() as f64;
+        // One slow interval can be the new connections of a step up being set up: it takes two
+        // in a row to call it queueing.
+        let was_queueing = std::mem::replace(&mut self.queueing, queueing);
+        if queueing && !was_queueing {
             self.slow_start = false;
+        } else if queueing {
+            self.limit = (self.limit * 0.9).max(1.0);
         } else if self.slow_start {
             self.limit = (self.limit * 2.0).min(self.max);
         } else {

@@ -270,7 +270,10 @@ fn the_limit_halves_on_429s_and_backs_off_when_latency_queues() {
     // Out of slow start: clean answers now grow it by about its square root.
     let grown = drive(&mut p, &mut now, 1, |l| clean(20, l))[0];
     assert_eq!(grown, 128 + 11);
-    // Latency past twice the baseline plus slack: requests are queueing; shrink by a tenth.
+    // Latency past twice the baseline plus slack, twice in a row: requests are queueing;
+    // shrink by a tenth. Once is not enough (new connections being set up).
+    let held = drive(&mut p, &mut now, 1, |l| clean(60, l))[0];
+    assert_eq!(held, grown, "one slow interval");
     let shrunk = drive(&mut p, &mut now, 1, |l| clean(60, l))[0];
     assert_eq!(shrunk, (f64::from(grown) * 0.9) as u32);
     let report = p.report();
