@@ -55,3 +55,52 @@ fn csv_export_to_a_file_has_a_row_per_id_in_order() {
         std::fs::read_dir(dir.path()).expect("lists").flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 2, "only the store and the export: {leftovers:?}");
 }
+
+#[test]
+fn export_only_keeps_one_kind_of_record_and_ids_one_range() {
+    // Every 10th id is missing (404, an answer but not a success), id 55 kills its workers
+    // (quarantined), and about a tenth of the others fail their only attempt (500).
+    let (api, dir, store) = setup(&["--missing-every", "10", "--error-rate", "0.1", "--seed", "3"]);
+    let mut args = job_args(&api.url(), "0..200", &store);
+    set(&mut args, "--max-attempts", "1");
+    set(&mut args, "--chaos", "crash-on=55");
+    run(&strs(&args)).assert_code(3);
+    let all = export(&store);
+    assert_eq!(all.len(), 200);
+    let status = |r: &serde_json::Value| r["status"].as_u64();
+    let quarantined = |r: &serde_json::Value| r["error"].as_str().is_some_and(|e| e.starts_with("quarantined:"));
+    let ids = |f: &dyn Fn(&serde_json::Value) -> bool| -> Vec<u64> {
+        all.iter().filter(|r| f(r)).map(|r| r["id"].as_u64().expect("an id")).collect()
+    };
+    let expected = [
+        ("ok", ids(&|r| status(r).is_some_and(|s| (200..300).contains(&s)))),
+        ("answered", ids(&|r| status(r).is_some())),
+        ("failed", ids(&|r| status(r).is_none())),
+        ("quarantined", ids(&|r| quarantined(r))),
+    ];
+    assert_eq!(expected[3].1, [55]);
+    assert!(expected[2].1.len() > 5 && expected[1].1.len() > expected[0].1.len() + 15, "{expected:?}");
+    let s = path_str(&store);
+    for (only, want) in &expected {
+        let out = run(&["export", "--store", s, "--only", only]);
+        out.assert_code(0);
+        let got: Vec<u64> = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["id"].as_u64().expect("an id"))
+            .collect();
+        assert_eq!(&got, want, "--only {only}");
+    }
+    let out = run(&["export", "--store", s, "--ids", "20..=39", "--only", "answered", "--format", "csv"]);
+    out.assert_code(0);
+    let got: Vec<u64> = csv::Reader::from_reader(out.stdout.as_bytes())
+        .records()
+        .map(|r| r.expect("a row")[0].parse().expect("an id"))
+        .collect();
+    let want: Vec<u64> = expected[1].1.iter().copied().filter(|id| (20..40).contains(id)).collect();
+    assert_eq!(got, want);
+    let out = run(&["export", "--store", s, "--only", "fine"]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("invalid value 'fine' for '--only"), "{}", out.stderr);
+    drop(dir);
+}

@@ -39,6 +39,9 @@ pub struct Args {
     /// Announce the rate limit in `RateLimit-Policy` and `RateLimit` headers.
     #[arg(long, requires = "rate_limit")]
     pub announce_limit: bool,
+    /// Ids that are multiples of N answer 404.
+    #[arg(long, value_name = "N")]
+    pub missing_every: Option<u64>,
     /// Answer every N-th item request (by arrival) 503 with `Retry-After: 1`.
     #[arg(long, value_name = "N")]
     pub unavailable_every: Option<u64>,
@@ -141,6 +144,7 @@ pub fn run(args: Args) -> i32 {
         announce_limit: args.announce_limit,
         record: args.record,
         unavailable_every: args.unavailable_every,
+        missing_every: args.missing_every,
     };
     let threads =
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));

@@ -37,6 +37,9 @@ pub struct Faults {
     /// With a rate limit: announce it in `RateLimit-Policy` and `RateLimit` headers (the IETF
     /// draft's structured form) on every item answer.
     pub announce_limit: bool,
+    /// Ids that are multiples of this answer 404 (an API with gaps in its ids): a final
+    /// answer that is not a success.
+    pub missing_every: Option<u64>,
     /// Answer every n-th item request (by arrival) 503 with `Retry-After: 1`: a server that
     /// now and then asks its clients to wait.
     pub unavailable_every: Option<u64>,
@@ -313,6 +316,10 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
     };
     let c = &state.counters;
     let nth = c.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if state.faults.missing_every.is_some_and(|n| id.is_multiple_of(n.max(1))) {
+        state.record(id, 404);
+        return Ok(text(StatusCode::NOT_FOUND, format!("no item {id}\n")));
+    }
     if state.faults.unavailable_every.is_some_and(|n| nth.is_multiple_of(n.max(1))) {
         c.unavailable.fetch_add(1, Ordering::Relaxed);
         state.record(id, 503);
