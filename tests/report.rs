@@ -68,7 +68,8 @@ fn export_only_keeps_one_kind_of_record_and_ids_one_range() {
     let all = export(&store);
     assert_eq!(all.len(), 200);
     let status = |r: &serde_json::Value| r["status"].as_u64();
-    let quarantined = |r: &serde_json::Value| r["error"].as_str().is_some_and(|e| e.starts_with("quarantined:"));
+    let quarantined =
+        |r: &serde_json::Value| r["error"].as_str().is_some_and(|e| e.starts_with("quarantined:"));
     let ids = |f: &dyn Fn(&serde_json::Value) -> bool| -> Vec<u64> {
         all.iter().filter(|r| f(r)).map(|r| r["id"].as_u64().expect("an id")).collect()
     };
@@ -87,7 +88,9 @@ fn export_only_keeps_one_kind_of_record_and_ids_one_range() {
         let got: Vec<u64> = out
             .stdout
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["id"].as_u64().expect("an id"))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("JSON")["id"].as_u64().expect("an id")
+            })
             .collect();
         assert_eq!(&got, want, "--only {only}");
     }

@@ -252,6 +252,9 @@ mod tests {
                     remaining: Some(0),
                     reset_ms: None,
                 }),
+                statuses: vec![(200, 35), (429, 2), (503, 1)],
+                latency_buckets: vec![0, 3, 30, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                sending: 17,
             }),
         ];
         let bytes = encode_frames(&msgs);

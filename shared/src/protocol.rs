@@ -194,12 +194,47 @@ pub struct Traffic {
     pub wait_ms: Option<u64>,
     /// The latest rate limit the server announced in its headers.
     pub announced: Option<Announced>,
+    /// Answers by HTTP status: (status, count).
+    pub statuses: Vec<(u16, u32)>,
+    /// Requests by duration: the count in each of [`LATENCY_BUCKETS`], and one more past the
+    /// last (empty when there were no requests).
+    pub latency_buckets: Vec<u32>,
+    /// Requests being sent at the moment of the report.
+    pub sending: u32,
 }
+
+/// The upper bounds, in seconds, of the request-duration buckets workers count in.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 impl Traffic {
     /// Whether there is nothing to report.
     pub fn is_empty(&self) -> bool {
         self.requests == 0 && self.wait_ms.is_none() && self.announced.is_none()
+    }
+
+    /// Counts one request of `duration` that was answered `status` (if it was).
+    pub fn count(&mut self, duration: Duration, status: Option<u16>) {
+        self.requests += 1;
+        self.latency_us += u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        if self.latency_buckets.is_empty() {
+            self.latency_buckets = vec![0; LATENCY_BUCKETS.len() + 1];
+        }
+        let secs = duration.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket] += 1;
+        if let Some(status) = status {
+            match self.statuses.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, n)) => *n += 1,
+                None => self.statuses.push((status, 1)),
+            }
+            if status == 429 {
+                self.too_many += 1;
+            }
+            if status == 429 || status == 503 {
+                self.throttled += 1;
+            }
+        }
     }
 }
 

@@ -11,10 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// flota's supervisor: fetches every id of a range from an HTTP API with a fleet of isolated
 /// worker processes, into one sled store that a rerun resumes from.
 #[derive(Debug, Parser)]
-#[command(name = "supervisor", version, args_conflicts_with_subcommands = true)]
-#[command(after_help = "Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed or \
-are quarantined; 2 bad invocation; 1 any other fatal error; 130/143 stopped by SIGINT/SIGTERM (a rerun \
-resumes).")]
+#[command(name = "supervisor", version, subcommand_negates_reqs = true)]
+#[command(after_help = AFTER_HELP)]
 pub struct Cli {
     /// What to do; without one, run the job described by the flags.
     #[command(subcommand)]
@@ -22,6 +20,56 @@ pub struct Cli {
     /// The job's flags.
     #[command(flatten)]
     pub run: RunArgs,
+    /// How much is said.
+    #[command(flatten)]
+    pub output: Output,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  supervisor --url 'https://api.example.com/items/{id}' --ids 0..1000000 --store items.sled
+  supervisor --url 'https://api.example.com/items/{id}' --ids 0..40000 --rate 600/min
+  supervisor --config /etc/flota/job.toml --metrics 127.0.0.1:9898
+  supervisor status --store items.sled --json
+  supervisor export --store items.sled --only failed --format csv --output failed.csv
+  supervisor demo --items 100000 --chaos kill-every=1s
+
+Every flag can also be set as FLOTA_<FLAG> in the environment (FLOTA_RATE=20/s) or as a key of the
+--config TOML file (rate = \"20/s\"); a flag wins over the environment, which wins over the file.
+
+Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed or are quarantined; 2 bad
+invocation; 1 any other fatal error; 130/143 stopped by SIGINT/SIGTERM (a rerun resumes).";
+
+/// Flags that say how much is said, for every command.
+#[derive(Debug, Clone, Args)]
+pub struct Output {
+    /// Read settings from this TOML file: keys are the long flags (`workers = 8`,
+    /// `rate = "600/min"`, `header = ["Authorization: Bearer ..."]`). SIGHUP rereads it.
+    #[arg(long, global = true, env = "FLOTA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Say less: no progress, warnings and errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Say more: -v debug, -vv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The log level (error, warn, info, debug, trace); -q and -v move it. SIGHUP rereads it
+    /// from the config file.
+    #[arg(long, global = true, env = "FLOTA_LOG_LEVEL", value_name = "LEVEL", default_value = "info")]
+    pub log_level: log::LevelFilter,
+}
+
+impl Output {
+    /// The log level these flags ask for.
+    pub fn level(&self) -> log::LevelFilter {
+        use log::LevelFilter as L;
+        if self.quiet {
+            return L::Warn.min(self.log_level);
+        }
+        let levels = [L::Off, L::Error, L::Warn, L::Info, L::Debug, L::Trace];
+        let at = levels.iter().position(|&l| l == self.log_level).unwrap_or(3);
+        levels[(at + usize::from(self.verbose)).min(levels.len() - 1)]
+    }
 }
 
 /// The subcommands.
@@ -34,12 +82,23 @@ pub enum Command {
     Status(StatusArgs),
     /// Read every record of a store and say whether it is sound (exit 0) or damaged (exit 2),
     /// and what a salvage would recover. Changes nothing.
-    Verify(StatusArgs),
+    Verify(VerifyArgs),
     /// Copy every intact record of a (damaged) store into a new store of the same job; a run of
     /// the job on the new store then fetches only what was lost. Changes nothing in the old one.
     Salvage(SalvageArgs),
     /// Start mockapi on a free loopback port and run a whole job against it.
     Demo(DemoArgs),
+    /// Print the effective settings of a run (flags, environment, config file, defaults) and
+    /// where each comes from, secrets redacted. Checks them as a run would.
+    Config,
+    /// Print a shell completion script: `supervisor completions bash > /etc/bash_completion.d/supervisor`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `supervisor man > supervisor.1`.
+    Man,
     /// Serve as a worker on stdin/stdout (started by the supervisor itself).
     #[command(hide = true)]
     Worker,
@@ -52,14 +111,18 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// URL of one item, with `{id}` where the id goes.
-    #[arg(long, value_name = "TEMPLATE")]
+    #[arg(long, env = "FLOTA_URL", value_name = "TEMPLATE")]
     pub url: Option<String>,
     /// Ids to fetch: `A..B` (B excluded) or `A..=B`.
-    #[arg(long, value_name = "RANGE")]
+    #[arg(long, env = "FLOTA_IDS", value_name = "RANGE")]
     pub ids: Option<String>,
     /// The store (a directory); created if missing.
-    #[arg(long, value_name = "DIR", default_value = "flota.sled")]
+    #[arg(long, env = "FLOTA_STORE", value_name = "DIR", default_value = "flota.sled")]
     pub store: PathBuf,
+    /// Serve Prometheus metrics on http://ADDR/metrics while the run lasts (e.g.
+    /// 127.0.0.1:9898).
+    #[arg(long, env = "FLOTA_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// How the job is run.
     #[command(flatten)]
     pub tuning: Tuning,
@@ -69,77 +132,77 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct Tuning {
     /// Worker processes.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "FLOTA_WORKERS", default_value_t = 4)]
     pub workers: u32,
     /// Fetch threads in each worker. Workers times threads bounds the requests in flight; the
     /// adaptive limit (or --concurrency) decides how many are.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "FLOTA_THREADS", default_value_t = 256)]
     pub threads: u32,
     /// At most this many requests a second from the whole fleet, retries included: `20`,
     /// `0.5`, `20/s`, `600/min`, `50000/h`. Without it, the fleet keeps to the limit a server
     /// announces in RateLimit or X-RateLimit headers, if it announces one.
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, env = "FLOTA_RATE", value_name = "RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// With a rate: how many requests may go at once beyond it (default: 50ms worth).
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "FLOTA_BURST", value_name = "N")]
     pub burst: Option<u32>,
     /// Keep exactly this many requests in flight across the fleet instead of adapting the
     /// number to the server's answers (at most workers times threads).
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "FLOTA_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<u32>,
     /// Ids per chunk handed to a worker.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "FLOTA_CHUNK_SIZE", default_value_t = 256)]
     pub chunk_size: u32,
     /// Attempts per id before it is stored as failed.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, env = "FLOTA_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
     /// Largest body accepted, in bytes (suffixes K, M, G: powers of 1024).
-    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    #[arg(long, env = "FLOTA_MAX_BODY", default_value = "16M", value_parser = parse_size)]
     pub max_body: u64,
     /// TCP connect timeout.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "FLOTA_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Timeout of each phase of a request: sending it, awaiting the response, reading the body.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "FLOTA_IO_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub io_timeout: Duration,
     /// First backoff delay between attempts (doubles each retry, with full jitter).
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = "FLOTA_BACKOFF_BASE", default_value = "100ms", value_parser = parse_duration)]
     pub backoff_base: Duration,
     /// Longest backoff delay.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "FLOTA_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
     pub backoff_max: Duration,
     /// Longest `Retry-After` honoured (a 429 or 503 waits what the server asks, up to this).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "FLOTA_RETRY_AFTER_MAX", default_value = "5m", value_parser = parse_duration)]
     pub retry_after_max: Duration,
     /// A worker silent this long (no heartbeat) is killed and replaced.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "FLOTA_WORKER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub worker_timeout: Duration,
     /// Extra request header, `Name: value` (repeatable).
-    #[arg(long = "header", value_name = "HEADER")]
+    #[arg(long = "header", env = "FLOTA_HEADER", value_name = "HEADER")]
     pub headers: Vec<String>,
     /// Read extra request headers from this file, one `Name: value` per line (keeps secrets
     /// out of the process list).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "FLOTA_HEADER_FILE", value_name = "FILE")]
     pub header_file: Option<PathBuf>,
     /// Worker executable (default: this supervisor, re-executed in worker mode).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "FLOTA_WORKER_BIN", value_name = "PATH")]
     pub worker_bin: Option<PathBuf>,
     /// Address-space limit of each worker (suffixes K, M, G).
-    #[arg(long, default_value = "2G", value_parser = parse_size)]
+    #[arg(long, env = "FLOTA_WORKER_MEMORY", default_value = "2G", value_parser = parse_size)]
     pub worker_memory: u64,
     /// Run workers as this user (and its group) when the supervisor runs as root.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, env = "FLOTA_USER", value_name = "NAME")]
     pub user: Option<String>,
     /// On SIGTERM or SIGINT, how long workers get to finish the requests in hand.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "FLOTA_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
     /// Fetch ids quarantined by an earlier run (they killed their workers) again.
-    #[arg(long)]
+    #[arg(long, env = "FLOTA_RETRY_QUARANTINED")]
     pub retry_quarantined: bool,
     /// Inject faults, comma-separated: crash-on=ID (the worker fetching ID aborts), hang-on=ID
     /// (it stops answering), bad-frame-on=ID (it sends a malformed frame), kill-every=DURATION
     /// (the supervisor SIGKILLs a random worker that often).
-    #[arg(long, value_name = "SPEC", value_parser = parse_chaos)]
+    #[arg(long, env = "FLOTA_CHAOS", value_name = "SPEC", value_parser = parse_chaos)]
     pub chaos: Option<Chaos>,
 }
 
@@ -178,7 +241,7 @@ pub enum Only {
 }
 
 fn parse_ids(s: &str) -> Result<IdRange, String> {
-    s.parse().map_err(|e| format!("{e}"))
+    s.parse()
 }
 
 /// Export formats.
@@ -193,6 +256,17 @@ pub enum Format {
 /// Flags of `status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// The store to read.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
     /// The store to read.
     #[arg(long)]
     pub store: PathBuf,

@@ -58,7 +58,7 @@ fn recorded_listen_addr(store: &Path) -> Option<String> {
 }
 
 /// Runs the demo.
-pub fn run(args: DemoArgs) -> Result<i32, Error> {
+pub fn run(args: DemoArgs, watch: run::Watch) -> Result<i32, Error> {
     if args.items == 0 {
         return Err(Error::Usage("--items must be at least 1".into()));
     }
@@ -87,7 +87,7 @@ pub fn run(args: DemoArgs) -> Result<i32, Error> {
         args.latency_ms,
         report::thousands(args.items)
     );
-    let r = run::execute(&cfg)?;
+    let r = run::execute(&cfg, &watch, None)?;
     drop(mock);
     report::print_summary(&cfg, &r);
     Ok(run::exit_code(&r))

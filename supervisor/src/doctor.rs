@@ -1,12 +1,12 @@
 //! `verify` and `salvage`: what a user runs when a store is damaged.
 
-use crate::cli::{SalvageArgs, StatusArgs};
+use crate::cli::{SalvageArgs, VerifyArgs};
 use crate::error::Error;
 use crate::report::thousands;
 use crate::store::salvage;
 
 /// `supervisor verify --store S`: 0 when the store is sound, 2 when it is damaged.
-pub fn verify(args: &StatusArgs) -> Result<i32, Error> {
+pub fn verify(args: &VerifyArgs) -> Result<i32, Error> {
     let r = salvage::verify(&args.store)?;
     let path = args.store.display();
     println!("store     {path}");

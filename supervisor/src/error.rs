@@ -69,6 +69,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `--metrics` could not be served.
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The demo's mockapi could not be started.
     #[error("cannot start mockapi: {0}")]
     Demo(String),
@@ -82,7 +91,7 @@ impl Error {
     /// mismatched or busy store), 1 for anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::Metrics { .. } => 2,
             Error::Store(e) if e.is_usage() => 2,
             _ => 1,
         }

@@ -144,6 +144,13 @@ impl Spawner {
         for var in SUPERVISOR_ONLY_ENV {
             cmd.env_remove(var);
         }
+        // The run's settings (FLOTA_HEADER may hold a secret) reach a worker through its pipe,
+        // never its environment.
+        for (var, _) in std::env::vars_os() {
+            if var.to_str().is_some_and(|v| v.starts_with("FLOTA_")) {
+                cmd.env_remove(var);
+            }
+        }
         // glibc reserves an arena of 64 MiB of address space per thread that allocates; with
         // many threads that alone can exhaust the address-space limit.
         cmd.env("MALLOC_ARENA_MAX", "2");

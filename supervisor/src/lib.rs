@@ -19,16 +19,24 @@ mod doctor;
 mod error;
 mod export;
 mod fleet;
+mod live;
+mod metrics;
+mod notify;
 mod panics;
 mod partition;
+mod progress;
 mod report;
 mod run;
+mod settings;
 mod store;
 mod threads;
 
-use clap::Parser;
+use std::io::IsTerminal;
+
+use clap::CommandFactory;
 
 use crate::cli::{Cli, Command};
+use crate::settings::ParseError;
 
 use worker::error_chain;
 
@@ -45,31 +53,61 @@ pub fn main() -> i32 {
 }
 
 fn run_main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => return clap_error(&e),
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parsed = match settings::parse(&argv) {
+        Ok(parsed) => parsed,
+        Err(ParseError::Clap(e)) => return clap_error(&e),
+        Err(ParseError::File(e)) => {
+            eprintln!("supervisor: error: {e}");
+            return 2;
+        }
     };
-    match cli.command {
+    let cli = &parsed.cli;
+    match &cli.command {
         Some(Command::Worker) => {
-            init_logging("warn");
+            init_logging(log::LevelFilter::Warn, false);
             return worker::run();
         }
-        Some(Command::Mockapi(args)) => return mockapi::run(args),
+        Some(Command::Mockapi(args)) => return mockapi::run(args.clone()),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(*shell, &mut Cli::command(), "supervisor", &mut std::io::stdout());
+            return 0;
+        }
+        Some(Command::Man) => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("supervisor: error: cannot write the man page: {e}");
+                    1
+                }
+            };
+        }
         _ => {}
     }
-    init_logging("info");
+    let progress = if cli.output.quiet {
+        progress::Mode::Quiet
+    } else if std::io::stderr().is_terminal() {
+        progress::Mode::Bar
+    } else {
+        progress::Mode::Lines
+    };
+    init_logging(cli.output.level(), progress == progress::Mode::Bar);
     fleet::seal_inherited_fds();
     // Whatever the caller's umask, what this process creates (a store, its files, an export)
     // is its owner's alone. An existing store's modes are left as they are.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let result = match cli.command {
-        None => run::run_command(cli.run),
-        Some(Command::Export(args)) => export::run(&args),
-        Some(Command::Status(args)) => report::status(&args),
-        Some(Command::Verify(args)) => doctor::verify(&args),
-        Some(Command::Salvage(args)) => doctor::salvage(&args),
-        Some(Command::Demo(args)) => demo::run(args),
-        Some(Command::Worker | Command::Mockapi(_)) => unreachable!("handled above"),
+    let watch = run::Watch { progress, argv: Some(argv.clone()) };
+    let result = match parsed.cli.command {
+        None => run::run_command(parsed.cli.run, watch),
+        Some(Command::Config) => run::show_config(&parsed),
+        Some(Command::Export(ref args)) => export::run(args),
+        Some(Command::Status(ref args)) => report::status(args),
+        Some(Command::Verify(ref args)) => doctor::verify(args),
+        Some(Command::Salvage(ref args)) => doctor::salvage(args),
+        Some(Command::Demo(args)) => demo::run(args, watch),
+        Some(Command::Worker | Command::Mockapi(_) | Command::Completions { .. } | Command::Man) => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(code) => code,
@@ -88,20 +126,57 @@ fn clap_error(e: &clap::Error) -> i32 {
         return 0;
     }
     let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // The first line, with the indented lines that finish it (a list of missing flags).
+    let mut lines = rendered.lines();
+    let mut first = lines.next().unwrap_or("invalid arguments").trim_end().to_owned();
+    for more in lines.take_while(|l| l.starts_with("  ")) {
+        first.push(' ');
+        first.push_str(more.trim());
+    }
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
     eprintln!("supervisor: error: {first} (see --help)");
     2
 }
 
-/// Logs to stderr at `RUST_LOG`'s levels, or `default`. sled's own lines are left out unless
-/// `RUST_LOG` names sled: it logs every failed write at error level, several lines for one full
-/// disk, which flota reports once in its own words.
-fn init_logging(default: &str) {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(f) if f.contains("sled") => f,
-        Ok(f) => format!("{f},sled=off"),
-        Err(_) => format!("{default},sled=off"),
+/// Logs to stderr at `level` (SIGHUP may change it), or at `RUST_LOG`'s levels when that is
+/// set. sled's own lines are left out unless `RUST_LOG` names sled: it logs every failed write
+/// at error level, several lines for one full disk, which flota reports once in its own words.
+/// With a progress bar, each line is printed above the bar.
+fn init_logging(level: log::LevelFilter, above_bar: bool) {
+    let (filter, max) = match std::env::var("RUST_LOG") {
+        Ok(f) if f.contains("sled") => (f, None),
+        Ok(f) => (format!("{f},sled=off"), None),
+        // Everything passes env_logger; the global maximum level does the filtering, so that
+        // a reload can raise it.
+        Err(_) => ("trace,sled=off".to_owned(), Some(level)),
     };
-    env_logger::Builder::new().parse_filters(&filter).format_target(false).init();
+    let logger = env_logger::Builder::new().parse_filters(&filter).format_target(false).build();
+    let max = max.unwrap_or_else(|| logger.filter());
+    let installed = if above_bar {
+        log::set_boxed_logger(Box::new(AboveBar(logger)))
+    } else {
+        log::set_boxed_logger(Box::new(logger))
+    };
+    if installed.is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// A logger that prints its lines above the progress bar.
+struct AboveBar(env_logger::Logger);
+
+impl log::Log for AboveBar {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.0.matches(record) {
+            progress::multi().suspend(|| self.0.log(record));
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }

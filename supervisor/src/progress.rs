@@ -68,7 +68,11 @@ impl Pace {
         }
         let (t0, n0) = *self.history.front().expect("just pushed");
         let span = now.duration_since(t0).as_secs_f64();
-        let rate = if span > 0.5 { (s.stored - n0) as f64 / span } else { s.stored as f64 / s.elapsed_secs.max(1e-3) };
+        let rate = if span > 0.5 {
+            (s.stored - n0) as f64 / span
+        } else {
+            s.stored as f64 / s.elapsed_secs.max(1e-3)
+        };
         let left = s.to_fetch.map(|total| total.saturating_sub(s.stored));
         let eta = match left {
             Some(0) => Some(Duration::ZERO),
@@ -203,7 +207,13 @@ mod tests {
     fn the_line_has_every_figure_and_the_eta_follows_the_recent_rate() {
         let mut pace = Pace::default();
         let t0 = Instant::now();
-        let mut s = Snapshot { to_fetch: Some(10_000), workers: 4, workers_up: 4, concurrency: 64, ..Snapshot::default() };
+        let mut s = Snapshot {
+            to_fetch: Some(10_000),
+            workers: 4,
+            workers_up: 4,
+            concurrency: 64,
+            ..Snapshot::default()
+        };
         pace.observe(&s, t0);
         s.stored = 1000;
         s.elapsed_secs = 2.0;

@@ -7,7 +7,8 @@ use crate::config::RunConfig;
 use crate::dispatch::core::signal_name;
 use crate::dispatch::RunReport;
 use crate::error::Error;
-use crate::store::Store;
+use crate::live::Live;
+use crate::store::{Counts, LastRun, Store, StoreError};
 
 /// The end-of-run summary, on stdout.
 pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
@@ -78,9 +79,37 @@ fn pacing_lines(p: &crate::store::Pacing) -> [String; 2] {
     [first, format!("pacing    {rate}   {concurrency}")]
 }
 
-/// `supervisor status --store S`.
+/// `status --json`: one object.
+#[derive(serde::Serialize)]
+struct StatusJson {
+    store: String,
+    /// The job's URL template; unknown while a run holds the store.
+    job: Option<String>,
+    counts: Option<Counts>,
+    last_run: Option<LastRun>,
+    /// The figures of the run holding the store, if one does.
+    live: Option<Live>,
+}
+
+/// `supervisor status --store S [--json]`. While a run holds the store, what its live status
+/// file says.
 pub fn status(args: &StatusArgs) -> Result<i32, Error> {
-    let store = Store::open_existing(&args.store)?;
+    let store = match Store::open_existing(&args.store) {
+        Ok(store) => store,
+        Err(e @ StoreError::Locked { .. }) => return live_status(args, e),
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        let json = StatusJson {
+            store: args.store.display().to_string(),
+            job: store.job()?,
+            counts: Some(store.counts()?),
+            last_run: store.last_run()?,
+            live: None,
+        };
+        println!("{}", serde_json::to_string_pretty(&json).expect("plain figures always serialize"));
+        return Ok(0);
+    }
     let counts = store.counts()?;
     println!("store     {}", args.store.display());
     println!("job       {}", store.job()?.unwrap_or_default());
@@ -113,6 +142,33 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
         }
         None => println!("last run  none finished"),
     }
+    Ok(0)
+}
+
+/// `status` on a store a run holds: the run's live figures.
+fn live_status(args: &StatusArgs, locked: StoreError) -> Result<i32, Error> {
+    let Some(live) = crate::live::read(&args.store).filter(Live::is_running) else {
+        return Err(locked.into());
+    };
+    if args.json {
+        let json = StatusJson {
+            store: args.store.display().to_string(),
+            job: Some(live.url.clone()),
+            counts: None,
+            last_run: None,
+            live: Some(live),
+        };
+        println!("{}", serde_json::to_string_pretty(&json).expect("plain figures always serialize"));
+        return Ok(0);
+    }
+    let age = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(live.updated_unix);
+    println!("store     {}", args.store.display());
+    println!("job       {}", live.url);
+    println!("running   pid {}, ids {} ({age}s ago)", live.pid, live.ids);
+    println!("progress  {}", live.line);
     Ok(0)
 }
 

@@ -12,13 +12,47 @@ use crate::fleet::Spawner;
 use crate::report;
 use crate::store::{LastRun, Store};
 
+/// How a run is watched: its progress, its metrics, and the command line a SIGHUP parses again.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// How progress is shown.
+    pub progress: crate::progress::Mode,
+    /// The command line, program name first, for a reload; `None`: SIGHUP rereads nothing.
+    pub argv: Option<Vec<std::ffi::OsString>>,
+}
+
 /// `supervisor --url … --ids …`.
-pub fn run_command(args: RunArgs) -> Result<i32, Error> {
+pub fn run_command(args: RunArgs, watch: Watch) -> Result<i32, Error> {
     let cfg = config::run_config(args.url.as_deref(), args.ids.as_deref(), args.store, &args.tuning)
         .map_err(Error::Usage)?;
-    let report = execute(&cfg)?;
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let m = crate::metrics::Metrics::new(cfg.workers as usize);
+            let bound =
+                crate::metrics::serve(addr, m.clone()).map_err(|source| Error::Metrics { addr, source })?;
+            log::info!("metrics on http://{bound}/metrics");
+            Some(m)
+        }
+        None => None,
+    };
+    let report = execute(&cfg, &watch, metrics)?;
     report::print_summary(&cfg, &report);
     Ok(exit_code(&report))
+}
+
+/// `supervisor config`: every setting of a run, its value and where it came from; then the
+/// same checks a run makes.
+pub fn show_config(parsed: &crate::settings::Parsed) -> Result<i32, Error> {
+    let rows = parsed.sources();
+    let width = rows.iter().map(|(k, ..)| k.len()).max().unwrap_or(0);
+    let vwidth = rows.iter().map(|(_, v, _)| v.len()).max().unwrap_or(0).min(60);
+    for (key, value, from) in &rows {
+        println!("{key:width$}  {value:vwidth$}  {from}");
+    }
+    let args = &parsed.cli.run;
+    config::run_config(args.url.as_deref(), args.ids.as_deref(), args.store.clone(), &args.tuning)
+        .map_err(Error::Usage)?;
+    Ok(0)
 }
 
 /// 0 when every id of the range has an HTTP answer, 3 when some failed (in this run, or
@@ -33,7 +67,11 @@ pub fn exit_code(report: &RunReport) -> i32 {
 }
 
 /// Opens the store and runs the job; records the run's figures in the store.
-pub fn execute(cfg: &RunConfig) -> Result<RunReport, Error> {
+pub fn execute(
+    cfg: &RunConfig,
+    watch: &Watch,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+) -> Result<RunReport, Error> {
     let store = Store::open_for_job(&cfg.store, &cfg.job.url_template)?;
     let (bin, self_exec) = match &cfg.worker_bin {
         Some(bin) => (bin.clone(), false),
@@ -55,7 +93,7 @@ pub fn execute(cfg: &RunConfig) -> Result<RunReport, Error> {
         cfg.job.threads,
         cfg.store.display()
     );
-    let report = dispatch::run(cfg, &store, spawner)?;
+    let report = dispatch::run(cfg, &store, spawner, watch, metrics)?;
     let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     store.set_last_run(&LastRun {
         ids: cfg.ids.to_string(),

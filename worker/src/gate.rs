@@ -42,6 +42,10 @@ struct State {
     pace: Option<Pace>,
     /// Fetch threads holding a place (working on an id).
     active: u32,
+    /// Requests being sent (entered, not yet left).
+    sending: u32,
+    /// `sending` as last reported.
+    reported_sending: u32,
     /// Permits in hand (metered only).
     permits: u32,
     /// Permits spent since the supervisor was last told.
@@ -177,6 +181,7 @@ impl Gate {
                     let _ = self.out.send(Outgoing::Control(FromWorker::Spent(spent)));
                 }
             }
+            s.sending += 1;
             return Some(now);
         }
     }
@@ -185,15 +190,9 @@ impl Gate {
     pub fn leave(&self, started: Instant, met: Met) {
         let now = Instant::now();
         let mut s = self.lock();
+        s.sending -= 1;
+        s.traffic.count(now.duration_since(started), met.status);
         let t = &mut s.traffic;
-        t.requests += 1;
-        t.latency_us += u64::try_from(now.duration_since(started).as_micros()).unwrap_or(u64::MAX);
-        if met.status == Some(429) {
-            t.too_many += 1;
-        }
-        if matches!(met.status, Some(429 | 503)) {
-            t.throttled += 1;
-        }
         let mut urgent = false;
         if let Some(wait) = met.wait {
             let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
@@ -210,7 +209,7 @@ impl Gate {
                 urgent = true;
             }
         }
-        let report = if urgent { Some(std::mem::take(&mut s.traffic)) } else { None };
+        let report = if urgent { Some(s.take_traffic()) } else { None };
         drop(s);
         if let Some(t) = report {
             let _ = self.out.send(Outgoing::Control(FromWorker::Traffic(t)));
@@ -220,11 +219,17 @@ impl Gate {
     /// What the requests met since the last report, if anything.
     pub fn take_traffic(&self) -> Option<Traffic> {
         let mut s = self.lock();
-        if s.traffic.is_empty() {
-            None
-        } else {
-            Some(std::mem::take(&mut s.traffic))
+        if s.traffic.is_empty() && s.sending == s.reported_sending {
+            return None;
         }
+        Some(s.take_traffic())
+    }
+}
+
+impl State {
+    fn take_traffic(&mut self) -> Traffic {
+        self.reported_sending = self.sending;
+        Traffic { sending: self.sending, ..std::mem::take(&mut self.traffic) }
     }
 }
 

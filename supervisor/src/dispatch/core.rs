@@ -45,8 +45,6 @@ pub const MAX_QUARANTINES_IN_A_ROW: u32 = 5;
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How long an aborting run waits for its killed workers' last results.
 pub const ABORT_GRACE: Duration = Duration::from_secs(2);
-/// How often progress is logged.
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// A gap this long between two ticks means the dispatcher itself was held up.
 const STALL: Duration = Duration::from_secs(1);
 
@@ -175,11 +173,12 @@ pub struct Core {
     quarantines_in_a_row: u32,
     planned: u64,
     planner_done: bool,
+    /// Ids this run has to store, once the counter has counted what the store held.
+    to_fetch: Option<u64>,
     phase: Phase,
     error: Option<Error>,
     report: RunReport,
     started: Instant,
-    last_progress: Instant,
     last_tick: Instant,
     next_chaos_kill: Option<Instant>,
     rng: fastrand::Rng,
@@ -204,11 +203,11 @@ impl Core {
             quarantines_in_a_row: 0,
             planned: 0,
             planner_done: false,
+            to_fetch: None,
             phase: Phase::Fetching,
             error: None,
             report: RunReport::default(),
             started: now,
-            last_progress: now,
             last_tick: now,
             rng,
             out: Vec::new(),
@@ -227,6 +226,7 @@ impl Core {
                 }
             }
             Event::PlanEnded => self.planner_done = true,
+            Event::Counted { settled, range } => self.to_fetch = Some(range.saturating_sub(settled)),
             Event::Spawned { slot, gen, pid } => self.on_spawned(slot, gen, pid, now),
             Event::SpawnFailed { slot, gen, error } => self.on_spawn_failed(slot, gen, error, now),
             Event::Worker(ev) => self.on_worker(ev, now),
@@ -260,6 +260,48 @@ impl Core {
             Phase::Fetching => self.pacer.next_wake(now),
             _ => None,
         }
+    }
+
+    /// The run's figures now, for progress, metrics, systemd and the live status file.
+    pub fn snapshot(&self, now: Instant) -> crate::progress::Snapshot {
+        let p = self.pacer.report();
+        let r = &self.report;
+        crate::progress::Snapshot {
+            elapsed_secs: now.duration_since(self.started).as_secs_f64(),
+            stored: r.fetched(),
+            to_fetch: self.to_fetch,
+            skipped: r.skipped,
+            answered: r.answered,
+            failed: r.failed,
+            retries: r.retries,
+            restarts: r.restarts,
+            workers_up: self
+                .slots
+                .iter()
+                .filter(|s| matches!(&s.state, SlotState::Up(w) if w.stage == Stage::Ready))
+                .count() as u32,
+            workers: self.slots.len() as u32,
+            queued: self.pending.iter().map(|c| c.len() as u64).sum::<u64>() + self.suspects.len() as u64,
+            requests: p.requests,
+            too_many: p.too_many,
+            concurrency: p.limit.0,
+            rate: self.pacer.rate(),
+            paused_ms: self.pacer.paused_until(now).map(|u| u.duration_since(now).as_millis() as u64),
+        }
+    }
+
+    /// Whether every slot's first worker has said hello: the fleet is up.
+    pub fn fleet_up(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.gen > 0 && !matches!(&s.state, SlotState::Up(w) if w.stage == Stage::Starting))
+            && self.slots.iter().any(|s| matches!(s.state, SlotState::Up(_)))
+    }
+
+    /// Changes what can change in flight: the rate, the burst and the concurrency limit.
+    pub fn reconfigure(&mut self, pace: PaceSettings, now: Instant) {
+        self.settings.pace = pace.clone();
+        self.pacer.reconfigure(pace, now, &mut self.out);
     }
 
     /// Results this run has made durable so far.
@@ -600,10 +642,6 @@ impl Core {
         if matches!(self.phase, Phase::Fetching) {
             self.pacer.wake(now, &mut self.out);
         }
-        if now.duration_since(self.last_progress) >= PROGRESS_EVERY {
-            self.last_progress = now;
-            self.progress(now);
-        }
     }
 
     /// Starts a slot that is due, and kills its worker if it went silent or will not leave.
@@ -649,36 +687,6 @@ impl Core {
             self.kill(victim, KillReason::Chaos);
             self.report.chaos_kills += 1;
         }
-    }
-
-    fn progress(&mut self, now: Instant) {
-        let done = self.report.fetched();
-        let secs = now.duration_since(self.started).as_secs_f64();
-        let line = format!(
-            "progress: {done} stored of {} planned so far ({} skipped), {:.0} items/s, {} retries, {} restarts; {}",
-            self.planned,
-            self.report.skipped,
-            done as f64 / secs.max(1e-9),
-            self.report.retries,
-            self.report.restarts,
-            self.pacing_line(now)
-        );
-        self.say(Level::Info, line);
-    }
-
-    /// Pacing in a few words: the 429 share, the limit, the rate, a pause.
-    fn pacing_line(&self, now: Instant) -> String {
-        let p = self.pacer.report();
-        let share = 100.0 * p.too_many as f64 / p.requests.max(1) as f64;
-        let mut line =
-            format!("{} requests, {share:.1}% answered 429, concurrency limit {}", p.requests, p.limit.0);
-        if let Some(rate) = self.pacer.rate() {
-            line.push_str(&format!(", rate {rate:.1}/s"));
-        }
-        if let Some(until) = self.pacer.paused_until(now) {
-            line.push_str(&format!(", paused for {}ms more", until.duration_since(now).as_millis()));
-        }
-        line
     }
 
     /// Hands work to every ready worker with room for it: suspects alone to idle workers first,

@@ -12,8 +12,11 @@
 
 pub mod core;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use signal_hook::consts::SIGHUP;
 
 use crossbeam_channel::{at, bounded, never, select, tick, unbounded, Receiver, Sender};
 use shared::{JobSpec, ToWorker};
@@ -22,7 +25,12 @@ use self::core::{Command, Core, Event, Settings};
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::fleet::{EventKind, FleetEvent, Spawner, WorkerProc};
+use crate::live::LiveFile;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::partition::{unsettled, IdRange};
+use crate::progress::Progress;
+use crate::run::Watch;
 use crate::store::{self, StoreError, WriteAck, WriteCmd};
 use crate::threads;
 
@@ -88,7 +96,13 @@ impl Settings {
 
 /// Runs the job against an open store. Returns the run's figures, or the error that stopped it
 /// (after storing every result already received).
-pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<RunReport, Error> {
+pub fn run(
+    cfg: &RunConfig,
+    store: &store::Store,
+    spawner: Spawner,
+    watch: &Watch,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<RunReport, Error> {
     let started = Instant::now();
     let (plan_tx, plan_rx) = bounded::<PlanMsg>(2 * cfg.workers as usize + 2);
     let (events_tx, events_rx) = unbounded::<FleetEvent>();
@@ -106,6 +120,16 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
         (store.reader(), cfg.ids, u64::from(cfg.chunk_size), cfg.retry_quarantined);
     threads::spawn("planner".into(), &panic_tx, move || plan(reader, ids, chunk, retry_q, &plan_tx))
         .map_err(Error::Thread)?;
+    // The total to fetch, counted beside the planner so the first request does not wait for it.
+    let (count_tx, count_rx) = bounded::<u64>(1);
+    let mut counter = store.reader();
+    threads::spawn("counter".into(), &panic_tx, move || match counter.count_settled(ids, retry_q) {
+        Ok(settled) => {
+            let _ = count_tx.send(settled);
+        }
+        Err(e) => log::debug!("cannot count what the store holds: {e}"),
+    })
+    .map_err(Error::Thread)?;
     let mut l = Loop {
         core: Core::new(Settings::of(cfg), Instant::now(), fastrand::Rng::new()),
         workers: Workers::new(spawner, cfg.job.clone(), events_tx, panic_tx),
@@ -113,9 +137,26 @@ pub fn run(cfg: &RunConfig, store: &store::Store, spawner: Spawner) -> Result<Ru
         acks: ack_rx.clone(),
         feedback: VecDeque::new(),
         panics: panic_rx,
+        counted: false,
+        watchers: Watchers {
+            progress: Progress::new(watch.progress),
+            notify: Notifier::from_env(),
+            live: LiveFile::new(&cfg.store, cfg.ids.to_string(), cfg.job.url_template.clone()),
+            metrics,
+            argv: watch.argv.clone(),
+            range: cfg.ids.len(),
+        },
     };
-    let sources = Sources { events: events_rx, acks: ack_rx, plans: plan_rx, signals: signals.rx.clone() };
+    let sources = Sources {
+        events: events_rx,
+        acks: ack_rx,
+        plans: plan_rx,
+        signals: signals.rx.clone(),
+        counted: count_rx,
+    };
     l.run(&sources);
+    l.watchers.notify.stopping();
+    l.watchers.progress.finish();
     // Whatever happened, store what came back.
     l.finish_writes(&sources.acks);
     let flushed = l.core.flushed();
@@ -186,10 +227,101 @@ struct Sources {
     acks: Receiver<WriteAck>,
     plans: Receiver<PlanMsg>,
     signals: Receiver<i32>,
+    counted: Receiver<u64>,
+}
+
+/// Everything that watches the run from outside: progress, systemd, the live status file,
+/// metrics. They see the core's snapshot each tick and never change the run.
+struct Watchers {
+    progress: Progress,
+    notify: Notifier,
+    live: LiveFile,
+    metrics: Option<Arc<Metrics>>,
+    /// The command line a SIGHUP parses again.
+    argv: Option<Vec<std::ffi::OsString>>,
+    /// Ids in the range.
+    range: u64,
+}
+
+impl Watchers {
+    fn tick(&mut self, core: &Core, now: Instant) {
+        let snapshot = core.snapshot(now);
+        let line = self.progress.update(&snapshot, now);
+        self.notify.tick(&snapshot, &line, core.fleet_up(), now);
+        self.live.tick(&snapshot, &line, now);
+        if let Some(m) = &self.metrics {
+            m.snapshot(&snapshot);
+        }
+    }
+
+    /// What metrics count from an event, before the core takes it.
+    fn saw(&self, event: &Event, killed: Option<core::KillReason>) {
+        let Some(m) = &self.metrics else { return };
+        match event {
+            Event::Worker(FleetEvent { slot, kind: EventKind::Traffic(t), .. }) => m.traffic(*slot, t),
+            Event::Worker(FleetEvent { slot, kind: EventKind::Gone { how, error }, .. }) => {
+                m.worker_gone(*slot, death_cause(how, error.as_deref(), killed))
+            }
+            Event::Durable(d) => m.durable(d),
+            _ => {}
+        }
+    }
+
+    /// SIGHUP: parses the command line and the config file again, and applies what can change
+    /// in flight. A file that no longer parses changes nothing.
+    fn reload(&mut self, core: &mut Core, now: Instant) {
+        let Some(argv) = &self.argv else { return };
+        self.notify.reloading();
+        let parsed = crate::settings::parse(argv).map_err(|e| match e {
+            crate::settings::ParseError::Clap(e) => {
+                e.to_string().lines().next().unwrap_or_default().to_owned()
+            }
+            crate::settings::ParseError::File(e) => e,
+        });
+        let checked = parsed.and_then(|p| {
+            let t = &p.cli.run.tuning;
+            let run = &p.cli.run;
+            crate::config::run_config(run.url.as_deref(), run.ids.as_deref(), run.store.clone(), t)
+                .map(|cfg| (cfg.pace, p.cli.output.level()))
+        });
+        match checked {
+            Ok((pace, level)) => {
+                let rate = pace.rate.map_or("none".to_owned(), |r| format!("{r}/s"));
+                let limit = pace.concurrency.map_or("adaptive".to_owned(), |c| c.to_string());
+                log::set_max_level(level);
+                core.reconfigure(pace, now);
+                log::info!("SIGHUP: settings reread: rate {rate}, concurrency {limit}, log level {level}");
+            }
+            Err(e) => log::warn!("SIGHUP: the settings were not changed: {e}"),
+        }
+        self.notify.reloaded();
+    }
+}
+
+/// Why a worker ended, for `flota_worker_deaths_total`; `None` for a clean exit.
+fn death_cause(
+    how: &str,
+    protocol_error: Option<&str>,
+    killed: Option<core::KillReason>,
+) -> Option<&'static str> {
+    use core::KillReason as K;
+    Some(match (killed, protocol_error) {
+        (Some(K::Silent(_)), _) => "silent",
+        (Some(K::Chaos), _) => "chaos",
+        (Some(K::Undeliverable | K::DidNotExit), _) => "stuck",
+        (Some(K::GraceOver(_) | K::SecondSignal(_) | K::Abort), _) => "stopped",
+        (None, Some(_)) => "protocol",
+        (None, None) if how == "exited with code 0" => return None,
+        (None, None) if how.starts_with("exited") => "exited",
+        (None, None) => "crashed",
+    })
 }
 
 struct Loop {
     core: Core,
+    watchers: Watchers,
+    /// Whether the counter has said (or ended).
+    counted: bool,
     workers: Workers,
     writes: Sender<WriteCmd>,
     /// The store writer's acks (the same channel `Sources` selects on).
@@ -214,6 +346,20 @@ impl Loop {
                 Some(e) => e,
                 None => self.next_event(sources, &ticker),
             };
+            let killed = match &event {
+                Event::Worker(FleetEvent { slot, gen, kind: EventKind::Gone { .. } }) => {
+                    self.workers.killed.remove(&(*slot, *gen))
+                }
+                _ => None,
+            };
+            self.watchers.saw(&event, killed);
+            if matches!(event, Event::Tick) {
+                self.watchers.tick(&self.core, Instant::now());
+            }
+            if matches!(event, Event::Signal(SIGHUP)) {
+                self.watchers.reload(&mut self.core, Instant::now());
+                event = Event::Wake;
+            }
         }
     }
 
@@ -222,6 +368,8 @@ impl Loop {
         let no_plans = never();
         let plans = if self.core.wants_plans() { &s.plans } else { &no_plans };
         let wake = self.core.next_wake(Instant::now()).map_or_else(never, at);
+        let no_count = never();
+        let counted = if self.counted { &no_count } else { &s.counted };
         select! {
             recv(s.events) -> ev => {
                 let ev = ev.expect("the loop holds a sender");
@@ -248,6 +396,13 @@ impl Loop {
             recv(self.panics) -> p => Event::Fatal(p.expect("the loop holds a sender")),
             recv(ticker) -> _ => Event::Tick,
             recv(wake) -> _ => Event::Wake,
+            recv(counted) -> settled => {
+                self.counted = true;
+                match settled {
+                    Ok(settled) => Event::Counted { settled, range: self.watchers.range },
+                    Err(_) => Event::Wake,
+                }
+            }
         }
     }
 
@@ -321,11 +476,13 @@ struct Workers {
     events: Sender<FleetEvent>,
     panics: Sender<Error>,
     procs: Vec<Option<(u64, WorkerProc)>>,
+    /// Why the supervisor killed a worker, until its end is seen.
+    killed: HashMap<(usize, u64), core::KillReason>,
 }
 
 impl Workers {
     fn new(spawner: Spawner, job: JobSpec, events: Sender<FleetEvent>, panics: Sender<Error>) -> Workers {
-        Workers { spawner, job, events, panics, procs: Vec::new() }
+        Workers { spawner, job, events, panics, procs: Vec::new(), killed: HashMap::new() }
     }
 
     fn get(&mut self, slot: usize, gen: u64) -> Option<&mut WorkerProc> {
@@ -383,6 +540,7 @@ impl Workers {
             let level = if why == core::KillReason::Abort { log::Level::Debug } else { log::Level::Warn };
             log::log!(level, "worker {slot} (pid {}) {why}; killing it", proc.pid);
             proc.kill();
+            self.killed.insert((slot, gen), why);
         }
     }
 
@@ -394,7 +552,8 @@ impl Workers {
     }
 }
 
-/// SIGTERM and SIGINT, delivered as messages on a channel (signal-hook's self-pipe underneath).
+/// SIGTERM and SIGINT (stop), SIGHUP (reload), delivered as messages on a channel
+/// (signal-hook's self-pipe underneath).
 struct SignalFeed {
     rx: Receiver<i32>,
     handle: signal_hook::iterator::Handle,
@@ -403,7 +562,7 @@ struct SignalFeed {
 impl SignalFeed {
     fn start() -> std::io::Result<SignalFeed> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         let handle = signals.handle();
         let (tx, rx) = unbounded();
         std::thread::Builder::new().name("signals".into()).spawn(move || {

@@ -18,6 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use shared::{ItemResult, Outcome};
@@ -182,7 +183,7 @@ pub enum Record {
 }
 
 /// Counts over the whole store, for `status`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     /// Ids with an HTTP answer.
     pub answered: u64,
@@ -617,6 +618,18 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// How many ids of `range` are settled (see [`Reader::settled_in`]).
+    pub fn count_settled(&mut self, range: IdRange, retry_quarantined: bool) -> Result<u64, StoreError> {
+        let mut settled = Vec::new();
+        let mut n = 0;
+        for window in range.windows(1 << 16) {
+            settled.clear();
+            self.settled_in(window, retry_quarantined, &mut settled)?;
+            n += settled.len() as u64;
+        }
+        Ok(n)
+    }
+
     /// Appends to `out` the ids of `window` that are settled, in order: those with an HTTP
     /// answer, and quarantined ones unless `retry_quarantined`. Returns how many of them are
     /// quarantined. Reads the blocks' indexes only.
@@ -740,6 +753,10 @@ pub struct Durable {
     pub retries: u64,
     /// Ids that had no record before (the others replaced a failure).
     pub new_records: u64,
+    /// Of the answered, with a 2xx status.
+    pub success: u64,
+    /// How long the write and flush took.
+    pub flush: Option<Duration>,
 }
 
 impl Durable {
@@ -749,6 +766,8 @@ impl Durable {
         self.quarantined += d.quarantined;
         self.retries += d.retries;
         self.new_records += d.new_records;
+        self.success += d.success;
+        self.flush = d.flush.or(self.flush);
     }
 }
 

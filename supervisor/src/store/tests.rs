@@ -140,8 +140,19 @@ fn writer_makes_results_durable_and_the_store_finds_them() {
     cmd_tx.send(WriteCmd::Finish).expect("sends");
     t.join().expect("joins");
     let acks: Vec<_> = ack_rx.iter().collect();
-    let durable = Durable { answered: 2, failed: 2, quarantined: 1, retries: 9, new_records: 4 };
-    assert!(matches!(acks[0], WriteAck::Durable(d) if d == durable), "{acks:?}");
+    let durable = Durable {
+        answered: 2,
+        success: 1,
+        failed: 2,
+        quarantined: 1,
+        retries: 9,
+        new_records: 4,
+        flush: None,
+    };
+    assert!(
+        matches!(acks[0], WriteAck::Durable(d) if Durable { flush: None, ..d } == durable && d.flush.is_some()),
+        "{acks:?}"
+    );
     assert!(matches!(acks.last(), Some(WriteAck::Finished)));
     let mut out = Vec::new();
     store.reader().settled_in(IdRange { start: 0, end: 9 }, false, &mut out).expect("scans");

@@ -58,8 +58,11 @@ pub fn write_loop(
             Ok(WriteCmd::Put(results)) => results.into_iter().try_for_each(|r| {
                 let mut d =
                     Durable { retries: u64::from(r.attempts.saturating_sub(1)), ..Durable::default() };
-                match r.outcome {
-                    Outcome::Response { .. } => d.answered = 1,
+                match &r.outcome {
+                    Outcome::Response { status, .. } => {
+                        d.answered = 1;
+                        d.success = u64::from((200..300).contains(status));
+                    }
                     Outcome::Failed { .. } => d.failed = 1,
                 }
                 pending.add(&writer, r.id, Record::from(r), d)
@@ -198,11 +201,13 @@ impl Pending {
             let new_records = (p.filled - p.stored.len()) as u64;
             durable.add(Durable { new_records, ..p.durable });
         }
+        let started = Instant::now();
         guard(&writer.path, || {
             writer.blocks.apply_batch(batch)?;
             writer.db.flush()?;
             Ok(())
         })?;
+        durable.flush = Some(started.elapsed());
         Ok(Some(durable))
     }
 }

@@ -24,6 +24,13 @@ pub enum Event {
     },
     /// The planner has walked the whole range.
     PlanEnded,
+    /// The counter has counted the ids of the range the store already settled.
+    Counted {
+        /// Settled ids of the range.
+        settled: u64,
+        /// Ids in the range.
+        range: u64,
+    },
     /// A [`Command::Spawn`] succeeded.
     Spawned {
         /// The slot.

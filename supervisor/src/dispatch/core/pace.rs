@@ -13,9 +13,9 @@
 //! - **A concurrency limit** ([`Controller`]): the fleet's requests in flight, split among the
 //!   workers. Fixed by `--concurrency`, or adaptive: it doubles from a small start each round
 //!   trip while answers stay fast and clean (slow start), then grows by about its square root
-//!   per interval; it halves on 429/503 and shrinks by a tenth when latency stays past twice
-//!   its baseline for two intervals (requests queueing), as TCP's AIMD and the Vegas/Gradient
-//!   limiters do.
+//!   per interval. Latency past twice its baseline for two intervals in a row is requests
+//!   queueing: slow start ends with the limit halved (it overshot), and later the limit shrinks
+//!   by a tenth. It halves on 429/503. So TCP's AIMD and the Vegas/Gradient limiters do.
 
 use std::time::{Duration, Instant};
 
@@ -180,17 +180,20 @@ impl Controller {
         let baseline = self.baseline_us.map_or(mean, |b| (b * 1.01).min(mean));
         self.baseline_us = Some(baseline);
         let queueing = mean > 2.0 * baseline + QUEUE_SLACK.as_micros() as f64;
-        // One slow interval can be the new connections of a step up being set up: it takes two
-        // in a row to call it queueing.
         let was_queueing = std::mem::replace(&mut self.queueing, queueing);
-        if queueing && !was_queueing {
-            self.slow_start = false;
-        } else if queueing {
-            self.limit = (self.limit * 0.9).max(1.0);
-        } else if self.slow_start {
-            self.limit = (self.limit * 2.0).min(self.max);
-        } else {
-            self.limit = (self.limit + self.limit.sqrt().max(1.0)).min(self.max);
+        match (queueing, self.slow_start, was_queueing) {
+            // One slow interval can be the new connections of a step up being set up: it
+            // takes two in a row to call it queueing. Until then the limit holds.
+            (true, _, false) => {}
+            // Slow start overshot: back to the limit before the last doubling, as TCP's slow
+            // start does on its first loss.
+            (true, true, true) => {
+                self.limit = (self.limit / 2.0).max(1.0);
+                self.slow_start = false;
+            }
+            (true, false, true) => self.limit = (self.limit * 0.9).max(1.0),
+            (false, true, _) => self.limit = (self.limit * 2.0).min(self.max),
+            (false, false, _) => self.limit = (self.limit + self.limit.sqrt().max(1.0)).min(self.max),
         }
         self.reset(now);
         self.limit as u32 != before as u32
@@ -304,6 +307,43 @@ impl Pacer {
         let l = self.limit();
         self.report.limit.1 = self.report.limit.1.min(l);
         self.report.limit.2 = self.report.limit.2.max(l);
+    }
+
+    /// New settings in flight (SIGHUP): the rate, the burst, and a fixed or adaptive limit.
+    /// The ceiling cannot change (the workers and their threads are what they are).
+    pub fn reconfigure(&mut self, settings: PaceSettings, now: Instant, out: &mut Vec<Command>) {
+        let held: u32 = self.members.iter().flatten().map(|m| m.held).sum();
+        match settings.rate {
+            Some(rate) => match &mut self.meter {
+                Some((m, source)) => {
+                    m.refill(now, held);
+                    m.rate = rate;
+                    m.burst = burst_of(rate, settings.burst);
+                    *source = RateSource::Given;
+                }
+                None => self.meter = Some((Meter::new(rate, settings.burst, now), RateSource::Given)),
+            },
+            // Unmetered again, until a server announces a limit.
+            None if matches!(self.meter, Some((_, RateSource::Given))) => self.meter = None,
+            None => {}
+        }
+        let ceiling = self.settings.ceiling;
+        match settings.concurrency {
+            Some(c) => {
+                self.controller = None;
+                self.fixed = c.min(ceiling);
+            }
+            None if self.controller.is_none() => {
+                let mut c = Controller::new(self.limit(), ceiling, now);
+                c.slow_start = false;
+                self.controller = Some(c);
+            }
+            None => {}
+        }
+        self.report.adaptive = self.controller.is_some();
+        self.settings = PaceSettings { ceiling, ..settings };
+        self.share(out);
+        self.grant(now, out);
     }
 
     /// A worker is ready for work: tell it how to send.

@@ -752,14 +752,16 @@ fn chaos_kills_one_live_worker_each_period() {
 }
 
 #[test]
-fn progress_is_logged_every_five_seconds() {
-    let mut sim = Sim::started(1, 0..40);
+fn the_snapshot_counts_what_is_stored_queued_and_to_fetch() {
+    let mut sim = Sim::started(2, 0..40);
+    let s = sim.core.snapshot(sim.now);
+    assert_eq!((s.stored, s.to_fetch, s.workers_up, s.workers), (0, None, 2, 2));
+    assert_eq!(s.queued, 40 - 2 * WINDOW as u64, "what the workers do not hold waits");
+    sim.feed(Event::Counted { settled: 0, range: 40 });
     sim.deliver(0);
-    sim.tick(PROGRESS_EVERY - Duration::from_millis(1));
-    assert!(!sim.logged("progress:"));
-    sim.heartbeat(0);
-    sim.tick(Duration::from_millis(1));
-    assert!(sim.logged("progress: 8 stored of 40 planned so far (0 skipped)"), "{:?}", sim.logs);
+    let s = sim.core.snapshot(sim.now);
+    assert_eq!((s.stored, s.to_fetch), (WINDOW as u64, Some(40)));
+    assert!(sim.core.fleet_up());
 }
 
 proptest! {
