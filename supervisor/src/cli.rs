@@ -90,7 +90,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the effective settings of a run (flags, environment, config file, defaults) and
     /// where each comes from, secrets redacted. Checks them as a run would.
-    Config,
+    Config(RunArgs),
     /// Print a shell completion script: `supervisor completions bash > /etc/bash_completion.d/supervisor`.
     Completions {
         /// The shell.

@@ -99,7 +99,7 @@ fn run_main() -> i32 {
     let watch = run::Watch { progress, argv: Some(argv.clone()) };
     let result = match parsed.cli.command {
         None => run::run_command(parsed.cli.run, watch),
-        Some(Command::Config) => run::show_config(&parsed),
+        Some(Command::Config(_)) => run::show_config(&parsed),
         Some(Command::Export(ref args)) => export::run(args),
         Some(Command::Status(ref args)) => report::status(args),
         Some(Command::Verify(ref args)) => doctor::verify(args),

@@ -16,6 +16,17 @@ use crate::progress::Snapshot;
 /// How often `STATUS=` is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 
+/// `WATCHDOG_USEC`, as sd_watchdog_enabled(3) reads it: it applies to this process unless
+/// `WATCHDOG_PID` names another. (sd-notify's own reading insists on `WATCHDOG_PID`.)
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|&u| u > 0)?;
+    match std::env::var("WATCHDOG_PID").ok().map(|p| p.parse::<u32>()) {
+        Some(Ok(pid)) if pid != std::process::id() => None,
+        Some(Err(_)) => None,
+        _ => Some(Duration::from_micros(usec)),
+    }
+}
+
 /// The service manager, if there is one.
 pub struct Notifier {
     enabled: bool,
@@ -30,11 +41,9 @@ impl Notifier {
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` (for this process only: `WATCHDOG_PID`).
     pub fn from_env() -> Notifier {
         let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
-        let mut usec = 0;
-        let watchdog = enabled && sd_notify::watchdog_enabled(false, &mut usec);
         Notifier {
             enabled,
-            ping_every: watchdog.then(|| Duration::from_micros(usec) / 2),
+            ping_every: watchdog_interval().filter(|_| enabled).map(|d| d / 2),
             ready: false,
             last_ping: None,
             last_status: None,

@@ -49,7 +49,10 @@ pub fn show_config(parsed: &crate::settings::Parsed) -> Result<i32, Error> {
     for (key, value, from) in &rows {
         println!("{key:width$}  {value:vwidth$}  {from}");
     }
-    let args = &parsed.cli.run;
+    let args = match &parsed.cli.command {
+        Some(crate::cli::Command::Config(args)) => args,
+        _ => &parsed.cli.run,
+    };
     config::run_config(args.url.as_deref(), args.ids.as_deref(), args.store.clone(), &args.tuning)
         .map_err(Error::Usage)?;
     Ok(0)

@@ -138,21 +138,28 @@ fn with_defaults(
             .ok_or_else(|| format!("config file {}: unknown setting `{key}`", path.display()))?;
         let vals = vals.clone();
         cmd = cmd.mut_arg(id.clone(), |a| a.default_values(vals.clone()));
-        cmd = cmd.mut_subcommand("demo", |demo| {
-            if demo.get_arguments().any(|a| a.get_id() == &id) {
-                demo.mut_arg(id.clone(), |a| a.default_values(vals))
-            } else {
-                demo
-            }
-        });
+        for sub in ["demo", "config"] {
+            cmd = cmd.mut_subcommand(sub, |sc| {
+                if sc.get_arguments().any(|a| a.get_id() == &id) {
+                    sc.mut_arg(id.clone(), |a| a.default_values(vals.clone()))
+                } else {
+                    sc
+                }
+            });
+        }
     }
     Ok(cmd)
 }
 
 impl Parsed {
-    /// Every setting of a run, with its value and where it came from, secrets redacted.
+    /// Every setting of a run, with its value and where it came from, secrets redacted: those
+    /// given to `config` if that is the command, else the run's.
     pub fn sources(&self) -> Vec<(String, String, String)> {
-        let cmd = Cli::command();
+        let root = Cli::command();
+        let (cmd, matches) = match self.matches.subcommand() {
+            Some(("config", sub)) => (root.find_subcommand("config").cloned().unwrap_or(root), sub),
+            _ => (root, &self.matches),
+        };
         let mut out = Vec::new();
         for arg in cmd.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
@@ -160,12 +167,11 @@ impl Parsed {
                 continue;
             }
             let id = arg.get_id().as_str();
-            let values: Vec<String> = self
-                .matches
+            let values: Vec<String> = matches
                 .get_raw(id)
                 .map(|v| v.map(|s| redact(long, &s.to_string_lossy())).collect())
                 .unwrap_or_default();
-            let from = match self.matches.value_source(id) {
+            let from = match matches.value_source(id) {
                 Some(ValueSource::CommandLine) => "flag".to_owned(),
                 Some(ValueSource::EnvVariable) => {
                     format!("env {}", arg.get_env().map(|e| e.to_string_lossy()).unwrap_or_default())
