@@ -239,6 +239,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_grafana_dashboard_asks_only_for_metrics_that_exist() {
+        let m = Metrics::new(1);
+        let mut t = Traffic::default();
+        t.count(std::time::Duration::from_millis(3), Some(200));
+        m.traffic(0, &t);
+        m.durable(&Durable {
+            answered: 1,
+            success: 1,
+            flush: Some(std::time::Duration::from_millis(2)),
+            ..Durable::default()
+        });
+        m.worker_gone(0, Some("crashed"));
+        let text = m.encode();
+        let dashboard = include_str!("../../scripts/grafana/flota-dashboard.json");
+        let mut names: Vec<&str> = dashboard
+            .match_indices("flota_")
+            .map(|(at, _)| {
+                let rest = &dashboard[at..];
+                &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 12, "{names:?}");
+        for name in names {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "the dashboard asks for {name}, which is not in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn the_exposition_names_every_metric_by_prometheus_conventions() {
         let m = Metrics::new(2);
         let mut t = Traffic::default();
