@@ -32,7 +32,10 @@ pub struct Met {
 /// the supervisor's orders) and the reporter.
 pub struct Gate {
     state: Mutex<State>,
-    changed: Condvar,
+    /// Threads waiting for a place (a larger share, or a place given up).
+    places: Condvar,
+    /// Threads holding a place, waiting to send (a pace, permits, a pause's end).
+    sends: Condvar,
     out: Sender<Outgoing>,
 }
 
@@ -64,7 +67,7 @@ struct State {
 impl Gate {
     /// A closed gate (no pace yet) that reports through `out`.
     pub fn new(out: Sender<Outgoing>) -> Gate {
-        Gate { state: Mutex::new(State::default()), changed: Condvar::new(), out }
+        Gate { state: Mutex::new(State::default()), places: Condvar::new(), sends: Condvar::new(), out }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -73,16 +76,23 @@ impl Gate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The supervisor's new limits.
+    /// The supervisor's new limits. Only as many sleeping threads are woken as there are new
+    /// places: the adaptive limit moves every 100ms, and waking a few hundred idle threads each
+    /// time cost more than the requests themselves on a fast server.
     pub fn set_pace(&self, pace: Pace) {
         let mut s = self.lock();
         if !pace.metered {
             s.permits = 0;
             s.spent = 0;
         }
+        let freed = pace.concurrency.saturating_sub(s.active.max(s.pace.map_or(0, |p| p.concurrency)));
+        let sending_changed = s.pace.is_none_or(|p| p.metered != pace.metered);
         s.pace = Some(pace);
         drop(s);
-        self.changed.notify_all();
+        notify(&self.places, freed);
+        if sending_changed {
+            self.sends.notify_all();
+        }
     }
 
     /// Adds permits granted by the supervisor.
@@ -91,7 +101,7 @@ impl Gate {
         s.permits = s.permits.saturating_add(permits);
         s.batch = s.batch.max(permits);
         drop(s);
-        self.changed.notify_all();
+        notify(&self.sends, permits);
     }
 
     /// The supervisor pauses the fleet: nothing starts for `wait`, and the permits in hand are
@@ -107,7 +117,8 @@ impl Gate {
     /// No request starts from now on; waiting threads give up.
     pub fn close(&self) {
         self.lock().closed = true;
-        self.changed.notify_all();
+        self.places.notify_all();
+        self.sends.notify_all();
     }
 
     /// Waits until the calling fetch thread may work on an id: one of the worker's share of
@@ -137,7 +148,7 @@ impl Gate {
                 *holding = true;
                 return true;
             }
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = self.places.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -145,7 +156,7 @@ impl Gate {
     pub fn release(&self, holding: &mut bool) {
         if std::mem::take(holding) {
             self.lock().active -= 1;
-            self.changed.notify_one();
+            self.places.notify_one();
         }
     }
 
@@ -160,18 +171,18 @@ impl Gate {
             let now = Instant::now();
             if let Some(until) = s.paused_until {
                 if now < until {
-                    s = self.changed.wait_timeout(s, until - now).unwrap_or_else(|p| p.into_inner()).0;
+                    s = self.sends.wait_timeout(s, until - now).unwrap_or_else(|p| p.into_inner()).0;
                     continue;
                 }
                 s.paused_until = None;
             }
             let Some(pace) = s.pace else {
-                s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                s = self.sends.wait(s).unwrap_or_else(|p| p.into_inner());
                 continue;
             };
             if pace.metered {
                 if s.permits == 0 {
-                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                    s = self.sends.wait(s).unwrap_or_else(|p| p.into_inner());
                     continue;
                 }
                 s.permits -= 1;
@@ -230,6 +241,17 @@ impl State {
     fn take_traffic(&mut self) -> Traffic {
         self.reported_sending = self.sending;
         Traffic { sending: self.sending, ..std::mem::take(&mut self.traffic) }
+    }
+}
+
+/// Wakes up to `n` threads waiting on `cv`.
+fn notify(cv: &Condvar, n: u32) {
+    if n >= 64 {
+        cv.notify_all();
+    } else {
+        for _ in 0..n {
+            cv.notify_one();
+        }
     }
 }
 

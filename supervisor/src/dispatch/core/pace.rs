@@ -179,9 +179,14 @@ impl Controller {
         let mean = self.latency_us as f64 / self.requests as f64;
         let baseline = self.baseline_us.map_or(mean, |b| (b * 1.01).min(mean));
         self.baseline_us = Some(baseline);
-        let queueing = mean > 2.0 * baseline + QUEUE_SLACK.as_micros() as f64;
+        let slack = QUEUE_SLACK.as_micros() as f64;
+        let queueing = mean > 2.0 * baseline + slack;
+        // Between clearly clean and queueing the limit holds: a limit that moves every interval
+        // costs the workers more than the few requests it would gain or spare.
+        let clean = mean < 1.5 * baseline + slack / 2.0;
         let was_queueing = std::mem::replace(&mut self.queueing, queueing);
         match (queueing, self.slow_start, was_queueing) {
+            (false, false, _) if !clean => {}
             // One slow interval can be the new connections of a step up being set up: it
             // takes two in a row to call it queueing. Until then the limit holds.
             (true, _, false) => {}

@@ -297,3 +297,16 @@ fn a_fixed_concurrency_is_split_among_the_workers_and_stays() {
     drive(&mut f.pacer, &mut now, 5, |l| clean(20, l));
     assert_eq!(f.pacer.limit(), 10);
 }
+
+#[test]
+fn between_clean_and_queueing_the_limit_holds() {
+    let mut now = Instant::now();
+    let mut p = Pacer::new(settings(None, None, None), 4, now);
+    drive(&mut p, &mut now, 2, |l| clean(20, l));
+    let throttled = |l: u32| Traffic { throttled: 1, ..clean(20, l) };
+    let after_cut = drive(&mut p, &mut now, 1, throttled)[0];
+    // 35ms against a 20ms baseline: past 1.5x + 1ms, short of 2x + 2ms.
+    assert_eq!(drive(&mut p, &mut now, 5, |l| clean(35, l)), [after_cut; 5], "it holds");
+    let grows = drive(&mut p, &mut now, 1, |l| clean(20, l))[0];
+    assert!(grows > after_cut, "clean again: it grows");
+}
