@@ -154,7 +154,7 @@ fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
 fn the_watchdog_is_fed_only_while_results_are_stored() {
     // Answers take 2.5s: after the first ping, the run stores nothing for 2.5s, and the
     // watchdog must not be told all is well meanwhile. Then, at 10 requests a second, results
-    // come for 2s more, and it is.
+    // come for 2s more, and it is told again.
     let (api, dir, store) = setup(&["--latency-ms", "2500"]);
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("binds");
@@ -186,7 +186,10 @@ fn the_watchdog_is_fed_only_while_results_are_stored() {
         .filter(|&&t| t > first + Duration::from_millis(300) && t < first + Duration::from_millis(2000))
         .collect();
     assert!(starved.is_empty(), "pinged while nothing was stored: {pings:?}");
-    assert!(pings.len() >= 4, "pinged again once results came: {pings:?}");
+    // Results count once durable, and the store writer holds a block's results until the
+    // block is complete or a second has passed: pings resume then, not at every answer.
+    let after = pings.iter().filter(|&&t| t > first + Duration::from_millis(2400)).count();
+    assert!(after >= 1, "pinged again once results were stored: {pings:?}");
 }
 
 #[test]
