@@ -349,6 +349,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quiet_and_verbose_move_the_log_level() {
+        use log::LevelFilter as L;
+        let out = |quiet, verbose, log_level| Output { config: None, quiet, verbose, log_level };
+        assert_eq!(out(false, 0, L::Info).level(), L::Info);
+        assert_eq!(out(false, 1, L::Info).level(), L::Debug);
+        assert_eq!(out(false, 2, L::Info).level(), L::Trace);
+        assert_eq!(out(false, 5, L::Info).level(), L::Trace);
+        assert_eq!(out(false, 1, L::Warn).level(), L::Info);
+        assert_eq!(out(true, 0, L::Info).level(), L::Warn);
+        assert_eq!(out(true, 0, L::Error).level(), L::Error);
+    }
+
+    #[test]
     fn rates_parse_with_their_units() {
         assert_eq!(parse_rate("1900"), Ok(1900.0));
         assert_eq!(parse_rate("0.5"), Ok(0.5));
