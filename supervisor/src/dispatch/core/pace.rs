@@ -117,6 +117,8 @@ pub struct Controller {
     baseline_us: Option<f64>,
     /// Whether the last interval looked like queueing.
     queueing: bool,
+    /// Requests a second over the last interval.
+    last_rate: f64,
     requests: u64,
     latency_us: u64,
     throttled: u64,
@@ -132,6 +134,7 @@ impl Controller {
             slow_start: true,
             baseline_us: None,
             queueing: false,
+            last_rate: 0.0,
             requests: 0,
             latency_us: 0,
             throttled: 0,
@@ -179,23 +182,29 @@ impl Controller {
         let mean = self.latency_us as f64 / self.requests as f64;
         let baseline = self.baseline_us.map_or(mean, |b| (b * 1.01).min(mean));
         self.baseline_us = Some(baseline);
+        let elapsed = now.saturating_duration_since(self.since).as_secs_f64().max(1e-3);
+        let rate = self.requests as f64 / elapsed;
+        let growing = rate > 1.1 * std::mem::replace(&mut self.last_rate, rate);
         let slack = QUEUE_SLACK.as_micros() as f64;
         let queueing = mean > 2.0 * baseline + slack;
-        // Between clearly clean and queueing the limit holds: a limit that moves every interval
-        // costs the workers more than the few requests it would gain or spare.
-        let clean = mean < 1.5 * baseline + slack / 2.0;
+        // Between twice the baseline and that plus the slack the limit holds: on a fast server
+        // (a baseline of microseconds) that band is wide, and a limit that moved every interval
+        // there cost the workers more than the few requests it gained or spared.
+        let clean = mean <= 2.0 * baseline;
         let was_queueing = std::mem::replace(&mut self.queueing, queueing);
         match (queueing, self.slow_start, was_queueing) {
             (false, false, _) if !clean => {}
             // One slow interval can be the new connections of a step up being set up: it
             // takes two in a row to call it queueing. Until then the limit holds.
             (true, _, false) => {}
-            // Slow start overshot: back to the limit before the last doubling, as TCP's slow
-            // start does on its first loss.
-            (true, true, true) => {
+            // Slow start overshot: slower answers and no more of them. Back to the limit
+            // before the last doubling, as TCP's slow start does on its first loss. (Slower
+            // answers that still come faster are our own CPU busy with more of them.)
+            (true, true, true) if !growing => {
                 self.limit = (self.limit / 2.0).max(1.0);
                 self.slow_start = false;
             }
+            (true, true, true) => {}
             (true, false, true) => self.limit = (self.limit * 0.9).max(1.0),
             (false, true, _) => self.limit = (self.limit * 2.0).min(self.max),
             (false, false, _) => self.limit = (self.limit + self.limit.sqrt().max(1.0)).min(self.max),

@@ -305,8 +305,9 @@ fn between_clean_and_queueing_the_limit_holds() {
     drive(&mut p, &mut now, 2, |l| clean(20, l));
     let throttled = |l: u32| Traffic { throttled: 1, ..clean(20, l) };
     let after_cut = drive(&mut p, &mut now, 1, throttled)[0];
-    // 35ms against a 20ms baseline: past 1.5x + 1ms, short of 2x + 2ms.
-    assert_eq!(drive(&mut p, &mut now, 5, |l| clean(35, l)), [after_cut; 5], "it holds");
+    // 42ms against a 20ms baseline (which drifts up 1% an interval): past 2x, short of
+    // 2x + 2ms.
+    assert_eq!(drive(&mut p, &mut now, 3, |l| clean(42, l)), [after_cut; 3], "it holds");
     let grows = drive(&mut p, &mut now, 1, |l| clean(20, l))[0];
     assert!(grows > after_cut, "clean again: it grows");
 }
