@@ -13,9 +13,11 @@
 //! - **A concurrency limit** ([`Controller`]): the fleet's requests in flight, split among the
 //!   workers. Fixed by `--concurrency`, or adaptive: it doubles from a small start each round
 //!   trip while answers stay fast and clean (slow start), then grows by about its square root
-//!   per interval. Latency past twice its baseline for two intervals in a row is requests
-//!   queueing: slow start ends with the limit halved (it overshot), and later the limit shrinks
-//!   by a tenth. It halves on 429/503. So TCP's AIMD and the Vegas/Gradient limiters do.
+//!   per interval. Latency past twice its baseline plus a slack for two intervals in a row is
+//!   requests queueing: slow start ends with the limit halved (it overshot) unless answers still
+//!   come faster, and later the limit shrinks by a tenth. Between twice the baseline and that
+//!   plus the slack it holds. It halves on 429/503. So TCP's AIMD and the Vegas/Gradient
+//!   limiters do.
 
 use std::time::{Duration, Instant};
 
