@@ -169,7 +169,7 @@ pub fn run_config(
 }
 
 /// `--rate`, `--burst` and `--concurrency`, checked against the fleet's size.
-fn pace(t: &Tuning, ceiling: u32) -> Result<PaceSettings, String> {
+pub fn pace(t: &Tuning, ceiling: u32) -> Result<PaceSettings, String> {
     if t.burst.is_some() && t.rate.is_none() {
         return Err("--burst needs --rate".into());
     }

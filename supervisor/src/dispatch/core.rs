@@ -298,6 +298,11 @@ impl Core {
             && self.slots.iter().any(|s| matches!(s.state, SlotState::Up(_)))
     }
 
+    /// Workers times threads: the most requests in flight.
+    pub fn ceiling(&self) -> u32 {
+        self.settings.pace.ceiling
+    }
+
     /// Changes what can change in flight: the rate, the burst and the concurrency limit.
     pub fn reconfigure(&mut self, pace: PaceSettings, now: Instant) {
         self.settings.pace = pace.clone();

@@ -278,11 +278,14 @@ impl Watchers {
             }
             crate::settings::ParseError::File(e) => e,
         });
+        // Only the pacing can change in flight; the fleet's size, and so the ceiling, stays.
+        let ceiling = core.ceiling();
         let checked = parsed.and_then(|p| {
-            let t = &p.cli.run.tuning;
-            let run = &p.cli.run;
-            crate::config::run_config(run.url.as_deref(), run.ids.as_deref(), run.store.clone(), t)
-                .map(|cfg| (cfg.pace, p.cli.output.level()))
+            let tuning = match &p.cli.command {
+                Some(crate::cli::Command::Demo(demo)) => &demo.tuning,
+                _ => &p.cli.run.tuning,
+            };
+            crate::config::pace(tuning, ceiling).map(|pace| (pace, p.cli.output.level()))
         });
         match checked {
             Ok((pace, level)) => {
