@@ -68,3 +68,19 @@ fn a_body_that_is_not_utf8_is_exported_as_base64_byte_for_byte() {
         assert_eq!(got, want);
     }
 }
+
+#[test]
+fn a_redirect_without_a_location_is_a_final_answer_with_its_body() {
+    let (records, out, _) = run_route("nolocation", &[]);
+    out.assert_code(0);
+    assert_eq!(records.len(), 3);
+    for (id, rec) in records.iter().enumerate() {
+        assert_eq!(rec["status"].as_u64(), Some(300), "{rec}");
+        assert_eq!(
+            rec["body"].as_str(),
+            Some(format!("item {id}: pick one, we did not say where\n").as_str()),
+            "{rec}"
+        );
+        assert_eq!(rec["attempts"].as_u64(), Some(1), "not retried: {rec}");
+    }
+}

@@ -10,6 +10,7 @@
 //!
 //! Hostile routes, for tests of a client's defences: `/huge/{id}` (a 64 MiB body),
 //! `/trickle/{id}` (1000 bytes, one every 200ms), `/loop/{id}` (redirects to itself),
+//! `/nolocation/{id}` (a 300 with a body and no `Location`),
 //! `/binary/{id}` (a body that is not UTF-8). `/items/...` counts in `/stats`; these do not.
 //!
 //! Built on hyper 1 and tokio: no HTTP parsing of our own.

@@ -280,6 +280,10 @@ fn hostile(path: &str) -> Option<Response<Body>> {
             every: Duration::from_millis(200),
             sleep: Box::pin(tokio::time::sleep(Duration::from_millis(200))),
         }),
+        // A redirect with nowhere to go: a final answer, with its body.
+        "nolocation" => {
+            text(StatusCode::MULTIPLE_CHOICES, format!("item {id}: pick one, we did not say where\n"))
+        }
         // A redirect to itself, forever.
         "loop" => {
             let mut r = text(StatusCode::FOUND, "");

@@ -2,8 +2,8 @@
 //!
 //! Every fetch thread of a worker shares one [`Fetcher`] and so one keep-alive connection pool.
 //! What is retried: connection errors, timeouts, 408, 429 and 5xx. What is final: any other
-//! HTTP answer (stored with its status and body), and errors no retry can fix (a body over the
-//! limit, a redirect loop, a malformed URL).
+//! HTTP answer (stored with its status and body; a 3xx without a `Location` is such an answer),
+//! and errors no retry can fix (a body over the limit, a redirect loop, a malformed URL).
 //!
 //! Only ureq's phase timeouts are set (connect, send request, receive response, receive body):
 //! its global and per-call timeouts make it resolve names on a thread per request.
@@ -149,13 +149,33 @@ impl Fetcher {
         }
     }
 
-    fn attempt(&self, url: &str) -> (Attempt, Met) {
+    fn request(
+        &self,
+        url: &str,
+        follow_redirects: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
         let mut req = self.agent.get(url);
         for (name, value) in &self.headers {
             req = req.header(name.as_str(), value.as_str());
         }
-        let mut resp = match req.call() {
+        if follow_redirects {
+            req.call()
+        } else {
+            req.config().max_redirects(0).build().call()
+        }
+    }
+
+    fn attempt(&self, url: &str) -> (Attempt, Met) {
+        let mut resp = match self.request(url, true) {
             Ok(resp) => resp,
+            // A 3xx without a Location header is the server's final answer, not a protocol
+            // error: asked again without following redirects, it is stored with its status and
+            // body. (ureq reports it only as an error, so this costs one more request.)
+            Err(ureq::Error::Protocol(ureq_proto::Error::NoLocationHeader)) => match self.request(url, false)
+            {
+                Ok(resp) => resp,
+                Err(e) => return (classify_error(e), Met::default()),
+            },
             Err(e) => return (classify_error(e), Met::default()),
         };
         let status = resp.status().as_u16();
