@@ -158,3 +158,27 @@ fn bad_pacing_flags_are_refused_with_one_line() {
     assert_eq!(api.requests(), 0);
     drop(dir);
 }
+
+#[test]
+fn every_request_names_its_client_in_its_user_agent() {
+    let (api, _dir, store) = setup(&["--record"]);
+    let mut args = job_args(&api.url(), "0..20", &store);
+    run(&strs(&args)).assert_code(0);
+    let default = format!("flota/{}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        log_of(&api).iter().all(|l| l.user_agent.as_deref() == Some(default.as_str())),
+        "{:?}",
+        log_of(&api)
+    );
+    let (api, _dir, store) = setup(&["--record"]);
+    args = job_args(&api.url(), "0..20", &store);
+    set(&mut args, "--user-agent", "acme-sync/2 (ops@example.com)");
+    run(&strs(&args)).assert_code(0);
+    let log = log_of(&api);
+    assert_eq!(log.len(), 20);
+    assert!(log.iter().all(|l| l.user_agent.as_deref() == Some("acme-sync/2 (ops@example.com)")), "{log:?}");
+    set(&mut args, "--user-agent", " ");
+    let out = run(&strs(&args));
+    out.assert_code(2);
+    assert!(out.stderr.contains("--user-agent must be printable ASCII and not empty"), "{}", out.stderr);
+}

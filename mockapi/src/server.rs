@@ -49,7 +49,7 @@ pub struct Faults {
 }
 
 /// One item request, as `GET /log` lists them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Logged {
     /// When it arrived, in milliseconds since the server started.
     pub ms: u64,
@@ -57,6 +57,9 @@ pub struct Logged {
     pub id: u64,
     /// The status answered; 0 for a dropped connection.
     pub status: u16,
+    /// The request's `User-Agent`, if it had one.
+    #[serde(default)]
+    pub user_agent: Option<String>,
 }
 
 /// Counters of what the server did, as `GET /stats` reports them: serialized as JSON by the
@@ -177,10 +180,11 @@ impl State {
         Window { limit, remaining, reset: 1 }
     }
 
-    fn record(&self, id: u64, status: u16) {
+    fn record(&self, id: u64, status: u16, user_agent: Option<&str>) {
         if self.faults.record {
             let ms = self.started.elapsed().as_millis() as u64;
-            self.log.lock().unwrap_or_else(|p| p.into_inner()).push(Logged { ms, id, status });
+            let user_agent = user_agent.map(str::to_owned);
+            self.log.lock().unwrap_or_else(|p| p.into_inner()).push(Logged { ms, id, status, user_agent });
         }
     }
 }
@@ -320,13 +324,15 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
     };
     let c = &state.counters;
     let nth = c.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let ua = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let ua = ua.as_deref();
     if state.faults.missing_every.is_some_and(|n| id.is_multiple_of(n.max(1))) {
-        state.record(id, 404);
+        state.record(id, 404, ua);
         return Ok(text(StatusCode::NOT_FOUND, format!("no item {id}\n")));
     }
     if state.faults.unavailable_every.is_some_and(|n| nth.is_multiple_of(n.max(1))) {
         c.unavailable.fetch_add(1, Ordering::Relaxed);
-        state.record(id, 503);
+        state.record(id, 503, ua);
         let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "busy: come back in a second\n");
         r.headers_mut().insert("retry-after", "1".parse().expect("valid header"));
         return Ok(r);
@@ -358,11 +364,11 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
         }
         Verdict::Drop => {
             c.dropped.fetch_add(1, Ordering::Relaxed);
-            state.record(id, 0);
+            state.record(id, 0, ua);
             return Err(Dropped);
         }
     };
-    state.record(id, r.status().as_u16());
+    state.record(id, r.status().as_u16(), ua);
     if let Some(w) = window.filter(|_| state.faults.announce_limit) {
         let h = r.headers_mut();
         let policy = format!("\"default\";q={};w=1", w.limit);

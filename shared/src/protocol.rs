@@ -86,6 +86,8 @@ pub struct JobSpec {
     pub retry_after_max_ms: u64,
     /// Extra request headers, name and value.
     pub headers: Vec<(String, String)>,
+    /// The `User-Agent` header of every request.
+    pub user_agent: String,
     /// Faults to inject, for tests and teaching; empty unless asked for.
     pub chaos: WorkerChaos,
 }
@@ -106,6 +108,7 @@ impl JobSpec {
             backoff_max_ms: 1,
             retry_after_max_ms: 1,
             headers: Vec::new(),
+            user_agent: String::new(),
             chaos: WorkerChaos::default(),
         }
     }
@@ -127,6 +130,7 @@ impl std::fmt::Debug for JobSpec {
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("retry_after_max_ms", &self.retry_after_max_ms)
             .field("headers", &headers)
+            .field("user_agent", &self.user_agent)
             .field("chaos", &self.chaos)
             .finish()
     }

@@ -61,6 +61,7 @@ fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
         backoff_max_ms: 30000,
         retry_after_max_ms: 300000,
         headers: vec![("Authorization".into(), "Bearer x".into())],
+        user_agent: "flota/0.1.0".into(),
         chaos: Default::default(),
     };
     let results = FromWorker::Results(

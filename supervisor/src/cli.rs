@@ -180,6 +180,10 @@ pub struct Tuning {
     /// Extra request header, `Name: value` (repeatable).
     #[arg(long = "header", env = "FLOTA_HEADER", value_name = "HEADER")]
     pub headers: Vec<String>,
+    /// The User-Agent of every request (default: flota/VERSION). APIs ask to be told who
+    /// calls them, often with a contact: `acme-sync/2 (ops@example.com)`.
+    #[arg(long, env = "FLOTA_USER_AGENT", value_name = "UA", default_value = DEFAULT_USER_AGENT)]
+    pub user_agent: String,
     /// Read extra request headers from this file, one `Name: value` per line (keeps secrets
     /// out of the process list).
     #[arg(long, env = "FLOTA_HEADER_FILE", value_name = "FILE")]
@@ -205,6 +209,9 @@ pub struct Tuning {
     #[arg(long, env = "FLOTA_CHAOS", value_name = "SPEC", value_parser = parse_chaos)]
     pub chaos: Option<Chaos>,
 }
+
+/// The default `User-Agent`: the project and its version.
+pub const DEFAULT_USER_AGENT: &str = concat!("flota/", env!("CARGO_PKG_VERSION"));
 
 /// Flags of `export`.
 #[derive(Debug, Args)]

@@ -163,9 +163,19 @@ pub fn run_config(
             backoff_max_ms: ms(t.backoff_max),
             retry_after_max_ms: ms(t.retry_after_max),
             headers,
+            user_agent: user_agent(&t.user_agent)?,
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
     })
+}
+
+/// `--user-agent`: a header value (visible ASCII and spaces), not empty.
+fn user_agent(ua: &str) -> Result<String, String> {
+    let ua = ua.trim();
+    if ua.is_empty() || !ua.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(format!("--user-agent must be printable ASCII and not empty, not {ua:?}"));
+    }
+    Ok(ua.to_owned())
 }
 
 /// `--rate`, `--burst` and `--concurrency`, checked against the fleet's size.
@@ -329,6 +339,7 @@ mod tests {
             rate: None,
             burst: None,
             concurrency: None,
+            user_agent: crate::cli::DEFAULT_USER_AGENT.to_owned(),
             chaos: None,
         }
     }

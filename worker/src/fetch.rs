@@ -86,7 +86,7 @@ impl Fetcher {
             .max_idle_connections(threads)
             .max_idle_connections_per_host(threads)
             .http_status_as_error(false)
-            .user_agent(concat!("flota/", env!("CARGO_PKG_VERSION")))
+            .user_agent(job.user_agent.as_str())
             .build()
             .into();
         Self {
