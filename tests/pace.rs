@@ -182,3 +182,16 @@ fn every_request_names_its_client_in_its_user_agent() {
     out.assert_code(2);
     assert!(out.stderr.contains("--user-agent must be printable ASCII and not empty"), "{}", out.stderr);
 }
+
+#[test]
+fn a_burst_of_one_with_idle_workers_does_not_stall_the_run() {
+    // Regression: 30 ids make one chunk for one of 3 workers, and a burst of 1 is one permit
+    // for the fleet. Granted to an idle worker, it was never spent, and the run stalled.
+    let (api, _dir, store) = setup(&[]);
+    let mut args = job_args(&api.url(), "0..30", &store);
+    set(&mut args, "--rate", "20");
+    set(&mut args, "--burst", "1");
+    let out = spawn(&strs(&args)).wait(Duration::from_secs(20));
+    out.assert_code(0);
+    assert_complete(&store, 0..30);
+}

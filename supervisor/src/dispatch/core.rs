@@ -338,7 +338,7 @@ impl Core {
 
     /// After every event: hand out work, and notice the end of the run.
     fn step(&mut self, now: Instant) {
-        self.assign();
+        self.assign(now);
         if matches!(self.phase, Phase::Fetching) && self.done_fetching() {
             self.phase = Phase::Draining;
             self.close_all(now);
@@ -406,14 +406,14 @@ impl Core {
                 w.stage = Stage::Ready;
                 self.pacer.join(slot, gen, now, &mut self.out);
             }
-            EventKind::Results(results) => self.on_results(slot, gen, results),
+            EventKind::Results(results) => self.on_results(slot, gen, results, now),
             EventKind::Spent(n) => self.pacer.spent(slot, gen, n, now, &mut self.out),
             EventKind::Traffic(t) => self.pacer.traffic(&t, now, &mut self.out),
             EventKind::Hello | EventKind::Heartbeat | EventKind::Gone { .. } => {}
         }
     }
 
-    fn on_results(&mut self, slot: usize, gen: u64, mut results: Vec<ItemResult>) {
+    fn on_results(&mut self, slot: usize, gen: u64, mut results: Vec<ItemResult>, now: Instant) {
         let Some(w) = live_worker(&mut self.slots, slot, gen) else { return };
         let before = results.len();
         match &mut w.load {
@@ -428,6 +428,10 @@ impl Core {
             }
         }
         self.report.dropped_results += (before - results.len()) as u64;
+        if w.load.is_empty() {
+            self.pacer.busy(slot, gen, false, now, &mut self.out);
+        }
+        let Some(w) = live_worker(&mut self.slots, slot, gen) else { return };
         if results.is_empty() {
             return;
         }
@@ -696,10 +700,11 @@ impl Core {
 
     /// Hands work to every ready worker with room for it: suspects alone to idle workers first,
     /// then chunks, never more than `max_in_flight` ids to one worker.
-    fn assign(&mut self) {
+    fn assign(&mut self, now: Instant) {
         if !matches!(self.phase, Phase::Fetching) {
             return;
         }
+        let mut given = Vec::new();
         let window = self.settings.max_in_flight;
         // While suspects wait, the least loaded worker takes no new chunk, so it soon idles
         // and can take one alone.
@@ -730,6 +735,7 @@ impl Core {
                     ));
                     w.load = Load::Alone(id);
                     self.out.push(Command::Assign { slot: n, gen: s.gen, ids: vec![id] });
+                    given.push((n, s.gen));
                     continue;
                 }
             }
@@ -743,7 +749,11 @@ impl Core {
                 let ids = self.pending.pop_front().expect("front exists");
                 held.extend(ids.iter().copied());
                 self.out.push(Command::Assign { slot: n, gen: s.gen, ids });
+                given.push((n, s.gen));
             }
+        }
+        for (slot, gen) in given {
+            self.pacer.busy(slot, gen, true, now, &mut self.out);
         }
     }
 

@@ -249,6 +249,8 @@ pub struct PaceReport {
 #[derive(Debug)]
 struct Member {
     gen: u64,
+    /// Whether it holds ids: only then is it granted permits.
+    busy: bool,
     /// Permits granted and not yet reported spent.
     held: u32,
     /// The pace it was last told.
@@ -365,7 +367,7 @@ impl Pacer {
     /// A worker is ready for work: tell it how to send.
     pub fn join(&mut self, slot: usize, gen: u64, now: Instant, out: &mut Vec<Command>) {
         if let Some(m) = self.members.get_mut(slot) {
-            *m = Some(Member { gen, held: 0, told: None });
+            *m = Some(Member { gen, busy: false, held: 0, told: None });
         }
         self.share(out);
         if let Some(until) = self.paused_until(now) {
@@ -387,6 +389,24 @@ impl Pacer {
 
     fn member(&mut self, slot: usize, gen: u64) -> Option<&mut Member> {
         self.members.get_mut(slot)?.as_mut().filter(|m| m.gen == gen)
+    }
+
+    /// A worker was given ids (`busy`), or has reported all it held. Permits go only to busy
+    /// workers, and an idle one's are taken back: with a small burst, a few permits in the
+    /// hand of a worker with nothing to fetch would otherwise starve the rest of the fleet.
+    pub fn busy(&mut self, slot: usize, gen: u64, busy: bool, now: Instant, out: &mut Vec<Command>) {
+        let Some(m) = self.member(slot, gen) else { return };
+        if m.busy == busy {
+            return;
+        }
+        m.busy = busy;
+        if !busy && m.held > 0 {
+            // A pause of no time: the worker drops its permits. It holds no ids, so no thread
+            // of it can be about to spend one.
+            m.held = 0;
+            out.push(Command::Pause { slot, gen, ms: 0 });
+        }
+        self.grant(now, out);
     }
 
     /// A worker spent permits.
@@ -428,7 +448,8 @@ impl Pacer {
         }
         let (meter, _) = self.meter.as_ref()?;
         let batch = self.batch(meter);
-        let short = self.members.iter().flatten().map(|m| batch.saturating_sub(m.held)).max()?;
+        let short =
+            self.members.iter().flatten().filter(|m| m.busy).map(|m| batch.saturating_sub(m.held)).max()?;
         (short > 0).then(|| meter.ready_at(threshold(short, batch)))
     }
 
@@ -450,7 +471,7 @@ impl Pacer {
         let mut order: Vec<usize> = (0..self.members.len()).filter(|&s| self.members[s].is_some()).collect();
         order.sort_by_key(|&s| self.members[s].as_ref().map_or(0, |m| m.held));
         for slot in order {
-            let Some(m) = self.members[slot].as_mut() else { continue };
+            let Some(m) = self.members[slot].as_mut().filter(|m| m.busy) else { continue };
             let short = batch.saturating_sub(m.held);
             if short == 0 || meter.tokens < f64::from(threshold(short, batch)) {
                 continue;

@@ -35,6 +35,7 @@ impl Fleet {
         for slot in 0..workers {
             let mut out = Vec::new();
             f.pacer.join(slot, 1, now, &mut out);
+            f.pacer.busy(slot, 1, true, now, &mut out);
             f.apply(out);
         }
         f
@@ -310,4 +311,41 @@ fn between_clean_and_queueing_the_limit_holds() {
     assert_eq!(drive(&mut p, &mut now, 3, |l| clean(42, l)), [after_cut; 3], "it holds");
     let grows = drive(&mut p, &mut now, 1, |l| clean(20, l))[0];
     assert!(grows > after_cut, "clean again: it grows");
+}
+
+#[test]
+fn permits_go_to_workers_with_ids_and_an_idle_workers_are_taken_back() {
+    // A burst of 1 among 3 workers: a permit stuck with a worker that has nothing to fetch
+    // would stop the fleet.
+    let mut f = Fleet::new(settings(Some(10.0), Some(1), None), 3);
+    for slot in 1..3 {
+        let mut out = Vec::new();
+        f.pacer.busy(slot, 1, false, f.now, &mut out);
+        f.apply(out);
+    }
+    for _ in 0..200 {
+        f.step(Duration::from_millis(10), &[true, false, false]);
+    }
+    assert_eq!((f.hand[1], f.hand[2]), (0, 0), "idle workers get nothing");
+    assert!(f.spends.len() >= 17, "worker 0 got the rate: {} in 2s", f.spends.len());
+    // Worker 0 finishes while holding its permit, worker 1 gets ids: the permit comes back
+    // and worker 1 gets the rate.
+    let mut out = Vec::new();
+    f.pacer.spent(0, 1, 0, f.now, &mut out);
+    f.apply(out);
+    for _ in 0..20 {
+        f.step(Duration::from_millis(10), &[false, false, false]);
+    }
+    let mut out = Vec::new();
+    f.pacer.busy(0, 1, false, f.now, &mut out);
+    assert!(out.iter().any(|c| matches!(c, Command::Pause { slot: 0, ms: 0, .. })), "{out:?}");
+    f.apply(out);
+    let mut out = Vec::new();
+    f.pacer.busy(1, 1, true, f.now, &mut out);
+    f.apply(out);
+    let before = f.spends.len();
+    for _ in 0..100 {
+        f.step(Duration::from_millis(10), &[false, true, false]);
+    }
+    assert!(f.spends.len() - before >= 8, "worker 1 got the rate: {} in 1s", f.spends.len() - before);
 }
