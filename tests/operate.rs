@@ -105,18 +105,21 @@ fn metrics_are_scraped_during_a_run() {
     assert_eq!(api.stats().requests, 900);
 }
 
+/// Starts a run with a notify socket of its own in `dir` and a 0.4s watchdog.
+fn notified(args: &[String], dir: &std::path::Path) -> (Running, UnixDatagram) {
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("binds");
+    socket.set_read_timeout(Some(Duration::from_millis(100))).expect("sets a timeout");
+    let env = [("NOTIFY_SOCKET", path_str(&socket_path)), ("WATCHDOG_USEC", "400000")];
+    (spawn_with_env(&strs(args), &env), socket)
+}
+
 #[test]
 fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
     let (api, dir, store) = setup(&[]);
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).expect("binds");
-    socket.set_read_timeout(Some(Duration::from_millis(100))).expect("sets a timeout");
     let mut args = job_args(&api.url(), "0..800", &store);
     set(&mut args, "--rate", "300");
-    let running = spawn_with_env(
-        &strs(&args),
-        &[("NOTIFY_SOCKET", path_str(&socket_path)), ("WATCHDOG_USEC", "400000")],
-    );
+    let (running, socket) = notified(&args, dir.path());
     let pid = running.pid();
     let started = Instant::now();
     let mut messages: Vec<(Duration, String)> = Vec::new();
@@ -156,15 +159,9 @@ fn the_watchdog_is_fed_only_while_results_are_stored() {
     // watchdog must not be told all is well meanwhile. Then, at 10 requests a second, results
     // come for 2s more, and it is told again.
     let (api, dir, store) = setup(&["--latency-ms", "2500"]);
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).expect("binds");
-    socket.set_read_timeout(Some(Duration::from_millis(100))).expect("sets a timeout");
     let mut args = job_args(&api.url(), "0..20", &store);
     set(&mut args, "--rate", "10");
-    let running = spawn_with_env(
-        &strs(&args),
-        &[("NOTIFY_SOCKET", path_str(&socket_path)), ("WATCHDOG_USEC", "400000")],
-    );
+    let (running, socket) = notified(&args, dir.path());
     let started = Instant::now();
     let mut pings = Vec::new();
     let mut buf = vec![0u8; 4096];

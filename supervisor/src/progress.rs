@@ -55,11 +55,11 @@ pub struct Snapshot {
 
 /// The recent rate and the time left, from snapshots over the last [`RATE_WINDOW`].
 #[derive(Debug, Default)]
-pub struct Pace {
+pub struct RecentRate {
     history: VecDeque<(Instant, u64)>,
 }
 
-impl Pace {
+impl RecentRate {
     /// Adds a snapshot taken at `now`; returns items per second lately and the time left.
     pub fn observe(&mut self, s: &Snapshot, now: Instant) -> (f64, Option<Duration>) {
         self.history.push_back((now, s.stored));
@@ -139,7 +139,7 @@ pub fn multi() -> &'static MultiProgress {
 pub struct Progress {
     mode: Mode,
     bar: Option<ProgressBar>,
-    pace: Pace,
+    rate: RecentRate,
     last_line: Option<Instant>,
 }
 
@@ -154,12 +154,12 @@ impl Progress {
             bar.set_style(style);
             bar
         });
-        Progress { mode, bar, pace: Pace::default(), last_line: None }
+        Progress { mode, bar, rate: RecentRate::default(), last_line: None }
     }
 
     /// Shows `s`, taken at `now`. Returns the line, for those who repeat it.
     pub fn update(&mut self, s: &Snapshot, now: Instant) -> String {
-        let (rate, eta) = self.pace.observe(s, now);
+        let (rate, eta) = self.rate.observe(s, now);
         let text = line(s, rate, eta);
         match self.mode {
             Mode::Bar => {
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn the_line_has_every_figure_and_the_eta_follows_the_recent_rate() {
-        let mut pace = Pace::default();
+        let mut pace = RecentRate::default();
         let t0 = Instant::now();
         let mut s = Snapshot {
             to_fetch: Some(10_000),

@@ -43,12 +43,15 @@ pub fn announced(headers: &HeaderMap) -> Option<Announced> {
     }
     fill(&mut a.remaining, get("ratelimit-remaining").and_then(integer));
     fill(&mut a.reset_ms, get("ratelimit-reset").and_then(integer).map(|s| s * 1000));
-    for prefix in ["x-ratelimit-", "x-rate-limit-"] {
-        let get = |suffix: &str| get(&format!("{prefix}{suffix}"));
-        fill(&mut a.limit, get("limit").and_then(integer));
-        fill(&mut a.remaining, get("remaining").and_then(integer));
-        fill(&mut a.reset_ms, get("reset-after").and_then(seconds_ms));
-        fill(&mut a.reset_ms, get("reset").and_then(integer).map(reset_ms));
+    // Named in full: this runs on every answer of a server that sends such headers.
+    for [limit, remaining, reset_after, reset] in [
+        ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset-after", "x-ratelimit-reset"],
+        ["x-rate-limit-limit", "x-rate-limit-remaining", "x-rate-limit-reset-after", "x-rate-limit-reset"],
+    ] {
+        fill(&mut a.limit, get(limit).and_then(integer));
+        fill(&mut a.remaining, get(remaining).and_then(integer));
+        fill(&mut a.reset_ms, get(reset_after).and_then(seconds_ms));
+        fill(&mut a.reset_ms, get(reset).and_then(integer).map(reset_ms));
     }
     (a != Announced::default()).then_some(a)
 }

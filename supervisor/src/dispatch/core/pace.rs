@@ -463,11 +463,10 @@ impl Pacer {
         if self.paused_until(now).is_some() {
             return;
         }
-        let Some((meter, _)) = &mut self.meter else { return };
+        let Some(batch) = self.meter.as_ref().map(|(m, _)| self.batch(m)) else { return };
         let held: u32 = self.members.iter().flatten().map(|m| m.held).sum();
+        let Some((meter, _)) = &mut self.meter else { return };
         meter.refill(now, held);
-        let n = self.members.iter().flatten().count().max(1) as u32;
-        let batch = (meter.burst() / n).max(1);
         let mut order: Vec<usize> = (0..self.members.len()).filter(|&s| self.members[s].is_some()).collect();
         order.sort_by_key(|&s| self.members[s].as_ref().map_or(0, |m| m.held));
         for slot in order {
