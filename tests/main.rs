@@ -16,4 +16,5 @@ mod private;
 mod report;
 mod resume;
 mod survive;
+mod web;
 mod util;

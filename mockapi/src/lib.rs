@@ -13,14 +13,17 @@
 //! `/nolocation/{id}` (a 300 with a body and no `Location`),
 //! `/binary/{id}` (a body that is not UTF-8). `/items/...` counts in `/stats`; these do not.
 //!
-//! Built on hyper 1 and tokio: no HTTP parsing of our own.
+//! `--compress` encodes item bodies as real servers do (br or gzip, when `Accept-Encoding` offers it);
+//! `--tls-cert`/`--tls-key` serve HTTPS (rustls).
+//!
+//! Built on hyper 1, tokio and tokio-rustls: no HTTP or TLS of our own.
 #![deny(unsafe_code)]
 
 mod server;
 
 use std::net::SocketAddr;
 
-pub use server::{Faults, Logged, Server, Stats};
+pub use server::{tls_config, Coding, Faults, Logged, Server, Stats};
 
 /// Command-line flags of `mockapi` (also `supervisor mockapi`).
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +59,15 @@ pub struct Args {
     /// Fraction of item requests whose connection is closed without an answer (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub drop_rate: f64,
+    /// Compress item bodies with this coding when a request's `Accept-Encoding` offers it.
+    #[arg(long, value_name = "CODING")]
+    pub compress: Option<Coding>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Seed of the fault decisions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -146,10 +158,21 @@ pub fn run(args: Args) -> i32 {
         record: args.record,
         unavailable_every: args.unavailable_every,
         missing_every: args.missing_every,
+        compress: args.compress,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match tls_config(cert, key) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("mockapi: {e}");
+                return 2;
+            }
+        },
+        _ => None,
     };
     let threads =
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-    let server = match Server::start(args.listen, faults, threads) {
+    let server = match Server::start_with(args.listen, faults, threads, tls) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mockapi: cannot listen on {}: {e}", args.listen);

@@ -46,6 +46,18 @@ pub struct Faults {
     /// Keep a log of item requests (when each arrived, its id, its answer), served as
     /// `GET /log`: for tests that check when requests were sent.
     pub record: bool,
+    /// Not a fault: compress item bodies with this coding when the request's
+    /// `Accept-Encoding` offers it, as most real servers do.
+    pub compress: Option<Coding>,
+}
+
+/// A content coding mockapi can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Coding {
+    /// gzip (RFC 1952).
+    Gzip,
+    /// Brotli (RFC 7932).
+    Br,
 }
 
 /// One item request, as `GET /log` lists them.
@@ -79,6 +91,9 @@ pub struct Stats {
     /// Answered 503 (`--unavailable-every`).
     #[serde(default)]
     pub unavailable: u64,
+    /// Item answers sent compressed (`--compress`).
+    #[serde(default)]
+    pub compressed: u64,
 }
 
 #[derive(Default)]
@@ -89,6 +104,7 @@ struct Counters {
     rate_limited: AtomicU64,
     dropped: AtomicU64,
     unavailable: AtomicU64,
+    compressed: AtomicU64,
 }
 
 impl Counters {
@@ -100,6 +116,7 @@ impl Counters {
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             unavailable: self.unavailable.load(Ordering::Relaxed),
+            compressed: self.compressed.load(Ordering::Relaxed),
         }
     }
 }
@@ -304,6 +321,38 @@ fn hostile(path: &str) -> Option<Response<Body>> {
     })
 }
 
+/// Whether an `Accept-Encoding` value offers `coding` (and not with `q=0`).
+fn offers(accept_encoding: &str, coding: Coding) -> bool {
+    let name = match coding {
+        Coding::Gzip => "gzip",
+        Coding::Br => "br",
+    };
+    accept_encoding.split(',').any(|c| {
+        let mut parts = c.split(';').map(str::trim);
+        let named = parts.next().is_some_and(|n| n.eq_ignore_ascii_case(name));
+        named && !parts.any(|p| p.replace(' ', "") == "q=0")
+    })
+}
+
+/// `body` encoded with `coding`, and the coding's name for `Content-Encoding`.
+fn compress(coding: Coding, body: &str) -> Option<(&'static str, Vec<u8>)> {
+    use std::io::Write;
+    match coding {
+        Coding::Br => {
+            let mut out = Vec::new();
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(body.as_bytes()).ok()?;
+            drop(w);
+            Some(("br", out))
+        }
+        Coding::Gzip => {
+            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            w.write_all(body.as_bytes()).ok()?;
+            Some(("gzip", w.finish().ok()?))
+        }
+    }
+}
+
 async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Dropped> {
     let path = req.uri().path();
     if let Some(r) = hostile(path) {
@@ -348,8 +397,22 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
                 Some(bytes) => sized_body(id, bytes),
                 None => body_for(id),
             };
-            let mut r = text(StatusCode::OK, body);
-            r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
+            let accepted = req.headers().get("accept-encoding").and_then(|v| v.to_str().ok());
+            let coding = state.faults.compress.filter(|&c| accepted.is_some_and(|a| offers(a, c)));
+            let mut r = match coding.and_then(|c| compress(c, &body)) {
+                Some((encoding, packed)) => {
+                    c.compressed.fetch_add(1, Ordering::Relaxed);
+                    let mut r = text(StatusCode::OK, packed);
+                    r.headers_mut().insert("content-encoding", encoding.parse().expect("valid header"));
+                    r
+                }
+                None => text(StatusCode::OK, body),
+            };
+            let h = r.headers_mut();
+            h.insert("content-type", "application/json".parse().expect("valid header"));
+            if state.faults.compress.is_some() {
+                h.insert("vary", "accept-encoding".parse().expect("valid header"));
+            }
             r
         }
         Verdict::Error => {
@@ -388,8 +451,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `listen` and starts serving on a runtime of `threads` threads.
+    /// Binds `listen` and starts serving plain HTTP on a runtime of `threads` threads.
     pub fn start(listen: SocketAddr, faults: Faults, threads: usize) -> std::io::Result<Self> {
+        Self::start_with(listen, faults, threads, None)
+    }
+
+    /// Binds `listen` and starts serving on a runtime of `threads` threads: HTTPS with `tls`
+    /// when given ([`tls_config`]), else plain HTTP.
+    pub fn start_with(
+        listen: SocketAddr,
+        faults: Faults,
+        threads: usize,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("mockapi")
@@ -406,7 +480,7 @@ impl Server {
             log: Mutex::new(Vec::new()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
-        runtime.spawn(serve(listener, state, rx));
+        runtime.spawn(serve(listener, state, tls.map(tokio_rustls::TlsAcceptor::from), rx));
         Ok(Self { addr, runtime, shutdown: Some(tx) })
     }
 
@@ -437,6 +511,7 @@ impl Drop for Server {
 async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     loop {
@@ -447,9 +522,44 @@ async fn serve(
         let Ok((stream, _)) = accepted else { continue };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(state.clone(), req));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve_connection(stream, state).await;
+                    }
+                }
+                None => serve_connection(stream, state).await,
+            }
         });
     }
+}
+
+async fn serve_connection<S>(stream: S, state: Arc<State>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(state.clone(), req));
+    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+}
+
+/// A TLS server configuration from a PEM certificate chain and its PEM private key.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| format!("TLS: {e}"))?;
+    Ok(Arc::new(config))
 }

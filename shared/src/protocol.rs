@@ -19,7 +19,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,8 +88,19 @@ pub struct JobSpec {
     pub headers: Vec<(String, String)>,
     /// The `User-Agent` header of every request.
     pub user_agent: String,
+    /// How https URLs are trusted.
+    pub tls: TlsTrust,
     /// Faults to inject, for tests and teaching; empty unless asked for.
     pub chaos: WorkerChaos,
+}
+
+/// How a worker trusts https servers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsTrust {
+    /// Certificates (DER) trusted besides the system's roots (`--ca-cert`).
+    pub extra_roots: Vec<Vec<u8>>,
+    /// Verify nothing (`--insecure`): any certificate, any name.
+    pub insecure: bool,
 }
 
 impl JobSpec {
@@ -109,6 +120,7 @@ impl JobSpec {
             retry_after_max_ms: 1,
             headers: Vec::new(),
             user_agent: String::new(),
+            tls: TlsTrust::default(),
             chaos: WorkerChaos::default(),
         }
     }
@@ -131,6 +143,7 @@ impl std::fmt::Debug for JobSpec {
             .field("retry_after_max_ms", &self.retry_after_max_ms)
             .field("headers", &headers)
             .field("user_agent", &self.user_agent)
+            .field("tls", &self.tls)
             .field("chaos", &self.chaos)
             .finish()
     }

@@ -62,6 +62,7 @@ fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
         retry_after_max_ms: 300000,
         headers: vec![("Authorization".into(), "Bearer x".into())],
         user_agent: "flota/0.1.0".into(),
+        tls: shared::TlsTrust { extra_roots: vec![vec![0x30, 0x82]], insecure: false },
         chaos: Default::default(),
     };
     let results = FromWorker::Results(

@@ -184,6 +184,14 @@ pub struct Tuning {
     /// calls them, often with a contact: `acme-sync/2 (ops@example.com)`.
     #[arg(long, env = "FLOTA_USER_AGENT", value_name = "UA", default_value = DEFAULT_USER_AGENT)]
     pub user_agent: String,
+    /// Trust the certificate authorities of this PEM file besides the system's roots, for
+    /// https servers whose certificates a private CA signed (repeatable).
+    #[arg(long = "ca-cert", env = "FLOTA_CA_CERT", value_name = "FILE")]
+    pub ca_certs: Vec<PathBuf>,
+    /// Do not verify https servers' certificates at all: anyone on the path can read and
+    /// change what is fetched. For a test server, never for data you keep.
+    #[arg(long, env = "FLOTA_INSECURE", conflicts_with = "ca_certs")]
+    pub insecure: bool,
     /// Read extra request headers from this file, one `Name: value` per line (keeps secrets
     /// out of the process list).
     #[arg(long, env = "FLOTA_HEADER_FILE", value_name = "FILE")]

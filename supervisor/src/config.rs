@@ -164,9 +164,21 @@ pub fn run_config(
             retry_after_max_ms: ms(t.retry_after_max),
             headers,
             user_agent: user_agent(&t.user_agent)?,
+            tls: tls(t)?,
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
     })
+}
+
+/// `--ca-cert` and `--insecure`.
+fn tls(t: &Tuning) -> Result<shared::TlsTrust, String> {
+    let mut extra_roots = Vec::new();
+    for file in &t.ca_certs {
+        let in_file = |e: String| format!("--ca-cert {}: {e}", file.display());
+        let pem = std::fs::read(file).map_err(|e| in_file(e.to_string()))?;
+        extra_roots.extend(worker::fetch::ca_certificates(&pem).map_err(in_file)?);
+    }
+    Ok(shared::TlsTrust { extra_roots, insecure: t.insecure })
 }
 
 /// `--user-agent`: a header value (visible ASCII and spaces), not empty.
@@ -340,6 +352,8 @@ mod tests {
             burst: None,
             concurrency: None,
             user_agent: crate::cli::DEFAULT_USER_AGENT.to_owned(),
+            ca_certs: Vec::new(),
+            insecure: false,
             chaos: None,
         }
     }

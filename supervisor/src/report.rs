@@ -50,6 +50,9 @@ pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
         let name = signal_name(sig);
         println!("  stopped   by {name}: everything fetched is stored; run the same command again to resume");
     }
+    if cfg.job.tls.insecure {
+        println!("  tls       certificates NOT verified (--insecure)");
+    }
     println!("  store     {}", cfg.store.display());
 }
 

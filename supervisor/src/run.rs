@@ -96,6 +96,11 @@ pub fn execute(
         cfg.job.threads,
         cfg.store.display()
     );
+    if cfg.job.tls.insecure {
+        log::warn!(
+            "--insecure: https certificates are NOT verified; anyone on the path can read and change what is stored"
+        );
+    }
     let report = dispatch::run(cfg, &store, spawner, watch, metrics)?;
     let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     store.set_last_run(&LastRun {

@@ -10,7 +10,8 @@
 
 use std::time::Duration;
 
-use shared::{ItemResult, JobSpec, Outcome};
+use shared::{ItemResult, JobSpec, Outcome, TlsTrust};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::Agent;
 
 use crate::gate::{Gate, Met};
@@ -57,6 +58,46 @@ impl Iterator for BackoffIter {
     }
 }
 
+/// How https servers are trusted: the system's roots (as `SSL_CERT_FILE` and `SSL_CERT_DIR`
+/// point, else the distribution's bundle) plus `--ca-cert`'s; Mozilla's roots, built in, when
+/// the system has none (a bare container). Roots are loaded only for an https job.
+fn tls_config(trust: &TlsTrust, url_template: &str) -> TlsConfig {
+    let builder = TlsConfig::builder();
+    if trust.insecure {
+        return builder.disable_verification(true).build();
+    }
+    if !url_template.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")) {
+        return builder.build();
+    }
+    let loaded = rustls_native_certs::load_native_certs();
+    for e in &loaded.errors {
+        log::debug!("system roots: {e}");
+    }
+    let mut roots: Vec<Certificate<'static>> =
+        loaded.certs.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
+    if roots.is_empty() && trust.extra_roots.is_empty() {
+        log::debug!("no system roots: trusting Mozilla's, built in");
+        return builder.root_certs(RootCerts::WebPki).build();
+    }
+    roots.extend(trust.extra_roots.iter().map(|der| Certificate::from_der(der).to_owned()));
+    builder.root_certs(RootCerts::new_with_certs(&roots)).build()
+}
+
+/// The certificates (DER) of a PEM file, for `--ca-cert`: at least one, and nothing that is
+/// not PEM. Other PEM sections (a key that came along) are skipped.
+pub fn ca_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| format!("not PEM ({e})"))? {
+            certs.push(c.der().to_vec());
+        }
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
+    }
+    Ok(certs)
+}
+
 /// One attempt's result: final, or worth another try.
 enum Attempt {
     Final(Outcome),
@@ -87,6 +128,7 @@ impl Fetcher {
             .max_idle_connections_per_host(threads)
             .http_status_as_error(false)
             .user_agent(job.user_agent.as_str())
+            .tls_config(tls_config(&job.tls, &job.url_template))
             .build()
             .into();
         Self {
@@ -216,6 +258,13 @@ fn classify_error(e: ureq::Error) -> Attempt {
         | E::LargeResponseHeader(..)
         | E::Http(_)
         | E::InvalidProxyUrl => Attempt::Final(Outcome::Failed { error: one_line(&e) }),
+        // A certificate the roots do not vouch for, a name it does not cover, a handshake the
+        // server refuses: the same answer on every attempt (a rerun asks again).
+        E::Rustls(_) | E::Tls(_) => Attempt::Final(Outcome::Failed { error: format!("TLS: {}", one_line(&e)) }),
+        E::Io(ref io) if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+            let why = io.get_ref().map_or_else(String::new, ToString::to_string);
+            Attempt::Final(Outcome::Failed { error: format!("TLS: {why}") })
+        }
         other => Attempt::Retry { error: one_line(&other) },
     }
 }
