@@ -13,7 +13,7 @@ fn bad_flags_exit_2_with_one_line_and_create_nothing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--bogus"], "unexpected argument '--bogus'"),
         (vec!["--ids", "0..5", "--store", s], "--url is required"),
-        (vec!["--url", ok, "--store", s], "--ids is required"),
+        (vec!["--url", ok, "--store", s], "--ids or --ids-file is required"),
         (vec!["--url", "http://127.0.0.1:9/items", "--ids", "0..5", "--store", s], "has no {id}"),
         (vec!["--url", "ftp://127.0.0.1/{id}", "--ids", "0..5", "--store", s], "not an http"),
         (vec!["--url", ok, "--ids", "5..1", "--store", s], "`5..1` holds no id"),

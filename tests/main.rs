@@ -15,6 +15,7 @@ mod pace;
 mod private;
 mod report;
 mod resume;
+mod shards;
 mod survive;
-mod web;
 mod util;
+mod web;

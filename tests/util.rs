@@ -155,6 +155,9 @@ pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(SUPERVISOR)
         .args(args)
         .env("RUST_LOG", "info")
+        // A test run inside a scheduler's job is not a shard of it.
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("SLURM_ARRAY_TASK_ID")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

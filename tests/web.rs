@@ -81,7 +81,8 @@ fn a_bad_ca_file_is_one_line_and_exit_2() {
     let not_pem = dir.path().join("ca.pem");
     std::fs::write(&not_pem, "hello\n").expect("write");
     let store = dir.path().join("items.sled");
-    for (file, want) in [(not_pem.as_path(), "no PEM certificate"), (Path::new("/nonexistent/ca.pem"), "No such file")]
+    for (file, want) in
+        [(not_pem.as_path(), "no PEM certificate"), (Path::new("/nonexistent/ca.pem"), "No such file")]
     {
         let mut args = job_args("https://127.0.0.1:9/items/{id}", "0..5", &store);
         set(&mut args, "--ca-cert", path_str(file));
@@ -110,7 +111,11 @@ fn compressed_bodies_are_stored_decoded() {
         assert_eq!(records.len(), 200);
         for (rec, id) in records.iter().zip(0..) {
             assert_eq!(rec["id"].as_u64(), Some(id));
-            assert_eq!(rec["body"].as_str(), Some(mockapi::sized_body(id, 2048).as_str()), "{coding}: id {id}");
+            assert_eq!(
+                rec["body"].as_str(),
+                Some(mockapi::sized_body(id, 2048).as_str()),
+                "{coding}: id {id}"
+            );
         }
     }
 }

@@ -12,6 +12,6 @@ pub mod protocol;
 
 pub use frame::{FrameError, FrameReader, FrameWriter};
 pub use protocol::{
-    Announced, FromWorker, ItemResult, JobSpec, Outcome, Pace, ToWorker, Traffic, WorkerChaos, WorkerHello,
-    HEARTBEAT_EVERY, LATENCY_BUCKETS, PROTOCOL_VERSION, TRAFFIC_EVERY, TlsTrust,
+    Announced, FromWorker, ItemResult, JobSpec, Outcome, Pace, TlsTrust, ToWorker, Traffic, WorkerChaos,
+    WorkerHello, HEARTBEAT_EVERY, LATENCY_BUCKETS, PROTOCOL_VERSION, TRAFFIC_EVERY,
 };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{parse_chaos, Chaos};
-use crate::partition::IdRange;
+use crate::partition::{IdRange, Shard};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// flota's supervisor: fetches every id of a range from an HTTP API with a fleet of isolated
@@ -30,6 +30,8 @@ Examples:
   supervisor --url 'https://api.example.com/items/{id}' --ids 0..1000000 --store items.sled
   supervisor --url 'https://api.example.com/items/{id}' --ids 0..40000 --rate 600/min
   supervisor --config /etc/flota/job.toml --metrics 127.0.0.1:9898
+  supervisor --url 'https://api.example.com/items/{id}' --ids 0..1000000 --shard 0/3 --store part0.sled
+  supervisor merge items.sled part0.sled part1.sled part2.sled
   supervisor status --store items.sled --json
   supervisor export --store items.sled --only failed --format csv --output failed.csv
   supervisor demo --items 100000 --chaos kill-every=1s
@@ -86,6 +88,9 @@ pub enum Command {
     /// Copy every intact record of a (damaged) store into a new store of the same job; a run of
     /// the job on the new store then fetches only what was lost. Changes nothing in the old one.
     Salvage(SalvageArgs),
+    /// Merge the stores of a job's shards into a new store OUT; says whether every id has a
+    /// record (exit 0) or some are missing (exit 3), and refuses stores of another job (exit 2).
+    Merge(MergeArgs),
     /// Start mockapi on a free loopback port and run a whole job against it.
     Demo(DemoArgs),
     /// Print the effective settings of a run (flags, environment, config file, defaults) and
@@ -114,8 +119,22 @@ pub struct RunArgs {
     #[arg(long, env = "FLOTA_URL", value_name = "TEMPLATE")]
     pub url: Option<String>,
     /// Ids to fetch: `A..B` (B excluded) or `A..=B`.
-    #[arg(long, env = "FLOTA_IDS", value_name = "RANGE")]
+    #[arg(long, env = "FLOTA_IDS", value_name = "RANGE", conflicts_with = "ids_file")]
     pub ids: Option<String>,
+    /// Ids to fetch, one per line (`-`: stdin); blank lines and `#` comments are skipped, and
+    /// an id listed twice is fetched once. For APIs whose ids are not a range.
+    #[arg(long, env = "FLOTA_IDS_FILE", value_name = "FILE")]
+    pub ids_file: Option<PathBuf>,
+    /// Take only part I of N of the ids (I counts from 0): blocks of 256 ids dealt round-robin,
+    /// so N supervisors with 0/N .. N-1/N fetch every id exactly once, each into its own store;
+    /// `supervisor merge` joins the stores. Read from a Slurm job array or (with --shards) a
+    /// Kubernetes Indexed Job when not given. --rate is per shard.
+    #[arg(long, env = "FLOTA_SHARD", value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// How many shards the job has, when the scheduler gives only this one's index
+    /// (JOB_COMPLETION_INDEX in a Kubernetes Indexed Job: its completions).
+    #[arg(long, env = "FLOTA_SHARDS", value_name = "N")]
+    pub shards: Option<u64>,
     /// The store (a directory); created if missing.
     #[arg(long, env = "FLOTA_STORE", value_name = "DIR", default_value = "flota.sled")]
     pub store: PathBuf,
@@ -259,6 +278,10 @@ fn parse_ids(s: &str) -> Result<IdRange, String> {
     s.parse()
 }
 
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    s.parse()
+}
+
 /// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -296,6 +319,17 @@ pub struct SalvageArgs {
     /// The new store to write; must not exist.
     #[arg(long, value_name = "DIR")]
     pub into: PathBuf,
+}
+
+/// Flags of `merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The new store; must not exist.
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
+    /// The stores to merge: the shards of one job.
+    #[arg(value_name = "IN", required = true, num_args = 1..)]
+    pub inputs: Vec<PathBuf>,
 }
 
 /// Flags of `demo`.

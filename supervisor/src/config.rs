@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use shared::{JobSpec, WorkerChaos, HEARTBEAT_EVERY};
 
-use crate::cli::{parse_duration, Tuning};
+use crate::cli::{parse_duration, RunArgs, Tuning};
 use crate::dispatch::core::PaceSettings;
-use crate::partition::IdRange;
+use crate::partition::{shard_from_env, Shard};
+use crate::store::scope::{Ids, Listed, Scope};
 
 /// Faults to inject (`--chaos`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,10 +66,14 @@ pub fn parse_chaos(spec: &str) -> Result<Chaos, String> {
 pub const MAX_BODY_LIMIT: u64 = 128 << 20;
 
 /// A validated run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunConfig {
-    /// The ids.
-    pub ids: IdRange,
+    /// The ids it covers, and its shard of them.
+    pub scope: Scope,
+    /// Where the shard came from, when a scheduler's environment gave it.
+    pub shard_from: Option<&'static str>,
+    /// An `--ids-file`'s ids, sorted and distinct, until the store takes them.
+    pub listed: std::sync::Mutex<Option<Vec<u64>>>,
     /// The store path.
     pub store: PathBuf,
     /// Worker processes.
@@ -113,16 +118,12 @@ pub struct WorkerLimits {
 }
 
 /// Checks a run's flags.
-pub fn run_config(
-    url: Option<&str>,
-    ids: Option<&str>,
-    store: PathBuf,
-    t: &Tuning,
-) -> Result<RunConfig, String> {
-    let url = url.ok_or("--url is required (e.g. --url 'http://127.0.0.1:8080/items/{id}')")?;
+pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
+    let (store, t) = (args.store.clone(), &args.tuning);
+    let url =
+        args.url.as_deref().ok_or("--url is required (e.g. --url 'http://127.0.0.1:8080/items/{id}')")?;
     worker::fetch::check_url_template(url).map_err(|e| format!("--url: {e}"))?;
-    let ids: IdRange =
-        ids.ok_or("--ids is required (e.g. --ids 0..1000000)")?.parse().map_err(|e| format!("--ids: {e}"))?;
+    let (shard, shard_from) = shard(args.shard, args.shards, |k| std::env::var(k).ok())?;
     let workers = within("--workers", t.workers, 1, 1024)?;
     let threads = within("--threads", t.threads, 1, 4096)?;
     let chunk_size = within("--chunk-size", t.chunk_size, 1, 1 << 20)?;
@@ -136,11 +137,24 @@ pub fn run_config(
     let pace = pace(t, workers * threads)?;
     let user = t.user.as_deref().map(resolve_user).transpose()?;
     check_paths(&store, t)?;
+    let tls = tls(t)?;
+    let user_agent = user_agent(&t.user_agent)?;
+    // Last, as a list on stdin can be read only once.
+    let (ids, listed) = match (&args.ids, &args.ids_file) {
+        (Some(range), _) => (Ids::Range(range.parse().map_err(|e| format!("--ids: {e}"))?), None),
+        (None, Some(file)) => {
+            let (ids, source) = read_ids_file(file)?;
+            (Ids::Listed(Listed::of(&ids, source)), Some(ids))
+        }
+        (None, None) => return Err("--ids or --ids-file is required (e.g. --ids 0..1000000)".into()),
+    };
     // Each worker holds two chunks, and enough ids to keep every thread busy.
     let max_in_flight = (2 * chunk_size).max(chunk_size + 2 * threads);
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     Ok(RunConfig {
-        ids,
+        scope: Scope { ids, shard },
+        shard_from,
+        listed: std::sync::Mutex::new(listed),
         store,
         workers,
         chunk_size,
@@ -163,11 +177,72 @@ pub fn run_config(
             backoff_max_ms: ms(t.backoff_max),
             retry_after_max_ms: ms(t.retry_after_max),
             headers,
-            user_agent: user_agent(&t.user_agent)?,
-            tls: tls(t)?,
+            user_agent,
+            tls,
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
     })
+}
+
+/// The run's shard: `--shard` if given, else the scheduler's (see [`shard_from_env`]), with the
+/// variable it came from.
+fn shard(
+    given: Option<Shard>,
+    shards: Option<u64>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Option<Shard>, Option<&'static str>), String> {
+    if let Some(s) = given {
+        if let Some(n) = shards.filter(|&n| n != s.count) {
+            return Err(format!("--shards {n} disagrees with --shard {s}"));
+        }
+        return Ok((Some(s), None));
+    }
+    match shard_from_env(env, shards)? {
+        Some((s, from)) => Ok((Some(s), Some(from))),
+        None if shards.is_some() => Err(
+            "--shards needs the shard's index: JOB_COMPLETION_INDEX (set in a Kubernetes Indexed Job), or give \
+             --shard I/N"
+                .into(),
+        ),
+        None => Ok((None, None)),
+    }
+}
+
+/// Reads an `--ids-file` (`-`: stdin): one id per line, blank lines and `#` comments skipped.
+/// Returns the ids sorted and distinct, and what to call their source.
+fn read_ids_file(file: &std::path::Path) -> Result<(Vec<u64>, String), String> {
+    use std::io::BufRead;
+    let stdin = file.as_os_str() == "-";
+    let source = if stdin { "stdin".to_owned() } else { file.display().to_string() };
+    let in_file = |e: String| format!("--ids-file {source}: {e}");
+    let reader: Box<dyn BufRead> = if stdin {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(file).map_err(|e| in_file(e.to_string()))?))
+    };
+    let mut ids = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| in_file(format!("line {}: {e}", n + 1)))?;
+        let text = line.trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        let id = text.parse::<u64>().map_err(|_| {
+            let shown: String = text.chars().take(40).collect();
+            in_file(format!("line {}: `{shown}` is not an id (a whole number from 0 to {})", n + 1, u64::MAX))
+        })?;
+        ids.push(id);
+    }
+    if ids.is_empty() {
+        return Err(in_file("holds no id".into()));
+    }
+    ids.sort_unstable();
+    let listed = ids.len();
+    ids.dedup();
+    if ids.len() < listed {
+        log::info!("--ids-file {source}: {} ids listed more than once are fetched once", listed - ids.len());
+    }
+    Ok((ids, source))
 }
 
 /// `--ca-cert` and `--insecure`.
@@ -327,6 +402,7 @@ fn parse_header(h: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partition::IdRange;
 
     fn tuning() -> Tuning {
         Tuning {
@@ -358,11 +434,24 @@ mod tests {
         }
     }
 
+    fn args(url: Option<&str>, ids: Option<&str>, tuning: Tuning) -> RunArgs {
+        RunArgs {
+            url: url.map(str::to_owned),
+            ids: ids.map(str::to_owned),
+            ids_file: None,
+            shard: None,
+            shards: None,
+            store: "s.sled".into(),
+            metrics: None,
+            tuning,
+        }
+    }
+
     #[test]
     fn a_good_run_validates() {
-        let c = run_config(Some("http://127.0.0.1:9/items/{id}"), Some("0..10"), "s.sled".into(), &tuning())
-            .expect("valid");
-        assert_eq!(c.ids, IdRange { start: 0, end: 10 });
+        let c =
+            run_config(&args(Some("http://127.0.0.1:9/items/{id}"), Some("0..10"), tuning())).expect("valid");
+        assert_eq!(c.scope, Scope { ids: Ids::Range(IdRange { start: 0, end: 10 }), shard: None });
         assert_eq!(c.job.headers, vec![("Authorization".to_owned(), "Bearer x".to_owned())]);
         assert!(c.job.max_in_flight >= 2 * c.chunk_size);
     }
@@ -374,7 +463,7 @@ mod tests {
             (None, Some("0..1"), t.clone(), "--url is required"),
             (Some("http://127.0.0.1/items"), Some("0..1"), t.clone(), "--url"),
             (Some("ftp://h/{id}"), Some("0..1"), t.clone(), "--url"),
-            (Some("http://h/{id}"), None, t.clone(), "--ids is required"),
+            (Some("http://h/{id}"), None, t.clone(), "--ids or --ids-file is required"),
             (Some("http://h/{id}"), Some("3..1"), t.clone(), "--ids"),
             (Some("http://h/{id}"), Some("0..1"), Tuning { workers: 0, ..t.clone() }, "--workers"),
             (Some("http://h/{id}"), Some("0..1"), Tuning { threads: 0, ..t.clone() }, "--threads"),
@@ -392,9 +481,45 @@ mod tests {
             ),
         ];
         for (url, ids, t, want) in cases {
-            let err = run_config(url, ids, "s.sled".into(), &t).expect_err(want);
+            let err = run_config(&args(url, ids, t)).expect_err(want);
             assert!(err.contains(want), "{err:?} should mention {want}");
         }
+    }
+
+    #[test]
+    fn an_explicit_shard_wins_over_the_scheduler() {
+        let slurm = |k: &str| match k {
+            "SLURM_ARRAY_TASK_ID" => Some("1".to_owned()),
+            "SLURM_ARRAY_TASK_COUNT" => Some("4".to_owned()),
+            _ => None,
+        };
+        let given = Shard { index: 3, count: 5 };
+        assert_eq!(shard(Some(given), None, slurm), Ok((Some(given), None)));
+        assert_eq!(
+            shard(None, None, slurm),
+            Ok((Some(Shard { index: 1, count: 4 }), Some("SLURM_ARRAY_TASK_ID")))
+        );
+        assert!(shard(Some(given), Some(4), slurm).is_err(), "--shards disagrees with --shard");
+        assert!(shard(None, Some(4), |_| None).expect_err("no index").contains("JOB_COMPLETION_INDEX"));
+        assert_eq!(shard(None, None, |_| None), Ok((None, None)));
+    }
+
+    #[test]
+    fn ids_files_skip_comments_and_name_a_bad_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("ids.txt");
+        std::fs::write(&good, "# ids\n42\n\n 7 \n42\n# more\n100000000000\n").expect("write");
+        let (ids, source) = read_ids_file(&good).expect("reads");
+        assert_eq!(ids, vec![7, 42, 100_000_000_000]);
+        assert_eq!(source, good.display().to_string());
+        let bad = dir.path().join("bad.txt");
+        std::fs::write(&bad, "1\n2\nthree\n").expect("write");
+        let err = read_ids_file(&bad).expect_err("refused");
+        assert!(err.contains("line 3: `three` is not an id"), "{err}");
+        let empty = dir.path().join("empty.txt");
+        std::fs::write(&empty, "# nothing\n\n").expect("write");
+        assert!(read_ids_file(&empty).expect_err("refused").contains("holds no id"));
+        assert!(read_ids_file(&dir.path().join("none")).is_err());
     }
 
     #[test]

@@ -76,9 +76,19 @@ pub fn run(args: DemoArgs, watch: run::Watch) -> Result<i32, Error> {
     let listen = recorded_listen_addr(&store).unwrap_or_else(|| "127.0.0.1:0".to_owned());
     // Validate before starting anything; the real address is known once mockapi runs.
     let placeholder = "http://127.0.0.1:1/items/{id}";
-    let mut cfg =
-        config::run_config(Some(placeholder), Some(&format!("0..{}", args.items)), store, &args.tuning)
-            .map_err(Error::Usage)?;
+    let mut cfg = config::run_config(&crate::cli::RunArgs {
+        url: Some(placeholder.to_owned()),
+        ids: Some(format!("0..{}", args.items)),
+        ids_file: None,
+        shard: None,
+        shards: None,
+        store,
+        metrics: None,
+        tuning: args.tuning.clone(),
+    })
+    .map_err(Error::Usage)?;
+    // The demo is one machine's job, even inside a Slurm array.
+    (cfg.scope.shard, cfg.shard_from) = (None, None);
     let mock = start_mockapi(&listen, args.latency_ms)?;
     cfg.job.url_template = format!("http://{}/items/{{id}}", mock.addr);
     println!(

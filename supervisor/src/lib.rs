@@ -20,6 +20,7 @@ mod error;
 mod export;
 mod fleet;
 mod live;
+mod merge;
 mod metrics;
 mod notify;
 mod panics;
@@ -104,6 +105,7 @@ fn run_main() -> i32 {
         Some(Command::Status(ref args)) => report::status(args),
         Some(Command::Verify(ref args)) => doctor::verify(args),
         Some(Command::Salvage(ref args)) => doctor::salvage(args),
+        Some(Command::Merge(ref args)) => merge::run(args),
         Some(Command::Demo(args)) => demo::run(args, watch),
         Some(Command::Worker | Command::Mockapi(_) | Command::Completions { .. } | Command::Man) => {
             unreachable!("handled above")

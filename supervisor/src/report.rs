@@ -8,11 +8,13 @@ use crate::dispatch::core::signal_name;
 use crate::dispatch::RunReport;
 use crate::error::Error;
 use crate::live::Live;
+use crate::store::merge::Coverage;
+use crate::store::scope::Scope;
 use crate::store::{Counts, LastRun, Store, StoreError};
 
 /// The end-of-run summary, on stdout.
 pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
-    println!("flota: ids {} from {}", cfg.ids, cfg.job.url_template);
+    println!("flota: ids {} from {}", cfg.scope, cfg.job.url_template);
     println!(
         "  fetched   {} ids in {:.2} s ({} items/s) with {} workers x {} threads",
         thousands(r.fetched()),
@@ -89,6 +91,10 @@ struct StatusJson {
     /// The job's URL template; unknown while a run holds the store.
     job: Option<String>,
     counts: Option<Counts>,
+    /// The ids the job covers, and the shard of them the store holds.
+    scope: Option<Scope>,
+    /// How much of them it holds.
+    coverage: Option<Coverage>,
     last_run: Option<LastRun>,
     /// The figures of the run holding the store, if one does.
     live: Option<Live>,
@@ -102,11 +108,18 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
         Err(e @ StoreError::Locked { .. }) => return live_status(args, e),
         Err(e) => return Err(e.into()),
     };
+    let scope = store.scope()?;
+    let coverage = match &scope {
+        Some(_) => Some(store.coverage(&store.covered()?)?),
+        None => None,
+    };
     if args.json {
         let json = StatusJson {
             store: args.store.display().to_string(),
             job: store.job()?,
             counts: Some(store.counts()?),
+            scope,
+            coverage,
             last_run: store.last_run()?,
             live: None,
         };
@@ -122,6 +135,21 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
         thousands(counts.success)
     );
     println!("failed    {} ids ({} quarantined)", thousands(counts.failed), thousands(counts.quarantined));
+    match (&scope, &coverage) {
+        (Some(scope), Some(c)) => {
+            println!("covers    {scope}");
+            let ids = match scope.shard {
+                Some(s) => format!("shard {s}"),
+                None => scope.ids.to_string(),
+            };
+            for (label, line) in crate::merge::coverage_lines(c, &ids) {
+                println!("{label:<9} {line}");
+            }
+        }
+        _ => println!(
+            "covers    not recorded (the store was made before flota recorded which ids a job covers)"
+        ),
+    }
     match store.last_run()? {
         Some(run) => {
             let when = UNIX_EPOCH + std::time::Duration::from_secs(run.finished_unix);
@@ -158,6 +186,8 @@ fn live_status(args: &StatusArgs, locked: StoreError) -> Result<i32, Error> {
             store: args.store.display().to_string(),
             job: Some(live.url.clone()),
             counts: None,
+            scope: None,
+            coverage: None,
             last_run: None,
             live: Some(live),
         };

@@ -23,8 +23,7 @@ pub struct Watch {
 
 /// `supervisor --url … --ids …`.
 pub fn run_command(args: RunArgs, watch: Watch) -> Result<i32, Error> {
-    let cfg = config::run_config(args.url.as_deref(), args.ids.as_deref(), args.store, &args.tuning)
-        .map_err(Error::Usage)?;
+    let cfg = config::run_config(&args).map_err(Error::Usage)?;
     let metrics = match args.metrics {
         Some(addr) => {
             let m = crate::metrics::Metrics::new(cfg.workers as usize);
@@ -53,8 +52,7 @@ pub fn show_config(parsed: &crate::settings::Parsed) -> Result<i32, Error> {
         Some(crate::cli::Command::Config(args)) => args,
         _ => &parsed.cli.run,
     };
-    config::run_config(args.url.as_deref(), args.ids.as_deref(), args.store.clone(), &args.tuning)
-        .map_err(Error::Usage)?;
+    config::run_config(args).map_err(Error::Usage)?;
     Ok(0)
 }
 
@@ -76,6 +74,8 @@ pub fn execute(
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 ) -> Result<RunReport, Error> {
     let store = Store::open_for_job(&cfg.store, &cfg.job.url_template)?;
+    let listed = cfg.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    store.adopt_scope(&cfg.scope, listed)?;
     let (bin, self_exec) = match &cfg.worker_bin {
         Some(bin) => (bin.clone(), false),
         // The running executable itself, even if its file was replaced since it started.
@@ -88,9 +88,12 @@ pub fn execute(
         limits: cfg.limits,
     };
     let started = SystemTime::now();
+    if let (Some(shard), Some(from)) = (cfg.scope.shard, cfg.shard_from) {
+        log::info!("shard {shard} (from {from})");
+    }
     log::info!(
         "fetching ids {} from {} with {} workers x {} threads into {}",
-        cfg.ids,
+        cfg.scope,
         cfg.job.url_template,
         cfg.workers,
         cfg.job.threads,
@@ -104,7 +107,7 @@ pub fn execute(
     let report = dispatch::run(cfg, &store, spawner, watch, metrics)?;
     let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     store.set_last_run(&LastRun {
-        ids: cfg.ids.to_string(),
+        ids: cfg.scope.to_string(),
         started_unix: unix(started),
         finished_unix: unix(SystemTime::now()),
         wall_secs: report.wall.as_secs_f64(),

@@ -260,7 +260,9 @@ fn classify_error(e: ureq::Error) -> Attempt {
         | E::InvalidProxyUrl => Attempt::Final(Outcome::Failed { error: one_line(&e) }),
         // A certificate the roots do not vouch for, a name it does not cover, a handshake the
         // server refuses: the same answer on every attempt (a rerun asks again).
-        E::Rustls(_) | E::Tls(_) => Attempt::Final(Outcome::Failed { error: format!("TLS: {}", one_line(&e)) }),
+        E::Rustls(_) | E::Tls(_) => {
+            Attempt::Final(Outcome::Failed { error: format!("TLS: {}", one_line(&e)) })
+        }
         E::Io(ref io) if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
             let why = io.get_ref().map_or_else(String::new, ToString::to_string);
             Attempt::Final(Outcome::Failed { error: format!("TLS: {why}") })

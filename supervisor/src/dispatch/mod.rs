@@ -28,7 +28,7 @@ use crate::fleet::{EventKind, FleetEvent, Spawner, WorkerProc};
 use crate::live::LiveFile;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::partition::{unsettled, IdRange};
+use crate::partition::{mask_ids, mask_len};
 use crate::progress::Progress;
 use crate::run::Watch;
 use crate::store::{self, StoreError, WriteAck, WriteCmd};
@@ -111,19 +111,21 @@ pub fn run(
     let (panic_tx, panic_rx) = unbounded::<Error>();
     let signals = SignalFeed::start().map_err(Error::Thread)?;
     let writer = store.writer();
-    let range = cfg.ids;
+    let covered = store.covered()?;
+    let total = covered.total()?;
+    let on_disk = covered.clone();
     threads::spawn("store-writer".into(), &panic_tx, move || {
-        store::write_loop(writer, range, store::Timing::DEFAULT, write_rx, ack_tx)
+        store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx)
     })
     .map_err(Error::Thread)?;
-    let (reader, ids, chunk, retry_q) =
-        (store.reader(), cfg.ids, u64::from(cfg.chunk_size), cfg.retry_quarantined);
-    threads::spawn("planner".into(), &panic_tx, move || plan(reader, ids, chunk, retry_q, &plan_tx))
+    let (reader, to_plan, chunk, retry_q) =
+        (store.reader(), covered.clone(), cfg.chunk_size as usize, cfg.retry_quarantined);
+    threads::spawn("planner".into(), &panic_tx, move || plan(reader, &to_plan, chunk, retry_q, &plan_tx))
         .map_err(Error::Thread)?;
     // The total to fetch, counted beside the planner so the first request does not wait for it.
     let (count_tx, count_rx) = bounded::<u64>(1);
     let mut counter = store.reader();
-    threads::spawn("counter".into(), &panic_tx, move || match counter.count_settled(ids, retry_q) {
+    threads::spawn("counter".into(), &panic_tx, move || match counter.count_settled(&covered, retry_q) {
         Ok(settled) => {
             let _ = count_tx.send(settled);
         }
@@ -141,10 +143,10 @@ pub fn run(
         watchers: Watchers {
             progress: Progress::new(watch.progress),
             notify: Notifier::from_env(),
-            live: LiveFile::new(&cfg.store, cfg.ids.to_string(), cfg.job.url_template.clone()),
+            live: LiveFile::new(&cfg.store, cfg.scope.to_string(), cfg.job.url_template.clone()),
             metrics,
             argv: watch.argv.clone(),
-            range: cfg.ids.len(),
+            range: total,
         },
     };
     let sources = Sources {
@@ -186,37 +188,46 @@ enum PlanMsg {
     End,
 }
 
-/// Walks the range, dropping what the store has settled, and feeds chunks to the dispatcher
-/// through a small bounded channel: memory stays flat whatever the range.
+/// Walks the job's ids block by block, dropping what the store has settled, and feeds chunks
+/// to the dispatcher through a small bounded channel: memory stays flat whatever the range.
 fn plan(
     mut store: store::Reader,
-    range: IdRange,
-    chunk_size: u64,
+    covered: &store::scope::Covered,
+    chunk_size: usize,
     retry_quarantined: bool,
     out: &Sender<PlanMsg>,
 ) {
-    let mut settled = Vec::new();
     let (mut skipped, mut quarantined) = (0, 0);
-    for window in range.windows(chunk_size) {
-        settled.clear();
-        match store.settled_in(window, retry_quarantined, &mut settled) {
-            Ok(q) => quarantined += q,
+    let mut ids = Vec::with_capacity(chunk_size);
+    for b in covered.blocks() {
+        let planned = b.and_then(|(n, mask)| {
+            let (settled, held) = store.settled_mask(n, retry_quarantined)?;
+            Ok((n, mask, settled, held))
+        });
+        let (n, mask, settled, held) = match planned {
+            Ok(p) => p,
             Err(e) => {
                 let _ = out.send(PlanMsg::Failed(e));
                 return;
             }
-        }
-        skipped += settled.len() as u64;
-        let ids = unsettled(window, &settled);
-        if !ids.is_empty() {
-            if out.send(PlanMsg::Chunk { ids, skipped, quarantined }).is_err() {
-                return;
+        };
+        skipped += mask_len(&store::and(&mask, &settled));
+        quarantined += mask_len(&store::and(&mask, &held));
+        let todo =
+            [mask[0] & !settled[0], mask[1] & !settled[1], mask[2] & !settled[2], mask[3] & !settled[3]];
+        for id in mask_ids(n, todo) {
+            ids.push(id);
+            if ids.len() == chunk_size {
+                let chunk = std::mem::replace(&mut ids, Vec::with_capacity(chunk_size));
+                if out.send(PlanMsg::Chunk { ids: chunk, skipped, quarantined }).is_err() {
+                    return;
+                }
+                (skipped, quarantined) = (0, 0);
             }
-            (skipped, quarantined) = (0, 0);
         }
     }
-    if skipped > 0 {
-        let _ = out.send(PlanMsg::Chunk { ids: Vec::new(), skipped, quarantined });
+    if !ids.is_empty() || skipped > 0 {
+        let _ = out.send(PlanMsg::Chunk { ids, skipped, quarantined });
     }
     let _ = out.send(PlanMsg::End);
 }

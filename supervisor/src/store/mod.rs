@@ -24,11 +24,13 @@ use nix::fcntl::{Flock, FlockArg};
 use shared::{ItemResult, Outcome};
 
 use crate::panics;
-use crate::partition::IdRange;
+use crate::partition::Shard;
 use block::{BlockError, Index, KIND_ANSWER, KIND_QUARANTINED};
 
 pub mod block;
+pub mod merge;
 pub mod salvage;
+pub mod scope;
 mod writer;
 
 /// The store format this build reads and writes. Format 1 kept one sled key per id.
@@ -139,9 +141,32 @@ pub enum StoreError {
         /// The key's length (block numbers are 8 bytes).
         len: usize,
     },
+    /// The store holds another part of the job than the run asks for.
+    #[error("{}", shard_mismatch(path, *stored, *given))]
+    ShardMismatch {
+        /// The store.
+        path: PathBuf,
+        /// The shard it holds; `None`: the whole job.
+        stored: Option<Shard>,
+        /// The shard of the run; `None`: the whole job.
+        given: Option<Shard>,
+    },
     /// The last run's figures do not decode.
     #[error("the last run's figures are unreadable ({0})")]
     BadLastRun(String),
+}
+
+fn shard_mismatch(path: &Path, stored: Option<Shard>, given: Option<Shard>) -> String {
+    let path = path.display();
+    match (stored, given) {
+        (Some(s), Some(g)) => format!("store {path} holds shard {s} of its job, not {g}: give each shard a store of its own"),
+        (Some(s), None) => format!(
+            "store {path} holds shard {s} of its job, and a run without a shard would fetch the other shards' ids \
+             into it: run it with --shard {s}, or `supervisor merge` the shards and run on the merged store"
+        ),
+        (None, Some(g)) => format!("store {path} holds the whole job, not shard {g}: give each shard a new store"),
+        (None, None) => format!("store {path}: shards agree"),
+    }
 }
 
 impl StoreError {
@@ -236,6 +261,9 @@ pub struct Meta {
     /// follows the damage without a word; a count below this one is how flota notices.
     #[serde(default)]
     pub records: u64,
+    /// What the job covers, as [`scope::Scope`] (absent before flota recorded it).
+    #[serde(default)]
+    pub scope: Option<scope::Scope>,
 }
 
 /// Reads a store's [`META_FILE`], if it has one.
@@ -332,8 +360,18 @@ impl Store {
         Ok(store)
     }
 
+    fn fresh_meta(&self) -> Meta {
+        let job_url = self.job().ok().flatten().unwrap_or_default();
+        Meta { format: FORMAT.to_owned(), job_url, records: 0, scope: None }
+    }
+
     fn initialise(&self, url_template: &str) -> Result<(), StoreError> {
-        self.write_meta(&Meta { format: FORMAT.to_owned(), job_url: url_template.to_owned(), records: 0 })?;
+        self.write_meta(&Meta {
+            format: FORMAT.to_owned(),
+            job_url: url_template.to_owned(),
+            records: 0,
+            scope: None,
+        })?;
         self.guard(|| {
             self.db.insert("format", FORMAT.as_bytes())?;
             self.db.insert("job.url", url_template.as_bytes())?;
@@ -354,9 +392,10 @@ impl Store {
     /// `new_records` (counted as they were written: a scan of a large store would cost as much
     /// memory as the store's size, as sled keeps what it reads).
     pub fn record_manifest(&self, new_records: u64) -> Result<(), StoreError> {
-        let before = read_meta(&self.path).map_or(0, |m| m.records);
-        let job_url = self.job()?.unwrap_or_default();
-        self.write_meta(&Meta { format: FORMAT.to_owned(), job_url, records: before + new_records })
+        let mut meta = read_meta(&self.path).unwrap_or_else(|| self.fresh_meta());
+        meta.job_url = self.job()?.unwrap_or_default();
+        meta.records += new_records;
+        self.write_meta(&meta)
     }
 
     /// Checks that sled still reads at least as many records as the last run left.
@@ -618,24 +657,54 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// How many ids of `range` are settled (see [`Reader::settled_in`]).
-    pub fn count_settled(&mut self, range: IdRange, retry_quarantined: bool) -> Result<u64, StoreError> {
-        let mut settled = Vec::new();
+    /// How many ids of `covered` are settled (see [`Reader::settled_in`]).
+    pub fn count_settled(
+        &mut self,
+        covered: &scope::Covered,
+        retry_quarantined: bool,
+    ) -> Result<u64, StoreError> {
         let mut n = 0;
-        for window in range.windows(1 << 16) {
-            settled.clear();
-            self.settled_in(window, retry_quarantined, &mut settled)?;
-            n += settled.len() as u64;
+        for b in covered.blocks() {
+            let (block, mask) = b?;
+            let (settled, _) = self.settled_mask(block, retry_quarantined)?;
+            n += crate::partition::mask_len(&and(&mask, &settled));
         }
         Ok(n)
+    }
+
+    /// The ids of block `n` that are settled (as [`Reader::settled_in`] says), and of those,
+    /// the quarantined ones. Reads the block's index only.
+    pub fn settled_mask(
+        &mut self,
+        n: u64,
+        retry_quarantined: bool,
+    ) -> Result<(crate::partition::Mask, crate::partition::Mask), StoreError> {
+        let (mut settled, mut quarantined) = ([0; 4], [0; 4]);
+        if let Some(value) = self.block(n)? {
+            let index = Index::parse(&value, n).map_err(|why| corrupt(&self.path, n, why))?;
+            let base = block::first_id(n);
+            for e in index.entries() {
+                let id = base + u64::from(e.offset);
+                match e.kind {
+                    KIND_ANSWER => crate::partition::mask_set(&mut settled, id),
+                    KIND_QUARANTINED if !retry_quarantined => {
+                        crate::partition::mask_set(&mut settled, id);
+                        crate::partition::mask_set(&mut quarantined, id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((settled, quarantined))
     }
 
     /// Appends to `out` the ids of `window` that are settled, in order: those with an HTTP
     /// answer, and quarantined ones unless `retry_quarantined`. Returns how many of them are
     /// quarantined. Reads the blocks' indexes only.
+    #[cfg(test)]
     pub fn settled_in(
         &mut self,
-        window: IdRange,
+        window: crate::partition::IdRange,
         retry_quarantined: bool,
         out: &mut Vec<u64>,
     ) -> Result<u64, StoreError> {
@@ -674,6 +743,11 @@ impl Reader {
         self.cached = value.clone().map(|v| (n, v));
         Ok(value)
     }
+}
+
+/// The ids in both masks.
+pub fn and(a: &crate::partition::Mask, b: &crate::partition::Mask) -> crate::partition::Mask {
+    [a[0] & b[0], a[1] & b[1], a[2] & b[2], a[3] & b[3]]
 }
 
 /// Shares the store's lock with other readers, so no run writes it meanwhile; changes nothing

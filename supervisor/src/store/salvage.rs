@@ -243,6 +243,11 @@ pub fn salvage(path: &Path, into: &Path) -> Result<Salvaged, StoreError> {
         });
     };
     let store = Store::open_for_job(into, &job)?;
+    // The scope, so the new store stays its shard's; a list's ids are not recovered (a rerun
+    // with the same --ids-file records them again).
+    if let Some(scope) = super::read_meta(path).and_then(|m| m.scope) {
+        store.adopt_scope(&scope, None)?;
+    }
     let mut blocks: BTreeMap<u64, BTreeMap<u16, Record>> = BTreeMap::new();
     for (id, record) in recovered {
         let (n, offset) = block::locate(id);

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use super::scope::Covered;
 use super::*;
+use crate::partition::IdRange;
 
 fn answer(id: u64, status: u16, body: &str) -> ItemResult {
     ItemResult { id, attempts: 2, outcome: Outcome::Response { status, body: body.as_bytes().to_vec() } }
@@ -16,7 +18,7 @@ fn write_in_flushes(store: &Store, batches: Vec<Vec<ItemResult>>) -> Vec<Durable
     let writer = store.writer();
     let timing = Timing { every: Duration::from_millis(1), hold: Duration::ZERO };
     let t = std::thread::spawn(move || {
-        write_loop(writer, IdRange { start: 0, end: u64::MAX }, timing, cmd_rx, ack_tx)
+        write_loop(writer, Covered::of_range(IdRange { start: 0, end: u64::MAX }), timing, cmd_rx, ack_tx)
     });
     let mut acks = Vec::new();
     for batch in batches {
@@ -74,7 +76,7 @@ fn a_block_is_held_until_complete_then_written_once() {
     let writer = store.writer();
     let timing = Timing { every: Duration::from_millis(1), hold: Duration::from_secs(60) };
     let range = IdRange { start: 100, end: 256 };
-    let t = std::thread::spawn(move || write_loop(writer, range, timing, cmd_rx, ack_tx));
+    let t = std::thread::spawn(move || write_loop(writer, Covered::of_range(range), timing, cmd_rx, ack_tx));
     let half: Vec<ItemResult> = (100..200).map(|i| answer(i, 200, "x")).collect();
     cmd_tx.send(WriteCmd::Put(half)).expect("sends");
     assert!(ack_rx.recv_timeout(Duration::from_millis(50)).is_err(), "an incomplete block waits");
@@ -132,7 +134,7 @@ fn writer_makes_results_durable_and_the_store_finds_them() {
     let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
     let writer = store.writer();
     let t = std::thread::spawn(move || {
-        write_loop(writer, IdRange { start: 0, end: 10 }, Timing::DEFAULT, cmd_rx, ack_tx)
+        write_loop(writer, Covered::of_range(IdRange { start: 0, end: 10 }), Timing::DEFAULT, cmd_rx, ack_tx)
     });
     let failed = ItemResult { id: 5, attempts: 8, outcome: Outcome::Failed { error: "x".into() } };
     cmd_tx.send(WriteCmd::Put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed])).expect("sends");

@@ -4,8 +4,8 @@
 //! whole: a block written at every flush while its ids trickle in would be written many
 //! times, and sled keeps the older copies on disk until it gets round to collecting them (in
 //! blocks of 1024 ids with 1 KiB bodies, 200k ids took 384 MB, 1.9 times their bodies). So the writer holds a block's
-//! results until the block is complete (every id of it in the job's range has a record, stored
-//! before or pending now), and writes it once. A block is written incomplete only when its
+//! results until the block is complete (as many of its ids have a record, stored before or
+//! pending now, as the job covers in it), and writes it once. A block is written incomplete only when its
 //! first pending result has waited [`Timing::hold`], when pending bodies pass [`HOLD_BYTES`], or at the
 //! end of the run; merging it with what is stored keeps every record either way.
 //!
@@ -19,8 +19,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use shared::Outcome;
 
 use super::block::{self, Index};
+use super::scope::Covered;
 use super::{corrupt, guard, key, Durable, Record, StoreError, WriteAck, WriteCmd, Writer};
-use crate::partition::IdRange;
+use crate::partition::mask_len;
 
 /// When the writer writes.
 #[derive(Debug, Clone, Copy)]
@@ -40,16 +41,16 @@ impl Timing {
 const HOLD_BYTES: usize = 16 << 20;
 
 /// The writer thread's body: gathers results by block, writes complete blocks (and any held
-/// too long), flushes, and acks. `range` is the job's: a block is complete when each of its ids
-/// in the range has a record.
+/// too long), flushes, and acks. `covered` is the job's: a block is complete when as many of
+/// its ids have a record as the job covers in it.
 pub fn write_loop(
     writer: Writer,
-    range: IdRange,
+    covered: Covered,
     timing: Timing,
     cmds: Receiver<WriteCmd>,
     acks: Sender<WriteAck>,
 ) {
-    let mut pending = Pending { range, hold: timing.hold, blocks: BTreeMap::new(), bytes: 0 };
+    let mut pending = Pending { covered, hold: timing.hold, blocks: BTreeMap::new(), bytes: 0 };
     let mut next_write = Instant::now() + timing.every;
     loop {
         let cmd = cmds.recv_deadline(next_write);
@@ -109,7 +110,7 @@ pub fn write_loop(
 
 /// Results received and not yet written, by block.
 struct Pending {
-    range: IdRange,
+    covered: Covered,
     hold: Duration,
     blocks: BTreeMap<u64, PendingBlock>,
     bytes: usize,
@@ -124,6 +125,8 @@ struct PendingBlock {
     stored: Vec<u16>,
     /// Distinct offsets with a record, stored or pending.
     filled: usize,
+    /// How many ids of the block the job covers.
+    wanted: usize,
     since: Instant,
     durable: Durable,
 }
@@ -144,11 +147,13 @@ impl Pending {
                     None => Vec::new(),
                 };
                 let filled = stored.len();
+                let wanted = mask_len(&self.covered.in_block(n)?) as usize;
                 e.insert(PendingBlock {
                     records: BTreeMap::new(),
                     old,
                     stored,
                     filled,
+                    wanted,
                     since: Instant::now(),
                     durable: Durable::default(),
                 })
@@ -164,13 +169,6 @@ impl Pending {
         Ok(())
     }
 
-    /// How many ids of block `n` the job's range holds.
-    fn ids_in_range(&self, n: u64) -> usize {
-        let first = block::first_id(n);
-        let end = first.saturating_add(block::BLOCK_IDS).min(self.range.end);
-        end.saturating_sub(first.max(self.range.start)) as usize
-    }
-
     /// Writes the blocks that are due (all of them when `all`), in one batch, and flushes.
     /// Returns what became durable, or `None` if nothing was due.
     fn write(&mut self, writer: &Writer, now: Instant, all: bool) -> Result<Option<Durable>, StoreError> {
@@ -178,9 +176,7 @@ impl Pending {
         let due: Vec<u64> = self
             .blocks
             .iter()
-            .filter(|(&n, p)| {
-                everything || p.filled >= self.ids_in_range(n) || now.duration_since(p.since) >= self.hold
-            })
+            .filter(|(_, p)| everything || p.filled >= p.wanted || now.duration_since(p.since) >= self.hold)
             .map(|(&n, _)| n)
             .collect();
         if due.is_empty() {

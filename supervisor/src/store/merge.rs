@@ -1,0 +1,155 @@
+//! Joining stores, and finding what a store lacks.
+//!
+//! Shards own whole blocks ([`crate::partition::Shard`]), so the stores of one job's shards
+//! never hold the same block: merging them copies each block's bytes as they are (after
+//! checking its checksum), without decompressing a body. Only a block found in two stores (the
+//! same shard run twice, or a whole store beside shards) is decoded and merged record by
+//! record.
+
+use std::collections::BTreeMap;
+
+use crate::partition::{mask_ids, mask_len, mask_set, IdRange, Mask};
+use crate::store::block::{self, Index, KIND_ANSWER};
+use crate::store::scope::Covered;
+use crate::store::{block_of, corrupt, key, Record, Store, StoreError};
+
+/// What one input brought to a merge.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// Records read from the input.
+    pub records: u64,
+    /// Of those, ids the output already had a record for.
+    pub overlaps: u64,
+    /// The first such id.
+    pub first_overlap: Option<u64>,
+}
+
+/// How much of its scope a store holds.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Coverage {
+    /// Ids the scope covers.
+    pub total: u64,
+    /// Of those, ids with no record at all.
+    pub missing: u64,
+    /// Ids with a record but no HTTP answer (failed or quarantined): a rerun asks for them again.
+    pub failed: u64,
+    /// The first few runs of missing ids.
+    pub first_gaps: Vec<IdRange>,
+}
+
+impl Coverage {
+    /// Whether every id of the scope has a record.
+    pub fn complete(&self) -> bool {
+        self.missing == 0
+    }
+}
+
+/// How many gaps [`Coverage`] lists.
+const GAPS_LISTED: usize = 5;
+
+impl Store {
+    /// Copies every record of `input` into this store. Where both hold a record for an id, an
+    /// HTTP answer is kept over a failure, and this store's answer over the input's.
+    pub fn merge_from(&self, input: &Store) -> Result<Merged, StoreError> {
+        let mut merged = Merged::default();
+        let mut batch = sled::Batch::default();
+        let mut pending = 0usize;
+        for kv in input.blocks.iter() {
+            let (k, v) = input.guard(|| Ok(kv?))?;
+            let n = block_of(&k)?;
+            let index = Index::parse(&v, n).map_err(|why| corrupt(&input.path, n, why))?;
+            merged.records += index.entries().count() as u64;
+            let value = match self.guard(|| Ok(self.blocks.get(key(n))?))? {
+                None => v.to_vec(),
+                Some(ours) => {
+                    let mut records: BTreeMap<u16, Record> = block::decode(&ours, n)
+                        .map_err(|why| corrupt(&self.path, n, why))?
+                        .into_iter()
+                        .collect();
+                    for (offset, theirs) in
+                        block::decode(&v, n).map_err(|why| corrupt(&input.path, n, why))?
+                    {
+                        match records.get(&offset) {
+                            None => {
+                                records.insert(offset, theirs);
+                            }
+                            Some(mine) => {
+                                merged.overlaps += 1;
+                                let id = block::first_id(n) + u64::from(offset);
+                                merged.first_overlap = Some(merged.first_overlap.map_or(id, |f| f.min(id)));
+                                if matches!(mine, Record::Failed { .. })
+                                    && matches!(theirs, Record::Answer { .. })
+                                {
+                                    records.insert(offset, theirs);
+                                }
+                            }
+                        }
+                    }
+                    // Written now: a later block of this input may not be merged against a stale copy.
+                    let value = block::encode(n, &records);
+                    self.guard(|| Ok(self.blocks.insert(key(n), value)?))?;
+                    continue;
+                }
+            };
+            pending += value.len();
+            batch.insert(&key(n), value);
+            if pending >= 8 << 20 {
+                self.guard(|| Ok(self.blocks.apply_batch(std::mem::take(&mut batch))?))?;
+                pending = 0;
+            }
+        }
+        self.guard(|| {
+            self.blocks.apply_batch(batch)?;
+            self.db.flush()?;
+            Ok(())
+        })?;
+        Ok(merged)
+    }
+
+    /// How much of `covered` this store holds: reads the blocks' indexes only.
+    pub fn coverage(&self, covered: &Covered) -> Result<Coverage, StoreError> {
+        let mut c = Coverage::default();
+        let mut gap: Option<IdRange> = None;
+        for b in covered.blocks() {
+            let (n, mask) = b?;
+            c.total += mask_len(&mask);
+            let (mut held, mut answered): (Mask, Mask) = ([0; 4], [0; 4]);
+            if let Some(v) = self.guard(|| Ok(self.blocks.get(key(n))?))? {
+                let index = Index::parse(&v, n).map_err(|why| corrupt(&self.path, n, why))?;
+                for e in index.entries() {
+                    let id = block::first_id(n) + u64::from(e.offset);
+                    mask_set(&mut held, id);
+                    if e.kind == KIND_ANSWER {
+                        mask_set(&mut answered, id);
+                    }
+                }
+            }
+            let with = |m: &Mask, f: fn(u64, u64) -> u64| {
+                [f(mask[0], m[0]), f(mask[1], m[1]), f(mask[2], m[2]), f(mask[3], m[3])]
+            };
+            c.failed += mask_len(&with(&held, |a, h| a & h)) - mask_len(&with(&answered, |a, h| a & h));
+            let missing = with(&held, |a, h| a & !h);
+            c.missing += mask_len(&missing);
+            if c.first_gaps.len() < GAPS_LISTED {
+                for id in mask_ids(n, missing) {
+                    match &mut gap {
+                        Some(g) if g.end == id => g.end += 1,
+                        _ => {
+                            if let Some(done) = gap.take() {
+                                c.first_gaps.push(done);
+                            }
+                            if c.first_gaps.len() == GAPS_LISTED {
+                                break;
+                            }
+                            gap = Some(IdRange { start: id, end: id + 1 });
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(done) = gap.filter(|_| c.first_gaps.len() < GAPS_LISTED) {
+            c.first_gaps.push(done);
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,286 @@
+//! More than one machine: shards as separate supervisors, each on its own store, merged into
+//! one; and jobs whose ids come from a file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+/// The ids of `range` that shard `index` of `count` owns (blocks of 256, round-robin).
+fn owned(range: std::ops::Range<u64>, index: u64, count: u64) -> Vec<u64> {
+    range.filter(|id| (id / 256) % count == index).collect()
+}
+
+fn ids_of(store: &Path) -> Vec<u64> {
+    export(store).iter().map(|r| r["id"].as_u64().expect("an id")).collect()
+}
+
+/// Runs shards `0..count` of `ids` at once, as separate supervisors with stores `part-I.sled`,
+/// each told its shard by `shard_env(I)` (flags, environment); returns the stores.
+fn run_shards(
+    api: &MockApi,
+    dir: &Path,
+    ids: &str,
+    count: u64,
+    shard_env: impl Fn(u64) -> (Vec<String>, Vec<(String, String)>),
+) -> Vec<PathBuf> {
+    let stores: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("part-{i}.sled"))).collect();
+    let running: Vec<Running> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let mut args = job_args(&api.url(), ids, store);
+            set(&mut args, "--workers", "2");
+            let (flags, env) = shard_env(i as u64);
+            if flags.iter().any(|f| f == "--ids-file") {
+                let at = args.iter().position(|a| a == "--ids").expect("--ids");
+                args.drain(at..at + 2);
+            }
+            args.extend(flags);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            spawn_with_env(&strs(&args), &env)
+        })
+        .collect();
+    for (i, r) in running.into_iter().enumerate() {
+        let out = r.wait(RUN_DEADLINE);
+        out.assert_code(0);
+        assert!(out.stdout.contains(&format!("shard {i}/{count}")), "{}", out.stdout);
+    }
+    stores
+}
+
+fn merge(out: &Path, inputs: &[PathBuf]) -> Outcome {
+    let mut args = vec!["merge".to_owned(), path_str(out).to_owned()];
+    args.extend(inputs.iter().map(|p| path_str(p).to_owned()));
+    run(&strs(&args))
+}
+
+fn status(store: &Path) -> String {
+    let out = run(&["status", "--store", path_str(store)]);
+    out.assert_code(0);
+    out.stdout
+}
+
+#[test]
+fn three_shards_fetch_every_id_once_and_merge_into_one_complete_store() {
+    let (api, dir, _) = setup(&[]);
+    let stores =
+        run_shards(&api, dir.path(), "0..5000", 3, |i| (vec!["--shard".into(), format!("{i}/3")], vec![]));
+    for (i, store) in stores.iter().enumerate() {
+        assert_eq!(ids_of(store), owned(0..5000, i as u64, 3), "shard {i} holds exactly its ids");
+        assert!(status(store).contains(&format!("shard {i}/3")));
+    }
+    assert_eq!(api.requests(), 5000, "each id asked for once across the shards");
+    let merged = dir.path().join("merged.sled");
+    let out = merge(&merged, &stores);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("complete     yes: each of the 5,000 ids of 0..5000 has a record"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("overlaps     none"), "{}", out.stdout);
+    assert_complete(&merged, 0..5000);
+    assert!(status(&merged).contains("complete  yes"), "{}", status(&merged));
+    // The merged store is a whole store of the job: a rerun on it has nothing to fetch.
+    let args = job_args(&api.url(), "0..5000", &merged);
+    let rerun = run(&strs(&args));
+    rerun.assert_code(0);
+    assert_eq!(summary_figure(&rerun.stdout, "already stored"), 5000);
+    assert_eq!(api.requests(), 5000);
+}
+
+#[test]
+fn shards_are_read_from_a_slurm_array_or_a_kubernetes_indexed_job() {
+    let (api, dir, _) = setup(&[]);
+    // sbatch --array=1-3: task ids 1, 2, 3.
+    let slurm = run_shards(&api, dir.path(), "0..3000", 3, |i| {
+        let env = [
+            ("SLURM_ARRAY_TASK_ID", (i + 1).to_string()),
+            ("SLURM_ARRAY_TASK_MIN", "1".into()),
+            ("SLURM_ARRAY_TASK_COUNT", "3".into()),
+        ];
+        (vec![], env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
+    });
+    let merged = dir.path().join("slurm.sled");
+    merge(&merged, &slurm).assert_code(0);
+    assert_complete(&merged, 0..3000);
+
+    let k8s_dir = dir.path().join("k8s");
+    std::fs::create_dir(&k8s_dir).expect("mkdir");
+    let k8s = run_shards(&api, &k8s_dir, "0..3000", 3, |i| {
+        (vec!["--shards".into(), "3".into()], vec![("JOB_COMPLETION_INDEX".to_owned(), i.to_string())])
+    });
+    let merged = dir.path().join("k8s.sled");
+    merge(&merged, &k8s).assert_code(0);
+    assert_complete(&merged, 0..3000);
+
+    // An Indexed Job without --shards cannot know its part: refused, nothing created.
+    let store = dir.path().join("unsure.sled");
+    let args = job_args(&api.url(), "0..3000", &store);
+    let out = spawn_with_env(&strs(&args), &[("JOB_COMPLETION_INDEX", "1")]).wait(RUN_DEADLINE);
+    out.assert_code(2);
+    assert!(out.stderr.contains("give --shards N"), "{}", out.stderr);
+    assert!(!store.exists());
+}
+
+#[test]
+fn a_store_refuses_a_run_of_another_shard_and_changes_nothing() {
+    let (api, dir, store) = setup(&[]);
+    let mut args = job_args(&api.url(), "0..1000", &store);
+    set(&mut args, "--shard", "0/3");
+    run(&strs(&args)).assert_code(0);
+    let before = export(&store);
+    for (shard, want) in [
+        (Some("1/3"), "holds shard 0/3 of its job, not 1/3"),
+        (Some("0/2"), "holds shard 0/3 of its job, not 0/2"),
+        (None, "run it with --shard 0/3"),
+    ] {
+        let mut args = job_args(&api.url(), "0..1000", &store);
+        if let Some(s) = shard {
+            set(&mut args, "--shard", s);
+        }
+        let out = run(&strs(&args));
+        out.assert_code(2);
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    }
+    assert_eq!(export(&store), before, "refused runs change nothing");
+    // A whole store refuses a shard.
+    let whole = dir.path().join("whole.sled");
+    run(&strs(&job_args(&api.url(), "0..10", &whole))).assert_code(0);
+    let mut args = job_args(&api.url(), "0..10", &whole);
+    set(&mut args, "--shard", "1/2");
+    let out = run(&strs(&args));
+    out.assert_code(2);
+    assert!(out.stderr.contains("holds the whole job, not shard 1/2"), "{}", out.stderr);
+}
+
+#[test]
+fn merge_reports_missing_shards_and_refuses_stores_of_another_job() {
+    let (api, dir, _) = setup(&[]);
+    let stores =
+        run_shards(&api, dir.path(), "0..2000", 3, |i| (vec!["--shard".into(), format!("{i}/3")], vec![]));
+    // Shard 1 left out: a store with gaps, exit 3, and a run on it fills them.
+    let merged = dir.path().join("merged.sled");
+    let out = merge(&merged, &[stores[0].clone(), stores[2].clone()]);
+    out.assert_code(3);
+    let missing = owned(0..2000, 1, 3).len();
+    assert!(
+        out.stdout.contains(&format!(
+            "no: {missing} of the 2,000 ids of 0..2000 have no record (the first gaps: 256..512"
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("not merged   shards 1/3"), "{}", out.stdout);
+    assert!(status(&merged).contains("complete  no"));
+    let before = api.requests();
+    run(&strs(&job_args(&api.url(), "0..2000", &merged))).assert_code(0);
+    assert_eq!(api.requests() - before, missing as u64, "the run fetched exactly the gaps");
+    assert_complete(&merged, 0..2000);
+    assert!(status(&merged).contains("complete  yes"));
+
+    // Overlaps: a shard given beside the whole store it is part of.
+    let again = dir.path().join("again.sled");
+    let out = merge(&again, &[merged.clone(), stores[1].clone()]);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains(&format!("overlaps     {missing} ids are in more than one store")),
+        "{}",
+        out.stdout
+    );
+    assert_complete(&again, 0..2000);
+
+    // Refusals: exit 2, nothing created.
+    let other_job = dir.path().join("other.sled");
+    run(&strs(&job_args(&format!("http://{}/items/{{id}}?v=2", api.addr), "0..2000", &other_job)))
+        .assert_code(0);
+    let other_ids = dir.path().join("other-ids.sled");
+    run(&strs(&job_args(&api.url(), "0..2001", &other_ids))).assert_code(0);
+    let out_path = dir.path().join("refused.sled");
+    for (inputs, want) in [
+        (vec![stores[0].clone(), other_job.clone()], "is of the job"),
+        (vec![merged.clone(), other_ids.clone()], "covers the ids 0..2001"),
+        (vec![stores[0].clone(), stores[0].clone()], "is given twice"),
+        (vec![stores[0].clone(), dir.path().join("none.sled")], "does not exist"),
+    ] {
+        let out = merge(&out_path, &inputs);
+        out.assert_code(2);
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+        assert!(!out_path.exists(), "a refused merge creates nothing");
+    }
+    let out = merge(&merged, &stores);
+    out.assert_code(2);
+    assert!(out.stderr.contains("exists: merge writes a new store"), "{}", out.stderr);
+}
+
+#[test]
+fn an_ids_file_fetches_exactly_its_ids_and_the_store_remembers_them() {
+    let (api, dir, store) = setup(&[]);
+    let file = dir.path().join("ids.txt");
+    std::fs::write(&file, "# catalogue ids\n900000\n5\n\n  17  \n5\n123456789012\n# end\n").expect("write");
+    let mut args = job_args(&api.url(), "0..1", &store);
+    args.retain(|a| a != "--ids" && a != "0..1");
+    args.extend(["--ids-file".to_owned(), path_str(&file).to_owned()]);
+    let out = run(&strs(&args));
+    out.assert_code(0);
+    let records = export(&store);
+    let want = [5, 17, 900_000, 123_456_789_012];
+    assert_eq!(ids_of(&store), want, "each listed id once, nothing else");
+    for rec in &records {
+        let id = rec["id"].as_u64().expect("id");
+        assert_eq!(rec["body"].as_str(), Some(mockapi::body_for(id).as_str()));
+    }
+    let st = status(&store);
+    assert!(st.contains("4 listed ids (5..=123456789012)"), "{st}");
+    assert!(st.contains("complete  yes: each of the 4 ids"), "{st}");
+    assert_eq!(api.requests(), 4);
+
+    // From stdin, the same list: nothing to fetch.
+    let mut child = Command::new(SUPERVISOR)
+        .args(strs(&args).iter().map(|a| if *a == path_str(&file) { "-" } else { a }))
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    child.stdin.take().expect("piped").write_all(b"17\n5\n900000\n123456789012\n").expect("writes");
+    let out = child.wait_with_output().expect("waits");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(api.requests(), 4, "the same ids: all stored already");
+
+    // A bad line: one line naming it, exit 2, the store unchanged.
+    std::fs::write(&file, "1\n2\n# ok\n3x\n").expect("write");
+    let out = run(&strs(&args));
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains(&format!("--ids-file {}: line 4: `3x` is not an id", file.display())),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1);
+    assert_eq!(ids_of(&store), want);
+    assert!(status(&store).contains("4 listed ids"));
+}
+
+#[test]
+fn shards_of_an_ids_file_merge_into_the_whole_list() {
+    let (api, dir, _) = setup(&[]);
+    let file = dir.path().join("ids.txt");
+    let ids: Vec<u64> = (0..600u64).map(|i| i * i * 7 + 3).collect();
+    let text: String = ids.iter().rev().map(|id| format!("{id}\n")).collect();
+    std::fs::write(&file, text).expect("write");
+    let stores = run_shards(&api, dir.path(), "0..1", 3, |i| {
+        (vec!["--shard".into(), format!("{i}/3"), "--ids-file".into(), path_str(&file).to_owned()], vec![])
+    });
+    let merged = dir.path().join("merged.sled");
+    let out = merge(&merged, &stores);
+    out.assert_code(0);
+    assert!(out.stdout.contains("each of the 600 ids"), "{}", out.stdout);
+    assert_eq!(ids_of(&merged), ids);
+    assert_eq!(api.requests(), 600);
+}
