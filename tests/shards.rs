@@ -249,8 +249,7 @@ fn an_ids_file_fetches_exactly_its_ids_and_the_store_remembers_them() {
         .spawn()
         .expect("starts");
     child.stdin.take().expect("piped").write_all(b"17\n5\n900000\n123456789012\n").expect("writes");
-    let out = child.wait_with_output().expect("waits");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    watch(child).wait(RUN_DEADLINE).assert_code(0);
     assert_eq!(api.requests(), 4, "the same ids: all stored already");
 
     // A bad line: one line naming it, exit 2, the store unchanged.
@@ -283,4 +282,50 @@ fn shards_of_an_ids_file_merge_into_the_whole_list() {
     assert!(out.stdout.contains("each of the 600 ids"), "{}", out.stdout);
     assert_eq!(ids_of(&merged), ids);
     assert_eq!(api.requests(), 600);
+}
+
+#[test]
+fn the_slurm_recipe_runs_an_array_and_merges_it() {
+    // The sbatch scripts, run as Slurm would run them: each task with its array variables.
+    let (api, dir, _) = setup(&[]);
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/deploy/slurm");
+    let bin_dir = Path::new(SUPERVISOR).parent().expect("a directory");
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let stores = dir.path().join("stores");
+    let script = |name: &str, task: Option<u64>| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(recipes.join(name))
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env("FLOTA_URL", api.url())
+            .env("FLOTA_IDS", "0..4000")
+            .env("FLOTA_STORES", &stores)
+            .env("FLOTA_THREADS", "8")
+            .env("FLOTA_LOG_LEVEL", "warn")
+            .env("SLURM_CPUS_PER_TASK", "2")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(task) = task {
+            cmd.env("SLURM_ARRAY_TASK_ID", task.to_string())
+                .env("SLURM_ARRAY_TASK_MIN", "0")
+                .env("SLURM_ARRAY_TASK_COUNT", "3");
+        } else {
+            cmd.env_remove("SLURM_ARRAY_TASK_ID");
+        }
+        watch(cmd.spawn().expect("bash starts"))
+    };
+    let tasks: Vec<_> = (0..3).map(|t| script("flota-array.sbatch", Some(t))).collect();
+    for task in tasks {
+        task.wait(RUN_DEADLINE).assert_code(0);
+    }
+    for t in 0..3 {
+        assert_eq!(ids_of(&stores.join(format!("shard-{t}.sled"))), owned(0..4000, t, 3));
+    }
+    let out = script("flota-merge.sbatch", None).wait(RUN_DEADLINE);
+    out.assert_code(0);
+    assert!(out.stdout.contains("complete  yes"), "{}", out.stdout);
+    assert_complete(&stores.join("merged.sled"), 0..4000);
+    assert_eq!(api.requests(), 4000);
 }

@@ -146,13 +146,21 @@ impl Drop for Running {
     }
 }
 
+/// Watches a started command (stdout and stderr piped) as a [`Running`]: bounded waits, killed
+/// when dropped.
+pub fn watch(mut child: Child) -> Running {
+    let out = drain(child.stdout.take().expect("stdout piped"));
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    Running { child, out: Some(out), err: Some(err) }
+}
+
 pub fn spawn(args: &[&str]) -> Running {
     spawn_with_env(args, &[])
 }
 
 /// Starts the supervisor with extra environment variables; its output is collected.
 pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
-    let mut child = Command::new(SUPERVISOR)
+    let child = Command::new(SUPERVISOR)
         .args(args)
         .env("RUST_LOG", "info")
         // A test run inside a scheduler's job is not a shard of it.
@@ -164,9 +172,7 @@ pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .expect("supervisor starts");
-    let out = drain(child.stdout.take().expect("piped"));
-    let err = drain(child.stderr.take().expect("piped"));
-    Running { child, out: Some(out), err: Some(err) }
+    watch(child)
 }
 
 /// Runs the supervisor to completion.
