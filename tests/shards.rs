@@ -75,11 +75,7 @@ fn three_shards_fetch_every_id_once_and_merge_into_one_complete_store() {
     let merged = dir.path().join("merged.sled");
     let out = merge(&merged, &stores);
     out.assert_code(0);
-    assert!(
-        out.stdout.contains("complete     yes: each of the 5,000 ids of 0..5000 has a record"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("complete     yes: each of its 5,000 ids has a record"), "{}", out.stdout);
     assert!(out.stdout.contains("overlaps     none"), "{}", out.stdout);
     assert_complete(&merged, 0..5000);
     assert!(status(&merged).contains("complete  yes"), "{}", status(&merged));
@@ -168,9 +164,8 @@ fn merge_reports_missing_shards_and_refuses_stores_of_another_job() {
     out.assert_code(3);
     let missing = owned(0..2000, 1, 3).len();
     assert!(
-        out.stdout.contains(&format!(
-            "no: {missing} of the 2,000 ids of 0..2000 have no record (the first gaps: 256..512"
-        )),
+        out.stdout
+            .contains(&format!("no: {missing} of its 2,000 ids have no record (the first gaps: 256..512")),
         "{}",
         out.stdout
     );
@@ -202,7 +197,7 @@ fn merge_reports_missing_shards_and_refuses_stores_of_another_job() {
     let out_path = dir.path().join("refused.sled");
     for (inputs, want) in [
         (vec![stores[0].clone(), other_job.clone()], "is of the job"),
-        (vec![merged.clone(), other_ids.clone()], "covers the ids 0..2001"),
+        (vec![merged.clone(), other_ids.clone()], "covers ids 0..2001"),
         (vec![stores[0].clone(), stores[0].clone()], "is given twice"),
         (vec![stores[0].clone(), dir.path().join("none.sled")], "does not exist"),
     ] {
@@ -234,8 +229,11 @@ fn an_ids_file_fetches_exactly_its_ids_and_the_store_remembers_them() {
         assert_eq!(rec["body"].as_str(), Some(mockapi::body_for(id).as_str()));
     }
     let st = status(&store);
-    assert!(st.contains("4 listed ids (5..=123456789012)"), "{st}");
-    assert!(st.contains("complete  yes: each of the 4 ids"), "{st}");
+    assert!(
+        st.contains(&format!("covers    the 4 ids listed in {} (5..=123456789012)", file.display())),
+        "{st}"
+    );
+    assert!(st.contains("complete  yes: each of its 4 ids"), "{st}");
     assert_eq!(api.requests(), 4);
 
     // From stdin, the same list: nothing to fetch.
@@ -263,7 +261,7 @@ fn an_ids_file_fetches_exactly_its_ids_and_the_store_remembers_them() {
     );
     assert_eq!(out.stderr.lines().count(), 1);
     assert_eq!(ids_of(&store), want);
-    assert!(status(&store).contains("4 listed ids"));
+    assert!(status(&store).contains("the 4 ids listed in"));
 }
 
 #[test]
@@ -279,7 +277,7 @@ fn shards_of_an_ids_file_merge_into_the_whole_list() {
     let merged = dir.path().join("merged.sled");
     let out = merge(&merged, &stores);
     out.assert_code(0);
-    assert!(out.stdout.contains("each of the 600 ids"), "{}", out.stdout);
+    assert!(out.stdout.contains("each of its 600 ids"), "{}", out.stdout);
     assert_eq!(ids_of(&merged), ids);
     assert_eq!(api.requests(), 600);
 }

@@ -57,6 +57,7 @@ fn an_untrusted_certificate_fails_each_id_once_with_the_reason() {
     for rec in &records {
         let error = rec["error"].as_str().unwrap_or_default();
         assert!(error.starts_with("TLS: ") && error.contains("certificate"), "{rec}");
+        assert!(error.contains("pass its CA to --ca-cert"), "says what to do: {rec}");
         assert_eq!(rec["attempts"].as_u64(), Some(1), "a certificate is not retried: {rec}");
     }
 }

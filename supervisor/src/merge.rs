@@ -65,7 +65,7 @@ pub fn run(args: &MergeArgs) -> Result<i32, Error> {
         ),
     }
     let missing_shards = missing_shards(&inputs);
-    for (label, line) in coverage_lines(&coverage, &whole.ids.to_string()) {
+    for (label, line) in coverage_lines(&coverage) {
         println!("  {label:<12} {line}");
     }
     if !missing_shards.is_empty() {
@@ -80,17 +80,16 @@ pub fn run(args: &MergeArgs) -> Result<i32, Error> {
 }
 
 /// The lines that say how complete a store is, label and text: its gaps, then its failures.
-pub fn coverage_lines(c: &Coverage, ids: &str) -> Vec<(&'static str, String)> {
+pub fn coverage_lines(c: &Coverage) -> Vec<(&'static str, String)> {
     let mut lines = Vec::new();
     if c.complete() {
-        lines
-            .push(("complete", format!("yes: each of the {} ids of {ids} has a record", thousands(c.total))));
+        lines.push(("complete", format!("yes: each of its {} ids has a record", thousands(c.total))));
     } else {
         let gaps: Vec<String> = c.first_gaps.iter().map(IdRange::to_string).collect();
         lines.push((
             "complete",
             format!(
-                "no: {} of the {} ids of {ids} have no record (the first gaps: {})",
+                "no: {} of its {} ids have no record (the first gaps: {})",
                 thousands(c.missing),
                 thousands(c.total),
                 gaps.join(", ")
@@ -151,12 +150,8 @@ fn job_of(inputs: &[Input]) -> Result<(String, Scope), Error> {
         }
         let theirs = store.scope()?.expect("checked when opened");
         if !theirs.ids.same(&scope.ids) {
-            return Err(mismatch(
-                path,
-                first_path,
-                format!("covers the ids {}", theirs.ids),
-                format!("{}", scope.ids),
-            ));
+            let (theirs, ours) = (Scope { shard: None, ..theirs }, Scope { shard: None, ..scope });
+            return Err(mismatch(path, first_path, format!("covers {theirs}"), format!("{ours}")));
         }
         if let (Some(a), Some(b)) = (shard, scope.shard) {
             if a.count != b.count {

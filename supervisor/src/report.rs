@@ -14,7 +14,7 @@ use crate::store::{Counts, LastRun, Store, StoreError};
 
 /// The end-of-run summary, on stdout.
 pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
-    println!("flota: ids {} from {}", cfg.scope, cfg.job.url_template);
+    println!("flota: {} from {}", cfg.scope, cfg.job.url_template);
     println!(
         "  fetched   {} ids in {:.2} s ({} items/s) with {} workers x {} threads",
         thousands(r.fetched()),
@@ -138,11 +138,7 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
     match (&scope, &coverage) {
         (Some(scope), Some(c)) => {
             println!("covers    {scope}");
-            let ids = match scope.shard {
-                Some(s) => format!("shard {s}"),
-                None => scope.ids.to_string(),
-            };
-            for (label, line) in crate::merge::coverage_lines(c, &ids) {
+            for (label, line) in crate::merge::coverage_lines(c) {
                 println!("{label:<9} {line}");
             }
         }
@@ -154,8 +150,8 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
         Some(run) => {
             let when = UNIX_EPOCH + std::time::Duration::from_secs(run.finished_unix);
             println!(
-                "last run  ids {}, finished {}: {} fetched in {:.2} s ({} items/s), {} failed, {} retries, {} restarts, exit {}",
-                run.ids,
+                "last run  {}, finished {}: {} fetched in {:.2} s ({} items/s), {} failed, {} retries, {} restarts, exit {}",
+                last_run_scope(&run),
                 humantime::format_rfc3339_seconds(when),
                 thousands(run.fetched),
                 run.wall_secs,
@@ -174,6 +170,18 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
         None => println!("last run  none finished"),
     }
     Ok(0)
+}
+
+/// What the last run covered: "ids 0..1000, shard 1/3".
+fn last_run_scope(run: &LastRun) -> String {
+    let ids = match run.ids.parse::<crate::partition::IdRange>() {
+        Ok(_) => format!("ids {}", run.ids),
+        Err(_) => format!("the {}", run.ids),
+    };
+    match run.shard {
+        Some(s) => format!("{ids}, shard {s}"),
+        None => ids,
+    }
 }
 
 /// `status` on a store a run holds: the run's live figures.
@@ -200,7 +208,7 @@ fn live_status(args: &StatusArgs, locked: StoreError) -> Result<i32, Error> {
         .saturating_sub(live.updated_unix);
     println!("store     {}", args.store.display());
     println!("job       {}", live.url);
-    println!("running   pid {}, ids {} ({age}s ago)", live.pid, live.ids);
+    println!("running   pid {}, {} ({age}s ago)", live.pid, live.ids);
     println!("progress  {}", live.line);
     Ok(0)
 }

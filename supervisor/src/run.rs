@@ -92,7 +92,7 @@ pub fn execute(
         log::info!("shard {shard} (from {from})");
     }
     log::info!(
-        "fetching ids {} from {} with {} workers x {} threads into {}",
+        "fetching {} from {} with {} workers x {} threads into {}",
         cfg.scope,
         cfg.job.url_template,
         cfg.workers,
@@ -107,7 +107,8 @@ pub fn execute(
     let report = dispatch::run(cfg, &store, spawner, watch, metrics)?;
     let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     store.set_last_run(&LastRun {
-        ids: cfg.scope.to_string(),
+        ids: cfg.scope.ids.to_string(),
+        shard: cfg.scope.shard,
         started_unix: unix(started),
         finished_unix: unix(SystemTime::now()),
         wall_secs: report.wall.as_secs_f64(),

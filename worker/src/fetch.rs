@@ -265,9 +265,23 @@ fn classify_error(e: ureq::Error) -> Attempt {
         }
         E::Io(ref io) if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
             let why = io.get_ref().map_or_else(String::new, ToString::to_string);
-            Attempt::Final(Outcome::Failed { error: format!("TLS: {why}") })
+            Attempt::Final(Outcome::Failed { error: format!("TLS: {why}{}", tls_hint(&why)) })
         }
         other => Attempt::Retry { error: one_line(&other) },
+    }
+}
+
+/// What to do about the TLS failures a user meets first.
+fn tls_hint(why: &str) -> &'static str {
+    if why.contains("CaUsedAsEndEntity") {
+        " (the server presents a CA's certificate as its own: give it one a CA signed, or a self-signed one made \
+         with basicConstraints CA:FALSE, and pass that CA or certificate to --ca-cert)"
+    } else if why.contains("UnknownIssuer") {
+        " (no trusted root signed it: pass its CA to --ca-cert)"
+    } else if why.contains("NotValidForName") {
+        " (it names another host than the URL's)"
+    } else {
+        ""
     }
 }
 

@@ -620,6 +620,9 @@ pub struct LastRun {
     pub threads: u32,
     /// Its exit code.
     pub exit_code: i32,
+    /// Its shard of the ids, if it had one.
+    #[serde(default)]
+    pub shard: Option<Shard>,
     /// How it was paced (absent from stores written before pacing existed).
     #[serde(default)]
     pub pacing: Pacing,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::block;
 use super::{guard, lock_shared, read_meta, Record, Store, StoreError, BLOCKS_TREE, CACHE_BYTES};
-use crate::partition::IdRange;
+use crate::partition::{IdRange, Shard};
 
 /// What [`verify`] found.
 #[derive(Debug, Default)]
@@ -112,7 +112,7 @@ fn rank(r: &Record) -> u8 {
 }
 
 /// What sled makes of a copy of the store: the job, the last run's range, and its reading.
-fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<IdRange>, StoreError> {
+fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<(IdRange, Option<Shard>)>, StoreError> {
     let copy = copy_of(path)?;
     let at = copy.path();
     let opened = guard(at, || {
@@ -134,7 +134,7 @@ fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<IdRange>, S
             report.job = Some(String::from_utf8_lossy(&job).into_owned());
             range = last
                 .and_then(|v| serde_json::from_slice::<super::LastRun>(&v).ok())
-                .and_then(|run| run.ids.parse::<IdRange>().ok());
+                .and_then(|run| Some((run.ids.parse::<IdRange>().ok()?, run.shard)));
         }
         Ok((None, _)) => report.metadata_lost = true,
         Err(e) => report.sled_failed = Some(without_hint(e)),
@@ -195,8 +195,11 @@ fn inspect(path: &Path) -> Result<(Report, BTreeMap<u64, Record>), StoreError> {
     }
     let recovered = recover(path);
     report.recoverable = recovered.len() as u64;
-    if let Some(range) = range {
-        let missing = range.len() - recovered.range(range.start..range.end).count() as u64;
+    if let Some((range, shard)) = range {
+        let owned = |id: &u64| shard.is_none_or(|s| s.owns_block(block::locate(*id).0));
+        let expected = shard.map_or(range.len(), |s| s.ids_in(range));
+        let missing =
+            expected - recovered.range(range.start..range.end).filter(|(id, _)| owned(id)).count() as u64;
         report.last_range = Some((range, missing));
     }
     Ok((report, recovered))

@@ -3,7 +3,7 @@
 //!
 //! The record is the store's: `status` tells from it whether the job is complete, `merge` checks
 //! that shard stores belong to one job, and a run of another shard is refused. A list is kept
-//! in a tree of its own, one 32-byte mask per block of 256 ids, so that the planner walks it
+//! in a tree of its own, in chunks of about [`CHUNK_IDS`] ids, so that the planner walks it
 //! block by block as it walks a range, and a list of ten million ids costs the supervisor no
 //! more memory than a range does once it is stored.
 
@@ -86,21 +86,36 @@ impl fmt::Display for Ids {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ids::Range(r) => write!(f, "{r}"),
-            Ids::Listed(l) => {
-                write!(f, "{} listed ids ({}..={}) from {}", l.count, l.first, l.last, l.source)
-            }
+            Ids::Listed(l) => write!(
+                f,
+                "{} ids listed in {} ({}..={})",
+                crate::report::thousands(l.count),
+                l.source,
+                l.first,
+                l.last
+            ),
         }
     }
 }
 
+/// "ids 0..1000, shard 1/3", "the 5 ids listed in ids.txt (3..=99)".
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ids {
+            Ids::Range(r) => write!(f, "ids {r}")?,
+            Ids::Listed(_) => write!(f, "the {}", self.ids)?,
+        }
         match self.shard {
-            Some(s) => write!(f, "{}, shard {s}", self.ids),
-            None => write!(f, "{}", self.ids),
+            Some(s) => write!(f, ", shard {s}"),
+            None => Ok(()),
         }
     }
 }
+
+/// About how many ids one key of a stored list holds. sled's memory grows with the number of
+/// keys written (one 32-byte mask per block of a 10M-id list took the supervisor to 318 MiB),
+/// so a list is kept in chunks of this many ids, as varint deltas: 2,442 keys for 10M ids.
+const CHUNK_IDS: usize = 4096;
 
 /// The masks of sorted, distinct ids, block by block.
 fn listed_masks(ids: &[u64]) -> impl Iterator<Item = (u64, Mask)> + '_ {
@@ -117,23 +132,60 @@ fn listed_masks(ids: &[u64]) -> impl Iterator<Item = (u64, Mask)> + '_ {
     })
 }
 
-fn mask_bytes(mask: &Mask) -> [u8; 32] {
-    let mut out = [0; 32];
-    for (chunk, word) in out.chunks_exact_mut(8).zip(mask) {
-        chunk.copy_from_slice(&word.to_le_bytes());
-    }
-    out
+/// Sorted, distinct ids cut into chunks of about [`CHUNK_IDS`] that never split a block: each
+/// its first id (the key) and the varint deltas of the others.
+fn listed_chunks(ids: &[u64]) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = at;
+        let &first = ids.get(start)?;
+        let mut end = (start + CHUNK_IDS).min(ids.len());
+        let (last_block, _) = block::locate(ids[end - 1]);
+        while ids.get(end).is_some_and(|&id| block::locate(id).0 == last_block) {
+            end += 1;
+        }
+        at = end;
+        let mut value = Vec::with_capacity(2 * (end - start));
+        for pair in ids[start..end].windows(2) {
+            let mut delta = pair[1] - pair[0];
+            while delta >= 0x80 {
+                value.push((delta as u8) | 0x80);
+                delta >>= 7;
+            }
+            value.push(delta as u8);
+        }
+        Some((first, value))
+    })
 }
 
-fn mask_of(bytes: &[u8]) -> Option<Mask> {
-    if bytes.len() != 32 {
-        return None;
+/// The ids of a stored chunk; `None` if its bytes are not varints.
+fn chunk_ids(first: u64, value: &[u8]) -> Option<Vec<u64>> {
+    let mut ids = vec![first];
+    let (mut delta, mut shift) = (0u64, 0u32);
+    for &byte in value {
+        delta |= u64::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            let next = ids.last()?.checked_add(delta)?;
+            ids.push(next);
+            (delta, shift) = (0, 0);
+        } else {
+            shift += 7;
+            if shift > 63 {
+                return None;
+            }
+        }
     }
-    let mut mask = [0; 4];
-    for (word, chunk) in mask.iter_mut().zip(bytes.chunks_exact(8)) {
-        *word = u64::from_le_bytes(chunk.try_into().ok()?);
-    }
-    Some(mask)
+    (shift == 0).then_some(ids)
+}
+
+/// A stored chunk's blocks and masks.
+fn chunk_masks(path: &std::path::Path, k: &[u8], v: &[u8]) -> Result<Vec<(u64, Mask)>, StoreError> {
+    let first = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::BadKey { len: k.len() })?);
+    let ids = chunk_ids(first, v).ok_or_else(|| StoreError::Damaged {
+        path: path.to_owned(),
+        detail: format!("the list of its job's ids is unreadable from id {first}"),
+    })?;
+    Ok(listed_masks(&ids).collect())
 }
 
 impl Store {
@@ -167,15 +219,14 @@ impl Store {
             let same_list = stored.as_ref().is_some_and(|s| s.ids.same(&scope.ids)) && !tree.is_empty();
             if let (Some(ids), false) = (listed, same_list) {
                 tree.clear()?;
-                let masks: Vec<(u64, Mask)> = listed_masks(&ids).collect();
-                drop(ids);
-                for chunk in masks.chunks(4096) {
-                    let mut batch = sled::Batch::default();
-                    for (n, mask) in chunk {
-                        batch.insert(&key(*n), &mask_bytes(mask));
+                let mut batch = sled::Batch::default();
+                for (written, (first, value)) in listed_chunks(&ids).enumerate() {
+                    batch.insert(&key(first), value);
+                    if written % 64 == 63 {
+                        tree.apply_batch(std::mem::take(&mut batch))?;
                     }
-                    tree.apply_batch(batch)?;
                 }
+                tree.apply_batch(batch)?;
             }
             self.db.insert(SCOPE_KEY, json)?;
             self.db.flush()?;
@@ -243,13 +294,15 @@ impl Covered {
             }
             (Ids::Listed(_), Some(tree)) => Box::new(
                 tree.iter()
-                    .map(|kv| {
-                        guard(&self.path, || {
+                    .flat_map(|kv| {
+                        let masks = guard(&self.path, || {
                             let (k, v) = kv?;
-                            let n = super::block_of(&k)?;
-                            let mask = mask_of(&v).ok_or(StoreError::BadKey { len: v.len() })?;
-                            Ok((n, mask))
-                        })
+                            chunk_masks(&self.path, &k, &v)
+                        });
+                        match masks {
+                            Ok(masks) => masks.into_iter().map(Ok).collect::<Vec<_>>(),
+                            Err(e) => vec![Err(e)],
+                        }
                     })
                     .filter(|r| r.as_ref().map_or(true, |(n, _)| self.owns(*n))),
             ),
@@ -264,9 +317,15 @@ impl Covered {
         }
         match (&self.scope.ids, &self.listed) {
             (Ids::Range(r), _) => Ok(range_mask(n, *r)),
-            (Ids::Listed(_), Some(tree)) => {
-                guard(&self.path, || Ok(tree.get(key(n))?.and_then(|v| mask_of(&v)).unwrap_or([0; 4])))
-            }
+            // A chunk never splits a block: the block is in the last chunk that starts before
+            // its end, or in none.
+            (Ids::Listed(_), Some(tree)) => guard(&self.path, || {
+                let end = block::first_id(n).saturating_add(block::BLOCK_IDS - 1);
+                let Some(kv) = tree.range(..=key(end)).next_back() else { return Ok([0; 4]) };
+                let (k, v) = kv?;
+                let masks = chunk_masks(&self.path, &k, &v)?;
+                Ok(masks.into_iter().find(|&(b, _)| b == n).map_or([0; 4], |(_, m)| m))
+            }),
             (Ids::Listed(_), None) => Ok([0; 4]),
         }
     }
@@ -294,9 +353,30 @@ mod tests {
         assert_eq!(masks.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![0, 1, 3, 4]);
         let back: Vec<u64> = masks.iter().flat_map(|&(n, m)| mask_ids(n, m)).collect();
         assert_eq!(back, ids);
-        for (_, m) in masks {
-            assert_eq!(mask_of(&mask_bytes(&m)), Some(m));
+    }
+
+    #[test]
+    fn a_list_is_stored_in_chunks_that_never_split_a_block_and_read_back_whole() {
+        // Dense runs, gaps, and ids at the top of the id space.
+        let mut ids: Vec<u64> = (0..10_000).map(|i| i * 3).collect();
+        ids.extend((0..5_000u64).map(|i| (1 << 40) + i * 1_000_003));
+        ids.extend([u64::MAX - 300, u64::MAX - 1, u64::MAX]);
+        let chunks: Vec<(u64, Vec<u8>)> = listed_chunks(&ids).collect();
+        assert!(chunks.len() > 2 && chunks.len() < ids.len() / 1000);
+        let mut back = Vec::new();
+        let mut blocks_seen = Vec::new();
+        for (first, value) in &chunks {
+            let part = chunk_ids(*first, value).expect("decodes");
+            let mut blocks: Vec<u64> = part.iter().map(|&id| block::locate(id).0).collect();
+            blocks.dedup();
+            for b in &blocks {
+                assert!(!blocks_seen.contains(b), "block {b} split between chunks");
+            }
+            blocks_seen.extend(blocks);
+            back.extend(part);
         }
+        assert_eq!(back, ids);
+        assert_eq!(chunk_ids(5, &[0x80]), None, "a truncated varint");
     }
 
     #[test]
