@@ -230,11 +230,27 @@ pub struct Tuning {
     /// Fetch ids quarantined by an earlier run (they killed their workers) again.
     #[arg(long, env = "FLOTA_RETRY_QUARANTINED")]
     pub retry_quarantined: bool,
+    /// How the job is run concurrently: fleet (worker processes, each with a pool of threads:
+    /// the default; --workers 1 is one process of threads), or async (no workers: coroutines
+    /// on one thread's event loop in the supervisor itself, --concurrency of them, http only;
+    /// for comparing the models, see docs/concurrency-models.md).
+    #[arg(long, env = "FLOTA_MODEL", value_enum, default_value_t = Model::Fleet)]
+    pub model: Model,
     /// Inject faults, comma-separated: crash-on=ID (the worker fetching ID aborts), hang-on=ID
     /// (it stops answering), bad-frame-on=ID (it sends a malformed frame), kill-every=DURATION
-    /// (the supervisor SIGKILLs a random worker that often).
+    /// (the supervisor SIGKILLs a random worker that often); with --model async, crash-on=ID
+    /// aborts the process and panic-on=ID panics the task fetching ID.
     #[arg(long, env = "FLOTA_CHAOS", value_name = "SPEC", value_parser = parse_chaos)]
     pub chaos: Option<Chaos>,
+}
+
+/// How a run's requests are made concurrently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Model {
+    /// Worker processes, each with a pool of blocking threads.
+    Fleet,
+    /// Coroutines on one thread's event loop, in the supervisor's process.
+    Async,
 }
 
 /// The default `User-Agent`: the project and its version.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shared::{JobSpec, WorkerChaos, HEARTBEAT_EVERY};
 
-use crate::cli::{parse_duration, RunArgs, Tuning};
+use crate::cli::{parse_duration, Model, RunArgs, Tuning};
 use crate::dispatch::core::PaceSettings;
 use crate::partition::{shard_from_env, Shard};
 use crate::store::scope::{Ids, Listed, Scope};
@@ -19,6 +19,8 @@ pub struct Chaos {
     pub worker: WorkerChaos,
     /// SIGKILL a random worker this often.
     pub kill_every: Option<Duration>,
+    /// With `--model async`: panic the task fetching these ids.
+    pub panic_on: Vec<u64>,
 }
 
 impl std::fmt::Display for Chaos {
@@ -28,6 +30,7 @@ impl std::fmt::Display for Chaos {
             ("crash-on", &self.worker.crash_on),
             ("hang-on", &self.worker.hang_on),
             ("bad-frame-on", &self.worker.bad_frame_on),
+            ("panic-on", &self.panic_on),
         ] {
             parts.extend(ids.iter().map(|id| format!("{name}={id}")));
         }
@@ -47,6 +50,7 @@ pub fn parse_chaos(spec: &str) -> Result<Chaos, String> {
             "crash-on" => chaos.worker.crash_on.push(id()?),
             "hang-on" => chaos.worker.hang_on.push(id()?),
             "bad-frame-on" => chaos.worker.bad_frame_on.push(id()?),
+            "panic-on" => chaos.panic_on.push(id()?),
             "kill-every" => {
                 let d = parse_duration(value)?;
                 if d < Duration::from_millis(10) {
@@ -55,7 +59,9 @@ pub fn parse_chaos(spec: &str) -> Result<Chaos, String> {
                 chaos.kill_every = Some(d);
             }
             other => {
-                return Err(format!("unknown fault `{other}` (crash-on, hang-on, bad-frame-on, kill-every)"))
+                return Err(format!(
+                    "unknown fault `{other}` (crash-on, hang-on, bad-frame-on, kill-every, panic-on)"
+                ))
             }
         }
     }
@@ -95,6 +101,10 @@ pub struct RunConfig {
     pub kill_every: Option<Duration>,
     /// How fast the fleet may send.
     pub pace: PaceSettings,
+    /// Processes of threads, or coroutines.
+    pub model: Model,
+    /// With `--model async`: panic the task fetching these ids (`--chaos panic-on`).
+    pub panic_on: Vec<u64>,
     /// What each worker is told.
     pub job: JobSpec,
 }
@@ -102,7 +112,7 @@ pub struct RunConfig {
 impl RunConfig {
     /// The faults injected into this run, as `--chaos` gave them.
     pub fn chaos(&self) -> Chaos {
-        Chaos { worker: self.job.chaos.clone(), kill_every: self.kill_every }
+        Chaos { worker: self.job.chaos.clone(), kill_every: self.kill_every, panic_on: self.panic_on.clone() }
     }
 }
 
@@ -134,11 +144,15 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     check_timeouts(t)?;
     check_worker_memory(t, threads)?;
     let headers = headers(t)?;
-    let pace = pace(t, workers * threads)?;
+    // Coroutines are not bounded by threads: --concurrency may go past workers x threads, its
+    // default with either model.
+    let ceiling = if t.model == Model::Async { (workers * threads).max(1 << 16) } else { workers * threads };
+    let pace = pace(t, ceiling)?;
     let user = t.user.as_deref().map(resolve_user).transpose()?;
     check_paths(&store, t)?;
     let tls = tls(t)?;
     let user_agent = user_agent(&t.user_agent)?;
+    check_model(t, url)?;
     // Last, as a list on stdin can be read only once.
     let (ids, listed) = match (&args.ids, &args.ids_file) {
         (Some(range), _) => (Ids::Range(range.parse().map_err(|e| format!("--ids: {e}"))?), None),
@@ -165,6 +179,8 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
         retry_quarantined: t.retry_quarantined,
         kill_every: t.chaos.as_ref().and_then(|c| c.kill_every),
         pace,
+        model: t.model,
+        panic_on: t.chaos.as_ref().map(|c| c.panic_on.clone()).unwrap_or_default(),
         job: JobSpec {
             url_template: url.to_owned(),
             threads,
@@ -182,6 +198,29 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
     })
+}
+
+/// What `--model async` does not do: it is a single event loop for comparing models, not a
+/// second way to run production jobs.
+fn check_model(t: &Tuning, url: &str) -> Result<(), String> {
+    let chaos = t.chaos.clone().unwrap_or_default();
+    if t.model == Model::Fleet {
+        if !chaos.panic_on.is_empty() {
+            return Err("--chaos panic-on needs --model async (a worker's fault is crash-on)".into());
+        }
+        return Ok(());
+    }
+    if !url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) {
+        return Err("--model async fetches http:// URLs only".into());
+    }
+    if t.rate.is_some() {
+        return Err("--model async has no --rate (it keeps --concurrency requests in flight)".into());
+    }
+    let worker_only = !chaos.worker.hang_on.is_empty() || !chaos.worker.bad_frame_on.is_empty();
+    if worker_only || chaos.kill_every.is_some() {
+        return Err("--model async has no workers: its faults are crash-on and panic-on".into());
+    }
+    Ok(())
 }
 
 /// The run's shard: `--shard` if given, else the scheduler's (see [`shard_from_env`]), with the
@@ -430,6 +469,7 @@ mod tests {
             user_agent: crate::cli::DEFAULT_USER_AGENT.to_owned(),
             ca_certs: Vec::new(),
             insecure: false,
+            model: Model::Fleet,
             chaos: None,
         }
     }

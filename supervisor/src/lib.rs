@@ -13,6 +13,7 @@
 
 mod cli;
 mod config;
+mod coroutines;
 mod demo;
 mod dispatch;
 mod doctor;

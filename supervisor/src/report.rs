@@ -15,13 +15,15 @@ use crate::store::{Counts, LastRun, Store, StoreError};
 /// The end-of-run summary, on stdout.
 pub fn print_summary(cfg: &RunConfig, r: &RunReport) {
     println!("flota: {} from {}", cfg.scope, cfg.job.url_template);
+    let shape = match cfg.model {
+        crate::cli::Model::Fleet => format!("{} workers x {} threads", cfg.workers, cfg.job.threads),
+        crate::cli::Model::Async => format!("coroutines on one thread ({} at once)", r.pace.limit.0),
+    };
     println!(
-        "  fetched   {} ids in {:.2} s ({} items/s) with {} workers x {} threads",
+        "  fetched   {} ids in {:.2} s ({} items/s) with {shape}",
         thousands(r.fetched()),
         r.wall.as_secs_f64(),
         thousands(r.rate().round() as u64),
-        cfg.workers,
-        cfg.job.threads
     );
     println!(
         "  answered  {}   failed {}   already stored {}",

@@ -104,7 +104,10 @@ pub fn execute(
             "--insecure: https certificates are NOT verified; anyone on the path can read and change what is stored"
         );
     }
-    let report = dispatch::run(cfg, &store, spawner, watch, metrics)?;
+    let report = match cfg.model {
+        crate::cli::Model::Fleet => dispatch::run(cfg, &store, spawner, watch, metrics)?,
+        crate::cli::Model::Async => crate::coroutines::run(cfg, &store)?,
+    };
     let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     store.set_last_run(&LastRun {
         ids: cfg.scope.ids.to_string(),

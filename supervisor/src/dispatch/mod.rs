@@ -177,7 +177,7 @@ pub fn run(
 }
 
 /// What the planner sends.
-enum PlanMsg {
+pub(crate) enum PlanMsg {
     Chunk {
         ids: Vec<u64>,
         skipped: u64,
@@ -190,7 +190,7 @@ enum PlanMsg {
 
 /// Walks the job's ids block by block, dropping what the store has settled, and feeds chunks
 /// to the dispatcher through a small bounded channel: memory stays flat whatever the range.
-fn plan(
+pub(crate) fn plan(
     mut store: store::Reader,
     covered: &store::scope::Covered,
     chunk_size: usize,
