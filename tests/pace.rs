@@ -143,7 +143,10 @@ fn bad_pacing_flags_are_refused_with_one_line() {
         (&["--rate", "10/day"], "not a rate"),
         (&["--burst", "5"], "--burst needs --rate"),
         (&["--rate", "5", "--burst", "0"], "--burst must be at least 1"),
-        (&["--concurrency", "25"], "--concurrency must be between 1 and --workers times --threads (24)"),
+        (
+            &["--concurrency", "25"],
+            "--concurrency must be between 1 and --workers times --threads, 24, not 25",
+        ),
     ] {
         let mut args = job_args(&api.url(), "0..10", &store);
         for pair in flags.chunks(2) {

@@ -27,12 +27,7 @@ fn main() {
         median(|| time(|| threads(UNITS))),
         median(|| time(|| tasks(UNITS))),
     ];
-    println!(
-        "| create and wait for 1,000 | {} | {} | {} |",
-        ms(create[0]),
-        ms(create[1]),
-        ms(create[2])
-    );
+    println!("| create and wait for 1,000 | {} | {} | {} |", ms(create[0]), ms(create[1]), ms(create[2]));
     println!(
         "| per unit | {} | {} | {} |",
         us(create[0] / UNITS as u32),
@@ -137,7 +132,8 @@ fn idle_process_pss() -> f64 {
     let pss: f64 = children
         .iter()
         .map(|c| {
-            let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", c.id())).unwrap_or_default();
+            let rollup =
+                std::fs::read_to_string(format!("/proc/{}/smaps_rollup", c.id())).unwrap_or_default();
             status_kib(&rollup, "Pss:") * 1024.0
         })
         .sum();

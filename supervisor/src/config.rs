@@ -314,9 +314,8 @@ pub fn pace(t: &Tuning, ceiling: u32) -> Result<PaceSettings, String> {
     }
     if let Some(c) = t.concurrency {
         if c == 0 || c > ceiling {
-            return Err(format!(
-                "--concurrency must be between 1 and --workers times --threads ({ceiling}), not {c}"
-            ));
+            let bound = if t.model == Model::Async { "" } else { "--workers times --threads, " };
+            return Err(format!("--concurrency must be between 1 and {bound}{ceiling}, not {c}"));
         }
     }
     Ok(PaceSettings { rate: t.rate, burst: t.burst, concurrency: t.concurrency, ceiling })
