@@ -23,7 +23,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use shared::{ItemResult, JobSpec, Outcome};
-use worker::fetch::RetryPolicy;
+use worker::fetch::{retryable_status, RetryPolicy};
 
 use crate::config::RunConfig;
 use crate::dispatch::{plan, PlanMsg, RunReport};
@@ -201,12 +201,7 @@ impl Job {
             user_agent: spec.user_agent.clone(),
             max_body: usize::try_from(spec.max_body).unwrap_or(usize::MAX),
             io_timeout: Duration::from_millis(spec.io_timeout_ms),
-            policy: RetryPolicy {
-                max_attempts: spec.max_attempts.max(1),
-                base: Duration::from_millis(spec.backoff_base_ms),
-                max: Duration::from_millis(spec.backoff_max_ms),
-                retry_after_max: Duration::from_millis(spec.retry_after_max_ms),
-            },
+            policy: RetryPolicy::of(spec),
             crash_on: spec.chaos.crash_on.clone(),
             panic_on,
         }
@@ -255,7 +250,7 @@ impl Job {
         let (status, body) = tokio::time::timeout(self.io_timeout, exchange)
             .await
             .map_err(|_| format!("timeout after {:?}", self.io_timeout))??;
-        if status == 408 || status == 429 || (500..600).contains(&status) {
+        if retryable_status(status) {
             return Ok(None);
         }
         match body {

@@ -5,7 +5,7 @@
 //! of one cut (the same N); anything else is refused before OUT is created. OUT is a new store
 //! of the whole job, which `status` reads and a run resumes like any other.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::cli::MergeArgs;
@@ -32,7 +32,7 @@ pub fn run(args: &MergeArgs) -> Result<i32, Error> {
     let whole = Scope { ids: scope.ids.clone(), shard: None };
     out.adopt_scope(&whole, None)?;
     if matches!(whole.ids, crate::store::scope::Ids::Listed(_)) {
-        out.copy_listed_from(&inputs[0].1)?;
+        out.copy_listed_from(&inputs[0].store)?;
     }
     println!(
         "merge: {} stores of the job {url}, ids {}, into {}",
@@ -41,9 +41,9 @@ pub fn run(args: &MergeArgs) -> Result<i32, Error> {
         args.out.display()
     );
     let (mut records, mut overlaps, mut first_overlap) = (0, 0, None::<u64>);
-    for (path, store, shard) in &inputs {
+    for Input { path, store, scope } in &inputs {
         let m = out.merge_from(store)?;
-        let part = shard.map_or_else(|| "whole".to_owned(), |s| format!("shard {s}"));
+        let part = scope.shard.map_or_else(|| "whole".to_owned(), |s| format!("shard {s}"));
         println!("  {part:<12} {}  {} records", path.display(), thousands(m.records));
         records += m.records;
         overlaps += m.overlaps;
@@ -108,9 +108,14 @@ pub fn coverage_lines(c: &Coverage) -> Vec<(&'static str, String)> {
     lines
 }
 
-type Input = (PathBuf, Store, Option<Shard>);
+/// A store to merge, and the scope it records.
+struct Input {
+    path: PathBuf,
+    store: Store,
+    scope: Scope,
+}
 
-/// Opens every input (each once), with the shard it records.
+/// Opens every input (each once), with the scope it records.
 fn open_inputs(paths: &[PathBuf]) -> Result<Vec<Input>, Error> {
     let mut seen = Vec::new();
     let mut inputs = Vec::new();
@@ -128,53 +133,53 @@ fn open_inputs(paths: &[PathBuf]) -> Result<Vec<Input>, Error> {
                 path.display()
             ))
         })?;
-        inputs.push((path.clone(), store, scope.shard));
+        inputs.push(Input { path: path.clone(), store, scope });
     }
     Ok(inputs)
 }
 
 /// The job every input belongs to; refuses inputs of different jobs or shard counts.
 fn job_of(inputs: &[Input]) -> Result<(String, Scope), Error> {
-    let (first_path, first, _) = &inputs[0];
-    let url = first.job()?.unwrap_or_default();
-    let scope = first.scope()?.expect("checked when opened");
-    for (path, store, shard) in &inputs[1..] {
-        let other = store.job()?.unwrap_or_default();
+    let first = &inputs[0];
+    let url = first.store.job()?.unwrap_or_default();
+    let cut = inputs.iter().find_map(|i| i.scope.shard.map(|s| (i, s)));
+    for input in &inputs[1..] {
+        let other = input.store.job()?.unwrap_or_default();
         if other != url {
             return Err(mismatch(
-                path,
-                first_path,
+                input,
+                first,
                 format!("is of the job {other}"),
                 format!("of the job {url}"),
             ));
         }
-        let theirs = store.scope()?.expect("checked when opened");
-        if !theirs.ids.same(&scope.ids) {
-            let (theirs, ours) = (Scope { shard: None, ..theirs }, Scope { shard: None, ..scope });
-            return Err(mismatch(path, first_path, format!("covers {theirs}"), format!("{ours}")));
+        if !input.scope.ids.same(&first.scope.ids) {
+            let whole = |s: &Scope| Scope { ids: s.ids.clone(), shard: None };
+            let (theirs, ours) = (whole(&input.scope), whole(&first.scope));
+            return Err(mismatch(input, first, format!("covers {theirs}"), format!("{ours}")));
         }
-        if let (Some(a), Some(b)) = (shard, scope.shard) {
+        if let (Some(a), Some((holder, b))) = (input.scope.shard, cut) {
             if a.count != b.count {
-                return Err(mismatch(path, first_path, format!("holds shard {a}"), format!("shard {b}")));
+                return Err(mismatch(input, holder, format!("holds shard {a}"), format!("shard {b}")));
             }
         }
     }
-    Ok((url, scope))
+    Ok((url, first.scope.clone()))
 }
 
-fn mismatch(path: &Path, first: &Path, theirs: String, ours: String) -> Error {
-    let (path, first) = (path.display(), first.display());
+fn mismatch(input: &Input, other: &Input, theirs: String, ours: String) -> Error {
+    let (path, first) = (input.path.display(), other.path.display());
     Error::Usage(format!("cannot merge {path} with {first}: {path} {theirs}, {first} {ours}"))
 }
 
 /// The shards of the inputs' cut that no input holds (none when a whole store is among them).
 fn missing_shards(inputs: &[Input]) -> Vec<Shard> {
-    if inputs.iter().any(|(_, _, s)| s.is_none()) {
+    if inputs.iter().any(|i| i.scope.shard.is_none()) {
         return Vec::new();
     }
-    let Some(count) = inputs.iter().find_map(|(_, _, s)| s.map(|s| s.count)) else { return Vec::new() };
+    let Some(count) = inputs.iter().find_map(|i| i.scope.shard.map(|s| s.count)) else { return Vec::new() };
     (0..count)
         .map(|index| Shard { index, count })
-        .filter(|s| !inputs.iter().any(|(_, _, held)| *held == Some(*s)))
+        .filter(|s| !inputs.iter().any(|i| i.scope.shard == Some(*s)))
         .collect()
 }

@@ -95,6 +95,16 @@ pub fn mask_ids(n: u64, mask: Mask) -> impl Iterator<Item = u64> {
     (0..BLOCK_IDS).filter(move |&i| mask[(i / 64) as usize] & (1 << (i % 64)) != 0).map(move |i| first + i)
 }
 
+/// The ids in both masks.
+pub fn mask_and(a: &Mask, b: &Mask) -> Mask {
+    [a[0] & b[0], a[1] & b[1], a[2] & b[2], a[3] & b[3]]
+}
+
+/// The ids of `a` that are not in `b`.
+pub fn mask_minus(a: &Mask, b: &Mask) -> Mask {
+    [a[0] & !b[0], a[1] & !b[1], a[2] & !b[2], a[3] & !b[3]]
+}
+
 /// Sets `id`'s bit in `mask` (its block's).
 pub fn mask_set(mask: &mut Mask, id: u64) {
     let i = id % BLOCK_IDS;

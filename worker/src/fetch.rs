@@ -30,6 +30,16 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The policy a job asks for.
+    pub fn of(job: &JobSpec) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: job.max_attempts.max(1),
+            base: Duration::from_millis(job.backoff_base_ms),
+            max: Duration::from_millis(job.backoff_max_ms),
+            retry_after_max: Duration::from_millis(job.retry_after_max_ms),
+        }
+    }
+
     /// The waits before each retry, exponential with full jitter: the n-th is uniform in
     /// `[0, min(max, base * 2^(n-1))]`. Yields `max_attempts - 1` items.
     pub fn backoff(&self) -> BackoffIter {
@@ -136,12 +146,7 @@ impl Fetcher {
             url_parts: job.url_template.split("{id}").map(str::to_owned).collect(),
             headers: job.headers.clone(),
             max_body: job.max_body,
-            policy: RetryPolicy {
-                max_attempts: job.max_attempts.max(1),
-                base: Duration::from_millis(job.backoff_base_ms),
-                max: Duration::from_millis(job.backoff_max_ms),
-                retry_after_max: Duration::from_millis(job.retry_after_max_ms),
-            },
+            policy: RetryPolicy::of(job),
         }
     }
 
@@ -231,7 +236,7 @@ impl Fetcher {
         let used_up =
             announced.filter(|a| a.remaining == Some(0)).and_then(|a| a.reset_ms).map(Duration::from_millis);
         let met = Met { status: Some(status), wait: retry_after.or(used_up), announced };
-        if status == 408 || status == 429 || (500..600).contains(&status) {
+        if retryable_status(status) {
             // Read (a bounded amount of) the body so the connection can be reused.
             let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
             return (Attempt::Retry { error: format!("HTTP {status}") }, met);
@@ -242,6 +247,12 @@ impl Fetcher {
         };
         (attempt, met)
     }
+}
+
+/// Whether an answer with this status is asked for again: 408, 429 and 5xx. Any other is
+/// final.
+pub fn retryable_status(status: u16) -> bool {
+    status == 408 || status == 429 || (500..600).contains(&status)
 }
 
 /// Sorts an error into final or retryable.

@@ -28,7 +28,7 @@ use crate::fleet::{EventKind, FleetEvent, Spawner, WorkerProc};
 use crate::live::LiveFile;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::partition::{mask_ids, mask_len};
+use crate::partition::{mask_and, mask_ids, mask_len, mask_minus};
 use crate::progress::Progress;
 use crate::run::Watch;
 use crate::store::{self, StoreError, WriteAck, WriteCmd};
@@ -211,11 +211,9 @@ pub(crate) fn plan(
                 return;
             }
         };
-        skipped += mask_len(&store::and(&mask, &settled));
-        quarantined += mask_len(&store::and(&mask, &held));
-        let todo =
-            [mask[0] & !settled[0], mask[1] & !settled[1], mask[2] & !settled[2], mask[3] & !settled[3]];
-        for id in mask_ids(n, todo) {
+        skipped += mask_len(&mask_and(&mask, &settled));
+        quarantined += mask_len(&mask_and(&mask, &held));
+        for id in mask_ids(n, mask_minus(&mask, &settled)) {
             ids.push(id);
             if ids.len() == chunk_size {
                 let chunk = std::mem::replace(&mut ids, Vec::with_capacity(chunk_size));

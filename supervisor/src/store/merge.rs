@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::partition::{mask_ids, mask_len, mask_set, IdRange, Mask};
-use crate::store::block::{self, Index, KIND_ANSWER};
+use crate::partition::{mask_and, mask_ids, mask_len, mask_minus, IdRange};
+use crate::store::block::{self, Index};
 use crate::store::scope::Covered;
-use crate::store::{block_of, corrupt, key, Record, Store, StoreError};
+use crate::store::{block_of, corrupt, key, Kinds, Record, Store, StoreError};
 
 /// What one input brought to a merge.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -113,22 +113,13 @@ impl Store {
         for b in covered.blocks() {
             let (n, mask) = b?;
             c.total += mask_len(&mask);
-            let (mut held, mut answered): (Mask, Mask) = ([0; 4], [0; 4]);
-            if let Some(v) = self.guard(|| Ok(self.blocks.get(key(n))?))? {
-                let index = Index::parse(&v, n).map_err(|why| corrupt(&self.path, n, why))?;
-                for e in index.entries() {
-                    let id = block::first_id(n) + u64::from(e.offset);
-                    mask_set(&mut held, id);
-                    if e.kind == KIND_ANSWER {
-                        mask_set(&mut answered, id);
-                    }
-                }
-            }
-            let with = |m: &Mask, f: fn(u64, u64) -> u64| {
-                [f(mask[0], m[0]), f(mask[1], m[1]), f(mask[2], m[2]), f(mask[3], m[3])]
+            let kinds = match self.guard(|| Ok(self.blocks.get(key(n))?))? {
+                Some(v) => Kinds::of(&self.path, n, &v)?,
+                None => Kinds::default(),
             };
-            c.failed += mask_len(&with(&held, |a, h| a & h)) - mask_len(&with(&answered, |a, h| a & h));
-            let missing = with(&held, |a, h| a & !h);
+            let unanswered = mask_minus(&kinds.recorded, &kinds.answered);
+            c.failed += mask_len(&mask_and(&mask, &unanswered));
+            let missing = mask_minus(&mask, &kinds.recorded);
             c.missing += mask_len(&missing);
             if c.first_gaps.len() < GAPS_LISTED {
                 for id in mask_ids(n, missing) {

@@ -24,7 +24,7 @@ use nix::fcntl::{Flock, FlockArg};
 use shared::{ItemResult, Outcome};
 
 use crate::panics;
-use crate::partition::Shard;
+use crate::partition::{mask_and, mask_len, mask_set, Mask, Shard};
 use block::{BlockError, Index, KIND_ANSWER, KIND_QUARANTINED};
 
 pub mod block;
@@ -670,35 +670,21 @@ impl Reader {
         for b in covered.blocks() {
             let (block, mask) = b?;
             let (settled, _) = self.settled_mask(block, retry_quarantined)?;
-            n += crate::partition::mask_len(&and(&mask, &settled));
+            n += mask_len(&mask_and(&mask, &settled));
         }
         Ok(n)
     }
 
     /// The ids of block `n` that are settled (as [`Reader::settled_in`] says), and of those,
     /// the quarantined ones. Reads the block's index only.
-    pub fn settled_mask(
-        &mut self,
-        n: u64,
-        retry_quarantined: bool,
-    ) -> Result<(crate::partition::Mask, crate::partition::Mask), StoreError> {
-        let (mut settled, mut quarantined) = ([0; 4], [0; 4]);
-        if let Some(value) = self.block(n)? {
-            let index = Index::parse(&value, n).map_err(|why| corrupt(&self.path, n, why))?;
-            let base = block::first_id(n);
-            for e in index.entries() {
-                let id = base + u64::from(e.offset);
-                match e.kind {
-                    KIND_ANSWER => crate::partition::mask_set(&mut settled, id),
-                    KIND_QUARANTINED if !retry_quarantined => {
-                        crate::partition::mask_set(&mut settled, id);
-                        crate::partition::mask_set(&mut quarantined, id);
-                    }
-                    _ => {}
-                }
-            }
+    pub fn settled_mask(&mut self, n: u64, retry_quarantined: bool) -> Result<(Mask, Mask), StoreError> {
+        let Some(value) = self.block(n)? else { return Ok(([0; 4], [0; 4])) };
+        let kinds = Kinds::of(&self.path, n, &value)?;
+        if retry_quarantined {
+            return Ok((kinds.answered, [0; 4]));
         }
-        Ok((settled, quarantined))
+        let settled = [0, 1, 2, 3].map(|w| kinds.answered[w] | kinds.quarantined[w]);
+        Ok((settled, kinds.quarantined))
     }
 
     /// Appends to `out` the ids of `window` that are settled, in order: those with an HTTP
@@ -748,9 +734,34 @@ impl Reader {
     }
 }
 
-/// The ids in both masks.
-pub fn and(a: &crate::partition::Mask, b: &crate::partition::Mask) -> crate::partition::Mask {
-    [a[0] & b[0], a[1] & b[1], a[2] & b[2], a[3] & b[3]]
+/// Which ids of a block have a record, and of which kind, from its index alone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Kinds {
+    /// With an HTTP answer.
+    pub answered: Mask,
+    /// With any record.
+    pub recorded: Mask,
+    /// Quarantined.
+    pub quarantined: Mask,
+}
+
+impl Kinds {
+    /// The kinds of the records of block `n`, stored as `value` in the store at `path`.
+    pub fn of(path: &Path, n: u64, value: &[u8]) -> Result<Kinds, StoreError> {
+        let index = Index::parse(value, n).map_err(|why| corrupt(path, n, why))?;
+        let base = block::first_id(n);
+        let mut k = Kinds::default();
+        for e in index.entries() {
+            let id = base + u64::from(e.offset);
+            mask_set(&mut k.recorded, id);
+            match e.kind {
+                KIND_ANSWER => mask_set(&mut k.answered, id),
+                KIND_QUARANTINED => mask_set(&mut k.quarantined, id),
+                _ => {}
+            }
+        }
+        Ok(k)
+    }
 }
 
 /// Shares the store's lock with other readers, so no run writes it meanwhile; changes nothing
