@@ -10,6 +10,7 @@ mod faults;
 mod fleet;
 mod hostile;
 mod isolation;
+mod layers;
 mod models;
 mod operate;
 mod pace;

@@ -1,45 +1,45 @@
 //! flota's supervisor.
 //!
-//! [`main`] parses the command line (`cli`, then `config` validates it) and maps errors to exit
-//! codes, here and only here (`error`). A run (`run`) opens the `store`, then the `dispatch`er
-//! plans chunks of the id range (`partition`), hands them to worker processes (`fleet`) and
-//! merges their results into the store. `export` and `report` read a store back; `demo` runs a
-//! job against a local mockapi. Nothing but [`main`] is public: the modules are the binary's
-//! rooms, not an API.
+//! [`main`] parses the command line (`cli`), routes it to its subcommand (`cmd`), and maps
+//! errors to exit codes, here and only here. The layers below, each importing only those under
+//! it (docs/design.md draws them; a test keeps them so):
+//!
+//! | layer | owns |
+//! |---|---|
+//! | `cmd` | one file per subcommand; the end-of-run summary |
+//! | `cli` | raw flags, layered settings, validation into a `RunConfig` |
+//! | `drive` | the runtimes: the fleet's loop, the async model, the planner, signals |
+//! | `watch` | progress, systemd notify, the live file, metrics: they read, never change |
+//! | `fleet` | spawning workers, pipes, reaping, helper threads |
+//! | `engine` | the decision core, the pacer, poison ids, events, commands, errors, figures |
+//! | `store` | the only sled user |
+//! | `job` | the job's vocabulary: ids and blocks, scope, run config, pace settings, figures |
+//! | `util` | text formatting, panics |
+//!
+//! Nothing but [`main`] is public: the modules are the binary's rooms, not an API.
 //!
 //! Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed; 2 bad invocation
 //! (flags, or an unusable, mismatched or busy store); 1 any other fatal error.
 #![deny(unsafe_code)]
 
 mod cli;
-mod config;
-mod coroutines;
-mod demo;
-mod dispatch;
-mod doctor;
-mod error;
-mod export;
+mod cmd;
+mod drive;
+mod engine;
 mod fleet;
-mod live;
-mod merge;
-mod metrics;
-mod notify;
-mod panics;
-mod partition;
-mod progress;
-mod report;
-mod run;
-mod settings;
+mod job;
 mod store;
-mod threads;
+mod util;
+mod watch;
 
 use std::io::IsTerminal;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command};
-use crate::settings::ParseError;
-
+use crate::cli::{Cli, Command, ParseError};
+use crate::drive::Watch;
+use crate::util::panics;
+use crate::watch::progress;
 use worker::error_chain;
 
 /// The supervisor's `main`: returns the exit code.
@@ -56,7 +56,7 @@ pub fn main() -> i32 {
 
 fn run_main() -> i32 {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let parsed = match settings::parse(&argv) {
+    let parsed = match cli::parse(&argv) {
         Ok(parsed) => parsed,
         Err(ParseError::Clap(e)) => return clap_error(&e),
         Err(ParseError::File(e)) => {
@@ -98,16 +98,16 @@ fn run_main() -> i32 {
     // Whatever the caller's umask, what this process creates (a store, its files, an export)
     // is its owner's alone. An existing store's modes are left as they are.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let watch = run::Watch { progress, argv: Some(argv.clone()) };
+    let watch = Watch { progress, reload: Some(cmd::run::reloader(argv)) };
     let result = match parsed.cli.command {
-        None => run::run_command(parsed.cli.run, watch),
-        Some(Command::Config(_)) => run::show_config(&parsed),
-        Some(Command::Export(ref args)) => export::run(args),
-        Some(Command::Status(ref args)) => report::status(args),
-        Some(Command::Verify(ref args)) => doctor::verify(args),
-        Some(Command::Salvage(ref args)) => doctor::salvage(args),
-        Some(Command::Merge(ref args)) => merge::run(args),
-        Some(Command::Demo(args)) => demo::run(args, watch),
+        None => cmd::run::run_command(parsed.cli.run, watch),
+        Some(Command::Config(_)) => cmd::config::run(&parsed),
+        Some(Command::Export(ref args)) => cmd::export::run(args),
+        Some(Command::Status(ref args)) => cmd::status::run(args),
+        Some(Command::Verify(ref args)) => cmd::doctor::verify(args),
+        Some(Command::Salvage(ref args)) => cmd::doctor::salvage(args),
+        Some(Command::Merge(ref args)) => cmd::merge::run(args),
+        Some(Command::Demo(args)) => cmd::demo::run(args, watch),
         Some(Command::Worker | Command::Mockapi(_) | Command::Completions { .. } | Command::Man) => {
             unreachable!("handled above")
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use shared::{Announced, FromWorker, Pace, Traffic};
 
-use crate::link::Outgoing;
+use crate::outbox::Outgoing;
 
 /// What one request met, as far as the fleet's pacing cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

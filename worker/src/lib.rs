@@ -14,6 +14,8 @@ pub mod announce;
 pub mod fetch;
 pub mod gate;
 pub mod link;
+pub mod outbox;
+pub mod policy;
 pub mod pool;
 
 /// Runs a worker on this process's stdin and stdout. Returns the exit code.

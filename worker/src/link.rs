@@ -21,26 +21,12 @@ use shared::{
 
 use crate::fetch::Fetcher;
 use crate::gate::Gate;
+use crate::outbox::Outgoing;
 
 /// A results frame holds at most this many results...
 const BATCH_MAX_ITEMS: usize = 1024;
 /// ...and stops growing once its bodies pass this many bytes.
 const BATCH_MAX_BYTES: usize = 1 << 20;
-
-/// What the writer thread is asked to send.
-pub enum Outgoing {
-    /// The handshake answer.
-    Hello,
-    /// One id's final answer.
-    Result(ItemResult),
-    /// Proof of life.
-    Heartbeat,
-    /// A message about pacing ([`FromWorker::Spent`], [`FromWorker::Traffic`]), sent after the
-    /// results already waiting.
-    Control(FromWorker),
-    /// Fault injection: a frame whose payload is not a message.
-    Malformed,
-}
 
 /// Why a worker session failed.
 #[derive(Debug, thiserror::Error)]

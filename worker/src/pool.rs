@@ -9,7 +9,7 @@ use shared::WorkerChaos;
 
 use crate::fetch::Fetcher;
 use crate::gate::Gate;
-use crate::link::Outgoing;
+use crate::outbox::Outgoing;
 
 /// What every fetch thread shares.
 pub struct Shared {

@@ -1,12 +1,8 @@
 //! A block: the records of up to [`BLOCK_IDS`] consecutive ids, in one sled value.
 //!
-//! sled costs about 10 µs of CPU and some 14 bytes of page table per key, and its memory grew
-//! with every key stored (issue 7 measured 2.47 GB for a million one-key-per-id records). So
-//! the store keeps one key per block of 256 ids, not one per id. Not more: sled stores an item
-//! over 128 KiB (a quarter of its 512 KiB segment) as a file of its own, and rewrites a whole
-//! node when it consolidates one, so large blocks of large bodies cost it several copies on disk
-//! (with 1 KiB bodies: 1.33 bytes on disk per body byte at 1024 ids a block, 0.60 at 128 or 64,
-//! both with LZ4). A block is:
+//! sled's cost grows with the number of keys it holds, and large values cost it copies on disk,
+//! so the store keeps one key per block of 256 ids: few keys, values of a few KiB to a few
+//! hundred (docs/design.md has the measurements behind both bounds). A block is:
 //!
 //! ```text
 //! magic "FLB2" | block number u64 LE | count u16 LE | length u32 LE (of the whole block)
@@ -24,10 +20,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::store::Record;
+pub use crate::job::{first_id, locate, BLOCK_IDS};
 
-/// Ids per block. Offsets within a block fit a u16.
-pub const BLOCK_IDS: u64 = 256;
+use super::record::Record;
+
 const MAGIC: &[u8; 4] = b"FLB2";
 /// zstd's fastest level: about three times smaller than the records for JSON bodies, at a
 /// small fraction of a core.
@@ -52,16 +48,6 @@ pub enum BlockError {
     /// Its bytes do not have the block's shape.
     #[error("malformed ({0})")]
     Malformed(&'static str),
-}
-
-/// The block holding `id`, and `id`'s offset in it.
-pub fn locate(id: u64) -> (u64, u16) {
-    (id / BLOCK_IDS, (id % BLOCK_IDS) as u16)
-}
-
-/// The first id of block `block`.
-pub fn first_id(block: u64) -> u64 {
-    block * BLOCK_IDS
 }
 
 /// One entry of a block's index.

@@ -1,6 +1,6 @@
-//! Joining stores, and finding what a store lacks.
+//! Joining stores.
 //!
-//! Shards own whole blocks ([`crate::partition::Shard`]), so the stores of one job's shards
+//! Shards own whole blocks ([`crate::job::Shard`]), so the stores of one job's shards
 //! never hold the same block: merging them copies each block's bytes as they are (after
 //! checking its checksum), without decompressing a body. Only a block found in two stores (the
 //! same shard run twice, or a whole store beside shards) is decoded and merged record by
@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::partition::{mask_and, mask_ids, mask_len, mask_minus, IdRange};
-use crate::store::block::{self, Index};
-use crate::store::scope::Covered;
-use crate::store::{block_of, corrupt, key, Kinds, Record, Store, StoreError};
+use super::access::{block_of, corrupt, key};
+use super::block::{self, Index};
+use super::db::Store;
+use super::error::StoreError;
+use super::record::Record;
 
 /// What one input brought to a merge.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -23,29 +24,6 @@ pub struct Merged {
     /// The first such id.
     pub first_overlap: Option<u64>,
 }
-
-/// How much of its scope a store holds.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Coverage {
-    /// Ids the scope covers.
-    pub total: u64,
-    /// Of those, ids with no record at all.
-    pub missing: u64,
-    /// Ids with a record but no HTTP answer (failed or quarantined): a rerun asks for them again.
-    pub failed: u64,
-    /// The first few runs of missing ids.
-    pub first_gaps: Vec<IdRange>,
-}
-
-impl Coverage {
-    /// Whether every id of the scope has a record.
-    pub fn complete(&self) -> bool {
-        self.missing == 0
-    }
-}
-
-/// How many gaps [`Coverage`] lists.
-const GAPS_LISTED: usize = 5;
 
 impl Store {
     /// Copies every record of `input` into this store. Where both hold a record for an id, an
@@ -104,43 +82,5 @@ impl Store {
             Ok(())
         })?;
         Ok(merged)
-    }
-
-    /// How much of `covered` this store holds: reads the blocks' indexes only.
-    pub fn coverage(&self, covered: &Covered) -> Result<Coverage, StoreError> {
-        let mut c = Coverage::default();
-        let mut gap: Option<IdRange> = None;
-        for b in covered.blocks() {
-            let (n, mask) = b?;
-            c.total += mask_len(&mask);
-            let kinds = match self.guard(|| Ok(self.blocks.get(key(n))?))? {
-                Some(v) => Kinds::of(&self.path, n, &v)?,
-                None => Kinds::default(),
-            };
-            let unanswered = mask_minus(&kinds.recorded, &kinds.answered);
-            c.failed += mask_len(&mask_and(&mask, &unanswered));
-            let missing = mask_minus(&mask, &kinds.recorded);
-            c.missing += mask_len(&missing);
-            if c.first_gaps.len() < GAPS_LISTED {
-                for id in mask_ids(n, missing) {
-                    match &mut gap {
-                        Some(g) if g.end == id => g.end += 1,
-                        _ => {
-                            if let Some(done) = gap.take() {
-                                c.first_gaps.push(done);
-                            }
-                            if c.first_gaps.len() == GAPS_LISTED {
-                                break;
-                            }
-                            gap = Some(IdRange { start: id, end: id + 1 });
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(done) = gap.filter(|_| c.first_gaps.len() < GAPS_LISTED) {
-            c.first_gaps.push(done);
-        }
-        Ok(c)
     }
 }

@@ -10,9 +10,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::access::{block_of, guard, read_meta, BLOCKS_TREE, CACHE_BYTES};
 use super::block;
-use super::{guard, lock_shared, read_meta, Record, Store, StoreError, BLOCKS_TREE, CACHE_BYTES};
-use crate::partition::{IdRange, Shard};
+use super::db::Store;
+use super::error::StoreError;
+use super::history::LastRun;
+use super::lock::lock_shared;
+use super::record::Record;
+use crate::job::{IdRange, Shard};
 
 /// What [`verify`] found.
 #[derive(Debug, Default)]
@@ -133,7 +138,7 @@ fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<(IdRange, O
         Ok((Some(job), last)) => {
             report.job = Some(String::from_utf8_lossy(&job).into_owned());
             range = last
-                .and_then(|v| serde_json::from_slice::<super::LastRun>(&v).ok())
+                .and_then(|v| serde_json::from_slice::<LastRun>(&v).ok())
                 .and_then(|run| Some((run.ids.parse::<IdRange>().ok()?, run.shard)));
         }
         Ok((None, _)) => report.metadata_lost = true,
@@ -145,7 +150,7 @@ fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<(IdRange, O
         match next {
             Ok(None) => break,
             Ok(Some((k, v))) => {
-                let Ok(n) = super::block_of(&k) else {
+                let Ok(n) = block_of(&k) else {
                     report
                         .damaged
                         .push((IdRange { start: 0, end: 0 }, "a key that is not a block number".into()));
@@ -172,7 +177,7 @@ fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<(IdRange, O
 fn without_hint(e: StoreError) -> String {
     match e {
         StoreError::Damaged { detail, .. } => detail,
-        other => crate::error_chain(&other),
+        other => worker::error_chain(&other),
     }
 }
 
@@ -248,7 +253,7 @@ pub fn salvage(path: &Path, into: &Path) -> Result<Salvaged, StoreError> {
     let store = Store::open_for_job(into, &job)?;
     // The scope, so the new store stays its shard's; a list's ids are not recovered (a rerun
     // with the same --ids-file records them again).
-    if let Some(scope) = super::read_meta(path).and_then(|m| m.scope) {
+    if let Some(scope) = read_meta(path).and_then(|m| m.scope) {
         store.adopt_scope(&scope, None)?;
     }
     let mut blocks: BTreeMap<u64, BTreeMap<u16, Record>> = BTreeMap::new();

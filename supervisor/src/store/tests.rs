@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
-use super::scope::Covered;
+use shared::{ItemResult, Outcome};
+
+use super::access::key;
 use super::*;
-use crate::partition::IdRange;
+use crate::job::{Durable, IdRange, Tally};
 
 fn answer(id: u64, status: u16, body: &str) -> ItemResult {
     ItemResult { id, attempts: 2, outcome: Outcome::Response { status, body: body.as_bytes().to_vec() } }
@@ -26,7 +28,7 @@ fn write_in_flushes(store: &Store, batches: Vec<Vec<ItemResult>>) -> Vec<Durable
         cmd_tx.send(WriteCmd::Put(batch)).expect("sends");
         match ack_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(WriteAck::Durable(d)) => {
-                assert_eq!(d.answered + d.failed, n);
+                assert_eq!(d.tally.answered + d.tally.failed, n);
                 acks.push(d);
             }
             other => panic!("expected a durable ack, got {other:?}"),
@@ -84,7 +86,7 @@ fn a_block_is_held_until_complete_then_written_once() {
     cmd_tx.send(WriteCmd::Put((200..256).map(|i| answer(i, 200, "x")).collect())).expect("sends");
     match ack_rx.recv_timeout(Duration::from_secs(5)) {
         Ok(WriteAck::Durable(d)) => {
-            assert_eq!(d.answered, 156, "the ids of the range complete the block")
+            assert_eq!(d.tally.answered, 156, "the ids of the range complete the block")
         }
         other => panic!("expected a durable ack, got {other:?}"),
     }
@@ -143,11 +145,8 @@ fn writer_makes_results_durable_and_the_store_finds_them() {
     t.join().expect("joins");
     let acks: Vec<_> = ack_rx.iter().collect();
     let durable = Durable {
-        answered: 2,
+        tally: Tally { answered: 2, failed: 2, quarantined: 1, retries: 9, ..Tally::default() },
         success: 1,
-        failed: 2,
-        quarantined: 1,
-        retries: 9,
         new_records: 4,
         flush: None,
     };

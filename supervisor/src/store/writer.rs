@@ -2,12 +2,12 @@
 //!
 //! Results arrive id by id, a few thousand per second per worker, and sled rewrites a value
 //! whole: a block written at every flush while its ids trickle in would be written many
-//! times, and sled keeps the older copies on disk until it gets round to collecting them (in
-//! blocks of 1024 ids with 1 KiB bodies, 200k ids took 384 MB, 1.9 times their bodies). So the writer holds a block's
-//! results until the block is complete (as many of its ids have a record, stored before or
-//! pending now, as the job covers in it), and writes it once. A block is written incomplete only when its
-//! first pending result has waited [`Timing::hold`], when pending bodies pass [`HOLD_BYTES`], or at the
-//! end of the run; merging it with what is stored keeps every record either way.
+//! times, and sled keeps the older copies on disk until it gets round to collecting them
+//! (docs/design.md has the figures). So the writer holds a block's results until the block is
+//! complete (as many of its ids have a record, stored before or pending now, as the job covers
+//! in it), and writes it once. A block is written incomplete only when its first pending result
+//! has waited [`Timing::hold`], when pending bodies pass [`HOLD_BYTES`], or at the end of the
+//! run; merging it with what is stored keeps every record either way.
 //!
 //! Each write is one sled batch followed by `flush()`, and only then are its results acked as
 //! durable: the dispatcher counts a result as done only after that.
@@ -18,10 +18,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use shared::Outcome;
 
+use super::access::{corrupt, guard, key};
 use super::block::{self, Index};
-use super::scope::Covered;
-use super::{corrupt, guard, key, Durable, Record, StoreError, WriteAck, WriteCmd, Writer};
-use crate::partition::mask_len;
+use super::covered::Covered;
+use super::db::Writer;
+use super::error::StoreError;
+use super::messages::{WriteAck, WriteCmd};
+use super::record::Record;
+use crate::job::{mask_len, Durable, Tally};
 
 /// When the writer writes.
 #[derive(Debug, Clone, Copy)]
@@ -57,19 +61,20 @@ pub fn write_loop(
         let finish = matches!(cmd, Ok(WriteCmd::Finish) | Err(RecvTimeoutError::Disconnected));
         let added = match cmd {
             Ok(WriteCmd::Put(results)) => results.into_iter().try_for_each(|r| {
-                let mut d =
-                    Durable { retries: u64::from(r.attempts.saturating_sub(1)), ..Durable::default() };
+                let mut d = Durable::default();
+                d.tally.retries = u64::from(r.attempts.saturating_sub(1));
                 match &r.outcome {
                     Outcome::Response { status, .. } => {
-                        d.answered = 1;
+                        d.tally.answered = 1;
                         d.success = u64::from((200..300).contains(status));
                     }
-                    Outcome::Failed { .. } => d.failed = 1,
+                    Outcome::Failed { .. } => d.tally.failed = 1,
                 }
                 pending.add(&writer, r.id, Record::from(r), d)
             }),
             Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
-                let d = Durable { failed: 1, quarantined: 1, ..Durable::default() };
+                let tally = Tally { failed: 1, quarantined: 1, ..Tally::default() };
+                let d = Durable { tally, ..Durable::default() };
                 pending.add(
                     &writer,
                     id,

@@ -1,0 +1,446 @@
+//! A run's flags, checked against each other and the machine, become a [`RunConfig`]. Everything
+//! an invocation can get wrong is caught here, before anything is created or started.
+
+use std::time::Duration;
+
+use shared::{JobSpec, HEARTBEAT_EVERY};
+
+use super::flags::{RunArgs, Tuning};
+use crate::job::{
+    shard_from_env, Ids, Listed, Model, PaceSettings, RunConfig, Scope, Shard, WorkerLimits, MAX_BODY_LIMIT,
+};
+
+/// Checks a run's flags.
+pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
+    let (store, t) = (args.store.clone(), &args.tuning);
+    let url =
+        args.url.as_deref().ok_or("--url is required (e.g. --url 'http://127.0.0.1:8080/items/{id}')")?;
+    worker::fetch::check_url_template(url).map_err(|e| format!("--url: {e}"))?;
+    let (shard, shard_from) = shard(args.shard, args.shards, |k| std::env::var(k).ok())?;
+    let workers = within("--workers", t.workers, 1, 1024)?;
+    let threads = within("--threads", t.threads, 1, 4096)?;
+    let chunk_size = within("--chunk-size", t.chunk_size, 1, 1 << 20)?;
+    let max_attempts = within("--max-attempts", t.max_attempts, 1, 1000)?;
+    if !(1..=MAX_BODY_LIMIT).contains(&t.max_body) {
+        return Err(format!("--max-body must be between 1 byte and 128M, not {}", t.max_body));
+    }
+    check_timeouts(t)?;
+    check_worker_memory(t, threads)?;
+    let headers = headers(t)?;
+    // Coroutines are not bounded by threads: --concurrency may go past workers x threads, its
+    // default with either model.
+    let ceiling = if t.model == Model::Async { (workers * threads).max(1 << 16) } else { workers * threads };
+    let pace = pace(t, ceiling)?;
+    let user = t.user.as_deref().map(resolve_user).transpose()?;
+    check_paths(&store, t)?;
+    let tls = tls(t)?;
+    let user_agent = user_agent(&t.user_agent)?;
+    check_model(t, url)?;
+    // Last, as a list on stdin can be read only once.
+    let (ids, listed) = match (&args.ids, &args.ids_file) {
+        (Some(range), _) => (Ids::Range(range.parse().map_err(|e| format!("--ids: {e}"))?), None),
+        (None, Some(file)) => {
+            let (ids, source) = read_ids_file(file)?;
+            (Ids::Listed(Listed::of(&ids, source)), Some(ids))
+        }
+        (None, None) => return Err("--ids or --ids-file is required (e.g. --ids 0..1000000)".into()),
+    };
+    // Each worker holds two chunks, and enough ids to keep every thread busy.
+    let max_in_flight = (2 * chunk_size).max(chunk_size + 2 * threads);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Ok(RunConfig {
+        scope: Scope { ids, shard },
+        shard_from,
+        listed: std::sync::Mutex::new(listed),
+        store,
+        workers,
+        chunk_size,
+        worker_timeout: t.worker_timeout,
+        worker_bin: t.worker_bin.clone(),
+        limits: WorkerLimits { memory: t.worker_memory, open_files: open_files(threads)?, user },
+        grace: t.grace,
+        retry_quarantined: t.retry_quarantined,
+        kill_every: t.chaos.as_ref().and_then(|c| c.kill_every),
+        pace,
+        model: t.model,
+        panic_on: t.chaos.as_ref().map(|c| c.panic_on.clone()).unwrap_or_default(),
+        job: JobSpec {
+            url_template: url.to_owned(),
+            threads,
+            max_in_flight,
+            max_attempts,
+            max_body: t.max_body,
+            connect_timeout_ms: ms(t.connect_timeout),
+            io_timeout_ms: ms(t.io_timeout),
+            backoff_base_ms: ms(t.backoff_base),
+            backoff_max_ms: ms(t.backoff_max),
+            retry_after_max_ms: ms(t.retry_after_max),
+            headers,
+            user_agent,
+            tls,
+            chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
+        },
+    })
+}
+
+/// What `--model async` does not do: it is a single event loop for comparing models, not a
+/// second way to run production jobs.
+fn check_model(t: &Tuning, url: &str) -> Result<(), String> {
+    let chaos = t.chaos.clone().unwrap_or_default();
+    if t.model == Model::Fleet {
+        if !chaos.panic_on.is_empty() {
+            return Err("--chaos panic-on needs --model async (a worker's fault is crash-on)".into());
+        }
+        return Ok(());
+    }
+    if !url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) {
+        return Err("--model async fetches http:// URLs only".into());
+    }
+    if t.rate.is_some() {
+        return Err("--model async has no --rate (it keeps --concurrency requests in flight)".into());
+    }
+    let worker_only = !chaos.worker.hang_on.is_empty() || !chaos.worker.bad_frame_on.is_empty();
+    if worker_only || chaos.kill_every.is_some() {
+        return Err("--model async has no workers: its faults are crash-on and panic-on".into());
+    }
+    Ok(())
+}
+
+/// The run's shard: `--shard` if given, else the scheduler's (see [`shard_from_env`]), with the
+/// variable it came from.
+fn shard(
+    given: Option<Shard>,
+    shards: Option<u64>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Option<Shard>, Option<&'static str>), String> {
+    if let Some(s) = given {
+        if let Some(n) = shards.filter(|&n| n != s.count) {
+            return Err(format!("--shards {n} disagrees with --shard {s}"));
+        }
+        return Ok((Some(s), None));
+    }
+    match shard_from_env(env, shards)? {
+        Some((s, from)) => Ok((Some(s), Some(from))),
+        None if shards.is_some() => Err(
+            "--shards needs the shard's index: JOB_COMPLETION_INDEX (set in a Kubernetes Indexed Job), or give \
+             --shard I/N"
+                .into(),
+        ),
+        None => Ok((None, None)),
+    }
+}
+
+/// Reads an `--ids-file` (`-`: stdin): one id per line, blank lines and `#` comments skipped.
+/// Returns the ids sorted and distinct, and what to call their source.
+fn read_ids_file(file: &std::path::Path) -> Result<(Vec<u64>, String), String> {
+    use std::io::BufRead;
+    let stdin = file.as_os_str() == "-";
+    let source = if stdin { "stdin".to_owned() } else { file.display().to_string() };
+    let in_file = |e: String| format!("--ids-file {source}: {e}");
+    let reader: Box<dyn BufRead> = if stdin {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(file).map_err(|e| in_file(e.to_string()))?))
+    };
+    let mut ids = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| in_file(format!("line {}: {e}", n + 1)))?;
+        let text = line.trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        let id = text.parse::<u64>().map_err(|_| {
+            let shown: String = text.chars().take(40).collect();
+            in_file(format!("line {}: `{shown}` is not an id (a whole number from 0 to {})", n + 1, u64::MAX))
+        })?;
+        ids.push(id);
+    }
+    if ids.is_empty() {
+        return Err(in_file("holds no id".into()));
+    }
+    ids.sort_unstable();
+    let listed = ids.len();
+    ids.dedup();
+    if ids.len() < listed {
+        log::info!("--ids-file {source}: {} ids listed more than once are fetched once", listed - ids.len());
+    }
+    Ok((ids, source))
+}
+
+/// `--ca-cert` and `--insecure`.
+fn tls(t: &Tuning) -> Result<shared::TlsTrust, String> {
+    let mut extra_roots = Vec::new();
+    for file in &t.ca_certs {
+        let in_file = |e: String| format!("--ca-cert {}: {e}", file.display());
+        let pem = std::fs::read(file).map_err(|e| in_file(e.to_string()))?;
+        extra_roots.extend(worker::fetch::ca_certificates(&pem).map_err(in_file)?);
+    }
+    Ok(shared::TlsTrust { extra_roots, insecure: t.insecure })
+}
+
+/// `--user-agent`: a header value (visible ASCII and spaces), not empty.
+fn user_agent(ua: &str) -> Result<String, String> {
+    let ua = ua.trim();
+    if ua.is_empty() || !ua.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(format!("--user-agent must be printable ASCII and not empty, not {ua:?}"));
+    }
+    Ok(ua.to_owned())
+}
+
+/// `--rate`, `--burst` and `--concurrency`, checked against the fleet's size.
+pub fn pace(t: &Tuning, ceiling: u32) -> Result<PaceSettings, String> {
+    if t.burst.is_some() && t.rate.is_none() {
+        return Err("--burst needs --rate".into());
+    }
+    if t.burst == Some(0) {
+        return Err("--burst must be at least 1".into());
+    }
+    if let Some(c) = t.concurrency {
+        if c == 0 || c > ceiling {
+            let bound = if t.model == Model::Async { "" } else { "--workers times --threads, " };
+            return Err(format!("--concurrency must be between 1 and {bound}{ceiling}, not {c}"));
+        }
+    }
+    Ok(PaceSettings { rate: t.rate, burst: t.burst, concurrency: t.concurrency, ceiling })
+}
+
+fn within(name: &str, v: u32, lo: u32, hi: u32) -> Result<u32, String> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{name} must be between {lo} and {hi}, not {v}"))
+    }
+}
+
+fn check_timeouts(t: &Tuning) -> Result<(), String> {
+    for (name, d) in [
+        ("--connect-timeout", t.connect_timeout),
+        ("--io-timeout", t.io_timeout),
+        ("--worker-timeout", t.worker_timeout),
+    ] {
+        if d < Duration::from_millis(1) {
+            return Err(format!("{name} must be at least 1ms"));
+        }
+    }
+    let min_timeout = 4 * HEARTBEAT_EVERY;
+    if t.worker_timeout < min_timeout {
+        return Err(format!(
+            "--worker-timeout must be at least {}ms (workers send a heartbeat every {}ms)",
+            min_timeout.as_millis(),
+            HEARTBEAT_EVERY.as_millis()
+        ));
+    }
+    Ok(())
+}
+
+/// `--worker-memory` must hold, per fetch thread, its stack and its connection's buffers
+/// (ureq keeps 128 KiB each way), plus room for the binary, the allocator and a few bodies.
+fn check_worker_memory(t: &Tuning, threads: u32) -> Result<(), String> {
+    let per_thread = worker::pool::FETCH_STACK as u64 + (512 << 10);
+    let needed = u64::from(threads) * per_thread + (128 << 20) + 4 * t.max_body;
+    if t.worker_memory < needed {
+        return Err(format!(
+            "--worker-memory {} is too small for {threads} threads and --max-body {}: give it at least {}M",
+            t.worker_memory,
+            t.max_body,
+            needed.div_ceil(1 << 20)
+        ));
+    }
+    Ok(())
+}
+
+/// `--header`s, then those of `--header-file` (blank lines and `#` comments skipped).
+fn headers(t: &Tuning) -> Result<Vec<(String, String)>, String> {
+    let mut headers = t.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = &t.header_file {
+        let in_file = |e| format!("--header-file {}: {e}", file.display());
+        let text = std::fs::read_to_string(file).map_err(|e| in_file(e.to_string()))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            headers.push(parse_header(line).map_err(in_file)?);
+        }
+    }
+    Ok(headers)
+}
+
+fn check_paths(store: &std::path::Path, t: &Tuning) -> Result<(), String> {
+    if let Some(bin) = &t.worker_bin {
+        if !bin.is_file() {
+            return Err(format!("--worker-bin {} is not a file", bin.display()));
+        }
+    }
+    match store.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) if !parent.is_dir() => {
+            Err(format!("--store {}: directory {} does not exist", store.display(), parent.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A worker's open-files limit: per thread a pooled connection and one being replaced, plus
+/// pipes, stdio and slack; never above what this process may grant (its hard limit).
+fn open_files(threads: u32) -> Result<u64, String> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let want = 2 * u64::from(threads) + 64;
+    let (_, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("cannot read the open-files limit: {e}"))?;
+    if hard < u64::from(threads) + 16 {
+        return Err(format!(
+            "--threads {threads} needs {} open files per worker; the hard limit is {hard}",
+            u64::from(threads) + 16
+        ));
+    }
+    Ok(want.min(hard))
+}
+
+/// Looks up `--user`: it must exist, and switching to it needs root (unless it is us).
+fn resolve_user(name: &str) -> Result<(u32, u32), String> {
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("--user {name}: {e}"))?
+        .ok_or_else(|| format!("--user {name}: no such user"))?;
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && me != user.uid {
+        return Err(format!("--user {name}: switching users needs the supervisor to run as root"));
+    }
+    Ok((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+fn parse_header(h: &str) -> Result<(String, String), String> {
+    let (name, value) =
+        h.split_once(':').ok_or_else(|| "--header must look like 'Name: value'".to_owned())?;
+    let name = name.trim();
+    let valid_name = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid_name {
+        return Err(format!("--header: `{name}` is not a valid header name"));
+    }
+    let value = value.trim();
+    if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        return Err(format!("--header {name}: the value has control characters"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::IdRange;
+
+    fn tuning() -> Tuning {
+        Tuning {
+            workers: 4,
+            threads: 8,
+            chunk_size: 100,
+            max_attempts: 3,
+            max_body: 1024,
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            retry_after_max: Duration::from_secs(60),
+            worker_timeout: Duration::from_secs(10),
+            headers: vec!["Authorization: Bearer x".into()],
+            header_file: None,
+            worker_bin: None,
+            worker_memory: 1 << 30,
+            user: None,
+            grace: Duration::from_secs(1),
+            retry_quarantined: false,
+            rate: None,
+            burst: None,
+            concurrency: None,
+            user_agent: super::super::flags::DEFAULT_USER_AGENT.to_owned(),
+            ca_certs: Vec::new(),
+            insecure: false,
+            model: Model::Fleet,
+            chaos: None,
+        }
+    }
+
+    fn args(url: Option<&str>, ids: Option<&str>, tuning: Tuning) -> RunArgs {
+        RunArgs {
+            url: url.map(str::to_owned),
+            ids: ids.map(str::to_owned),
+            ids_file: None,
+            shard: None,
+            shards: None,
+            store: "s.sled".into(),
+            metrics: None,
+            tuning,
+        }
+    }
+
+    #[test]
+    fn a_good_run_validates() {
+        let c =
+            run_config(&args(Some("http://127.0.0.1:9/items/{id}"), Some("0..10"), tuning())).expect("valid");
+        assert_eq!(c.scope, Scope { ids: Ids::Range(IdRange { start: 0, end: 10 }), shard: None });
+        assert_eq!(c.job.headers, vec![("Authorization".to_owned(), "Bearer x".to_owned())]);
+        assert!(c.job.max_in_flight >= 2 * c.chunk_size);
+    }
+
+    #[test]
+    fn bad_runs_are_refused_with_the_flag_named() {
+        let t = tuning();
+        let cases: Vec<(Option<&str>, Option<&str>, Tuning, &str)> = vec![
+            (None, Some("0..1"), t.clone(), "--url is required"),
+            (Some("http://127.0.0.1/items"), Some("0..1"), t.clone(), "--url"),
+            (Some("ftp://h/{id}"), Some("0..1"), t.clone(), "--url"),
+            (Some("http://h/{id}"), None, t.clone(), "--ids or --ids-file is required"),
+            (Some("http://h/{id}"), Some("3..1"), t.clone(), "--ids"),
+            (Some("http://h/{id}"), Some("0..1"), Tuning { workers: 0, ..t.clone() }, "--workers"),
+            (Some("http://h/{id}"), Some("0..1"), Tuning { threads: 0, ..t.clone() }, "--threads"),
+            (
+                Some("http://h/{id}"),
+                Some("0..1"),
+                Tuning { headers: vec!["nocolon".into()], ..t.clone() },
+                "--header",
+            ),
+            (
+                Some("http://h/{id}"),
+                Some("0..1"),
+                Tuning { worker_bin: Some("/nonexistent/w".into()), ..t.clone() },
+                "--worker-bin",
+            ),
+        ];
+        for (url, ids, t, want) in cases {
+            let err = run_config(&args(url, ids, t)).expect_err(want);
+            assert!(err.contains(want), "{err:?} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_shard_wins_over_the_scheduler() {
+        let slurm = |k: &str| match k {
+            "SLURM_ARRAY_TASK_ID" => Some("1".to_owned()),
+            "SLURM_ARRAY_TASK_COUNT" => Some("4".to_owned()),
+            _ => None,
+        };
+        let given = Shard { index: 3, count: 5 };
+        assert_eq!(shard(Some(given), None, slurm), Ok((Some(given), None)));
+        assert_eq!(
+            shard(None, None, slurm),
+            Ok((Some(Shard { index: 1, count: 4 }), Some("SLURM_ARRAY_TASK_ID")))
+        );
+        assert!(shard(Some(given), Some(4), slurm).is_err(), "--shards disagrees with --shard");
+        assert!(shard(None, Some(4), |_| None).expect_err("no index").contains("JOB_COMPLETION_INDEX"));
+        assert_eq!(shard(None, None, |_| None), Ok((None, None)));
+    }
+
+    #[test]
+    fn ids_files_skip_comments_and_name_a_bad_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("ids.txt");
+        std::fs::write(&good, "# ids\n42\n\n 7 \n42\n# more\n100000000000\n").expect("write");
+        let (ids, source) = read_ids_file(&good).expect("reads");
+        assert_eq!(ids, vec![7, 42, 100_000_000_000]);
+        assert_eq!(source, good.display().to_string());
+        let bad = dir.path().join("bad.txt");
+        std::fs::write(&bad, "1\n2\nthree\n").expect("write");
+        let err = read_ids_file(&bad).expect_err("refused");
+        assert!(err.contains("line 3: `three` is not an id"), "{err}");
+        let empty = dir.path().join("empty.txt");
+        std::fs::write(&empty, "# nothing\n\n").expect("write");
+        assert!(read_ids_file(&empty).expect_err("refused").contains("holds no id"));
+        assert!(read_ids_file(&dir.path().join("none")).is_err());
+    }
+}

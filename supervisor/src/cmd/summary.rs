@@ -1,0 +1,111 @@
+//! What is said about a run once it is over: the end-of-run summary, and the lines it shares
+//! with `status` and `merge` (how a run was paced, how complete a store is).
+
+use crate::engine::Figures;
+use crate::job::{Chaos, IdRange, Model, Pacing, RateSource, RunConfig};
+use crate::store::Coverage;
+use crate::util::{signal_name, thousands};
+
+/// The end-of-run summary, on stdout.
+pub fn print(cfg: &RunConfig, r: &Figures) {
+    println!("flota: {} from {}", cfg.scope, cfg.job.url_template);
+    let shape = match cfg.model {
+        Model::Fleet => format!("{} workers x {} threads", cfg.workers, cfg.job.threads),
+        Model::Async => format!("coroutines on one thread ({} at once)", r.pace.concurrency),
+    };
+    println!(
+        "  fetched   {} ids in {:.2} s ({} items/s) with {shape}",
+        thousands(r.fetched()),
+        r.wall.as_secs_f64(),
+        thousands(r.rate().round() as u64),
+    );
+    println!(
+        "  answered  {}   failed {}   already stored {}",
+        thousands(r.tally.answered),
+        thousands(r.tally.failed),
+        thousands(r.tally.skipped)
+    );
+    if r.skipped_quarantined > 0 {
+        println!(
+            "  skipped   {} ids quarantined by an earlier run (--retry-quarantined fetches them)",
+            thousands(r.skipped_quarantined)
+        );
+    }
+    println!(
+        "  retries   {}   worker restarts {}   quarantined {}",
+        thousands(r.tally.retries),
+        thousands(r.tally.restarts),
+        thousands(r.tally.quarantined)
+    );
+    for line in pacing_lines(&r.pace) {
+        println!("  {line}");
+    }
+    let chaos = cfg.chaos();
+    if chaos != Chaos::default() {
+        println!("  chaos     {chaos}   workers killed on purpose {}", thousands(r.chaos_kills));
+    }
+    if let Some(sig) = r.stopped_by {
+        let name = signal_name(sig);
+        println!("  stopped   by {name}: everything fetched is stored; run the same command again to resume");
+    }
+    if cfg.job.tls.insecure {
+        println!("  tls       certificates NOT verified (--insecure)");
+    }
+    println!("  store     {}", cfg.store.display());
+}
+
+/// Two lines on how a run was paced: its requests and 429s, then its rate and concurrency.
+pub fn pacing_lines(p: &Pacing) -> [String; 2] {
+    let share = 100.0 * p.too_many as f64 / p.requests.max(1) as f64;
+    let mut first = format!(
+        "requests  {}   answered 429 {} ({share:.2}%)   server-asked pauses {}",
+        thousands(p.requests),
+        thousands(p.too_many),
+        thousands(p.pauses)
+    );
+    if p.pauses > 0 {
+        first.push_str(&format!(" ({:.1} s)", p.paused_secs));
+    }
+    let rate = match (p.rate, p.rate_source) {
+        (Some(r), Some(RateSource::Given)) => format!("rate {r:.1}/s (--rate)"),
+        (Some(r), Some(RateSource::Announced)) => format!("rate {r:.1}/s (announced)"),
+        (Some(r), None) => format!("rate {r:.1}/s"),
+        (None, _) => "no rate".to_owned(),
+    };
+    let (lo, hi) = p.concurrency_range;
+    let concurrency = if p.adaptive {
+        format!("concurrency adaptive, {} at the end ({lo}..{hi})", p.concurrency)
+    } else {
+        format!("concurrency fixed at {}", p.concurrency)
+    };
+    [first, format!("pacing    {rate}   {concurrency}")]
+}
+
+/// The lines that say how complete a store is, label and text: its gaps, then its failures.
+pub fn coverage_lines(c: &Coverage) -> Vec<(&'static str, String)> {
+    let mut lines = Vec::new();
+    if c.complete() {
+        lines.push(("complete", format!("yes: each of its {} ids has a record", thousands(c.total))));
+    } else {
+        let gaps: Vec<String> = c.first_gaps.iter().map(IdRange::to_string).collect();
+        lines.push((
+            "complete",
+            format!(
+                "no: {} of its {} ids have no record (the first gaps: {})",
+                thousands(c.missing),
+                thousands(c.total),
+                gaps.join(", ")
+            ),
+        ));
+    }
+    if c.failed > 0 {
+        lines.push((
+            "unanswered",
+            format!(
+                "{} ids have a record but no HTTP answer (`export --only failed` lists them; a run retries them)",
+                thousands(c.failed)
+            ),
+        ));
+    }
+    lines
+}

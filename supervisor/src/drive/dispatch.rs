@@ -1,0 +1,446 @@
+//! The dispatcher: the one thread that runs a job, as a thin loop around its decision core.
+//!
+//! The engine's `Core` owns the run's state and decides; this loop only receives events, feeds them
+//! to the core with the time they were seen, and carries out the commands it returns. Events
+//! come from six sources, `select!`ed: the workers' reader threads, the store writer's acks,
+//! the planner's chunks (taken only while the core wants more), signals, panics of helper
+//! threads, and a 100ms ticker. Carrying out a command can itself produce an event (a spawn
+//! succeeded or failed, an assignment could not be handed over); those are fed back before the
+//! next event is taken, so the core sees the outcome of its commands in order.
+//!
+//! Nothing is shared behind a lock; the loop holds the workers' handles, the core their state.
+//! The watchers (progress, systemd, the live file, metrics) see the core's snapshot each tick and
+//! change nothing; a SIGHUP's rereading is the loop's, through the closure the command gave it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{at, bounded, never, select, tick, unbounded, Receiver, Sender};
+use shared::{JobSpec, ToWorker};
+use signal_hook::consts::SIGHUP;
+
+use super::plan::{plan, PlanMsg};
+use super::signals::SignalFeed;
+use super::{Reload, Watch};
+use crate::engine::{Command, Core, Error, Event, EventKind, Figures, FleetEvent, KillReason, Settings};
+use crate::fleet::{threads, Spawner, WorkerProc};
+use crate::job::RunConfig;
+use crate::store::{self, WriteAck, WriteCmd};
+use crate::watch::{LiveFile, Metrics, Notifier, Progress};
+
+/// How often the core's timers are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+impl Settings {
+    fn of(cfg: &RunConfig) -> Settings {
+        Settings {
+            workers: cfg.workers as usize,
+            chunk_size: cfg.chunk_size as usize,
+            max_in_flight: cfg.job.max_in_flight as usize,
+            worker_timeout: cfg.worker_timeout,
+            grace: cfg.grace,
+            kill_every: cfg.kill_every,
+            pace: cfg.pace.clone(),
+        }
+    }
+}
+
+/// Runs the job against an open store. Returns the run's figures, or the error that stopped it
+/// (after storing every result already received).
+pub fn run(
+    cfg: &RunConfig,
+    store: &store::Store,
+    spawner: Spawner,
+    watch: &Watch,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Figures, Error> {
+    let started = Instant::now();
+    let (plan_tx, plan_rx) = bounded::<PlanMsg>(2 * cfg.workers as usize + 2);
+    let (events_tx, events_rx) = unbounded::<FleetEvent>();
+    let (write_tx, write_rx) = bounded::<WriteCmd>(64);
+    let (ack_tx, ack_rx) = unbounded::<WriteAck>();
+    let (panic_tx, panic_rx) = unbounded::<Error>();
+    let signals = SignalFeed::start().map_err(Error::Thread)?;
+    let writer = store.writer();
+    let covered = store.covered()?;
+    let total = covered.total()?;
+    let on_disk = covered.clone();
+    threads::spawn("store-writer".into(), &panic_tx, move || {
+        store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx)
+    })
+    .map_err(Error::Thread)?;
+    let (reader, to_plan, chunk, retry_q) =
+        (store.reader(), covered.clone(), cfg.chunk_size as usize, cfg.retry_quarantined);
+    threads::spawn("planner".into(), &panic_tx, move || plan(reader, &to_plan, chunk, retry_q, &plan_tx))
+        .map_err(Error::Thread)?;
+    // The total to fetch, counted beside the planner so the first request does not wait for it.
+    let (count_tx, count_rx) = bounded::<u64>(1);
+    let mut counter = store.reader();
+    threads::spawn("counter".into(), &panic_tx, move || match counter.count_settled(&covered, retry_q) {
+        Ok(settled) => {
+            let _ = count_tx.send(settled);
+        }
+        Err(e) => log::debug!("cannot count what the store holds: {e}"),
+    })
+    .map_err(Error::Thread)?;
+    let mut l = Loop {
+        core: Core::new(Settings::of(cfg), Instant::now(), fastrand::Rng::new()),
+        reload: watch.reload.as_ref(),
+        workers: Workers::new(spawner, cfg.job.clone(), events_tx, panic_tx),
+        writes: write_tx,
+        acks: ack_rx.clone(),
+        feedback: VecDeque::new(),
+        panics: panic_rx,
+        counted: false,
+        watchers: Watchers {
+            progress: Progress::new(watch.progress),
+            notify: Notifier::from_env(),
+            live: LiveFile::new(&cfg.store, cfg.scope.to_string(), cfg.job.url_template.clone()),
+            metrics,
+            range: total,
+        },
+    };
+    let sources = Sources {
+        events: events_rx,
+        acks: ack_rx,
+        plans: plan_rx,
+        signals: signals.rx.clone(),
+        counted: count_rx,
+    };
+    l.run(&sources);
+    l.watchers.notify.stopping();
+    l.watchers.progress.finish();
+    // Whatever happened, store what came back.
+    l.finish_writes(&sources.acks);
+    let flushed = l.core.flushed();
+    let mut report = l.core.conclude().map_err(|e| match e {
+        Error::Store(e) => match e.into_io() {
+            Ok(cause) => Error::StoreWrite { path: cfg.store.clone(), flushed, cause },
+            Err(e) => Error::Store(e),
+        },
+        other => other,
+    })?;
+    report.wall = started.elapsed();
+    if report.dropped_results > 0 {
+        log::warn!("dropped {} results for ids their worker did not hold", report.dropped_results);
+    }
+    Ok(report)
+}
+
+/// The channels the loop listens to.
+struct Sources {
+    events: Receiver<FleetEvent>,
+    acks: Receiver<WriteAck>,
+    plans: Receiver<PlanMsg>,
+    signals: Receiver<i32>,
+    counted: Receiver<u64>,
+}
+
+/// Everything that watches the run from outside: progress, systemd, the live status file,
+/// metrics. They see the core's snapshot each tick and never change the run.
+struct Watchers {
+    progress: Progress,
+    notify: Notifier,
+    live: LiveFile,
+    metrics: Option<Arc<Metrics>>,
+    /// Ids in the range.
+    range: u64,
+}
+
+impl Watchers {
+    fn tick(&mut self, core: &Core, now: Instant) {
+        let snapshot = core.snapshot(now);
+        let line = self.progress.update(&snapshot, now);
+        self.notify.tick(&snapshot, &line, core.fleet_up(), now);
+        self.live.tick(&snapshot, &line, now);
+        if let Some(m) = &self.metrics {
+            m.snapshot(&snapshot);
+        }
+    }
+
+    /// What metrics count from an event, before the core takes it.
+    fn saw(&self, event: &Event, killed: Option<KillReason>) {
+        let Some(m) = &self.metrics else { return };
+        match event {
+            Event::Worker(FleetEvent { slot, kind: EventKind::Traffic(t), .. }) => m.traffic(*slot, t),
+            Event::Worker(FleetEvent { slot, kind: EventKind::Gone { how, error }, .. }) => {
+                m.worker_gone(*slot, death_cause(how, error.as_deref(), killed))
+            }
+            Event::Durable(d) => m.durable(d),
+            _ => {}
+        }
+    }
+}
+
+/// Why a worker ended, for `flota_worker_deaths_total`; `None` for a clean exit.
+fn death_cause(how: &str, protocol_error: Option<&str>, killed: Option<KillReason>) -> Option<&'static str> {
+    use KillReason as K;
+    Some(match (killed, protocol_error) {
+        (Some(K::Silent(_)), _) => "silent",
+        (Some(K::Chaos), _) => "chaos",
+        (Some(K::Undeliverable | K::DidNotExit), _) => "stuck",
+        (Some(K::GraceOver(_) | K::SecondSignal(_) | K::Abort), _) => "stopped",
+        (None, Some(_)) => "protocol",
+        (None, None) if how == "exited with code 0" => return None,
+        (None, None) if how.starts_with("exited") => "exited",
+        (None, None) => "crashed",
+    })
+}
+
+struct Loop<'w> {
+    core: Core,
+    /// What a SIGHUP rereads, if anything.
+    reload: Option<&'w Reload>,
+    watchers: Watchers,
+    /// Whether the counter has said (or ended).
+    counted: bool,
+    workers: Workers,
+    writes: Sender<WriteCmd>,
+    /// The store writer's acks (the same channel `Sources` selects on).
+    acks: Receiver<WriteAck>,
+    /// Outcomes of commands, fed to the core before the next outside event.
+    feedback: VecDeque<Event>,
+    panics: Receiver<Error>,
+}
+
+impl Loop<'_> {
+    /// Feeds events to the core and carries out its commands until it says the run is over.
+    fn run(&mut self, sources: &Sources) {
+        let ticker = tick(TICK);
+        let mut event = Event::Tick;
+        loop {
+            for command in self.core.handle(event, Instant::now()) {
+                if self.carry_out(command) {
+                    return;
+                }
+            }
+            event = match self.feedback.pop_front() {
+                Some(e) => e,
+                None => self.next_event(sources, &ticker),
+            };
+            let killed = match &event {
+                Event::Worker(FleetEvent { slot, gen, kind: EventKind::Gone { .. } }) => {
+                    self.workers.killed.remove(&(*slot, *gen))
+                }
+                _ => None,
+            };
+            self.watchers.saw(&event, killed);
+            if matches!(event, Event::Tick) {
+                self.watchers.tick(&self.core, Instant::now());
+            }
+            if matches!(event, Event::Signal(SIGHUP)) {
+                self.reload(Instant::now());
+                event = Event::Wake;
+            }
+        }
+    }
+
+    /// SIGHUP: rereads the settings (the command line and the config file, as the command that
+    /// started the run knows how) and applies what can change in flight: only the pacing, against
+    /// the ceiling the fleet was started with, and the log level. Settings that no longer parse
+    /// change nothing.
+    fn reload(&mut self, now: Instant) {
+        let Some(reread) = self.reload else { return };
+        self.watchers.notify.reloading();
+        match reread(self.core.ceiling()) {
+            Ok((pace, level)) => {
+                let rate = pace.rate.map_or("none".to_owned(), |r| format!("{r}/s"));
+                let limit = pace.concurrency.map_or("adaptive".to_owned(), |c| c.to_string());
+                log::set_max_level(level);
+                self.core.reconfigure(pace, now);
+                log::info!("SIGHUP: settings reread: rate {rate}, concurrency {limit}, log level {level}");
+            }
+            Err(e) => log::warn!("SIGHUP: the settings were not changed: {e}"),
+        }
+        self.watchers.notify.reloaded();
+    }
+
+    /// Waits for the next event from outside.
+    fn next_event(&mut self, s: &Sources, ticker: &Receiver<Instant>) -> Event {
+        let no_plans = never();
+        let plans = if self.core.wants_plans() { &s.plans } else { &no_plans };
+        let wake = self.core.next_wake(Instant::now()).map_or_else(never, at);
+        let no_count = never();
+        let counted = if self.counted { &no_count } else { &s.counted };
+        select! {
+            recv(s.events) -> ev => {
+                let ev = ev.expect("the loop holds a sender");
+                if matches!(ev.kind, EventKind::Gone { .. }) {
+                    self.workers.gone(ev.slot, ev.gen);
+                }
+                Event::Worker(ev)
+            }
+            recv(s.acks) -> ack => match ack {
+                Ok(WriteAck::Durable(d)) => Event::Durable(d),
+                Ok(WriteAck::Failed(e)) => Event::Fatal(Error::Store(e)),
+                Ok(WriteAck::Finished) | Err(_) => Event::Fatal(threads::ended_early(&self.panics, "the store writer")),
+            },
+            recv(plans) -> msg => match msg {
+                Ok(PlanMsg::Chunk { ids, skipped, quarantined }) => Event::Planned { ids, skipped, quarantined },
+                Ok(PlanMsg::End) => Event::PlanEnded,
+                Ok(PlanMsg::Failed(e)) => Event::Fatal(Error::Store(e)),
+                Err(_) => Event::Fatal(threads::ended_early(&self.panics, "the planner")),
+            },
+            recv(s.signals) -> sig => match sig {
+                Ok(sig) => Event::Signal(sig),
+                Err(_) => Event::Fatal(Error::Internal("the signal feed ended".into())),
+            },
+            recv(self.panics) -> p => Event::Fatal(p.expect("the loop holds a sender")),
+            recv(ticker) -> _ => Event::Tick,
+            recv(wake) -> _ => Event::Wake,
+            recv(counted) -> settled => {
+                self.counted = true;
+                match settled {
+                    Ok(settled) => Event::Counted { settled, range: self.watchers.range },
+                    Err(_) => Event::Wake,
+                }
+            }
+        }
+    }
+
+    /// Does what the core said. Returns whether the run is over.
+    fn carry_out(&mut self, command: Command) -> bool {
+        match command {
+            Command::Spawn { slot, gen } => self.feedback.push_back(self.workers.spawn(slot, gen)),
+            Command::Assign { slot, gen, ids } => {
+                if let Err(ids) = self.workers.assign(slot, gen, ids) {
+                    self.feedback.push_back(Event::Unsent { slot, gen, ids });
+                }
+            }
+            Command::Pace { slot, gen, pace } => self.workers.tell(slot, gen, ToWorker::Pace(pace)),
+            Command::Permits { slot, gen, n } => self.workers.tell(slot, gen, ToWorker::Permits(n)),
+            Command::Pause { slot, gen, ms } => self.workers.tell(slot, gen, ToWorker::Pause { ms }),
+            Command::CloseInput { slot, gen } => self.workers.close(slot, gen),
+            Command::Kill { slot, gen, why } => self.workers.kill(slot, gen, why),
+            Command::Store(results) => self.write(WriteCmd::Put(results)),
+            Command::Quarantine { id, deaths, reason } => {
+                self.write(WriteCmd::Quarantine { id, deaths, reason })
+            }
+            Command::Log(level, line) => log::log!(level, "{line}"),
+            Command::Finish => return true,
+        }
+        false
+    }
+
+    fn write(&mut self, cmd: WriteCmd) {
+        if self.writes.send(cmd).is_ok() {
+            return;
+        }
+        // The writer has ended. It says why before it ends (a write failed: a full disk), and
+        // what it flushed before that counts: take its last acks first, in order.
+        for ack in self.acks.try_iter() {
+            match ack {
+                WriteAck::Durable(d) => self.feedback.push_back(Event::Durable(d)),
+                WriteAck::Failed(e) => return self.feedback.push_back(Event::Fatal(Error::Store(e))),
+                WriteAck::Finished => {}
+            }
+        }
+        let error = threads::ended_early(&self.panics, "the store writer");
+        self.feedback.push_back(Event::Fatal(error));
+    }
+
+    /// Asks the store writer to flush everything and end, and feeds its last acks to the core.
+    fn finish_writes(&mut self, acks: &Receiver<WriteAck>) {
+        let _ = self.writes.send(WriteCmd::Finish);
+        let now = Instant::now;
+        loop {
+            let event = match acks.recv() {
+                Ok(WriteAck::Durable(d)) => Event::Durable(d),
+                Ok(WriteAck::Finished) => return,
+                Ok(WriteAck::Failed(e)) => Event::Fatal(Error::Store(e)),
+                Err(_) => Event::Fatal(threads::ended_early(&self.panics, "the store writer")),
+            };
+            let last = matches!(event, Event::Fatal(_));
+            // The run is over: the core only counts, and says nothing more to do.
+            let _ = self.core.handle(event, now());
+            if last {
+                return;
+            }
+        }
+    }
+}
+
+/// The running workers' handles, by slot. The core knows their state; this knows how to reach
+/// them.
+struct Workers {
+    spawner: Spawner,
+    job: JobSpec,
+    events: Sender<FleetEvent>,
+    panics: Sender<Error>,
+    procs: Vec<Option<(u64, WorkerProc)>>,
+    /// Why the supervisor killed a worker, until its end is seen.
+    killed: HashMap<(usize, u64), KillReason>,
+}
+
+impl Workers {
+    fn new(spawner: Spawner, job: JobSpec, events: Sender<FleetEvent>, panics: Sender<Error>) -> Workers {
+        Workers { spawner, job, events, panics, procs: Vec::new(), killed: HashMap::new() }
+    }
+
+    fn get(&mut self, slot: usize, gen: u64) -> Option<&mut WorkerProc> {
+        match self.procs.get_mut(slot) {
+            Some(Some((g, proc))) if *g == gen => Some(proc),
+            _ => None,
+        }
+    }
+
+    fn spawn(&mut self, slot: usize, gen: u64) -> Event {
+        if self.procs.len() <= slot {
+            self.procs.resize_with(slot + 1, || None);
+        }
+        match self.spawner.spawn(slot, gen, &self.job, self.events.clone(), &self.panics) {
+            Ok(proc) => {
+                let pid = proc.pid;
+                self.procs[slot] = Some((gen, proc));
+                Event::Spawned { slot, gen, pid }
+            }
+            Err(source) => Event::SpawnFailed {
+                slot,
+                gen,
+                error: Error::Spawn { bin: self.spawner.bin.clone(), source },
+            },
+        }
+    }
+
+    /// Gives the ids back when the worker's stdin is closed: it never received them.
+    fn assign(&mut self, slot: usize, gen: u64, ids: Vec<u64>) -> Result<(), Vec<u64>> {
+        let Some(proc) = self.get(slot, gen) else { return Err(ids) };
+        match proc.send(ToWorker::Assign { ids }) {
+            Ok(()) => Ok(()),
+            Err(ToWorker::Assign { ids }) => Err(ids),
+            Err(_) => unreachable!("an Assign comes back as it was sent"),
+        }
+    }
+
+    /// Sends a pacing order. One the worker cannot take no longer matters: it is leaving, and
+    /// the refused assignment or its end tells the core.
+    fn tell(&mut self, slot: usize, gen: u64, msg: ToWorker) {
+        if let Some(proc) = self.get(slot, gen) {
+            let _ = proc.send(msg);
+        }
+    }
+
+    fn close(&mut self, slot: usize, gen: u64) {
+        if let Some(proc) = self.get(slot, gen) {
+            proc.close();
+        }
+    }
+
+    fn kill(&mut self, slot: usize, gen: u64, why: KillReason) {
+        if let Some(proc) = self.get(slot, gen) {
+            // Killing the workers of a run stopping on an error is routine: the error is the news.
+            let level = if why == KillReason::Abort { log::Level::Debug } else { log::Level::Warn };
+            log::log!(level, "worker {slot} (pid {}) {why}; killing it", proc.pid);
+            proc.kill();
+            self.killed.insert((slot, gen), why);
+        }
+    }
+
+    /// The worker has been reaped: its handle is done.
+    fn gone(&mut self, slot: usize, gen: u64) {
+        if self.get(slot, gen).is_some() {
+            self.procs[slot] = None;
+        }
+    }
+}

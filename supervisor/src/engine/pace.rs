@@ -1,0 +1,551 @@
+//! Pacing: how fast the fleet as a whole may send, decided in one place for every worker.
+//!
+//! Three rules, each a small type with the clock passed in, so its arithmetic is tested
+//! without sleeping:
+//! - **A rate** ([`Meter`], a token bucket): with `--rate`, or once a server announces its limit,
+//!   every request needs a permit, and the supervisor grants them to workers in small batches.
+//!   Permits in workers' hands count against the bucket's capacity (`--burst`), so over any
+//!   window of `T` seconds the fleet sends at most `burst + rate * T`, however the permits are
+//!   spread. A dead worker's permits leave the count and the bucket refills them at the rate.
+//! - **A pause**: a `Retry-After` (or a limit announced as used up) pauses every worker until
+//!   then; their permits are dropped and the bucket starts empty, so sending resumes at the
+//!   rate, not in a burst, and the concurrency limit was cut.
+//! - **A concurrency limit** ([`Controller`]): the fleet's requests in flight, split among the
+//!   workers. Fixed by `--concurrency`, or adaptive: it doubles from a small start each round
+//!   trip while answers stay fast and clean (slow start), then grows by about its square root
+//!   per interval. Latency past twice its baseline plus a slack for two intervals in a row is
+//!   requests queueing: slow start ends with the limit halved (it overshot) unless answers still
+//!   come faster, and later the limit shrinks by a tenth. Between twice the baseline and that
+//!   plus the slack it holds. It halves on 429/503. So TCP's AIMD and the Vegas/Gradient
+//!   limiters do.
+
+use std::time::{Duration, Instant};
+
+use log::Level;
+use shared::{Announced, Pace, Traffic};
+
+use super::messages::Command;
+use crate::job::{PaceSettings, Pacing, RateSource};
+
+/// How often the adaptive limit is reconsidered.
+pub const INTERVAL: Duration = Duration::from_millis(100);
+/// The share of an announced rate the fleet keeps to, leaving room for clock skew and the
+/// server's own window edges.
+pub const ANNOUNCED_SHARE: f64 = 0.95;
+/// The default burst: this long at the rate.
+pub const DEFAULT_BURST: Duration = Duration::from_millis(50);
+/// Latency this far above twice the baseline is queueing, not noise (a fast loopback answer
+/// doubles in microseconds under any load).
+const QUEUE_SLACK: Duration = Duration::from_millis(2);
+/// The adaptive limit's first value, per worker: small, as TCP's initial window is, so that
+/// the fleet hears what the server says of its limits before it sends much.
+const START_PER_WORKER: u32 = 2;
+
+/// A token bucket: `rate` permits a second, at most `burst` in the bucket and in workers'
+/// hands together.
+#[derive(Debug, Clone)]
+pub struct Meter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Meter {
+    /// An empty bucket.
+    pub fn new(rate: f64, burst: Option<u32>, now: Instant) -> Meter {
+        Meter { rate, burst: burst_of(rate, burst), tokens: 0.0, at: now }
+    }
+
+    /// Adds what accrued since the last call, keeping `tokens + held <= burst`.
+    pub fn refill(&mut self, now: Instant, held: u32) {
+        let room = (self.burst - f64::from(held)).max(0.0);
+        let accrued = self.tokens + self.rate * now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = accrued.min(room);
+        self.at = now;
+    }
+
+    /// Takes up to `want` whole permits.
+    pub fn take(&mut self, want: u32) -> u32 {
+        let n = (self.tokens.floor() as u32).min(want);
+        self.tokens -= f64::from(n);
+        n
+    }
+
+    /// When `n` permits will have accrued (they may still not fit under the burst).
+    pub fn ready_at(&self, n: u32) -> Instant {
+        let missing = (f64::from(n) - self.tokens).max(0.0);
+        self.at + Duration::from_secs_f64(missing / self.rate)
+    }
+
+    /// Requests per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    fn burst(&self) -> u32 {
+        self.burst as u32
+    }
+}
+
+fn burst_of(rate: f64, burst: Option<u32>) -> f64 {
+    match burst {
+        Some(b) => f64::from(b.max(1)),
+        None => (rate * DEFAULT_BURST.as_secs_f64()).ceil().max(1.0),
+    }
+}
+
+/// The adaptive concurrency limit. Fed what requests met; says the new limit each
+/// [`INTERVAL`].
+#[derive(Debug, Clone)]
+pub struct Controller {
+    limit: f64,
+    max: f64,
+    slow_start: bool,
+    /// The lowest interval's mean latency, drifting up 1% an interval so a server that slows
+    /// for good is relearned.
+    baseline_us: Option<f64>,
+    /// Whether the last interval looked like queueing.
+    queueing: bool,
+    /// Requests a second over the last interval.
+    last_rate: f64,
+    requests: u64,
+    latency_us: u64,
+    throttled: u64,
+    since: Instant,
+}
+
+impl Controller {
+    /// Starts at `start`, never above `max`.
+    pub fn new(start: u32, max: u32, now: Instant) -> Controller {
+        Controller {
+            limit: f64::from(start.min(max).max(1)),
+            max: f64::from(max.max(1)),
+            slow_start: true,
+            baseline_us: None,
+            queueing: false,
+            last_rate: 0.0,
+            requests: 0,
+            latency_us: 0,
+            throttled: 0,
+            since: now,
+        }
+    }
+
+    /// Counts a worker's report.
+    pub fn sample(&mut self, t: &Traffic) {
+        self.requests += u64::from(t.requests);
+        self.latency_us += t.latency_us;
+        self.throttled += u64::from(t.throttled);
+    }
+
+    /// The limit now, at least `min`.
+    pub fn limit(&self, min: u32) -> u32 {
+        (self.limit as u32).max(min)
+    }
+
+    /// A server asked us to back off: halve, and leave slow start.
+    pub fn cut(&mut self, now: Instant) {
+        self.limit = (self.limit / 2.0).max(1.0);
+        self.slow_start = false;
+        self.reset(now);
+    }
+
+    fn reset(&mut self, now: Instant) {
+        (self.requests, self.latency_us, self.throttled, self.since) = (0, 0, 0, now);
+    }
+
+    /// Reconsiders the limit once an interval has passed with answers in it, or, in slow
+    /// start, once a whole limit's worth of requests has ended (a round trip: TCP's slow start
+    /// doubles its window each round trip). Returns whether it changed.
+    pub fn update(&mut self, now: Instant) -> bool {
+        let interval = now.saturating_duration_since(self.since) >= INTERVAL;
+        let round_trip = self.slow_start && self.requests as f64 >= self.limit;
+        if !(interval || round_trip) || (self.requests == 0 && self.throttled == 0) {
+            return false;
+        }
+        let before = self.limit;
+        if self.throttled > 0 {
+            self.cut(now);
+            return self.limit != before;
+        }
+        let mean = self.latency_us as f64 / self.requests as f64;
+        let baseline = self.baseline_us.map_or(mean, |b| (b * 1.01).min(mean));
+        self.baseline_us = Some(baseline);
+        let elapsed = now.saturating_duration_since(self.since).as_secs_f64().max(1e-3);
+        let rate = self.requests as f64 / elapsed;
+        let growing = rate > 1.1 * std::mem::replace(&mut self.last_rate, rate);
+        let slack = QUEUE_SLACK.as_micros() as f64;
+        let queueing = mean > 2.0 * baseline + slack;
+        // Between twice the baseline and that plus the slack the limit holds: on a fast server
+        // (a baseline of microseconds) that band is wide, and a limit that moved every interval
+        // there cost the workers more than the few requests it gained or spared.
+        let clean = mean <= 2.0 * baseline;
+        let was_queueing = std::mem::replace(&mut self.queueing, queueing);
+        match (queueing, self.slow_start, was_queueing) {
+            (false, false, _) if !clean => {}
+            // One slow interval can be the new connections of a step up being set up: it
+            // takes two in a row to call it queueing. Until then the limit holds.
+            (true, _, false) => {}
+            // Slow start overshot: slower answers and no more of them. Back to the limit
+            // before the last doubling, as TCP's slow start does on its first loss. (Slower
+            // answers that still come faster are our own CPU busy with more of them.)
+            (true, true, true) if !growing => {
+                self.limit = (self.limit / 2.0).max(1.0);
+                self.slow_start = false;
+            }
+            (true, true, true) => {}
+            (true, false, true) => self.limit = (self.limit * 0.9).max(1.0),
+            (false, true, _) => self.limit = (self.limit * 2.0).min(self.max),
+            (false, false, _) => self.limit = (self.limit + self.limit.sqrt().max(1.0)).min(self.max),
+        }
+        self.reset(now);
+        self.limit as u32 != before as u32
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    gen: u64,
+    /// Whether it holds ids: only then is it granted permits.
+    busy: bool,
+    /// Permits granted and not yet reported spent.
+    held: u32,
+    /// The pace it was last told.
+    told: Option<Pace>,
+}
+
+/// The fleet's pacing. See the module documentation.
+#[derive(Debug)]
+pub struct Pacer {
+    settings: PaceSettings,
+    meter: Option<(Meter, RateSource)>,
+    controller: Option<Controller>,
+    fixed: u32,
+    members: Vec<Option<Member>>,
+    paused_until: Option<Instant>,
+    /// The figures so far; the rate and the current limit are filled in when asked.
+    figures: Pacing,
+}
+
+impl Pacer {
+    /// Pacing for `slots` worker slots, starting at `now`.
+    pub fn new(settings: PaceSettings, slots: usize, now: Instant) -> Pacer {
+        let meter = settings.rate.map(|r| (Meter::new(r, settings.burst, now), RateSource::Given));
+        let start = START_PER_WORKER.saturating_mul(slots as u32);
+        let controller = match settings.concurrency {
+            Some(_) => None,
+            None => Some(Controller::new(start, settings.ceiling, now)),
+        };
+        let fixed = settings.concurrency.unwrap_or(settings.ceiling).min(settings.ceiling);
+        let figures =
+            Pacing { adaptive: controller.is_some(), concurrency_range: (u32::MAX, 0), ..Pacing::default() };
+        let mut p = Pacer {
+            settings,
+            meter,
+            controller,
+            fixed,
+            members: (0..slots).map(|_| None).collect(),
+            paused_until: None,
+            figures,
+        };
+        p.note_limit();
+        p
+    }
+
+    /// The fleet's concurrency limit now.
+    pub fn limit(&self) -> u32 {
+        let min = self.members.iter().flatten().count().max(1) as u32;
+        match &self.controller {
+            Some(c) => c.limit(min),
+            None => self.fixed.max(min),
+        }
+    }
+
+    /// When the pause a server asked for ends, if one is in force at `now`.
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|&u| u > now)
+    }
+
+    /// The figures so far.
+    pub fn figures(&self) -> Pacing {
+        Pacing {
+            rate: self.meter.as_ref().map(|(m, _)| m.rate()),
+            rate_source: self.meter.as_ref().map(|(_, s)| *s),
+            concurrency: self.limit(),
+            ..self.figures.clone()
+        }
+    }
+
+    fn note_limit(&mut self) {
+        let l = self.limit();
+        let (lo, hi) = self.figures.concurrency_range;
+        self.figures.concurrency_range = (lo.min(l), hi.max(l));
+    }
+
+    /// New settings in flight (SIGHUP): the rate, the burst, and a fixed or adaptive limit.
+    /// The ceiling cannot change (the workers and their threads are what they are).
+    pub fn reconfigure(&mut self, settings: PaceSettings, now: Instant, out: &mut Vec<Command>) {
+        let held: u32 = self.members.iter().flatten().map(|m| m.held).sum();
+        match settings.rate {
+            Some(rate) => match &mut self.meter {
+                Some((m, source)) => {
+                    m.refill(now, held);
+                    m.rate = rate;
+                    m.burst = burst_of(rate, settings.burst);
+                    *source = RateSource::Given;
+                }
+                None => self.meter = Some((Meter::new(rate, settings.burst, now), RateSource::Given)),
+            },
+            // Unmetered again, until a server announces a limit.
+            None if matches!(self.meter, Some((_, RateSource::Given))) => self.meter = None,
+            None => {}
+        }
+        let ceiling = self.settings.ceiling;
+        match settings.concurrency {
+            Some(c) => {
+                self.controller = None;
+                self.fixed = c.min(ceiling);
+            }
+            None if self.controller.is_none() => {
+                let mut c = Controller::new(self.limit(), ceiling, now);
+                c.slow_start = false;
+                self.controller = Some(c);
+            }
+            None => {}
+        }
+        self.figures.adaptive = self.controller.is_some();
+        self.settings = PaceSettings { ceiling, ..settings };
+        self.share(out);
+        self.grant(now, out);
+    }
+
+    /// A worker is ready for work: tell it how to send.
+    pub fn join(&mut self, slot: usize, gen: u64, now: Instant, out: &mut Vec<Command>) {
+        if let Some(m) = self.members.get_mut(slot) {
+            *m = Some(Member { gen, busy: false, held: 0, told: None });
+        }
+        self.share(out);
+        if let Some(until) = self.paused_until(now) {
+            let ms = until.duration_since(now).as_millis() as u64;
+            out.push(Command::Pause { slot, gen, ms });
+        }
+        self.grant(now, out);
+    }
+
+    /// A worker stops taking work (closing, killed or gone): its permits leave the count, and
+    /// its share of the limit goes to the others.
+    pub fn leave(&mut self, slot: usize, out: &mut Vec<Command>) {
+        if let Some(m) = self.members.get_mut(slot) {
+            if m.take().is_some() {
+                self.share(out);
+            }
+        }
+    }
+
+    fn member(&mut self, slot: usize, gen: u64) -> Option<&mut Member> {
+        self.members.get_mut(slot)?.as_mut().filter(|m| m.gen == gen)
+    }
+
+    /// A worker was given ids (`busy`), or has reported all it held. Permits go only to busy
+    /// workers, and an idle one's are taken back: with a small burst, a few permits in the
+    /// hand of a worker with nothing to fetch would otherwise starve the rest of the fleet.
+    pub fn busy(&mut self, slot: usize, gen: u64, busy: bool, now: Instant, out: &mut Vec<Command>) {
+        let Some(m) = self.member(slot, gen) else { return };
+        if m.busy == busy {
+            return;
+        }
+        m.busy = busy;
+        if !busy && m.held > 0 {
+            // A pause of no time: the worker drops its permits. It holds no ids, so no thread
+            // of it can be about to spend one.
+            m.held = 0;
+            out.push(Command::Pause { slot, gen, ms: 0 });
+        }
+        self.grant(now, out);
+    }
+
+    /// A worker spent permits.
+    pub fn spent(&mut self, slot: usize, gen: u64, n: u32, now: Instant, out: &mut Vec<Command>) {
+        if let Some(m) = self.member(slot, gen) {
+            m.held = m.held.saturating_sub(n);
+            self.grant(now, out);
+        }
+    }
+
+    /// A worker's report of what its requests met.
+    pub fn traffic(&mut self, t: &Traffic, now: Instant, out: &mut Vec<Command>) {
+        self.figures.requests += u64::from(t.requests);
+        self.figures.too_many += u64::from(t.too_many);
+        if let Some(c) = &mut self.controller {
+            c.sample(t);
+        }
+        if let Some(a) = t.announced {
+            self.learn(a, now, out);
+        }
+        if let Some(ms) = t.wait_ms {
+            self.pause(Duration::from_millis(ms), now, out);
+        }
+        self.adapt(now, out);
+    }
+
+    /// Time passed: grant what accrued, reconsider the limit.
+    pub fn wake(&mut self, now: Instant, out: &mut Vec<Command>) {
+        self.adapt(now, out);
+        self.grant(now, out);
+    }
+
+    /// When the pacer next has something to do on its own: permits accrue for a worker that
+    /// is short of them, or a pause ends.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if let Some(until) = self.paused_until(now) {
+            return Some(until);
+        }
+        let (meter, _) = self.meter.as_ref()?;
+        let batch = self.batch(meter);
+        let short =
+            self.members.iter().flatten().filter(|m| m.busy).map(|m| batch.saturating_sub(m.held)).max()?;
+        (short > 0).then(|| meter.ready_at(threshold(short, batch)))
+    }
+
+    fn batch(&self, meter: &Meter) -> u32 {
+        let n = self.members.iter().flatten().count().max(1) as u32;
+        (meter.burst() / n).max(1)
+    }
+
+    /// Tops up every worker short of permits, the shortest first, from what the bucket has.
+    fn grant(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.paused_until(now).is_some() {
+            return;
+        }
+        let Some(batch) = self.meter.as_ref().map(|(m, _)| self.batch(m)) else { return };
+        let held: u32 = self.members.iter().flatten().map(|m| m.held).sum();
+        let Some((meter, _)) = &mut self.meter else { return };
+        meter.refill(now, held);
+        let mut order: Vec<usize> = (0..self.members.len()).filter(|&s| self.members[s].is_some()).collect();
+        order.sort_by_key(|&s| self.members[s].as_ref().map_or(0, |m| m.held));
+        for slot in order {
+            let Some(m) = self.members[slot].as_mut().filter(|m| m.busy) else { continue };
+            let short = batch.saturating_sub(m.held);
+            if short == 0 || meter.tokens < f64::from(threshold(short, batch)) {
+                continue;
+            }
+            let given = meter.take(short);
+            m.held += given;
+            out.push(Command::Permits { slot, gen: m.gen, n: given });
+        }
+    }
+
+    /// Pauses the fleet for `wait`, unless a pause already covers it.
+    fn pause(&mut self, wait: Duration, now: Instant, out: &mut Vec<Command>) {
+        let until = now + wait;
+        let current = self.paused_until(now);
+        // Reports of one pause arrive from many requests: act on the first, and on one that
+        // asks for clearly longer.
+        if current.is_some_and(|c| until <= c + Duration::from_millis(100)) {
+            return;
+        }
+        self.figures.pauses += 1;
+        self.figures.paused_secs += (until - current.unwrap_or(now)).as_secs_f64();
+        self.paused_until = Some(until);
+        if let Some((meter, _)) = &mut self.meter {
+            meter.tokens = 0.0;
+            meter.at = until;
+        }
+        if let Some(c) = &mut self.controller {
+            c.cut(now);
+        }
+        let ms = wait.as_millis() as u64;
+        for (slot, m) in self.members.iter_mut().enumerate() {
+            if let Some(m) = m {
+                m.held = 0;
+                out.push(Command::Pause { slot, gen: m.gen, ms });
+            }
+        }
+        out.push(Command::Log(
+            Level::Info,
+            format!("the server asked to wait: pausing every worker for {ms}ms"),
+        ));
+        self.share(out);
+    }
+
+    /// Adopts the rate a server announces, unless `--rate` was given.
+    fn learn(&mut self, a: Announced, now: Instant, out: &mut Vec<Command>) {
+        if matches!(self.meter, Some((_, RateSource::Given))) {
+            return;
+        }
+        let rate = match (a.limit, a.window_ms) {
+            (Some(limit), Some(window)) if window > 0 => limit as f64 * 1000.0 / window as f64,
+            // No window given: what is left, spread over what is left of the window.
+            _ => match (a.remaining, a.reset_ms) {
+                (Some(left), Some(reset)) if reset >= 1000 && left > 0 => left as f64 * 1000.0 / reset as f64,
+                _ => return,
+            },
+        } * ANNOUNCED_SHARE;
+        let current = self.meter.as_ref().map(|(m, _)| m.rate());
+        if current.is_some_and(|c| (rate - c).abs() <= 0.1 * c) {
+            return;
+        }
+        let burst = self.settings.burst;
+        match &mut self.meter {
+            Some((m, _)) => {
+                m.refill(now, 0);
+                m.rate = rate;
+                m.burst = burst_of(rate, burst);
+            }
+            None => self.meter = Some((Meter::new(rate, burst, now), RateSource::Announced)),
+        }
+        out.push(Command::Log(
+            Level::Info,
+            format!("the server announces its limit: keeping to {rate:.1} requests/s"),
+        ));
+        self.share(out);
+        self.grant(now, out);
+    }
+
+    fn adapt(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let Some(c) = &mut self.controller else { return };
+        let mean_ms = c.latency_us as f64 / c.requests.max(1) as f64 / 1000.0;
+        if c.update(now) {
+            let line = format!(
+                "concurrency limit now {} (mean latency {mean_ms:.1}ms, baseline {:.1}ms{})",
+                c.limit(1),
+                c.baseline_us.unwrap_or(0.0) / 1000.0,
+                if c.slow_start { ", slow start" } else { "" }
+            );
+            out.push(Command::Log(Level::Debug, line));
+            self.share(out);
+        }
+    }
+
+    /// Splits the limit among the workers (each at least one request) and tells those whose
+    /// share or metering changed.
+    fn share(&mut self, out: &mut Vec<Command>) {
+        self.note_limit();
+        let limit = self.limit();
+        let metered = self.meter.is_some();
+        let n = self.members.iter().flatten().count() as u32;
+        if n == 0 {
+            return;
+        }
+        for (k, (slot, m)) in
+            self.members.iter_mut().enumerate().filter_map(|(s, m)| Some((s, m.as_mut()?))).enumerate()
+        {
+            let concurrency = limit / n + u32::from((k as u32) < limit % n);
+            let pace = Pace { concurrency: concurrency.max(1), metered };
+            if m.told != Some(pace) {
+                m.told = Some(pace);
+                out.push(Command::Pace { slot, gen: m.gen, pace });
+            }
+        }
+    }
+}
+
+/// A worker short of `short` permits is topped up once this many have accrued: half a batch,
+/// so grants come in batches, not one permit a message.
+fn threshold(short: u32, batch: u32) -> u32 {
+    short.min((batch / 2).max(1))
+}
+
+#[cfg(test)]
+mod tests;

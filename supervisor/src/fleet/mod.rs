@@ -1,0 +1,331 @@
+//! Worker processes: starting them, reading what they say, and stopping them.
+//!
+//! A worker is started with `std::process::Command` (fork+exec), never a bare fork in this
+//! threaded process. Between fork and exec the child asks to be SIGKILLed when the supervisor
+//! dies, drops the ability to gain privileges, turns off core dumps, takes its resource limits,
+//! ignores SIGTERM/SIGINT (the supervisor stops it by closing its stdin), and checks the
+//! supervisor is still its parent.
+//!
+//! Each worker gets two threads. Its writer owns the child's stdin and writes what the
+//! dispatcher queues, so a worker that stops reading stalls only that thread. Its reader owns
+//! the child's stdout, decodes frames into [`FleetEvent`]s for the dispatcher, and after the end
+//! of the stream reaps the child and reports how it ended. A worker that sends anything
+//! malformed is killed on the spot: the supervisor never trusts a frame.
+//!
+//! Signals reach a worker only through its `Child`, shared by the dispatcher's [`WorkerProc`]
+//! and the reader behind one lock. The reader waits for the exit without reaping
+//! (`waitid(WNOWAIT)`), then reaps under the lock; std's `Child::kill` sends nothing once the
+//! child is reaped. So a kill reaches either the live worker or its zombie, never a process
+//! that reused its pid.
+
+use std::io::BufReader;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crossbeam_channel::Sender;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+
+use crate::engine::{Error, EventKind, FleetEvent};
+use crate::job::WorkerLimits;
+
+pub mod threads;
+use shared::frame::{decode, peek_hello_version};
+use shared::{FrameReader, FrameWriter, FromWorker, JobSpec, ToWorker, PROTOCOL_VERSION};
+
+/// Variables a worker must not inherit: they address the service manager, which only the
+/// supervisor may talk to.
+const SUPERVISOR_ONLY_ENV: &[&str] =
+    &["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID", "WATCHDOG_USEC"];
+
+/// How workers are started.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    /// The executable.
+    pub bin: PathBuf,
+    /// Whether it is this supervisor, to be started with the hidden `worker` subcommand.
+    pub self_exec: bool,
+    /// The largest frame a worker may send.
+    pub max_frame: usize,
+    /// Limits and identity of each worker.
+    pub limits: WorkerLimits,
+}
+
+/// A running worker, as the dispatcher holds it.
+pub struct WorkerProc {
+    /// Its process id, for logs.
+    pub pid: u32,
+    /// Shared with the reader thread, which reaps it.
+    child: Arc<Mutex<Child>>,
+    /// To the worker's writer thread, which owns its stdin.
+    to_worker: Option<Sender<ToWorker>>,
+}
+
+impl WorkerProc {
+    /// Queues a message for the worker. Never blocks: a worker that stops reading (SIGSTOP)
+    /// stalls only its own writer thread, never the dispatcher. Gives the message back when the
+    /// worker's stdin is closed (its writer thread has ended), so nothing was sent.
+    pub fn send(&mut self, msg: ToWorker) -> Result<(), ToWorker> {
+        match &self.to_worker {
+            Some(tx) => tx.send(msg).map_err(|e| e.into_inner()),
+            None => Err(msg),
+        }
+    }
+
+    /// Closes the worker's stdin once what is queued is written: it finishes the requests in
+    /// hand and exits.
+    pub fn close(&mut self) {
+        self.to_worker = None;
+    }
+
+    /// Kills the worker with SIGKILL, unless it has been reaped already. Its reader thread
+    /// then reports it gone.
+    pub fn kill(&self) {
+        kill_child(&self.child);
+    }
+}
+
+/// SIGKILLs the child unless it is reaped (std's `kill` is a no-op then).
+fn kill_child(child: &Mutex<Child>) {
+    // A panic elsewhere while holding the lock leaves the Child as it was: still usable.
+    let _ = child.lock().unwrap_or_else(PoisonError::into_inner).kill();
+}
+
+impl Spawner {
+    /// Starts the worker for `slot`, sends it the job, and starts its reader thread.
+    pub fn spawn(
+        &self,
+        slot: usize,
+        gen: u64,
+        job: &JobSpec,
+        events: Sender<FleetEvent>,
+        panics: &Sender<Error>,
+    ) -> std::io::Result<WorkerProc> {
+        let mut cmd = Command::new(&self.bin);
+        if self.self_exec {
+            cmd.arg("worker");
+        }
+        for var in SUPERVISOR_ONLY_ENV {
+            cmd.env_remove(var);
+        }
+        // The run's settings (FLOTA_HEADER may hold a secret) reach a worker through its pipe,
+        // never its environment.
+        for (var, _) in std::env::vars_os() {
+            if var.to_str().is_some_and(|v| v.starts_with("FLOTA_")) {
+                cmd.env_remove(var);
+            }
+        }
+        // glibc reserves an arena of 64 MiB of address space per thread that allocates; with
+        // many threads that alone can exhaust the address-space limit.
+        cmd.env("MALLOC_ARENA_MAX", "2");
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // Out of the terminal's process group: Ctrl-C reaches the supervisor only, which then
+        // stops the workers in order.
+        cmd.process_group(0);
+        if let Some((uid, gid)) = self.limits.user {
+            // std drops supplementary groups too when it switches from root.
+            cmd.uid(uid).gid(gid);
+        }
+        harden(&mut cmd, Some(self.limits));
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        let stdin = child.stdin.take().expect("stdin was piped");
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let child = Arc::new(Mutex::new(child));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut proc = WorkerProc { pid, child: child.clone(), to_worker: Some(tx) };
+        let started =
+            threads::spawn(format!("worker-{slot}-writer"), panics, move || write_worker(slot, stdin, rx))
+                .and_then(|_| {
+                    let (child, max_frame) = (child.clone(), self.max_frame);
+                    let read = move || read_worker(slot, gen, &child, stdout, max_frame, &events);
+                    threads::spawn(format!("worker-{slot}-reader"), panics, read)
+                });
+        if let Err(e) = started {
+            // No reader will reap it: do it here.
+            proc.kill();
+            let _ = child.lock().unwrap_or_else(PoisonError::into_inner).wait();
+            return Err(e);
+        }
+        let _ = proc.send(ToWorker::Hello { version: PROTOCOL_VERSION, job: Box::new(job.clone()) });
+        Ok(proc)
+    }
+}
+
+/// Marks every descriptor this process inherited above stderr close-on-exec, so workers never
+/// inherit what the supervisor's own parent leaked to it. (Everything the supervisor opens
+/// itself is close-on-exec already: std opens files that way.)
+pub fn seal_inherited_fds() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // The directory's own descriptor is in the list and already closed: ignore EBADF.
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}
+
+/// Sets up a child between fork and exec: it dies with the supervisor, cannot gain privileges,
+/// dumps no core, and (for workers) lives within `limits`.
+#[allow(unsafe_code)]
+pub(crate) fn harden(cmd: &mut Command, limits: Option<WorkerLimits>) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed. It makes only raw system calls (prctl, getppid, sigaction to SIG_IGN,
+    // setrlimit) through
+    // nix's thin wrappers, which neither allocate nor take locks; errors are returned as
+    // `io::Error::from(Errno)`, which does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::sys::resource::{setrlimit, Resource};
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The supervisor may have died before the line above: then nobody would signal us.
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            nix::sys::prctl::set_no_new_privs()?;
+            setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+            if let Some(l) = limits {
+                // A worker is stopped by closing its stdin; SIGTERM and SIGINT sent to the whole
+                // group (by a service manager) must not cut its requests short. Ignored
+                // dispositions survive exec.
+                use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+                let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+                sigaction(Signal::SIGTERM, &ignore)?;
+                sigaction(Signal::SIGINT, &ignore)?;
+                setrlimit(Resource::RLIMIT_AS, l.memory, l.memory)?;
+                setrlimit(Resource::RLIMIT_NOFILE, l.open_files, l.open_files)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The writer thread of one worker: owns its stdin; ends (closing it) when the dispatcher drops
+/// its sender or the pipe breaks.
+fn write_worker(slot: usize, stdin: ChildStdin, rx: crossbeam_channel::Receiver<ToWorker>) {
+    let mut w = FrameWriter::new(stdin);
+    for msg in rx {
+        if let Err(e) = w.write(&msg) {
+            log::debug!("worker {slot}: cannot write to it: {e}");
+            return;
+        }
+    }
+}
+
+/// The reader thread of one worker.
+fn read_worker(
+    slot: usize,
+    gen: u64,
+    child: &Mutex<Child>,
+    stdout: ChildStdout,
+    max_frame: usize,
+    events: &Sender<FleetEvent>,
+) {
+    let send = |kind| events.send(FleetEvent { slot, gen, kind }).is_ok();
+    let mut reader = FrameReader::new(BufReader::with_capacity(256 * 1024, stdout), max_frame);
+    let mut greeted = false;
+    let error = loop {
+        let payload = match reader.read_payload() {
+            Ok(Some(p)) => p,
+            Ok(None) => break None,
+            Err(e) => break Some(e.to_string()),
+        };
+        if !greeted {
+            match peek_hello_version(payload) {
+                Ok(PROTOCOL_VERSION) => {}
+                Ok(v) => break Some(format!("worker speaks protocol {v}, supervisor {PROTOCOL_VERSION}")),
+                Err(e) => break Some(format!("no hello first: {e}")),
+            }
+        }
+        let kind = match decode::<FromWorker>(payload) {
+            Ok(FromWorker::Hello(_)) if greeted => break Some("a second hello".to_owned()),
+            Ok(FromWorker::Hello(_)) => {
+                greeted = true;
+                EventKind::Hello
+            }
+            Ok(FromWorker::Results(r)) => EventKind::Results(r),
+            Ok(FromWorker::Heartbeat) => EventKind::Heartbeat,
+            Ok(FromWorker::Spent(n)) => EventKind::Spent(n),
+            Ok(FromWorker::Traffic(t)) => EventKind::Traffic(t),
+            Err(e) => break Some(e.to_string()),
+        };
+        if !send(kind) {
+            break None; // the dispatcher is gone; the worker dies with the supervisor
+        }
+    };
+    if error.is_some() {
+        kill_child(child);
+    }
+    drop(reader);
+    let how = match reap(child) {
+        Ok(status) => describe(status),
+        Err(e) => format!("could not be reaped ({e})"),
+    };
+    send(EventKind::Gone { how, error });
+}
+
+/// Waits for the child to exit without holding its lock (so it can still be killed), then
+/// reaps it under the lock.
+fn reap(child: &Mutex<Child>) -> std::io::Result<ExitStatus> {
+    let pid = Pid::from_raw(
+        i32::try_from(child.lock().unwrap_or_else(PoisonError::into_inner).id()).expect("pids fit in i32"),
+    );
+    // Interrupted: wait again. Already reaped (ECHILD) or exited: std's wait below reports it.
+    while waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) == Err(nix::errno::Errno::EINTR) {
+    }
+    child.lock().unwrap_or_else(PoisonError::into_inner).wait()
+}
+
+/// "exited with code 3", "was killed by SIGKILL".
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("was killed by {}", s.as_str()),
+            Err(_) => format!("was killed by signal {sig}"),
+        },
+        (None, None) => "ended".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Whether some thread of this process is blocked waiting for a child.
+    fn a_thread_waits_for_a_child() -> bool {
+        std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("wait")))
+    }
+
+    #[test]
+    fn a_kill_reaches_a_child_being_waited_for_and_nothing_is_signalled_once_it_is_reaped() {
+        let child = Command::new("sleep").arg("30").spawn().expect("sleep starts");
+        let child = Arc::new(Mutex::new(child));
+        let reader = {
+            let child = child.clone();
+            std::thread::spawn(move || reap(&child))
+        };
+        let until = Instant::now() + Duration::from_secs(2);
+        while !a_thread_waits_for_a_child() && Instant::now() < until {
+            std::thread::yield_now();
+        }
+        // The reader waits without the lock, so this kill is not held up behind it.
+        kill_child(&child);
+        let status = reader.join().expect("joins").expect("reaped");
+        assert_eq!(describe(status), "was killed by SIGKILL");
+        // Reaped: std now sends nothing, so a process that reused the pid is safe.
+        kill_child(&child);
+        let mut child = child.lock().expect("not poisoned");
+        assert_eq!(child.try_wait().expect("known").map(describe).as_deref(), Some("was killed by SIGKILL"));
+    }
+}

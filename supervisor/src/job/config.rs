@@ -1,0 +1,107 @@
+//! A validated run: what `cli` makes of the flags once they are checked, and what every layer
+//! below reads. Plain data; the checks that build it are `cli`'s.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shared::{JobSpec, WorkerChaos};
+
+use super::pace::PaceSettings;
+use super::scope::Scope;
+
+/// Faults to inject (`--chaos`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chaos {
+    /// The workers' part.
+    pub worker: WorkerChaos,
+    /// SIGKILL a random worker this often.
+    pub kill_every: Option<Duration>,
+    /// With `--model async`: panic the task fetching these ids.
+    pub panic_on: Vec<u64>,
+}
+
+impl std::fmt::Display for Chaos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        for (name, ids) in [
+            ("crash-on", &self.worker.crash_on),
+            ("hang-on", &self.worker.hang_on),
+            ("bad-frame-on", &self.worker.bad_frame_on),
+            ("panic-on", &self.panic_on),
+        ] {
+            parts.extend(ids.iter().map(|id| format!("{name}={id}")));
+        }
+        if let Some(d) = self.kill_every {
+            parts.push(format!("kill-every={}", humantime::format_duration(d)));
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// The largest `--max-body`: a result frame must stay under the protocol's frame limit.
+pub const MAX_BODY_LIMIT: u64 = 128 << 20;
+
+/// A validated run.
+#[derive(Debug)]
+pub struct RunConfig {
+    /// The ids it covers, and its shard of them.
+    pub scope: Scope,
+    /// Where the shard came from, when a scheduler's environment gave it.
+    pub shard_from: Option<&'static str>,
+    /// An `--ids-file`'s ids, sorted and distinct, until the store takes them.
+    pub listed: std::sync::Mutex<Option<Vec<u64>>>,
+    /// The store path.
+    pub store: PathBuf,
+    /// Worker processes.
+    pub workers: u32,
+    /// Ids per chunk.
+    pub chunk_size: u32,
+    /// Silence after which a worker is replaced.
+    pub worker_timeout: Duration,
+    /// Worker executable; `None` for this executable in worker mode.
+    pub worker_bin: Option<PathBuf>,
+    /// How workers are confined.
+    pub limits: WorkerLimits,
+    /// Grace period on SIGTERM/SIGINT.
+    pub grace: Duration,
+    /// Whether quarantined ids are fetched again.
+    pub retry_quarantined: bool,
+    /// SIGKILL a random worker this often (`--chaos kill-every`); the workers' own faults are
+    /// in `job.chaos`.
+    pub kill_every: Option<Duration>,
+    /// How fast the fleet may send.
+    pub pace: PaceSettings,
+    /// Processes of threads, or coroutines.
+    pub model: Model,
+    /// With `--model async`: panic the task fetching these ids (`--chaos panic-on`).
+    pub panic_on: Vec<u64>,
+    /// What each worker is told.
+    pub job: JobSpec,
+}
+
+impl RunConfig {
+    /// The faults injected into this run, as `--chaos` gave them.
+    pub fn chaos(&self) -> Chaos {
+        Chaos { worker: self.job.chaos.clone(), kill_every: self.kill_every, panic_on: self.panic_on.clone() }
+    }
+}
+
+/// Limits and identity applied to each worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// RLIMIT_AS, in bytes.
+    pub memory: u64,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
+    /// uid and gid to run as.
+    pub user: Option<(u32, u32)>,
+}
+
+/// How a run's requests are made concurrently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// Worker processes, each with a pool of blocking threads.
+    Fleet,
+    /// Coroutines on one thread's event loop, in the supervisor's process.
+    Async,
+}

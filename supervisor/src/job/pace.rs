@@ -1,0 +1,26 @@
+//! How fast a run may send, as its flags say: the settings the pacer starts from, and where a
+//! rate in force came from.
+
+/// What pacing needs of the run's configuration.
+#[derive(Debug, Clone)]
+pub struct PaceSettings {
+    /// `--rate`, requests per second.
+    pub rate: Option<f64>,
+    /// `--burst`, permits; `None` for the default (50ms at the rate).
+    pub burst: Option<u32>,
+    /// `--concurrency`: a fixed limit instead of the adaptive one.
+    pub concurrency: Option<u32>,
+    /// Workers times threads: no limit goes higher.
+    pub ceiling: u32,
+}
+
+/// Where the fleet's rate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RateSource {
+    /// `--rate`.
+    #[serde(rename = "--rate")]
+    Given,
+    /// The server's headers.
+    #[serde(rename = "announced")]
+    Announced,
+}
