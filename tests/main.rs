@@ -18,6 +18,7 @@ mod private;
 mod report;
 mod resume;
 mod shards;
+mod store;
 mod survive;
 mod util;
 mod web;

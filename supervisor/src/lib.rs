@@ -106,6 +106,7 @@ fn run_main() -> i32 {
         Some(Command::Status(ref args)) => cmd::status::run(args),
         Some(Command::Verify(ref args)) => cmd::doctor::verify(args),
         Some(Command::Salvage(ref args)) => cmd::doctor::salvage(args),
+        Some(Command::Upgrade(ref args)) => cmd::doctor::upgrade(args),
         Some(Command::Merge(ref args)) => cmd::merge::run(args),
         Some(Command::Demo(args)) => cmd::demo::run(args, watch),
         Some(Command::Worker | Command::Mockapi(_) | Command::Completions { .. } | Command::Man) => {

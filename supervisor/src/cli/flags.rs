@@ -89,6 +89,9 @@ pub enum Command {
     /// Copy every intact record of a (damaged) store into a new store of the same job; a run of
     /// the job on the new store then fetches only what was lost. Changes nothing in the old one.
     Salvage(SalvageArgs),
+    /// Upgrade a store written by an older flota to this build's format, in place (any command
+    /// that opens it does the same on the way; this does only that). Safe to interrupt.
+    Upgrade(VerifyArgs),
     /// Merge the stores of a job's shards into a new store OUT; says whether every id has a
     /// record (exit 0) or some are missing (exit 3), and refuses stores of another job (exit 2).
     Merge(MergeArgs),

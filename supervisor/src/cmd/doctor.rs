@@ -1,8 +1,9 @@
-//! `verify` and `salvage`: what a user runs when a store is damaged.
+//! `verify` and `salvage`: what a user runs when a store is damaged; and `upgrade`, which moves
+//! a store of an older format to this build's.
 
 use crate::cli::{SalvageArgs, VerifyArgs};
 use crate::engine::Error;
-use crate::store::salvage;
+use crate::store::{salvage, Store};
 use crate::util::thousands;
 
 /// `supervisor verify --store S`: 0 when the store is sound, 2 when it is damaged.
@@ -53,6 +54,20 @@ pub fn salvage(args: &SalvageArgs) -> Result<i32, Error> {
             "missing   {} ids of the last run's {range}: the same job on the new store fetches them",
             thousands(missing)
         );
+    }
+    Ok(0)
+}
+
+/// `supervisor upgrade --store S`.
+pub fn upgrade(args: &VerifyArgs) -> Result<i32, Error> {
+    match Store::upgrade_in_place(&args.store)? {
+        Some(blocks) => println!(
+            "upgraded  {} to format {}: {} blocks moved out of sled into segments",
+            args.store.display(),
+            crate::store::FORMAT,
+            thousands(blocks)
+        ),
+        None => println!("current   {} is already format {}", args.store.display(), crate::store::FORMAT),
     }
     Ok(0)
 }

@@ -9,12 +9,18 @@ use super::error::StoreError;
 use crate::job::Scope;
 use crate::util::panics;
 
-/// The store format this build reads and writes. Format 1 kept one sled key per id.
-pub const FORMAT: &str = "2";
+/// The store format this build writes. Format 1 kept one sled key per id; format 2 a block of
+/// 256 ids per sled key, bodies and all; format 3 keeps the blocks in segment files and only
+/// their entries in sled. A format-2 store is upgraded in place when it is opened.
+pub const FORMAT: &str = "3";
+/// The lock file's name in the store directory.
 pub const LOCK_FILE: &str = "flota.lock";
 /// The job and format again, outside sled, for `salvage` when sled has lost them.
 pub const META_FILE: &str = "flota.meta";
+/// Format 2's tree of whole blocks (block number → block).
 pub const BLOCKS_TREE: &str = "blocks";
+/// Format 3's tree of block entries (block number → `BlockRef`).
+pub const REFS_TREE: &str = "refs";
 /// sled's page cache. Its default (1 GiB) would let the supervisor grow to that size on a long
 /// run; writes go block by block and reads are range scans, so a small cache costs little.
 pub const CACHE_BYTES: u64 = 1 << 20;
@@ -24,6 +30,7 @@ pub fn key(block: u64) -> [u8; 8] {
     block.to_be_bytes()
 }
 
+/// The block number a sled key names.
 pub fn block_of(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(key.try_into().map_err(|_| StoreError::BadKey { len: key.len() })?))
 }

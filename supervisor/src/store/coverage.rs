@@ -2,10 +2,10 @@
 //! first gaps are. Read from the blocks' indexes alone.
 
 use super::access::key;
+use super::blockref::{BlockRef, Kinds};
 use super::covered::Covered;
 use super::db::Store;
 use super::error::StoreError;
-use super::reader::Kinds;
 use crate::job::{mask_and, mask_ids, mask_len, mask_minus, IdRange};
 
 /// How much of its scope a store holds.
@@ -39,8 +39,8 @@ impl Store {
         for b in covered.blocks() {
             let (n, mask) = b?;
             c.total += mask_len(&mask);
-            let kinds = match self.guard(|| Ok(self.blocks.get(key(n))?))? {
-                Some(v) => Kinds::of(&self.path, n, &v)?,
+            let kinds = match self.guard(|| Ok(self.refs.get(key(n))?))? {
+                Some(v) => BlockRef::read(&self.path, n, &v)?.kinds,
                 None => Kinds::default(),
             };
             let unanswered = mask_minus(&kinds.recorded, &kinds.answered);

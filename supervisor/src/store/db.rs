@@ -3,112 +3,46 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::Flock;
 
 use super::access::{
-    block_of, corrupt, guard, key, read_meta, Meta, BLOCKS_TREE, CACHE_BYTES, FORMAT, META_FILE,
+    block_of, corrupt, guard, key, read_meta, Meta, CACHE_BYTES, FORMAT, META_FILE, REFS_TREE,
 };
-use super::block::{self, Index, KIND_ANSWER, KIND_QUARANTINED};
+use super::block;
+use super::blockref::BlockRef;
 use super::error::StoreError;
 use super::lock::lock;
+use super::put::Sink;
 use super::reader::Reader;
 use super::record::{Counts, Record};
+use super::segments::{Appender, SegmentReader};
 use crate::util::panics;
 
 /// The writer thread's handle on the store.
 pub struct Writer {
     pub(super) path: PathBuf,
     pub(super) db: sled::Db,
-    pub(super) blocks: sled::Tree,
+    pub(super) refs: sled::Tree,
 }
 
 /// An open store.
 pub struct Store {
     pub(super) path: PathBuf,
     pub(super) db: sled::Db,
-    pub(super) blocks: sled::Tree,
+    /// Block number → [`BlockRef`]; the blocks themselves are in the segments.
+    pub(super) refs: sled::Tree,
     _lock: Flock<File>,
 }
 
 impl Store {
-    /// Opens a store that must already exist (for `export`, `status`, `verify`); creates
-    /// nothing.
-    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
-        match std::fs::metadata(path) {
-            Err(_) => return Err(StoreError::Missing(path.to_owned())),
-            Ok(m) if !m.is_dir() => {
-                return Err(StoreError::NotAStore { path: path.to_owned(), why: "not a directory" })
-            }
-            Ok(_) if !path.join("db").is_file() => {
-                return Err(StoreError::NotAStore { path: path.to_owned(), why: "no sled database in it" })
-            }
-            Ok(_) => {}
-        }
-        let store = Self::open(path)?;
-        store.check_format()?;
-        store.check_manifest()?;
-        Ok(store)
-    }
-
-    /// Opens the store for a run of the job `url_template`, creating it if there is none.
-    /// A store made for another job is refused.
-    pub fn open_for_job(path: &Path, url_template: &str) -> Result<Store, StoreError> {
-        let fresh = match std::fs::metadata(path) {
-            // Owner-only: what a job fetched often needed credentials to fetch. The files sled
-            // creates inside follow the process umask, which `main` sets to 077.
-            Err(_) => {
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(path)
-                    .map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
-                true
-            }
-            Ok(m) if !m.is_dir() => {
-                return Err(StoreError::NotAStore { path: path.to_owned(), why: "not a directory" })
-            }
-            Ok(_) => {
-                let empty = std::fs::read_dir(path)
-                    .map_err(|source| StoreError::Io { path: path.to_owned(), source })?
-                    .next()
-                    .is_none();
-                if !empty && !path.join("db").is_file() {
-                    return Err(StoreError::NotAStore {
-                        path: path.to_owned(),
-                        why: "a directory with other files in it",
-                    });
-                }
-                empty
-            }
-        };
-        let store = Self::open(path)?;
-        match store.guard(|| Ok(store.db.get("job.url")?))? {
-            Some(stored) if stored != url_template.as_bytes() => {
-                return Err(StoreError::JobMismatch {
-                    path: path.to_owned(),
-                    stored: String::from_utf8_lossy(&stored).into_owned(),
-                    given: url_template.to_owned(),
-                });
-            }
-            Some(_) => {
-                store.check_format()?;
-                store.check_manifest()?;
-            }
-            // A store that had files but no metadata lost it: never start it afresh.
-            None if !fresh => return Err(store.damaged("its metadata (the job, the format) is gone")),
-            None => store.initialise(url_template)?,
-        }
-        Ok(store)
-    }
-
     pub(super) fn fresh_meta(&self) -> Meta {
         let job_url = self.job().ok().flatten().unwrap_or_default();
         Meta { format: FORMAT.to_owned(), job_url, records: 0, scope: None }
     }
 
-    fn initialise(&self, url_template: &str) -> Result<(), StoreError> {
+    pub(super) fn initialise(&self, url_template: &str) -> Result<(), StoreError> {
         self.write_meta(&Meta {
             format: FORMAT.to_owned(),
             job_url: url_template.to_owned(),
@@ -142,7 +76,7 @@ impl Store {
     }
 
     /// Checks that sled still reads at least as many records as the last run left.
-    fn check_manifest(&self) -> Result<(), StoreError> {
+    pub(super) fn check_manifest(&self) -> Result<(), StoreError> {
         let Some(meta) = read_meta(&self.path) else { return Ok(()) };
         let c = self.counts()?;
         let now = c.answered + c.failed;
@@ -156,7 +90,8 @@ impl Store {
         Ok(())
     }
 
-    fn open(path: &Path) -> Result<Store, StoreError> {
+    /// Opens sled at `path` under the store's lock; checks nothing else.
+    pub(super) fn open(path: &Path) -> Result<Store, StoreError> {
         let lock = lock(path)?;
         let opened = panics::catching(|| {
             let db = sled::Config::new()
@@ -164,16 +99,16 @@ impl Store {
                 .cache_capacity(CACHE_BYTES)
                 .open()
                 .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-            let blocks = db.open_tree(BLOCKS_TREE)?;
-            Ok::<_, StoreError>((db, blocks))
+            let refs = db.open_tree(REFS_TREE)?;
+            Ok::<_, StoreError>((db, refs))
         });
-        let (db, blocks) = match opened {
+        let (db, refs) = match opened {
             Ok(result) => result?,
             Err(panic) => {
                 return Err(StoreError::Damaged { path: path.to_owned(), detail: format!("sled: {panic}") })
             }
         };
-        Ok(Store { path: path.to_owned(), db, blocks, _lock: lock })
+        Ok(Store { path: path.to_owned(), db, refs, _lock: lock })
     }
 
     /// Runs `f`, which uses sled: a panic inside sled (as some damage makes it) comes back as
@@ -186,9 +121,11 @@ impl Store {
         StoreError::Damaged { path: self.path.clone(), detail: detail.to_owned() }
     }
 
-    fn check_format(&self) -> Result<(), StoreError> {
+    /// The store's format, if this build reads it: [`FORMAT`], or `"2"` (to be upgraded).
+    pub(super) fn format(&self) -> Result<&'static str, StoreError> {
         match self.guard(|| Ok(self.db.get("format")?))? {
-            Some(f) if f == FORMAT.as_bytes() => Ok(()),
+            Some(f) if f == FORMAT.as_bytes() => Ok(FORMAT),
+            Some(f) if f == b"2" => Ok("2"),
             Some(f) => Err(StoreError::Format {
                 path: self.path.clone(),
                 found: String::from_utf8_lossy(&f).into_owned(),
@@ -207,7 +144,7 @@ impl Store {
 
     /// A read handle for the planner thread.
     pub fn reader(&self) -> Reader {
-        Reader { path: self.path.clone(), blocks: self.blocks.clone(), cached: None }
+        Reader { path: self.path.clone(), refs: self.refs.clone(), cached: None }
     }
 
     /// Every record in id order. A damaged block ends the iteration with its error.
@@ -225,7 +162,8 @@ impl Store {
     ) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
         let (first, _) = block::locate(from);
         let (last, _) = block::locate(to);
-        let mut blocks = self.blocks.range(key(first)..=key(last));
+        let mut refs = self.refs.range(key(first)..=key(last));
+        let mut segments = SegmentReader::new(&self.path);
         let mut current = Vec::new().into_iter();
         let mut failed = false;
         std::iter::from_fn(move || loop {
@@ -236,11 +174,12 @@ impl Store {
                 return None;
             }
             let next = self.guard(|| {
-                let Some(kv) = blocks.next() else { return Ok(None) };
+                let Some(kv) = refs.next() else { return Ok(None) };
                 let (k, v) = kv?;
                 let n = block_of(&k)?;
                 let first = block::first_id(n);
-                let records = block::decode(&v, n).map_err(|why| corrupt(&self.path, n, why))?;
+                let bytes = BlockRef::read(&self.path, n, &v)?.load(&mut segments, &self.path, n)?;
+                let records = block::decode(&bytes, n).map_err(|why| corrupt(&self.path, n, why))?;
                 Ok(Some(
                     records
                         .into_iter()
@@ -260,49 +199,41 @@ impl Store {
         })
     }
 
-    /// Counts of answered and failed ids, from the blocks' indexes alone.
+    /// Counts of answered and failed ids, from the blocks' entries alone.
     pub fn counts(&self) -> Result<Counts, StoreError> {
         self.guard(|| {
             let mut c = Counts::default();
-            for kv in self.blocks.iter() {
+            for kv in self.refs.iter() {
                 let (k, v) = kv?;
                 let n = block_of(&k)?;
-                let index = Index::parse(&v, n).map_err(|why| corrupt(&self.path, n, why))?;
-                for e in index.entries() {
-                    match e.kind {
-                        KIND_ANSWER => {
-                            c.answered += 1;
-                            c.success += u64::from((200..300).contains(&e.status));
-                        }
-                        KIND_QUARANTINED => {
-                            c.failed += 1;
-                            c.quarantined += 1;
-                        }
-                        _ => c.failed += 1,
-                    }
-                }
+                let r = BlockRef::read(&self.path, n, &v)?;
+                let answered = crate::job::mask_len(&r.kinds.answered);
+                c.answered += answered;
+                c.success += u64::from(r.success);
+                c.failed += r.records() - answered;
+                c.quarantined += crate::job::mask_len(&r.kinds.quarantined);
             }
             Ok(c)
         })
     }
 
-    /// Writes whole blocks (block number → records) and flushes: for `salvage`, into a new store.
+    /// Writes whole blocks (block number → records), durably: for `salvage`, into a new store.
     pub fn put_blocks(&self, blocks: BTreeMap<u64, BTreeMap<u16, Record>>) -> Result<(), StoreError> {
-        self.guard(|| {
-            for chunk in blocks.into_iter().collect::<Vec<_>>().chunks(256) {
-                let mut batch = sled::Batch::default();
-                for (n, records) in chunk {
-                    batch.insert(&key(*n), block::encode(*n, records));
-                }
-                self.blocks.apply_batch(batch)?;
-            }
-            self.db.flush()?;
-            Ok(())
-        })
+        let mut appender = Appender::open(&self.path)?;
+        let mut sink = self.sink(&mut appender);
+        for (n, records) in blocks {
+            sink.stage(n, block::encode(n, &records))?;
+        }
+        sink.finish()
+    }
+
+    /// Where this store's blocks are written, through `appender`.
+    pub(super) fn sink<'a>(&'a self, appender: &'a mut Appender) -> Sink<'a> {
+        Sink::new(&self.path, &self.db, &self.refs, appender)
     }
 
     /// A handle for the writer thread.
     pub fn writer(&self) -> Writer {
-        Writer { path: self.path.clone(), db: self.db.clone(), blocks: self.blocks.clone() }
+        Writer { path: self.path.clone(), db: self.db.clone(), refs: self.refs.clone() }
     }
 }

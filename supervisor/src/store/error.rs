@@ -39,8 +39,9 @@ pub enum StoreError {
     },
     /// The store's format is not one this build reads.
     #[error(
-        "store {path} has format {found}, this build reads format 2 (stores of format 1 were made by \
-         flota before its block layout: export them with that version, or start a new store)"
+        "store {path} has format {found}, this build reads formats 2 (upgrading it in place) and 3 (stores \
+         of format 1 were made by flota before its block layout: export them with that version, or start a \
+         new store; a later format was written by a newer flota)"
     )]
     Format {
         /// The store.
@@ -69,6 +70,9 @@ pub enum StoreError {
     /// A read or write failed while the store was open.
     #[error("store operation failed")]
     Sled(#[from] sled::Error),
+    /// A segment could not be written or synced (a full disk, an I/O error).
+    #[error("cannot write a segment")]
+    Write(#[source] std::io::Error),
     /// The store is damaged: sled panicked on it, or lost what flota keeps in it.
     #[error(
         "store {path} is damaged ({detail}); `supervisor verify --store {path}` shows what is readable, \
@@ -135,13 +139,13 @@ impl StoreError {
     /// The I/O error behind a failed read or write, if that is what this is.
     pub fn into_io(self) -> Result<std::io::Error, StoreError> {
         match self {
-            StoreError::Sled(sled::Error::Io(e)) => Ok(e),
+            StoreError::Sled(sled::Error::Io(e)) | StoreError::Write(e) => Ok(e),
             other => Err(other),
         }
     }
 
     /// Whether the error is the invocation's fault (exit 2) rather than a failure (exit 1).
     pub fn is_usage(&self) -> bool {
-        !matches!(self, StoreError::Sled(_) | StoreError::BadLastRun(_))
+        !matches!(self, StoreError::Sled(_) | StoreError::Write(_) | StoreError::BadLastRun(_))
     }
 }

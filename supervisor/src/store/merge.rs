@@ -9,10 +9,12 @@
 use std::collections::BTreeMap;
 
 use super::access::{block_of, corrupt, key};
-use super::block::{self, Index};
+use super::block;
+use super::blockref::BlockRef;
 use super::db::Store;
 use super::error::StoreError;
 use super::record::Record;
+use super::segments::{Appender, SegmentReader};
 
 /// What one input brought to a merge.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -27,60 +29,50 @@ pub struct Merged {
 
 impl Store {
     /// Copies every record of `input` into this store. Where both hold a record for an id, an
-    /// HTTP answer is kept over a failure, and this store's answer over the input's.
+    /// HTTP answer is kept over a failure, and this store's answer over the input's. A block
+    /// only the input has is copied as its bytes are, without decompressing it.
     pub fn merge_from(&self, input: &Store) -> Result<Merged, StoreError> {
         let mut merged = Merged::default();
-        let mut batch = sled::Batch::default();
-        let mut pending = 0usize;
-        for kv in input.blocks.iter() {
+        let mut theirs_segments = SegmentReader::new(&input.path);
+        let mut ours_segments = SegmentReader::new(&self.path);
+        let mut appender = Appender::open(&self.path)?;
+        let mut sink = self.sink(&mut appender);
+        for kv in input.refs.iter() {
             let (k, v) = input.guard(|| Ok(kv?))?;
             let n = block_of(&k)?;
-            let index = Index::parse(&v, n).map_err(|why| corrupt(&input.path, n, why))?;
-            merged.records += index.entries().count() as u64;
-            let value = match self.guard(|| Ok(self.blocks.get(key(n))?))? {
-                None => v.to_vec(),
-                Some(ours) => {
-                    let mut records: BTreeMap<u16, Record> = block::decode(&ours, n)
-                        .map_err(|why| corrupt(&self.path, n, why))?
-                        .into_iter()
-                        .collect();
-                    for (offset, theirs) in
-                        block::decode(&v, n).map_err(|why| corrupt(&input.path, n, why))?
-                    {
-                        match records.get(&offset) {
-                            None => {
-                                records.insert(offset, theirs);
-                            }
-                            Some(mine) => {
-                                merged.overlaps += 1;
-                                let id = block::first_id(n) + u64::from(offset);
-                                merged.first_overlap = Some(merged.first_overlap.map_or(id, |f| f.min(id)));
-                                if matches!(mine, Record::Failed { .. })
-                                    && matches!(theirs, Record::Answer { .. })
-                                {
-                                    records.insert(offset, theirs);
-                                }
-                            }
-                        }
-                    }
-                    // Written now: a later block of this input may not be merged against a stale copy.
-                    let value = block::encode(n, &records);
-                    self.guard(|| Ok(self.blocks.insert(key(n), value)?))?;
+            let theirs_ref = BlockRef::read(&input.path, n, &v)?;
+            merged.records += theirs_ref.records();
+            let theirs = theirs_ref.load(&mut theirs_segments, &input.path, n)?;
+            let ours = match self.guard(|| Ok(self.refs.get(key(n))?))? {
+                None => {
+                    sink.stage(n, theirs)?;
                     continue;
                 }
+                Some(ours) => {
+                    BlockRef::read(&self.path, n, &ours)?.load(&mut ours_segments, &self.path, n)?
+                }
             };
-            pending += value.len();
-            batch.insert(&key(n), value);
-            if pending >= 8 << 20 {
-                self.guard(|| Ok(self.blocks.apply_batch(std::mem::take(&mut batch))?))?;
-                pending = 0;
+            let mut records: BTreeMap<u16, Record> =
+                block::decode(&ours, n).map_err(|why| corrupt(&self.path, n, why))?.into_iter().collect();
+            for (offset, theirs) in block::decode(&theirs, n).map_err(|why| corrupt(&input.path, n, why))? {
+                match records.get(&offset) {
+                    None => {
+                        records.insert(offset, theirs);
+                    }
+                    Some(mine) => {
+                        merged.overlaps += 1;
+                        let id = block::first_id(n) + u64::from(offset);
+                        merged.first_overlap = Some(merged.first_overlap.map_or(id, |f| f.min(id)));
+                        if matches!(mine, Record::Failed { .. }) && matches!(theirs, Record::Answer { .. }) {
+                            records.insert(offset, theirs);
+                        }
+                    }
+                }
             }
+            // Written now: a later block of this input may not be merged against a stale copy.
+            sink.put(&[(n, block::encode(n, &records))])?;
         }
-        self.guard(|| {
-            self.blocks.apply_batch(batch)?;
-            self.db.flush()?;
-            Ok(())
-        })?;
+        sink.finish()?;
         Ok(merged)
     }
 }

@@ -10,13 +10,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::access::{block_of, guard, read_meta, BLOCKS_TREE, CACHE_BYTES};
+use super::access::{block_of, guard, read_meta, BLOCKS_TREE, CACHE_BYTES, REFS_TREE};
 use super::block;
+use super::blockref::BlockRef;
 use super::db::Store;
 use super::error::StoreError;
 use super::history::LastRun;
 use super::lock::lock_shared;
 use super::record::Record;
+use super::segments::{self, SegmentReader, SEGMENTS_DIR};
 use crate::job::{IdRange, Shard};
 
 /// What [`verify`] found.
@@ -53,22 +55,25 @@ impl Report {
     }
 }
 
-/// A copy of a store's files in a temporary directory, for sled to open (and repair) instead
-/// of the original.
+/// A copy of a store's sled files in a temporary directory, for sled to open (and repair)
+/// instead of the original. The segments are not copied: they are only read, in place.
 fn copy_of(path: &Path) -> Result<tempfile::TempDir, StoreError> {
     let io = |source| StoreError::Io { path: path.to_owned(), source };
     let tmp = tempfile::Builder::new().prefix("flota-verify-").tempdir().map_err(io)?;
-    copy_dir(path, tmp.path()).map_err(io)?;
+    copy_dir(path, tmp.path(), true).map_err(io)?;
     Ok(tmp)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+fn copy_dir(from: &Path, to: &Path, top: bool) -> std::io::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
+        if top && entry.file_name() == SEGMENTS_DIR {
+            continue;
+        }
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             std::fs::create_dir(&target)?;
-            copy_dir(&entry.path(), &target)?;
+            copy_dir(&entry.path(), &target, false)?;
         } else {
             std::fs::copy(entry.path(), target)?;
         }
@@ -76,9 +81,15 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The files sled keeps a store in: `db`, then every blob.
+/// The files a store's blocks may be found in, raw: its segments (format 3), and the files sled
+/// keeps it in, `db` then every blob (where format 2 kept them).
 fn store_files(path: &Path) -> Vec<PathBuf> {
-    let mut files = vec![path.join("db")];
+    let mut files: Vec<PathBuf> = segments::list(path)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, _)| segments::segment_path(path, id))
+        .collect();
+    files.push(path.join("db"));
     if let Ok(blobs) = std::fs::read_dir(path.join("blobs")) {
         let mut more: Vec<PathBuf> = blobs.flatten().map(|e| e.path()).collect();
         more.sort();
@@ -122,10 +133,12 @@ fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<(IdRange, O
     let at = copy.path();
     let opened = guard(at, || {
         let db = sled::Config::new().path(at).cache_capacity(CACHE_BYTES).open()?;
-        let blocks = db.open_tree(BLOCKS_TREE)?;
-        Ok((db, blocks))
+        // Format 3 points into segments; format 2 (not yet upgraded) holds whole blocks.
+        let format3 = db.get("format")?.is_some_and(|f| f != b"2");
+        let blocks = db.open_tree(if format3 { REFS_TREE } else { BLOCKS_TREE })?;
+        Ok((db, blocks, format3))
     });
-    let (db, blocks) = match opened {
+    let (db, blocks, format3) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             report.unopenable = Some(without_hint(e));
@@ -144,6 +157,7 @@ fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<(IdRange, O
         Ok((None, _)) => report.metadata_lost = true,
         Err(e) => report.sled_failed = Some(without_hint(e)),
     }
+    let mut segments = SegmentReader::new(path);
     let mut iter = blocks.iter();
     loop {
         let next = guard(at, || Ok(iter.next().transpose()?));
@@ -157,11 +171,20 @@ fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<(IdRange, O
                     continue;
                 };
                 let first = block::first_id(n);
-                match block::Index::parse(&v, n) {
-                    Ok(index) => report.readable += index.entries().count() as u64,
-                    Err(why) => report
-                        .damaged
-                        .push((IdRange { start: first, end: first + block::BLOCK_IDS }, why.to_string())),
+                let whole = if format3 {
+                    BlockRef::read(path, n, &v)
+                        .and_then(|r| r.load(&mut segments, path, n))
+                        .map_err(without_hint)
+                } else {
+                    Ok(v.to_vec())
+                };
+                match whole.and_then(|b| {
+                    block::Index::parse(&b, n).map(|i| i.entries().count()).map_err(|e| e.to_string())
+                }) {
+                    Ok(records) => report.readable += records as u64,
+                    Err(why) => {
+                        report.damaged.push((IdRange { start: first, end: first + block::BLOCK_IDS }, why))
+                    }
                 }
             }
             Err(e) => {

@@ -27,7 +27,7 @@ impl Store {
     /// (`listed`, sorted and distinct) are written when they differ from the stored ones.
     pub fn adopt_scope(&self, scope: &Scope, listed: Option<Vec<u64>>) -> Result<(), StoreError> {
         let stored = self.scope()?;
-        let fresh = stored.is_none() && self.guard(|| Ok(self.blocks.is_empty()))?;
+        let fresh = stored.is_none() && self.guard(|| Ok(self.refs.is_empty()))?;
         // A store from before scopes were recorded was never a shard's.
         let stored_shard = stored.as_ref().and_then(|s| s.shard);
         if !fresh && stored_shard != scope.shard {

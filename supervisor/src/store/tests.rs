@@ -63,7 +63,7 @@ fn results_arriving_over_many_flushes_merge_into_their_blocks_and_a_newer_record
         let status = if *id == 1080 { 201 } else { 200 };
         assert_eq!(*record, Record::Answer { attempts: 2, status, body: id.to_string().into_bytes() });
     }
-    assert_eq!(store.blocks.len(), 2);
+    assert_eq!(store.refs.len(), 2);
     let mut settled = Vec::new();
     store.reader().settled_in(IdRange { start: 1020, end: 1030 }, false, &mut settled).expect("scans");
     assert_eq!(settled, (1020..1030).collect::<Vec<_>>());
@@ -82,7 +82,7 @@ fn a_block_is_held_until_complete_then_written_once() {
     let half: Vec<ItemResult> = (100..200).map(|i| answer(i, 200, "x")).collect();
     cmd_tx.send(WriteCmd::Put(half)).expect("sends");
     assert!(ack_rx.recv_timeout(Duration::from_millis(50)).is_err(), "an incomplete block waits");
-    assert!(store.blocks.is_empty());
+    assert!(store.refs.is_empty());
     cmd_tx.send(WriteCmd::Put((200..256).map(|i| answer(i, 200, "x")).collect())).expect("sends");
     match ack_rx.recv_timeout(Duration::from_secs(5)) {
         Ok(WriteAck::Durable(d)) => {
@@ -102,14 +102,22 @@ fn a_damaged_block_is_named_with_its_ids() {
     let store = Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
     write_in_flushes(&store, vec![(2048..2100).map(|i| answer(i, 200, "x")).collect()]);
     let (n, _) = block::locate(2048);
-    let mut value = store.blocks.get(key(n)).expect("reads").expect("the block").to_vec();
-    let last = value.len() - 1;
-    value[last] ^= 1;
-    store.blocks.insert(key(n), value).expect("writes");
+    // The block's bytes in its segment.
+    let entry = store.refs.get(key(n)).expect("reads").expect("the entry");
+    let r = super::blockref::BlockRef::decode(&entry).expect("an entry");
+    let segment = super::segments::segment_path(&store.path, r.segment);
+    let mut bytes = std::fs::read(&segment).expect("reads");
+    bytes[(r.offset + u64::from(r.len) - 1) as usize] ^= 1;
+    std::fs::write(&segment, bytes).expect("writes");
     let err = store.records().find_map(Result::err).expect("an error");
     assert!(err.to_string().contains("the block of ids 2048..2304 is damaged (checksum mismatch)"), "{err}");
     assert!(err.is_usage(), "a damaged store is exit 2");
-    assert!(store.counts().is_err());
+    // Its entry in sled.
+    let mut value = entry.to_vec();
+    value[10] ^= 1;
+    store.refs.insert(key(n), value).expect("writes");
+    let err = store.counts().expect_err("a damaged entry");
+    assert!(err.to_string().contains("the block of ids 2048..2304 is damaged (checksum mismatch)"), "{err}");
 }
 
 #[test]
@@ -123,7 +131,10 @@ fn a_store_of_the_old_format_is_refused_naming_both_formats() {
         db.flush().expect("flushes");
     }
     let err = Store::open_for_job(&path, "http://a/{id}").err().expect("refused");
-    assert!(err.to_string().contains("has format 1, this build reads format 2"), "{err}");
+    assert!(
+        err.to_string().contains("has format 1, this build reads formats 2 (upgrading it in place) and 3"),
+        "{err}"
+    );
     assert!(err.is_usage(), "exit 2");
 }
 

@@ -9,8 +9,10 @@
 //! has waited [`Timing::hold`], when pending bodies pass [`HOLD_BYTES`], or at the end of the
 //! run; merging it with what is stored keeps every record either way.
 //!
-//! Each write is one sled batch followed by `flush()`, and only then are its results acked as
-//! durable: the dispatcher counts a result as done only after that.
+//! Each write appends the due blocks to the current segment and fdatasyncs it, then applies one
+//! sled batch of their entries and flushes (`put`); only then are its results acked as durable:
+//! the dispatcher counts a result as done only after that. At the end it reclaims segments that
+//! rewritten blocks left mostly dead (`gc`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,13 +21,17 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use shared::Outcome;
 
 use super::access::{corrupt, guard, key};
-use super::block::{self, Index};
+use super::block;
+use super::blockref::BlockRef;
 use super::covered::Covered;
 use super::db::Writer;
 use super::error::StoreError;
+use super::gc;
 use super::messages::{WriteAck, WriteCmd};
+use super::put::Sink;
 use super::record::Record;
-use crate::job::{mask_len, Durable, Tally};
+use super::segments::{Appender, SegmentReader};
+use crate::job::{mask_ids, mask_len, Durable, Tally};
 
 /// When the writer writes.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +60,14 @@ pub fn write_loop(
     cmds: Receiver<WriteCmd>,
     acks: Sender<WriteAck>,
 ) {
+    let mut appender = match Appender::open(&writer.path) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = acks.send(WriteAck::Failed(e));
+            return;
+        }
+    };
+    let mut segments = SegmentReader::new(&writer.path);
     let mut pending = Pending { covered, hold: timing.hold, blocks: BTreeMap::new(), bytes: 0 };
     let mut next_write = Instant::now() + timing.every;
     loop {
@@ -88,7 +102,7 @@ pub fn write_loop(
         let written = added.and_then(|()| {
             if finish || now >= next_write {
                 next_write = now + timing.every;
-                pending.write(&writer, now, finish)
+                pending.write(&writer, &mut appender, &mut segments, now, finish)
             } else {
                 Ok(None)
             }
@@ -104,6 +118,17 @@ pub fn write_loop(
             }
         }
         if finish {
+            // Every result is acked by now: a failed reclaim costs disk, never a result.
+            let mut sink = Sink::new(&writer.path, &writer.db, &writer.refs, &mut appender);
+            match gc::reclaim(&mut sink, &mut segments) {
+                Ok(r) if r.segments > 0 => log::info!(
+                    "store: reclaimed {} MiB of rewritten blocks from {} segments",
+                    r.bytes >> 20,
+                    r.segments
+                ),
+                Ok(_) => {}
+                Err(e) => log::warn!("store: dead bytes not reclaimed: {}", worker::error_chain(&e)),
+            }
             let _ = acks.send(match writer.db.flush() {
                 Ok(_) => WriteAck::Finished,
                 Err(e) => WriteAck::Failed(e.into()),
@@ -123,9 +148,9 @@ struct Pending {
 
 struct PendingBlock {
     records: BTreeMap<u16, Record>,
-    /// The block as stored when its first pending result arrived (the writer is its only
-    /// writer, so it is still so when the block is written).
-    old: Option<sled::IVec>,
+    /// The block's entry as stored when its first pending result arrived (the writer is its
+    /// only writer, so it is still so when the block is written).
+    old: Option<BlockRef>,
     /// Offsets that already have a record in the store.
     stored: Vec<u16>,
     /// Distinct offsets with a record, stored or pending.
@@ -142,13 +167,13 @@ impl Pending {
         let p = match self.blocks.entry(n) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                let old = guard(&writer.path, || Ok(writer.blocks.get(key(n))?))?;
+                let old = match guard(&writer.path, || Ok(writer.refs.get(key(n))?))? {
+                    Some(v) => Some(BlockRef::read(&writer.path, n, &v)?),
+                    None => None,
+                };
+                let first = block::first_id(n);
                 let stored: Vec<u16> = match &old {
-                    Some(v) => Index::parse(v, n)
-                        .map_err(|why| corrupt(&writer.path, n, why))?
-                        .entries()
-                        .map(|e| e.offset)
-                        .collect(),
+                    Some(r) => mask_ids(n, r.kinds.recorded).map(|id| (id - first) as u16).collect(),
                     None => Vec::new(),
                 };
                 let filled = stored.len();
@@ -176,7 +201,14 @@ impl Pending {
 
     /// Writes the blocks that are due (all of them when `all`), in one batch, and flushes.
     /// Returns what became durable, or `None` if nothing was due.
-    fn write(&mut self, writer: &Writer, now: Instant, all: bool) -> Result<Option<Durable>, StoreError> {
+    fn write(
+        &mut self,
+        writer: &Writer,
+        appender: &mut Appender,
+        segments: &mut SegmentReader,
+        now: Instant,
+        all: bool,
+    ) -> Result<Option<Durable>, StoreError> {
         let everything = all || self.bytes >= HOLD_BYTES;
         let due: Vec<u64> = self
             .blocks
@@ -187,27 +219,26 @@ impl Pending {
         if due.is_empty() {
             return Ok(None);
         }
-        let mut batch = sled::Batch::default();
+        let mut blocks = Vec::with_capacity(due.len());
         let mut durable = Durable::default();
         for n in due {
             let p = self.blocks.remove(&n).expect("listed above");
             let mut records = p.records;
             self.bytes -= records.values().map(Record::size).sum::<usize>();
             if let Some(old) = &p.old {
-                for (offset, record) in block::decode(old, n).map_err(|why| corrupt(&writer.path, n, why))? {
+                let bytes = old.load(segments, &writer.path, n)?;
+                for (offset, record) in
+                    block::decode(&bytes, n).map_err(|why| corrupt(&writer.path, n, why))?
+                {
                     records.entry(offset).or_insert(record);
                 }
             }
-            batch.insert(&key(n), block::encode(n, &records));
+            blocks.push((n, block::encode(n, &records)));
             let new_records = (p.filled - p.stored.len()) as u64;
             durable.add(Durable { new_records, ..p.durable });
         }
         let started = Instant::now();
-        guard(&writer.path, || {
-            writer.blocks.apply_batch(batch)?;
-            writer.db.flush()?;
-            Ok(())
-        })?;
+        Sink::new(&writer.path, &writer.db, &writer.refs, appender).put(&blocks)?;
         durable.flush = Some(started.elapsed());
         Ok(Some(durable))
     }

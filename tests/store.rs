@@ -1,0 +1,176 @@
+//! The store's format 3 for real: bodies in segment files, sled as the index. A supervisor
+//! SIGKILLed at random moments loses nothing; a format-2 store made by the release before is
+//! upgraded in place, also when the upgrade itself is killed; rewritten blocks' dead bytes are
+//! reclaimed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// A format-2 store made by the release before format 3 (`tests/fixtures/format2/store`): ids
+/// 0..20000 of mockapi with `--missing-every 7 --unavailable-every 11`, `--max-attempts 2`,
+/// `--chaos crash-on=4242`; and that release's `export` of it.
+fn fixture() -> (tempfile::TempDir, PathBuf, String) {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/format2");
+    let dir = tempdir();
+    let store = dir.path().join("format2.sled");
+    copy_dir(&here.join("store"), &store);
+    let export = std::fs::read_to_string(here.join("export.jsonl")).expect("the fixture's export");
+    (dir, store, export)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("reads") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copies");
+        }
+    }
+}
+
+fn segments(store: &Path) -> Vec<(String, u64)> {
+    let Ok(dir) = std::fs::read_dir(store.join("segments")) else { return Vec::new() };
+    let mut out: Vec<(String, u64)> = dir
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().expect("meta").len()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn export_text(store: &Path) -> String {
+    let out = run(&["export", "--store", path_str(store)]);
+    out.assert_code(0);
+    out.stdout
+}
+
+#[test]
+fn a_format2_store_of_the_release_before_is_upgraded_in_place_and_reads_the_same() {
+    let (_dir, store, before) = fixture();
+    assert!(segments(&store).is_empty(), "format 2 has no segments");
+    let out = run(&["upgrade", "--store", path_str(&store)]);
+    out.assert_code(0);
+    assert!(out.stdout.contains("to format 3: 79 blocks moved out of sled into segments"), "{}", out.stdout);
+    assert!(!segments(&store).is_empty());
+    assert_eq!(export_text(&store), before, "every record as the release before exported it");
+    let status = run(&["status", "--store", path_str(&store)]);
+    status.assert_code(0);
+    assert!(
+        status.stdout.contains("complete  yes: each of its 20,000 ids has a record"),
+        "{}",
+        status.stdout
+    );
+    run(&["verify", "--store", path_str(&store)]).assert_code(0);
+    let again = run(&["upgrade", "--store", path_str(&store)]);
+    again.assert_code(0);
+    assert!(again.stdout.contains("is already format 3"), "{}", again.stdout);
+
+    // Any command that opens a format-2 store upgrades it on the way.
+    let (_dir, store, before) = fixture();
+    assert_eq!(export_text(&store), before);
+    assert!(!segments(&store).is_empty(), "export upgraded it");
+}
+
+#[test]
+fn an_upgrade_killed_midway_leaves_a_store_that_opens_as_format_2_or_3() {
+    // After 64 of its 79 blocks (format 2 still), and right after the switch (format 3, the old
+    // tree not yet dropped).
+    for at in ["64", "switched"] {
+        let (_dir, store, before) = fixture();
+        let killed =
+            spawn_with_env(&["upgrade", "--store", path_str(&store)], &[("FLOTA_CHAOS_UPGRADE_ABORT", at)])
+                .wait(RUN_DEADLINE);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&killed.status),
+            Some(6),
+            "aborted at {at}: {}",
+            killed.stderr
+        );
+        let meta = std::fs::read_to_string(store.join("flota.meta")).expect("meta");
+        let expected = if at == "64" { "\"format\":\"2\"" } else { "\"format\":\"3\"" };
+        assert!(meta.contains(expected), "killed at {at}: {meta}");
+        assert_eq!(export_text(&store), before, "killed at {at}, then opened: every record as before");
+        run(&["verify", "--store", path_str(&store)]).assert_code(0);
+    }
+}
+
+#[test]
+fn a_supervisor_killed_at_random_moments_loses_nothing_acknowledged_and_the_rerun_completes() {
+    let (api, _dir, store) = setup(&["--latency-ms", "1", "--body-bytes", "600"]);
+    let ids = 0..40_000u64;
+    let args = job_args(&api.url(), "0..40000", &store);
+    let mut rng = fastrand::Rng::with_seed(18);
+    let mut kills = 0;
+    for _ in 0..6 {
+        let running = spawn(&strs(&args));
+        // Kill at a random moment of the run: from before the store opens to well into writing.
+        let at = Instant::now() + Duration::from_millis(rng.u64(50..1500));
+        while Instant::now() < at && !is_dead(running.pid()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = running.pid();
+        let out = running.kill();
+        if out.code().is_none() {
+            kills += 1;
+        }
+        wait_for("the killed supervisor's workers to go", Duration::from_secs(10), || {
+            children_of(pid).is_empty()
+        });
+        if out.code() == Some(0) {
+            break;
+        }
+    }
+    assert!(kills >= 3, "the kills landed mid-run ({kills})");
+    // Whatever was left, the store opens, is sound, and holds only whole records.
+    run(&["verify", "--store", path_str(&store)]).assert_code(0);
+    for rec in export(&store) {
+        let id = rec["id"].as_u64().expect("an id");
+        assert_eq!(rec["body"].as_str(), Some(mockapi::sized_body(id, 600).as_str()), "id {id}");
+    }
+    let out = run(&strs(&args));
+    out.assert_code(0);
+    let records = export(&store);
+    assert_eq!(records.len() as u64, ids.end, "one record per id");
+    for (rec, id) in records.iter().zip(ids) {
+        assert_eq!(rec["id"].as_u64(), Some(id), "ids in order, each once");
+        assert_eq!(rec["body"].as_str(), Some(mockapi::sized_body(id, 600).as_str()), "id {id} whole");
+    }
+    run(&["verify", "--store", path_str(&store)]).assert_code(0);
+    eprintln!("figure: {kills} SIGKILLs mid-run, then a rerun completed 40,000 ids, verify sound");
+}
+
+#[test]
+fn blocks_rewritten_by_a_rerun_leave_dead_bytes_that_the_run_reclaims() {
+    // Half the ids fail (503) in the first run: each block is written with its failures; the
+    // rerun answers them, rewriting every block, so the first run's segment is dead.
+    let broken = MockApi::start(&["--error-rate", "0.5", "--body-bytes", "1000"]);
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let mut args = job_args(&broken.url(), "0..20000", &store);
+    set(&mut args, "--max-attempts", "1");
+    run(&strs(&args)).assert_code(3);
+    let first = segments(&store);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let addr = broken.addr.clone();
+    drop(broken);
+    let healthy = MockApi::start_on(&addr, &["--body-bytes", "1000"]);
+    let out = run(&strs(&job_args(&healthy.url(), "0..20000", &store)));
+    out.assert_code(0);
+    assert!(out.stderr.contains("reclaimed"), "{}", out.stderr);
+    let after = segments(&store);
+    assert!(!after.iter().any(|(name, _)| *name == first[0].0), "the dead segment is gone: {after:?}");
+    let live: u64 = after.iter().map(|(_, len)| len).sum();
+    let on_disk_before: u64 = first[0].1;
+    assert!(live > on_disk_before, "the rerun's blocks hold twice the answers ({live} vs {on_disk_before})");
+    for rec in export(&store) {
+        let id = rec["id"].as_u64().expect("an id");
+        assert_eq!(rec["status"].as_u64(), Some(200), "id {id}");
+        assert_eq!(rec["body"].as_str(), Some(mockapi::sized_body(id, 1000).as_str()), "id {id}");
+    }
+    run(&["verify", "--store", path_str(&store)]).assert_code(0);
+}
