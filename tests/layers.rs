@@ -27,16 +27,18 @@ const SUPERVISOR: &[(&str, &[&str])] = &[
 ];
 
 /// The worker's: the link on top, then the pool, fetching, the gate, and at the bottom what
-/// they all hand each other.
+/// they all hand each other and what fetching is made of (the retry policy, rate-limit headers,
+/// the resolver).
 const WORKER: &[(&str, &[&str])] = &[
-    ("", &["", "link", "pool", "fetch", "gate", "announce", "outbox", "policy"]),
-    ("link", &["link", "pool", "fetch", "gate", "announce", "outbox", "policy"]),
-    ("pool", &["pool", "fetch", "gate", "announce", "outbox", "policy"]),
-    ("fetch", &["fetch", "gate", "announce", "outbox", "policy"]),
+    ("", &["", "link", "pool", "fetch", "gate", "announce", "outbox", "policy", "resolve"]),
+    ("link", &["link", "pool", "fetch", "gate", "announce", "outbox", "policy", "resolve"]),
+    ("pool", &["pool", "fetch", "gate", "announce", "outbox", "policy", "resolve"]),
+    ("fetch", &["fetch", "gate", "announce", "outbox", "policy", "resolve"]),
     ("gate", &["gate", "outbox", "policy"]),
     ("announce", &["announce"]),
     ("outbox", &["outbox"]),
     ("policy", &["policy"]),
+    ("resolve", &["resolve"]),
 ];
 
 #[test]

@@ -133,3 +133,28 @@ fn max_body_counts_decoded_bytes() {
         assert_eq!(rec["error"].as_str(), Some("body exceeds the limit of 8192 bytes"), "{rec}");
     }
 }
+
+#[test]
+fn a_host_name_url_fetches_every_id_and_a_name_that_never_resolves_fails_each_id_with_its_reason() {
+    // `localhost` is looked up once and kept (its addresses tried in turn: mockapi listens on
+    // 127.0.0.1 only, so a ::1 first refuses and the next one serves).
+    let (api, _dir, store) = setup(&[]);
+    let url = api.url().replace("127.0.0.1", "localhost");
+    assert!(url.starts_with("http://localhost:"), "{url}");
+    run(&strs(&job_args(&url, "0..3000", &store))).assert_code(0);
+    assert_complete(&store, 0..3000);
+    assert_eq!(api.requests(), 3000, "one request per id");
+
+    // A name no resolver knows: each attempt is a retryable error, and the id fails with why.
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let mut args = job_args("http://no-such-host.invalid:9/items/{id}", "0..5", &store);
+    set(&mut args, "--max-attempts", "2");
+    run(&strs(&args)).assert_code(3);
+    for rec in export(&store) {
+        assert!(rec["status"].is_null(), "{rec}");
+        assert_eq!(rec["attempts"].as_u64(), Some(2), "{rec}");
+        let error = rec["error"].as_str().expect("an error");
+        assert!(error.starts_with("gave up after 2 attempts: "), "{error}");
+    }
+}

@@ -19,7 +19,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,8 @@ pub struct JobSpec {
     /// Timeout for each of sending the request, receiving the response head and receiving the
     /// body, in milliseconds.
     pub io_timeout_ms: u64,
+    /// How long a host name's addresses are kept, in milliseconds; 0: resolved per request.
+    pub dns_ttl_ms: u64,
     /// Base delay of the exponential backoff between attempts, in milliseconds.
     pub backoff_base_ms: u64,
     /// Ceiling of the backoff delay, in milliseconds.
@@ -115,6 +117,7 @@ impl JobSpec {
             max_body: 1,
             connect_timeout_ms: 1,
             io_timeout_ms: 1,
+            dns_ttl_ms: 0,
             backoff_base_ms: 1,
             backoff_max_ms: 1,
             retry_after_max_ms: 1,
@@ -138,6 +141,7 @@ impl std::fmt::Debug for JobSpec {
             .field("max_body", &self.max_body)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("io_timeout_ms", &self.io_timeout_ms)
+            .field("dns_ttl_ms", &self.dns_ttl_ms)
             .field("backoff_base_ms", &self.backoff_base_ms)
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("retry_after_max_ms", &self.retry_after_max_ms)

@@ -57,6 +57,7 @@ fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
         max_body: 1 << 20,
         connect_timeout_ms: 5000,
         io_timeout_ms: 30000,
+        dns_ttl_ms: 30_000,
         backoff_base_ms: 100,
         backoff_max_ms: 30000,
         retry_after_max_ms: 300000,

@@ -13,10 +13,12 @@ use std::time::Duration;
 
 use shared::{ItemResult, JobSpec, Outcome, TlsTrust};
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::unversioned::transport::DefaultConnector;
 use ureq::Agent;
 
 use crate::gate::{Gate, Met};
 use crate::policy::{parse_retry_after, retryable_status, RetryPolicy};
+use crate::resolve::CachingResolver;
 
 /// How https servers are trusted: the system's roots (as `SSL_CERT_FILE` and `SSL_CERT_DIR`
 /// point, else the distribution's bundle) plus `--ca-cert`'s; Mozilla's roots, built in, when
@@ -79,7 +81,7 @@ impl Fetcher {
     pub fn new(job: &JobSpec) -> Self {
         let io = Some(Duration::from_millis(job.io_timeout_ms));
         let threads = job.threads.max(1) as usize;
-        let agent: Agent = Agent::config_builder()
+        let config = Agent::config_builder()
             .timeout_connect(Some(Duration::from_millis(job.connect_timeout_ms)))
             .timeout_send_request(io)
             .timeout_recv_response(io)
@@ -89,8 +91,9 @@ impl Fetcher {
             .http_status_as_error(false)
             .user_agent(job.user_agent.as_str())
             .tls_config(tls_config(&job.tls, &job.url_template))
-            .build()
-            .into();
+            .build();
+        let resolver = CachingResolver::new(Duration::from_millis(job.dns_ttl_ms));
+        let agent = Agent::with_parts(config, DefaultConnector::default(), resolver);
         Self {
             agent,
             url_parts: job.url_template.split("{id}").map(str::to_owned).collect(),

@@ -17,6 +17,7 @@ pub mod link;
 pub mod outbox;
 pub mod policy;
 pub mod pool;
+pub mod resolve;
 
 /// Runs a worker on this process's stdin and stdout. Returns the exit code.
 ///

@@ -188,6 +188,10 @@ pub struct Tuning {
     /// Timeout of each phase of a request: sending it, awaiting the response, reading the body.
     #[arg(long, env = "FLOTA_IO_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub io_timeout: Duration,
+    /// How long a host name's addresses are kept before it is resolved again (in the
+    /// background); 0 resolves it for every request.
+    #[arg(long, env = "FLOTA_DNS_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub dns_ttl: Duration,
     /// First backoff delay between attempts (doubles each retry, with full jitter).
     #[arg(long, env = "FLOTA_BACKOFF_BASE", default_value = "100ms", value_parser = parse_duration)]
     pub backoff_base: Duration,

@@ -58,7 +58,7 @@ pub fn run(
     let started = Instant::now();
     let (plan_tx, plan_rx) = bounded::<PlanMsg>(2 * cfg.workers as usize + 2);
     let (events_tx, events_rx) = unbounded::<FleetEvent>();
-    let (write_tx, write_rx) = bounded::<WriteCmd>(64);
+    let (write_tx, write_rx) = bounded::<WriteCmd>(8);
     let (ack_tx, ack_rx) = unbounded::<WriteAck>();
     let (panic_tx, panic_rx) = unbounded::<Error>();
     let signals = SignalFeed::start().map_err(Error::Thread)?;
