@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ureq::config::Config;
@@ -41,13 +41,13 @@ pub type Lookup = dyn Fn(&str) -> io::Result<Vec<SocketAddr>> + Send + Sync;
 pub struct CachingResolver {
     ttl: Duration,
     lookup: Arc<Lookup>,
-    cache: Arc<Mutex<HashMap<String, Entry>>>,
+    cache: Arc<RwLock<HashMap<String, Entry>>>,
     turn: AtomicUsize,
 }
 
 #[derive(Debug)]
 struct Entry {
-    addrs: Vec<SocketAddr>,
+    addrs: Arc<[SocketAddr]>,
     /// When they were resolved (or a re-resolution last failed).
     at: Instant,
     /// A background re-resolution is under way.
@@ -73,18 +73,27 @@ impl CachingResolver {
         CachingResolver {
             ttl,
             lookup,
-            cache: Arc::new(Mutex::new(HashMap::new())),
+            cache: Arc::new(RwLock::new(HashMap::new())),
             turn: AtomicUsize::new(0),
         }
     }
 
     /// The addresses of `name` (`"host:port"`) at `now`: kept ones while fresh (and while a
-    /// re-resolution runs in the background once they are not), or looked up.
-    pub fn addrs(&self, name: &str, now: Instant) -> io::Result<Vec<SocketAddr>> {
+    /// re-resolution runs in the background once they are not), or looked up. The fresh path,
+    /// every request's, takes the cache's lock shared and allocates nothing.
+    pub fn addrs(&self, name: &str, now: Instant) -> io::Result<Arc<[SocketAddr]>> {
         if self.ttl.is_zero() {
             return self.look_up(name);
         }
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        {
+            let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(e) = cache.get(name) {
+                if e.refreshing || now.saturating_duration_since(e.at) < self.ttl {
+                    return Ok(e.addrs.clone());
+                }
+            }
+        }
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = cache.get_mut(name) {
             if now.saturating_duration_since(e.at) >= self.ttl && !e.refreshing {
                 e.refreshing = true;
@@ -95,19 +104,17 @@ impl CachingResolver {
         // The first time: looked up under the lock, so a fleet of threads starting at once
         // asks once.
         let addrs = self.look_up(name)?;
-        cache.insert(
-            name.to_owned(),
-            Entry { addrs: addrs.clone(), at: now, refreshing: false, failing: false },
-        );
+        let entry = Entry { addrs: addrs.clone(), at: now, refreshing: false, failing: false };
+        cache.insert(name.to_owned(), entry);
         Ok(addrs)
     }
 
-    fn look_up(&self, name: &str) -> io::Result<Vec<SocketAddr>> {
+    fn look_up(&self, name: &str) -> io::Result<Arc<[SocketAddr]>> {
         let addrs = (self.lookup)(name)?;
         if addrs.is_empty() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("{name} has no address")));
         }
-        Ok(addrs)
+        Ok(addrs.into())
     }
 
     fn refresh_in_background(&self, name: String) {
@@ -120,7 +127,7 @@ impl CachingResolver {
                     Ok(addrs)
                 }
             });
-            let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut cache = cache.write().unwrap_or_else(PoisonError::into_inner);
             let Some(e) = cache.get_mut(&name) else { return };
             e.refreshing = false;
             e.at = Instant::now();
@@ -129,7 +136,7 @@ impl CachingResolver {
                     if e.failing {
                         log::warn!("{name} resolves again: {addrs:?}");
                     }
-                    (e.addrs, e.failing) = (addrs, false);
+                    (e.addrs, e.failing) = (addrs.into(), false);
                 }
                 Err(err) if !e.failing => {
                     e.failing = true;
@@ -143,7 +150,7 @@ impl CachingResolver {
         });
         if spawned.is_err() {
             // No thread to spare: the kept addresses serve, and a later request tries again.
-            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
             if let Some(e) = cache.get_mut(&key) {
                 e.refreshing = false;
             }
@@ -163,20 +170,22 @@ impl Resolver for CachingResolver {
         };
         let name = DefaultResolver::host_and_port(scheme, authority)
             .ok_or_else(|| ureq::Error::BadUri(format!("{uri} has no port for its scheme")))?;
+        let mut out = self.empty();
         // An address literal ("127.0.0.1:8080", "[::1]:443") is its own answer.
-        let found = match name.parse::<SocketAddr>() {
-            Ok(addr) => vec![addr],
-            Err(_) => self.addrs(&name, Instant::now()).map_err(ureq::Error::Io)?,
-        };
-        let wanted: Vec<SocketAddr> = config.ip_family().keep_wanted(found.into_iter()).collect();
-        if wanted.is_empty() {
+        if let Ok(addr) = name.parse::<SocketAddr>() {
+            out.push(addr);
+            return Ok(out);
+        }
+        let found = self.addrs(&name, Instant::now()).map_err(ureq::Error::Io)?;
+        for addr in config.ip_family().keep_wanted(found.iter().copied()).take(MAX_ADDRS) {
+            out.push(addr);
+        }
+        if out.is_empty() {
             return Err(ureq::Error::HostNotFound);
         }
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % wanted.len();
-        let mut out = self.empty();
-        for addr in wanted.iter().cycle().skip(start).take(wanted.len().min(MAX_ADDRS)) {
-            out.push(*addr);
-        }
+        // Each answer starts one further along: new connections spread over the addresses.
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % out.len();
+        out.rotate_left(start);
         Ok(out)
     }
 }
@@ -215,18 +224,18 @@ mod tests {
         let (calls, r, ttl) = counting(vec![v4]);
         let t0 = Instant::now();
         for i in 0..10_000u32 {
-            assert_eq!(r.addrs("api.example:8080", t0 + ttl * i / 20_000).expect("resolves"), vec![v4]);
+            assert_eq!(*r.addrs("api.example:8080", t0 + ttl * i / 20_000).expect("resolves"), [v4]);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1, "10,000 requests within the TTL, one lookup");
         // Past the TTL: answered at once from what is kept, and looked up once more behind.
         for _ in 0..100 {
             assert_eq!(
-                r.addrs("api.example:8080", t0 + ttl + Duration::from_millis(1)).expect("resolves"),
-                vec![v4]
+                *r.addrs("api.example:8080", t0 + ttl + Duration::from_millis(1)).expect("resolves"),
+                [v4]
             );
         }
         wait_until(|| calls.load(Ordering::SeqCst) == 2);
-        wait_until(|| !r.cache.lock().expect("lock")["api.example:8080"].refreshing);
+        wait_until(|| !r.cache.read().expect("lock")["api.example:8080"].refreshing);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "one background lookup, not one per request");
     }
 
@@ -243,10 +252,10 @@ mod tests {
             }),
         );
         let t0 = Instant::now();
-        assert_eq!(r.addrs("h:443", t0).expect("resolves"), vec![good]);
-        assert_eq!(r.addrs("h:443", t0 + Duration::from_secs(2)).expect("kept"), vec![good]);
-        wait_until(|| r.cache.lock().expect("lock")["h:443"].failing);
-        assert_eq!(r.addrs("h:443", t0 + Duration::from_secs(2)).expect("still kept"), vec![good]);
+        assert_eq!(*r.addrs("h:443", t0).expect("resolves"), [good]);
+        assert_eq!(*r.addrs("h:443", t0 + Duration::from_secs(2)).expect("kept"), [good]);
+        wait_until(|| r.cache.read().expect("lock")["h:443"].failing);
+        assert_eq!(*r.addrs("h:443", t0 + Duration::from_secs(2)).expect("still kept"), [good]);
     }
 
     #[test]
