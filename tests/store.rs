@@ -44,9 +44,7 @@ fn segments(store: &Path) -> Vec<(String, u64)> {
 }
 
 fn export_text(store: &Path) -> String {
-    let out = run(&["export", "--store", path_str(store)]);
-    out.assert_code(0);
-    out.stdout
+    stdout_of(&["export", "--store", path_str(store)])
 }
 
 #[test]

@@ -180,6 +180,14 @@ pub fn run(args: &[&str]) -> Outcome {
     spawn(args).wait(RUN_DEADLINE)
 }
 
+/// Runs the supervisor to completion, asserts exit 0, and returns what it printed on stdout.
+#[track_caller]
+pub fn stdout_of(args: &[&str]) -> String {
+    let out = run(args);
+    out.assert_code(0);
+    out.stdout
+}
+
 /// A mockapi started with `api_flags`, a temporary directory (kept alive by the caller) and a
 /// store path inside it that does not exist yet.
 pub fn setup(api_flags: &[&str]) -> (MockApi, tempfile::TempDir, PathBuf) {
