@@ -28,11 +28,23 @@ use std::time::{Duration, Instant};
 
 use ureq::config::Config;
 use ureq::http::Uri;
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
 
 /// The most addresses ureq takes from a resolver.
 const MAX_ADDRS: usize = 16;
+
+/// Room for `"host:port"`: a DNS name is at most 253 bytes, a bracketed IPv6 literal 47.
+const NAME_BYTES: usize = 253 + 1 + 5;
+
+/// `"host:port"` in `buf`, or `None` when it does not fit.
+fn name_of<'b>(host: &str, port: u16, buf: &'b mut [u8; NAME_BYTES]) -> Option<&'b str> {
+    use std::io::Write;
+    let mut rest = &mut buf[..];
+    write!(rest, "{host}:{port}").ok()?;
+    let len = NAME_BYTES - rest.len();
+    std::str::from_utf8(&buf[..len]).ok()
+}
 
 /// How a name is looked up: `"host:port"` to its addresses.
 pub type Lookup = dyn Fn(&str) -> io::Result<Vec<SocketAddr>> + Send + Sync;
@@ -168,15 +180,26 @@ impl Resolver for CachingResolver {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(ureq::Error::BadUri(format!("{uri} is not an absolute URL")));
         };
-        let name = DefaultResolver::host_and_port(scheme, authority)
+        let default_port = match scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        };
+        let port = authority
+            .port_u16()
+            .or(default_port)
             .ok_or_else(|| ureq::Error::BadUri(format!("{uri} has no port for its scheme")))?;
+        // "host:port", written on the stack: this runs for every request.
+        let mut buf = [0u8; NAME_BYTES];
+        let name = name_of(authority.host(), port, &mut buf)
+            .ok_or_else(|| ureq::Error::BadUri(format!("{uri} has a host name over 253 bytes")))?;
         let mut out = self.empty();
         // An address literal ("127.0.0.1:8080", "[::1]:443") is its own answer.
         if let Ok(addr) = name.parse::<SocketAddr>() {
             out.push(addr);
             return Ok(out);
         }
-        let found = self.addrs(&name, Instant::now()).map_err(ureq::Error::Io)?;
+        let found = self.addrs(name, Instant::now()).map_err(ureq::Error::Io)?;
         for addr in config.ip_family().keep_wanted(found.iter().copied()).take(MAX_ADDRS) {
             out.push(addr);
         }
@@ -275,6 +298,15 @@ mod tests {
             every.addrs("x:1", Instant::now()).expect("resolves");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn a_name_is_written_as_host_and_port_without_allocating() {
+        let mut buf = [0u8; NAME_BYTES];
+        assert_eq!(name_of("api.example", 443, &mut buf), Some("api.example:443"));
+        assert_eq!(name_of("[::1]", 8080, &mut buf), Some("[::1]:8080"));
+        assert_eq!(name_of(&"a".repeat(253), 65535, &mut buf).map(str::len), Some(259));
+        assert_eq!(name_of(&"a".repeat(254), 65535, &mut buf), None);
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub enum Command {
     Salvage(SalvageArgs),
     /// Upgrade a store written by an older flota to this build's format, in place (any command
     /// that opens it does the same on the way; this does only that). Safe to interrupt.
-    Upgrade(VerifyArgs),
+    Upgrade(UpgradeArgs),
     /// Merge the stores of a job's shards into a new store OUT; says whether every id has a
     /// record (exit 0) or some are missing (exit 3), and refuses stores of another job (exit 2).
     Merge(MergeArgs),
@@ -321,6 +321,14 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The store to read.
+    #[arg(long)]
+    pub store: PathBuf,
+}
+
+/// Flags of `upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The store to upgrade in place.
     #[arg(long)]
     pub store: PathBuf,
 }

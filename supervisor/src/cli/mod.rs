@@ -9,7 +9,8 @@ pub mod settings;
 pub mod validate;
 
 pub use flags::{
-    Cli, Command, DemoArgs, ExportArgs, Format, MergeArgs, Only, RunArgs, SalvageArgs, StatusArgs, VerifyArgs,
+    Cli, Command, DemoArgs, ExportArgs, Format, MergeArgs, Only, RunArgs, SalvageArgs, StatusArgs,
+    UpgradeArgs, VerifyArgs,
 };
 pub use settings::{parse, ParseError, Parsed};
 pub use validate::{pace, run_config};

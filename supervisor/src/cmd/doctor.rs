@@ -1,7 +1,7 @@
 //! `verify` and `salvage`: what a user runs when a store is damaged; and `upgrade`, which moves
 //! a store of an older format to this build's.
 
-use crate::cli::{SalvageArgs, VerifyArgs};
+use crate::cli::{SalvageArgs, UpgradeArgs, VerifyArgs};
 use crate::engine::Error;
 use crate::store::{salvage, Store};
 use crate::util::thousands;
@@ -59,7 +59,7 @@ pub fn salvage(args: &SalvageArgs) -> Result<i32, Error> {
 }
 
 /// `supervisor upgrade --store S`.
-pub fn upgrade(args: &VerifyArgs) -> Result<i32, Error> {
+pub fn upgrade(args: &UpgradeArgs) -> Result<i32, Error> {
     match Store::upgrade_in_place(&args.store)? {
         Some(blocks) => println!(
             "upgraded  {} to format {}: {} blocks moved out of sled into segments",

@@ -4,7 +4,8 @@
 //! [`super::block`] encodes it, is appended to the current segment.
 //!
 //! Why not sled: sled 0.34 bounds its cache in pages, not bytes, and keeps what it reads; with
-//! values of ~90 KB (a compressed block of 1 KiB bodies) its memory grew with the store's size.
+//! values of tens of KB (a compressed block of 256 bodies of 1 KiB is about 71 KB) its memory
+//! grew with the store's size.
 //! Why not the `value-log` crate: its segments are sorted runs, each written by one writer and
 //! registered in a manifest of its own, and it compresses values itself. flota writes a batch of
 //! blocks every 200 ms in no global order, and orders its writes against sled's flush; a block
