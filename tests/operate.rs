@@ -85,6 +85,7 @@ fn metrics_are_scraped_during_a_run() {
         "flota_workers_up",
         "flota_concurrency_limit",
         "flota_paused",
+        "flota_held_results_bytes",
     ] {
         assert!(sample(&text, name).is_some(), "no {name} in:\n{text}");
     }

@@ -258,6 +258,18 @@ pub fn assert_complete(store: &Path, range: std::ops::Range<u64>) {
     }
 }
 
+/// Asserts the store holds exactly the ids of `range`, once each, in order, each with its own
+/// body of mockapi's `--body-bytes size`.
+#[track_caller]
+pub fn assert_complete_sized(store: &Path, range: std::ops::Range<u64>, size: usize) {
+    let records = export(store);
+    assert_eq!(records.len() as u64, range.end - range.start, "one record per id");
+    for (rec, id) in records.iter().zip(range) {
+        assert_eq!(rec["id"].as_u64(), Some(id), "ids in order, each once");
+        assert_eq!(rec["body"].as_str(), Some(mockapi::sized_body(id, size).as_str()), "id {id} whole");
+    }
+}
+
 /// Polls `cond` every 20ms until it holds, failing the test after `deadline`.
 #[track_caller]
 pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {

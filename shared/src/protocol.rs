@@ -284,6 +284,18 @@ pub struct ItemResult {
     pub outcome: Outcome,
 }
 
+impl ItemResult {
+    /// About the bytes it holds in memory: its body or its error, and itself. The supervisor
+    /// counts results against its budget by this.
+    pub fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + match &self.outcome {
+                Outcome::Response { body, .. } => body.len(),
+                Outcome::Failed { error } => error.len(),
+            }
+    }
+}
+
 /// What came of fetching one id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {

@@ -26,7 +26,7 @@ use crate::outbox::Outgoing;
 /// A results frame holds at most this many results...
 const BATCH_MAX_ITEMS: usize = 1024;
 /// ...and stops growing once its bodies pass this many bytes.
-const BATCH_MAX_BYTES: usize = 1 << 20;
+const BATCH_MAX_BYTES: usize = 256 << 10;
 
 /// Why a worker session failed.
 #[derive(Debug, thiserror::Error)]

@@ -25,11 +25,13 @@ use hyper_util::rt::TokioExecutor;
 use shared::{ItemResult, JobSpec, Outcome};
 use worker::policy::{retryable_status, RetryPolicy};
 
+use super::dispatch::HELD_BYTES;
 use super::plan::{plan, PlanMsg};
 use crate::engine::{Error, Figures};
 use crate::fleet::threads;
 use crate::job::RunConfig;
 use crate::store::{self, Store, WriteAck, WriteCmd};
+use crate::util::Budget;
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -45,8 +47,10 @@ pub fn run(cfg: &RunConfig, store: &Store) -> Result<Figures, Error> {
     let (panic_tx, _panics) = unbounded::<Error>();
     let writer = store.writer();
     let on_disk = covered.clone();
+    let held = Arc::new(Budget::new(HELD_BYTES));
+    let given = held.clone();
     threads::spawn("store-writer".into(), &panic_tx, move || {
-        store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx)
+        store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx, given)
     })
     .map_err(Error::Thread)?;
     let (plan_tx, plan_rx) = bounded::<PlanMsg>(4);
@@ -58,7 +62,8 @@ pub fn run(cfg: &RunConfig, store: &Store) -> Result<Figures, Error> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::Thread)?;
     let mut report = Figures::default();
-    let looped = runtime.block_on(event_loop(cfg, concurrency, plan_rx, &write_tx, &mut report));
+    let writes = Writes { tx: write_tx.clone(), held };
+    let looped = runtime.block_on(event_loop(cfg, concurrency, plan_rx, &writes, &mut report));
     let _ = write_tx.send(WriteCmd::Finish);
     let mut failure = looped.err();
     for ack in ack_rx.iter() {
@@ -89,7 +94,7 @@ async fn event_loop(
     cfg: &RunConfig,
     concurrency: usize,
     plans: Receiver<PlanMsg>,
-    writes: &Sender<WriteCmd>,
+    writes: &Writes,
     report: &mut Figures,
 ) -> Result<(), Error> {
     let job = Arc::new(Job::of(&cfg.job, cfg.panic_on.clone(), concurrency));
@@ -133,16 +138,31 @@ async fn event_loop(
                 settle(done, &mut ids_of, &mut batch, &mut requests);
             }
             if batch.len() >= BATCH {
-                let _ = writes.send(WriteCmd::Put(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))));
+                writes.put(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
             }
         }
     }
     while let Some(done) = tasks.join_next_with_id().await {
         settle(done, &mut ids_of, &mut batch, &mut requests);
     }
-    let _ = writes.send(WriteCmd::Put(batch));
+    writes.put(batch);
     report.pace.requests = requests;
     Ok(())
+}
+
+/// The way to the writer, within the run's budget.
+struct Writes {
+    tx: Sender<WriteCmd>,
+    held: Arc<Budget>,
+}
+
+impl Writes {
+    /// Hands results to the writer, first waiting (the whole loop: that is the backpressure)
+    /// while the results not yet durable hold the budget.
+    fn put(&self, batch: Vec<ItemResult>) {
+        self.held.take(batch.iter().map(ItemResult::held_bytes).sum());
+        let _ = self.tx.send(WriteCmd::Put(batch));
+    }
 }
 
 /// A finished task's result, or for a task that panicked, its id stored as failed.

@@ -27,10 +27,15 @@ use crate::engine::{Command, Core, Error, Event, EventKind, Figures, FleetEvent,
 use crate::fleet::{threads, Spawner, WorkerProc};
 use crate::job::RunConfig;
 use crate::store::{self, WriteAck, WriteCmd};
+use crate::util::Budget;
 use crate::watch::{LiveFile, Metrics, Notifier, Progress};
 
 /// How often the core's timers are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// The most bytes of results the supervisor holds, from a worker's pipe until they are durable:
+/// twice what the writer holds back for incomplete blocks, so the writer's hold never stalls
+/// the readers.
+pub const HELD_BYTES: usize = 2 * store::HOLD_BYTES;
 
 impl Settings {
     fn of(cfg: &RunConfig) -> Settings {
@@ -66,8 +71,10 @@ pub fn run(
     let covered = store.covered()?;
     let total = covered.total()?;
     let on_disk = covered.clone();
+    let held = Arc::new(Budget::new(HELD_BYTES));
+    let given = held.clone();
     threads::spawn("store-writer".into(), &panic_tx, move || {
-        store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx)
+        store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx, given)
     })
     .map_err(Error::Thread)?;
     let (reader, to_plan, chunk, retry_q) =
@@ -87,7 +94,7 @@ pub fn run(
     let mut l = Loop {
         core: Core::new(Settings::of(cfg), Instant::now(), fastrand::Rng::new()),
         reload: watch.reload.as_ref(),
-        workers: Workers::new(spawner, cfg.job.clone(), events_tx, panic_tx),
+        workers: Workers::new(spawner, cfg.job.clone(), events_tx, panic_tx, held.clone()),
         writes: write_tx,
         acks: ack_rx.clone(),
         feedback: VecDeque::new(),
@@ -149,13 +156,13 @@ struct Watchers {
 }
 
 impl Watchers {
-    fn tick(&mut self, core: &Core, now: Instant) {
+    fn tick(&mut self, core: &Core, held: usize, now: Instant) {
         let snapshot = core.snapshot(now);
         let line = self.progress.update(&snapshot, now);
         self.notify.tick(&snapshot, &line, core.fleet_up(), now);
         self.live.tick(&snapshot, &line, now);
         if let Some(m) = &self.metrics {
-            m.snapshot(&snapshot);
+            m.snapshot(&snapshot, held);
         }
     }
 
@@ -227,7 +234,7 @@ impl Loop<'_> {
             };
             self.watchers.saw(&event, killed);
             if matches!(event, Event::Tick) {
-                self.watchers.tick(&self.core, Instant::now());
+                self.watchers.tick(&self.core, self.workers.held.held(), Instant::now());
             }
             if matches!(event, Event::Signal(SIGHUP)) {
                 self.reload(Instant::now());
@@ -314,6 +321,7 @@ impl Loop<'_> {
             Command::CloseInput { slot, gen } => self.workers.close(slot, gen),
             Command::Kill { slot, gen, why } => self.workers.kill(slot, gen, why),
             Command::Store(results) => self.write(WriteCmd::Put(results)),
+            Command::Release(bytes) => self.workers.held.give(bytes),
             Command::Quarantine { id, deaths, reason } => {
                 self.write(WriteCmd::Quarantine { id, deaths, reason })
             }
@@ -368,14 +376,22 @@ struct Workers {
     job: JobSpec,
     events: Sender<FleetEvent>,
     panics: Sender<Error>,
+    /// The run's budget, which the readers take from.
+    held: Arc<Budget>,
     procs: Vec<Option<(u64, WorkerProc)>>,
     /// Why the supervisor killed a worker, until its end is seen.
     killed: HashMap<(usize, u64), KillReason>,
 }
 
 impl Workers {
-    fn new(spawner: Spawner, job: JobSpec, events: Sender<FleetEvent>, panics: Sender<Error>) -> Workers {
-        Workers { spawner, job, events, panics, procs: Vec::new(), killed: HashMap::new() }
+    fn new(
+        spawner: Spawner,
+        job: JobSpec,
+        events: Sender<FleetEvent>,
+        panics: Sender<Error>,
+        held: Arc<Budget>,
+    ) -> Workers {
+        Workers { spawner, job, events, panics, held, procs: Vec::new(), killed: HashMap::new() }
     }
 
     fn get(&mut self, slot: usize, gen: u64) -> Option<&mut WorkerProc> {
@@ -389,7 +405,7 @@ impl Workers {
         if self.procs.len() <= slot {
             self.procs.resize_with(slot + 1, || None);
         }
-        match self.spawner.spawn(slot, gen, &self.job, self.events.clone(), &self.panics) {
+        match self.spawner.spawn(slot, gen, &self.job, self.events.clone(), &self.panics, self.held.clone()) {
             Ok(proc) => {
                 let pid = proc.pid;
                 self.procs[slot] = Some((gen, proc));

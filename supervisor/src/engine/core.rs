@@ -375,7 +375,12 @@ impl Core {
         if let EventKind::Gone { how, error } = kind {
             return self.on_gone(slot, gen, how, error, now);
         }
-        let Some(w) = live_worker(&mut self.slots, slot, gen) else { return };
+        let Some(w) = live_worker(&mut self.slots, slot, gen) else {
+            if let EventKind::Results(results) = kind {
+                self.out.push(Command::Release(held_bytes(&results)));
+            }
+            return;
+        };
         w.last_heard = now;
         match kind {
             EventKind::Hello if w.stage == Stage::Starting => {
@@ -390,8 +395,10 @@ impl Core {
     }
 
     fn on_results(&mut self, slot: usize, gen: u64, mut results: Vec<ItemResult>, now: Instant) {
-        let Some(w) = live_worker(&mut self.slots, slot, gen) else { return };
-        let before = results.len();
+        let Some(w) = live_worker(&mut self.slots, slot, gen) else {
+            return self.out.push(Command::Release(held_bytes(&results)));
+        };
+        let (before, held_before) = (results.len(), held_bytes(&results));
         match &mut w.load {
             Load::Chunks(held) => results.retain(|r| held.remove(&r.id)),
             Load::Alone(id) => {
@@ -403,7 +410,10 @@ impl Core {
                 }
             }
         }
-        self.report.dropped_results += (before - results.len()) as u64;
+        if results.len() < before {
+            self.report.dropped_results += (before - results.len()) as u64;
+            self.out.push(Command::Release(held_before - held_bytes(&results)));
+        }
         if w.load.is_empty() {
             self.pacer.busy(slot, gen, false, now, &mut self.out);
         }
@@ -741,6 +751,11 @@ impl Core {
             }
         }
     }
+}
+
+/// What `results` hold of the run's budget.
+fn held_bytes(results: &[ItemResult]) -> usize {
+    results.iter().map(ItemResult::held_bytes).sum()
 }
 
 /// The running worker of generation `gen` in `slot`, if that is still the slot's worker.

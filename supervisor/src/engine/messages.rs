@@ -139,6 +139,9 @@ pub enum Command {
     },
     /// Write these results to the store.
     Store(Vec<ItemResult>),
+    /// Results were dropped (the worker did not hold their ids, or is no longer the slot's):
+    /// give back the bytes they held of the run's budget.
+    Release(usize),
     /// Store `id` as quarantined.
     Quarantine {
         /// The id.

@@ -8,8 +8,9 @@
 //!
 //! Each worker gets two threads. Its writer owns the child's stdin and writes what the
 //! dispatcher queues, so a worker that stops reading stalls only that thread. Its reader owns
-//! the child's stdout, decodes frames into [`FleetEvent`]s for the dispatcher, and after the end
-//! of the stream reaps the child and reports how it ended. A worker that sends anything
+//! the child's stdout, decodes frames into [`FleetEvent`]s for the dispatcher (taking their
+//! results' bytes from the run's [`Budget`] first, so it stops reading while the supervisor
+//! holds too much), and after the end of the stream reaps the child and reports how it ended. A worker that sends anything
 //! malformed is killed on the spot: the supervisor never trusts a frame.
 //!
 //! Signals reach a worker only through its `Child`, shared by the dispatcher's [`WorkerProc`]
@@ -31,10 +32,11 @@ use nix::unistd::Pid;
 
 use crate::engine::{Error, EventKind, FleetEvent};
 use crate::job::WorkerLimits;
+use crate::util::Budget;
 
 pub mod threads;
 use shared::frame::{decode, peek_hello_version};
-use shared::{FrameReader, FrameWriter, FromWorker, JobSpec, ToWorker, PROTOCOL_VERSION};
+use shared::{FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, ToWorker, PROTOCOL_VERSION};
 
 /// Variables a worker must not inherit: they address the service manager, which only the
 /// supervisor may talk to.
@@ -103,6 +105,7 @@ impl Spawner {
         job: &JobSpec,
         events: Sender<FleetEvent>,
         panics: &Sender<Error>,
+        held: Arc<Budget>,
     ) -> std::io::Result<WorkerProc> {
         let mut cmd = Command::new(&self.bin);
         if self.self_exec {
@@ -141,7 +144,7 @@ impl Spawner {
             threads::spawn(format!("worker-{slot}-writer"), panics, move || write_worker(slot, stdin, rx))
                 .and_then(|_| {
                     let (child, max_frame) = (child.clone(), self.max_frame);
-                    let read = move || read_worker(slot, gen, &child, stdout, max_frame, &events);
+                    let read = move || read_worker(slot, gen, &child, stdout, max_frame, &events, &held);
                     threads::spawn(format!("worker-{slot}-reader"), panics, read)
                 });
         if let Err(e) = started {
@@ -224,9 +227,10 @@ fn read_worker(
     stdout: ChildStdout,
     max_frame: usize,
     events: &Sender<FleetEvent>,
+    held: &Budget,
 ) {
     let send = |kind| events.send(FleetEvent { slot, gen, kind }).is_ok();
-    let mut reader = FrameReader::new(BufReader::with_capacity(256 * 1024, stdout), max_frame);
+    let mut reader = FrameReader::new(BufReader::with_capacity(64 * 1024, stdout), max_frame);
     let mut greeted = false;
     let error = loop {
         let payload = match reader.read_payload() {
@@ -247,7 +251,10 @@ fn read_worker(
                 greeted = true;
                 EventKind::Hello
             }
-            Ok(FromWorker::Results(r)) => EventKind::Results(r),
+            Ok(FromWorker::Results(r)) => {
+                held.take(r.iter().map(ItemResult::held_bytes).sum());
+                EventKind::Results(r)
+            }
             Ok(FromWorker::Heartbeat) => EventKind::Heartbeat,
             Ok(FromWorker::Spent(n)) => EventKind::Spent(n),
             Ok(FromWorker::Traffic(t)) => EventKind::Traffic(t),

@@ -172,40 +172,86 @@ pub fn decode(value: &[u8], n: u64) -> Result<Vec<(u16, Record)>, BlockError> {
 
 /// Encodes records (offset → record) as block `n`.
 pub fn encode(n: u64, records: &BTreeMap<u16, Record>) -> Vec<u8> {
-    let mut index = Vec::with_capacity(records.len() * INDEX_ENTRY);
-    let mut data = Vec::new();
-    for (&offset, record) in records {
-        let (kind, status, attempts, bytes) = match record {
-            Record::Answer { attempts, status, body } => (KIND_ANSWER, *status, *attempts, body.as_slice()),
-            Record::Failed { attempts, error, quarantined } => {
-                let kind = if *quarantined { KIND_QUARANTINED } else { KIND_FAILED };
-                (kind, 0, *attempts, error.as_bytes())
-            }
-        };
-        index.extend_from_slice(&offset.to_le_bytes());
-        index.push(kind);
-        index.extend_from_slice(&status.to_le_bytes());
-        put_varint(&mut data, u64::from(attempts));
-        put_varint(&mut data, bytes.len() as u64);
-        data.extend_from_slice(bytes);
-    }
-    let count = u16::try_from(records.len()).expect("a block holds at most BLOCK_IDS records");
-    let mut out = Vec::with_capacity(HEADER + index.len() + data.len() / 2 + 16);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&n.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&index);
-    out.extend_from_slice(&u32::try_from(data.len()).expect("a block's records fit in 4 GiB").to_le_bytes());
-    out.extend_from_slice(
-        &zstd::bulk::compress(&data, ZSTD_LEVEL).expect("compressing into memory cannot fail"),
-    );
-    let len = u32::try_from(out.len()).expect("a block fits in 4 GiB");
-    out[14..18].copy_from_slice(&len.to_le_bytes());
-    let crc = checksum(&out);
-    out[CRC_AT..HEADER].copy_from_slice(&crc.to_le_bytes());
-    out
+    Encoder::new().encode(n, records)
 }
+
+/// Encodes blocks one after another, reusing its buffers and its compression context: a block
+/// of kilobyte bodies is megabytes before compression, and a fresh context and fresh buffers
+/// for each would be allocated, grown and freed again for every block.
+pub struct Encoder {
+    index: Vec<u8>,
+    data: Vec<u8>,
+    packed: Vec<u8>,
+    zstd: zstd::bulk::Compressor<'static>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Encoder {
+    /// An encoder with empty buffers.
+    pub fn new() -> Encoder {
+        let zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("a compression context can be made");
+        Encoder { index: Vec::new(), data: Vec::new(), packed: Vec::new(), zstd }
+    }
+
+    /// Encodes records (offset → record) as block `n`: a buffer of exactly the block's size.
+    pub fn encode(&mut self, n: u64, records: &BTreeMap<u16, Record>) -> Vec<u8> {
+        let (index, data) = (&mut self.index, &mut self.data);
+        index.clear();
+        data.clear();
+        for (&offset, record) in records {
+            let (kind, status, attempts, bytes) = match record {
+                Record::Answer { attempts, status, body } => {
+                    (KIND_ANSWER, *status, *attempts, body.as_slice())
+                }
+                Record::Failed { attempts, error, quarantined } => {
+                    let kind = if *quarantined { KIND_QUARANTINED } else { KIND_FAILED };
+                    (kind, 0, *attempts, error.as_bytes())
+                }
+            };
+            index.extend_from_slice(&offset.to_le_bytes());
+            index.push(kind);
+            index.extend_from_slice(&status.to_le_bytes());
+            put_varint(data, u64::from(attempts));
+            put_varint(data, bytes.len() as u64);
+            data.extend_from_slice(bytes);
+        }
+        self.packed.clear();
+        self.packed.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        self.zstd
+            .compress_to_buffer(data, &mut self.packed)
+            .expect("compressing into a large enough buffer cannot fail");
+        let count = u16::try_from(records.len()).expect("a block holds at most BLOCK_IDS records");
+        let mut out = Vec::with_capacity(HEADER + index.len() + 4 + self.packed.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(index);
+        out.extend_from_slice(
+            &u32::try_from(data.len()).expect("a block's records fit in 4 GiB").to_le_bytes(),
+        );
+        out.extend_from_slice(&self.packed);
+        let len = u32::try_from(out.len()).expect("a block fits in 4 GiB");
+        out[14..18].copy_from_slice(&len.to_le_bytes());
+        let crc = checksum(&out);
+        out[CRC_AT..HEADER].copy_from_slice(&crc.to_le_bytes());
+        // A block of big bodies leaves big buffers: keep them for the next only if modest.
+        for buf in [&mut self.data, &mut self.packed] {
+            if buf.capacity() > KEEP_CAPACITY {
+                *buf = Vec::new();
+            }
+        }
+        out
+    }
+}
+
+/// Encoding buffers up to this size are kept for the next block.
+const KEEP_CAPACITY: usize = 4 << 20;
 
 /// CRC-32 of a block's bytes but its own field.
 fn checksum(value: &[u8]) -> u32 {

@@ -55,7 +55,7 @@ pub use history::LastRun;
 pub use messages::{WriteAck, WriteCmd};
 pub use reader::Reader;
 pub use record::{Counts, Record};
-pub use writer::{write_loop, Timing};
+pub use writer::{write_loop, Timing, HOLD_BYTES};
 
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,9 @@ pub struct Sink<'a> {
     pub appender: &'a mut Appender,
     staged: Vec<(u64, Vec<u8>)>,
     staged_bytes: usize,
+    /// Entries of blocks appended since the last commit.
+    batch: sled::Batch,
+    appended: u64,
     /// Blocks made durable through this sink so far.
     pub written: u64,
 }
@@ -39,7 +42,17 @@ impl<'a> Sink<'a> {
         refs: &'a sled::Tree,
         appender: &'a mut Appender,
     ) -> Sink<'a> {
-        Sink { path, db, refs, appender, staged: Vec::new(), staged_bytes: 0, written: 0 }
+        Sink {
+            path,
+            db,
+            refs,
+            appender,
+            staged: Vec::new(),
+            staged_bytes: 0,
+            batch: sled::Batch::default(),
+            appended: 0,
+            written: 0,
+        }
     }
 
     /// Adds a block to the next batch, and writes the batch when it is full. Returns whether
@@ -64,23 +77,36 @@ impl<'a> Sink<'a> {
     /// Writes `blocks` (block number, encoded block), durably. The bytes of the entries they
     /// replace are dead from then on (the reclaim finds them by what no entry points at).
     pub fn put(&mut self, blocks: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
-        if blocks.is_empty() {
+        for (n, bytes) in blocks {
+            self.append(*n, bytes)?;
+        }
+        self.commit()
+    }
+
+    /// Appends block `n` to the segments, for the next [`Sink::commit`] to point sled at: a
+    /// writer can drop each block's bytes as soon as they are appended.
+    pub fn append(&mut self, n: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let (segment, offset) = self.appender.append(bytes)?;
+        let r = BlockRef::of_block(n, bytes, segment, offset).map_err(|why| corrupt(self.path, n, why))?;
+        self.batch.insert(&key(n), &r.encode()[..]);
+        self.appended += 1;
+        Ok(())
+    }
+
+    /// Makes what was appended durable: syncs the segments, then applies the entries in one
+    /// batch and flushes.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if self.appended == 0 {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for (n, bytes) in blocks {
-            let (segment, offset) = self.appender.append(bytes)?;
-            let r =
-                BlockRef::of_block(*n, bytes, segment, offset).map_err(|why| corrupt(self.path, *n, why))?;
-            batch.insert(&key(*n), &r.encode()[..]);
-        }
         self.appender.sync()?;
+        let batch = std::mem::take(&mut self.batch);
         guard(self.path, || {
             self.refs.apply_batch(batch)?;
             self.db.flush()?;
             Ok(())
         })?;
-        self.written += blocks.len() as u64;
+        self.written += std::mem::take(&mut self.appended);
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The store: writing over many flushes, holding blocks, damage, formats, locks.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shared::{ItemResult, Outcome};
@@ -7,6 +8,10 @@ use shared::{ItemResult, Outcome};
 use super::access::key;
 use super::*;
 use crate::job::{Durable, IdRange, Tally};
+use crate::util::Budget;
+
+/// The writer's budget in these tests: what the runs use.
+const HELD: usize = 2 * HOLD_BYTES;
 
 fn answer(id: u64, status: u16, body: &str) -> ItemResult {
     ItemResult { id, attempts: 2, outcome: Outcome::Response { status, body: body.as_bytes().to_vec() } }
@@ -20,7 +25,14 @@ fn write_in_flushes(store: &Store, batches: Vec<Vec<ItemResult>>) -> Vec<Durable
     let writer = store.writer();
     let timing = Timing { every: Duration::from_millis(1), hold: Duration::ZERO };
     let t = std::thread::spawn(move || {
-        write_loop(writer, Covered::of_range(IdRange { start: 0, end: u64::MAX }), timing, cmd_rx, ack_tx)
+        write_loop(
+            writer,
+            Covered::of_range(IdRange { start: 0, end: u64::MAX }),
+            timing,
+            cmd_rx,
+            ack_tx,
+            Arc::new(Budget::new(HELD)),
+        )
     });
     let mut acks = Vec::new();
     for batch in batches {
@@ -78,12 +90,22 @@ fn a_block_is_held_until_complete_then_written_once() {
     let writer = store.writer();
     let timing = Timing { every: Duration::from_millis(1), hold: Duration::from_secs(60) };
     let range = IdRange { start: 100, end: 256 };
-    let t = std::thread::spawn(move || write_loop(writer, Covered::of_range(range), timing, cmd_rx, ack_tx));
+    let held = Arc::new(Budget::new(HELD));
+    let given = held.clone();
+    let t = std::thread::spawn(move || {
+        write_loop(writer, Covered::of_range(range), timing, cmd_rx, ack_tx, given)
+    });
+    let put = |results: Vec<ItemResult>| {
+        held.take(results.iter().map(ItemResult::held_bytes).sum());
+        cmd_tx.send(WriteCmd::Put(results)).expect("sends");
+    };
     let half: Vec<ItemResult> = (100..200).map(|i| answer(i, 200, "x")).collect();
-    cmd_tx.send(WriteCmd::Put(half)).expect("sends");
+    let half_bytes: usize = half.iter().map(ItemResult::held_bytes).sum();
+    put(half);
     assert!(ack_rx.recv_timeout(Duration::from_millis(50)).is_err(), "an incomplete block waits");
     assert!(store.refs.is_empty());
-    cmd_tx.send(WriteCmd::Put((200..256).map(|i| answer(i, 200, "x")).collect())).expect("sends");
+    assert_eq!(held.held(), half_bytes, "results held count against the budget");
+    put((200..256).map(|i| answer(i, 200, "x")).collect());
     match ack_rx.recv_timeout(Duration::from_secs(5)) {
         Ok(WriteAck::Durable(d)) => {
             assert_eq!(d.tally.answered, 156, "the ids of the range complete the block")
@@ -91,9 +113,50 @@ fn a_block_is_held_until_complete_then_written_once() {
         other => panic!("expected a durable ack, got {other:?}"),
     }
     assert_eq!(store.records().count(), 156);
+    assert_eq!(held.held(), 0, "durable results give their bytes back");
     cmd_tx.send(WriteCmd::Finish).expect("sends");
     t.join().expect("joins");
     assert!(matches!(ack_rx.try_recv(), Ok(WriteAck::Finished)), "nothing else was pending");
+}
+
+#[test]
+fn pending_bodies_past_the_hold_are_written_at_once_and_the_writer_opens_the_budget_when_it_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
+    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+    let writer = store.writer();
+    // Neither the tick nor the hold timer would write within the test's bounds.
+    let timing = Timing { every: Duration::from_secs(600), hold: Duration::from_secs(600) };
+    let held = Arc::new(Budget::new(HELD));
+    let given = held.clone();
+    let range = IdRange { start: 0, end: 1 << 20 };
+    let t = std::thread::spawn(move || {
+        write_loop(writer, Covered::of_range(range), timing, cmd_rx, ack_tx, given)
+    });
+    // One 1 MiB body in each of 17 blocks: none complete, together past the hold.
+    let big = vec![b'x'; 1 << 20];
+    let results: Vec<ItemResult> = (0..17u64)
+        .map(|n| ItemResult {
+            id: n * block::BLOCK_IDS,
+            attempts: 1,
+            outcome: Outcome::Response { status: 200, body: big.clone() },
+        })
+        .collect();
+    assert!(results.iter().map(ItemResult::held_bytes).sum::<usize>() > HOLD_BYTES);
+    held.take(results.iter().map(ItemResult::held_bytes).sum());
+    cmd_tx.send(WriteCmd::Put(results)).expect("sends");
+    match ack_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(WriteAck::Durable(d)) => assert_eq!(d.tally.answered, 17),
+        other => panic!("expected a durable ack at once, got {other:?}"),
+    }
+    assert_eq!(held.held(), 0);
+    // Spent past the limit, the budget would block a reader; once the writer ends it does not.
+    held.take(HELD);
+    cmd_tx.send(WriteCmd::Finish).expect("sends");
+    t.join().expect("joins");
+    held.take(HELD);
+    assert_eq!(held.held(), 2 * HELD);
 }
 
 #[test]
@@ -147,7 +210,14 @@ fn writer_makes_results_durable_and_the_store_finds_them() {
     let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
     let writer = store.writer();
     let t = std::thread::spawn(move || {
-        write_loop(writer, Covered::of_range(IdRange { start: 0, end: 10 }), Timing::DEFAULT, cmd_rx, ack_tx)
+        write_loop(
+            writer,
+            Covered::of_range(IdRange { start: 0, end: 10 }),
+            Timing::DEFAULT,
+            cmd_rx,
+            ack_tx,
+            Arc::new(Budget::new(HELD)),
+        )
     });
     let failed = ItemResult { id: 5, attempts: 8, outcome: Outcome::Failed { error: "x".into() } };
     cmd_tx.send(WriteCmd::Put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed])).expect("sends");

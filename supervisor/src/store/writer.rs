@@ -7,7 +7,13 @@
 //! complete (as many of its ids have a record, stored before or pending now, as the job covers
 //! in it), and writes it once. A block is written incomplete only when its first pending result
 //! has waited [`Timing::hold`], when pending bodies pass [`HOLD_BYTES`], or at the end of the
-//! run; merging it with what is stored keeps every record either way.
+//! run; merging it with what is stored keeps every record either way. Complete blocks are
+//! written at each tick, or at once when they hold [`READY_BYTES`]: with bodies of kilobytes,
+//! a tick's worth of results would otherwise be most of what the supervisor holds.
+//!
+//! The results it holds count against the run's [`Budget`]: it gives their bytes back once
+//! they are durable, and opens the budget when it ends, so no reader waits on a writer that is
+//! gone.
 //!
 //! Each write appends the due blocks to the current segment and fdatasyncs it, then applies one
 //! sled batch of their entries and flushes (`put`); only then are its results acked as durable:
@@ -15,6 +21,7 @@
 //! rewritten blocks left mostly dead (`gc`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -32,6 +39,7 @@ use super::put::Sink;
 use super::record::Record;
 use super::segments::{Appender, SegmentReader};
 use crate::job::{mask_ids, mask_len, Durable, Tally};
+use crate::util::Budget;
 
 /// When the writer writes.
 #[derive(Debug, Clone, Copy)]
@@ -47,19 +55,24 @@ impl Timing {
     pub const DEFAULT: Timing = Timing { every: Duration::from_millis(200), hold: Duration::from_secs(1) };
 }
 
-/// Pending bodies past this many bytes are written whatever their blocks' state.
-const HOLD_BYTES: usize = 16 << 20;
+/// Pending bodies past this many bytes are written whatever their blocks' state. A run's
+/// [`Budget`] must be larger, or results would wait for the hold timer.
+pub const HOLD_BYTES: usize = 16 << 20;
+/// Complete blocks holding this many bytes are written without waiting for the tick.
+const READY_BYTES: usize = 4 << 20;
 
 /// The writer thread's body: gathers results by block, writes complete blocks (and any held
-/// too long), flushes, and acks. `covered` is the job's: a block is complete when as many of
-/// its ids have a record as the job covers in it.
+/// too long), flushes, acks, and gives the results' bytes back to `held`. `covered` is the
+/// job's: a block is complete when as many of its ids have a record as the job covers in it.
 pub fn write_loop(
     writer: Writer,
     covered: Covered,
     timing: Timing,
     cmds: Receiver<WriteCmd>,
     acks: Sender<WriteAck>,
+    held: Arc<Budget>,
 ) {
+    let _open = OpenOnExit(&held);
     let mut appender = match Appender::open(&writer.path) {
         Ok(a) => a,
         Err(e) => {
@@ -68,13 +81,21 @@ pub fn write_loop(
         }
     };
     let mut segments = SegmentReader::new(&writer.path);
-    let mut pending = Pending { covered, hold: timing.hold, blocks: BTreeMap::new(), bytes: 0 };
+    let mut pending = Pending {
+        covered,
+        hold: timing.hold,
+        blocks: BTreeMap::new(),
+        bytes: 0,
+        ready: 0,
+        encoder: block::Encoder::new(),
+    };
     let mut next_write = Instant::now() + timing.every;
     loop {
         let cmd = cmds.recv_deadline(next_write);
         let finish = matches!(cmd, Ok(WriteCmd::Finish) | Err(RecvTimeoutError::Disconnected));
         let added = match cmd {
             Ok(WriteCmd::Put(results)) => results.into_iter().try_for_each(|r| {
+                let bytes = r.held_bytes();
                 let mut d = Durable::default();
                 d.tally.retries = u64::from(r.attempts.saturating_sub(1));
                 match &r.outcome {
@@ -84,7 +105,7 @@ pub fn write_loop(
                     }
                     Outcome::Failed { .. } => d.tally.failed = 1,
                 }
-                pending.add(&writer, r.id, Record::from(r), d)
+                pending.add(&writer, r.id, Record::from(r), d, bytes)
             }),
             Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
                 let tally = Tally { failed: 1, quarantined: 1, ..Tally::default() };
@@ -94,13 +115,14 @@ pub fn write_loop(
                     id,
                     Record::Failed { attempts: deaths, error: reason, quarantined: true },
                     d,
+                    0,
                 )
             }
             Ok(WriteCmd::Finish) | Err(_) => Ok(()),
         };
         let now = Instant::now();
         let written = added.and_then(|()| {
-            if finish || now >= next_write {
+            if finish || now >= next_write || pending.bytes >= HOLD_BYTES || pending.ready >= READY_BYTES {
                 next_write = now + timing.every;
                 pending.write(&writer, &mut appender, &mut segments, now, finish)
             } else {
@@ -108,7 +130,8 @@ pub fn write_loop(
             }
         });
         match written {
-            Ok(Some(durable)) => {
+            Ok(Some((durable, bytes))) => {
+                held.give(bytes);
                 let _ = acks.send(WriteAck::Durable(durable));
             }
             Ok(None) => {}
@@ -143,7 +166,11 @@ struct Pending {
     covered: Covered,
     hold: Duration,
     blocks: BTreeMap<u64, PendingBlock>,
+    /// The size of every pending record.
     bytes: usize,
+    /// What the complete blocks among them hold of the budget.
+    ready: usize,
+    encoder: block::Encoder,
 }
 
 struct PendingBlock {
@@ -159,10 +186,28 @@ struct PendingBlock {
     wanted: usize,
     since: Instant,
     durable: Durable,
+    /// What its results count against the budget.
+    held: usize,
+}
+
+/// Opens the budget when the writer ends, however it ends.
+struct OpenOnExit<'a>(&'a Budget);
+
+impl Drop for OpenOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.open();
+    }
 }
 
 impl Pending {
-    fn add(&mut self, writer: &Writer, id: u64, record: Record, d: Durable) -> Result<(), StoreError> {
+    fn add(
+        &mut self,
+        writer: &Writer,
+        id: u64,
+        record: Record,
+        d: Durable,
+        held: usize,
+    ) -> Result<(), StoreError> {
         let (n, offset) = block::locate(id);
         let p = match self.blocks.entry(n) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
@@ -186,9 +231,11 @@ impl Pending {
                     wanted,
                     since: Instant::now(),
                     durable: Durable::default(),
+                    held: 0,
                 })
             }
         };
+        let was_complete = p.filled >= p.wanted;
         self.bytes += record.size();
         match p.records.insert(offset, record) {
             Some(replaced) => self.bytes -= replaced.size(),
@@ -196,11 +243,16 @@ impl Pending {
             None => {}
         }
         p.durable.add(d);
+        p.held += held;
+        if p.filled >= p.wanted {
+            self.ready += if was_complete { held } else { p.held };
+        }
         Ok(())
     }
 
     /// Writes the blocks that are due (all of them when `all`), in one batch, and flushes.
-    /// Returns what became durable, or `None` if nothing was due.
+    /// Returns what became durable and the budget its results held, or `None` if nothing was
+    /// due.
     fn write(
         &mut self,
         writer: &Writer,
@@ -208,7 +260,7 @@ impl Pending {
         segments: &mut SegmentReader,
         now: Instant,
         all: bool,
-    ) -> Result<Option<Durable>, StoreError> {
+    ) -> Result<Option<(Durable, usize)>, StoreError> {
         let everything = all || self.bytes >= HOLD_BYTES;
         let due: Vec<u64> = self
             .blocks
@@ -219,8 +271,10 @@ impl Pending {
         if due.is_empty() {
             return Ok(None);
         }
-        let mut blocks = Vec::with_capacity(due.len());
-        let mut durable = Durable::default();
+        let mut sink = Sink::new(&writer.path, &writer.db, &writer.refs, appender);
+        let (mut durable, mut held) = (Durable::default(), 0);
+        // Every complete block is due.
+        self.ready = 0;
         for n in due {
             let p = self.blocks.remove(&n).expect("listed above");
             let mut records = p.records;
@@ -233,13 +287,14 @@ impl Pending {
                     records.entry(offset).or_insert(record);
                 }
             }
-            blocks.push((n, block::encode(n, &records)));
+            sink.append(n, &self.encoder.encode(n, &records))?;
             let new_records = (p.filled - p.stored.len()) as u64;
             durable.add(Durable { new_records, ..p.durable });
+            held += p.held;
         }
         let started = Instant::now();
-        Sink::new(&writer.path, &writer.db, &writer.refs, appender).put(&blocks)?;
+        sink.commit()?;
         durable.flush = Some(started.elapsed());
-        Ok(Some(durable))
+        Ok(Some((durable, held)))
     }
 }

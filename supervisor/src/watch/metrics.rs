@@ -40,6 +40,7 @@ pub struct Metrics {
     concurrency: Gauge,
     rate: Gauge<f64, AtomicU64>,
     paused: Gauge,
+    held: Gauge,
     /// Each worker slot's last `sending`, summed into `in_flight`.
     sending: Mutex<Vec<u32>>,
     last_restarts: AtomicU64,
@@ -66,6 +67,7 @@ impl Metrics {
             concurrency: Gauge::default(),
             rate: Gauge::default(),
             paused: Gauge::default(),
+            held: Gauge::default(),
             sending: Mutex::new(vec![0; workers]),
             last_restarts: AtomicU64::new(0),
             registry: Registry::default(),
@@ -104,6 +106,12 @@ impl Metrics {
         r.register("concurrency_limit", "The fleet's limit on requests in flight", m.concurrency.clone());
         r.register("rate_limit_requests_per_second", "The rate in force; 0 for none", m.rate.clone());
         r.register("paused", "1 while a server-asked pause is in force", m.paused.clone());
+        r.register_with_unit(
+            "held_results",
+            "Results the supervisor holds until they are durable (bounded by its budget)",
+            Unit::Bytes,
+            m.held.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -153,8 +161,9 @@ impl Metrics {
         }
     }
 
-    /// The run's figures at a tick.
-    pub fn snapshot(&self, s: &Snapshot) {
+    /// The run's figures at a tick, and the bytes of results held then.
+    pub fn snapshot(&self, s: &Snapshot, held: usize) {
+        self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
         let before = self.last_restarts.swap(s.tally.restarts, Ordering::Relaxed);
         self.restarts.inc_by(s.tally.restarts.saturating_sub(before));
         self.queued.set(s.queued as i64);
@@ -287,11 +296,14 @@ mod tests {
             ..Durable::default()
         });
         m.worker_gone(0, Some("crashed"));
-        m.snapshot(&Snapshot {
-            tally: Tally { restarts: 1, ..Tally::default() },
-            pace: Pacing { concurrency: 64, rate: Some(20.0), ..Pacing::default() },
-            ..Snapshot::default()
-        });
+        m.snapshot(
+            &Snapshot {
+                tally: Tally { restarts: 1, ..Tally::default() },
+                pace: Pacing { concurrency: 64, rate: Some(20.0), ..Pacing::default() },
+                ..Snapshot::default()
+            },
+            4096,
+        );
         let text = m.encode();
         for line in [
             "flota_items_total{outcome=\"ok\"} 2",
@@ -308,6 +320,7 @@ mod tests {
             "flota_http_request_duration_seconds_count 2",
             "flota_concurrency_limit 64",
             "flota_rate_limit_requests_per_second 20.0",
+            "flota_held_results_bytes 4096",
             "# TYPE flota_store_write_duration_seconds histogram",
         ] {
             assert!(text.contains(line), "no `{line}` in:\n{text}");

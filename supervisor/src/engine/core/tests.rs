@@ -67,6 +67,8 @@ struct Sim {
     /// Whether a Kill makes the worker gone at once, as a real SIGKILL soon does.
     kills_take_effect: bool,
     feedback: VecDeque<Event>,
+    /// Bytes of the budget given back for dropped results.
+    released: usize,
 }
 
 impl Sim {
@@ -97,6 +99,7 @@ impl Sim {
             spawn_error: None,
             kills_take_effect: false,
             feedback: VecDeque::new(),
+            released: 0,
         }
     }
 
@@ -178,6 +181,7 @@ impl Sim {
             }
             Command::Log(level, line) => self.logs.push((level, line)),
             Command::Pace { .. } | Command::Permits { .. } | Command::Pause { .. } => {}
+            Command::Release(bytes) => self.released += bytes,
             Command::Finish => self.finished = true,
         }
     }
@@ -317,6 +321,12 @@ fn a_result_for_an_id_the_worker_does_not_hold_is_dropped() {
     sim.feed(worker(0, 1, EventKind::Results(vec![ok(3), ok(999)])));
     assert_eq!(sim.stored, vec![3], "stored once, from its holder");
     assert_eq!(sim.core.report.dropped_results, 3);
+    let dropped = 2 * ok(3).held_bytes() + ok(999).held_bytes();
+    assert_eq!(sim.released, dropped, "what is dropped gives its budget back");
+    // A result from a worker that is no longer the slot's gives its budget back too.
+    sim.feed(worker(1, 7, EventKind::Results(vec![ok(4)])));
+    assert_eq!(sim.released, dropped + ok(4).held_bytes());
+    assert_eq!(sim.stored, vec![3]);
 }
 
 #[test]

@@ -1,0 +1,127 @@
+//! A bound on the bytes of results the supervisor holds between a worker's pipe and the store.
+//!
+//! A worker's reader thread takes a frame's bytes before it hands the results on, and blocks
+//! while the budget is spent: it stops reading the pipe, the pipe fills, and the worker's
+//! results wait in the worker, which holds no more than its window of ids. The store writer
+//! gives the bytes back once the results are durable; the core gives back those it drops.
+//! So whatever the body size, the results in the supervisor's channels and the writer's
+//! pending blocks stay under the limit, and memory stays flat.
+
+use std::sync::{Condvar, Mutex, PoisonError};
+
+/// Bytes held, bounded. See the module documentation.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    held: usize,
+    /// Takes no longer wait: the run is ending, or what gives bytes back has stopped.
+    open: bool,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Budget {
+        Budget { limit, state: Mutex::new(State::default()), freed: Condvar::new() }
+    }
+
+    /// Takes `bytes`, first waiting until they fit under the limit. A take larger than the whole
+    /// limit waits until nothing else is held, then passes alone, so no frame waits forever.
+    pub fn take(&self, bytes: usize) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while !s.open && s.held > 0 && s.held + bytes > self.limit {
+            s = self.freed.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        s.held += bytes;
+    }
+
+    /// Gives `bytes` back, waking the takers waiting for them.
+    pub fn give(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.held = s.held.saturating_sub(bytes);
+        drop(s);
+        self.freed.notify_all();
+    }
+
+    /// From now on takes never wait: nothing will give bytes back (the writer has ended), or
+    /// the run is over.
+    pub fn open(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).open = true;
+        self.freed.notify_all();
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Polls `cond` until it holds or five seconds pass.
+    fn eventually(cond: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn a_take_past_the_limit_waits_for_bytes_given_back() {
+        let b = Arc::new(Budget::new(100));
+        b.take(60);
+        let (b2, done) = (b.clone(), Arc::new(AtomicBool::new(false)));
+        let done2 = done.clone();
+        let t = std::thread::spawn(move || {
+            b2.take(50);
+            done2.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!done.load(Ordering::SeqCst), "60 + 50 bytes passed a limit of 100");
+        b.give(60);
+        assert!(eventually(|| done.load(Ordering::SeqCst)), "the take did not pass once the bytes came back");
+        t.join().expect("joins");
+        assert_eq!(b.held(), 50);
+    }
+
+    #[test]
+    fn a_take_larger_than_the_limit_passes_alone() {
+        let b = Budget::new(100);
+        b.take(1000);
+        assert_eq!(b.held(), 1000);
+        b.give(1000);
+        assert_eq!(b.held(), 0);
+    }
+
+    #[test]
+    fn once_open_takes_never_wait() {
+        let b = Arc::new(Budget::new(10));
+        b.take(10);
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || b2.take(10));
+        std::thread::sleep(Duration::from_millis(20));
+        b.open();
+        assert!(eventually(|| t.is_finished()), "a waiting take was not released by open");
+        t.join().expect("joins");
+        b.take(100);
+        assert_eq!(b.held(), 120);
+    }
+}
