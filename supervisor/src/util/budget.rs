@@ -20,6 +20,10 @@ pub struct Budget {
 #[derive(Debug, Default)]
 struct State {
     held: usize,
+    /// Takes pass in the order they came: the next ticket to hand out, and the one served
+    /// next. So a large frame is not starved by a stream of small ones slipping past it.
+    next_ticket: u64,
+    serving: u64,
     /// Takes no longer wait: the run is ending, or what gives bytes back has stopped.
     open: bool,
 }
@@ -30,14 +34,21 @@ impl Budget {
         Budget { limit, state: Mutex::new(State::default()), freed: Condvar::new() }
     }
 
-    /// Takes `bytes`, first waiting until they fit under the limit. A take larger than the whole
-    /// limit waits until nothing else is held, then passes alone, so no frame waits forever.
+    /// Takes `bytes`, first waiting for the takes before it and then until the bytes fit under
+    /// the limit. A take larger than the whole limit waits until nothing else is held, then
+    /// passes alone, so no frame waits forever.
     pub fn take(&self, bytes: usize) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while !s.open && s.held > 0 && s.held + bytes > self.limit {
+        let ticket = s.next_ticket;
+        s.next_ticket += 1;
+        while !s.open && (s.serving != ticket || (s.held > 0 && s.held + bytes > self.limit)) {
             s = self.freed.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
+        s.serving += 1;
         s.held += bytes;
+        drop(s);
+        // The next in line may fit too.
+        self.freed.notify_all();
     }
 
     /// Gives `bytes` back, waking the takers waiting for them.
@@ -100,6 +111,33 @@ mod tests {
         assert!(eventually(|| done.load(Ordering::SeqCst)), "the take did not pass once the bytes came back");
         t.join().expect("joins");
         assert_eq!(b.held(), 50);
+    }
+
+    #[test]
+    fn a_large_take_is_not_overtaken_by_small_ones() {
+        let b = Arc::new(Budget::new(100));
+        b.take(50);
+        let (big, small) = (b.clone(), b.clone());
+        let big_done = Arc::new(AtomicBool::new(false));
+        let flag = big_done.clone();
+        let t_big = std::thread::spawn(move || {
+            big.take(80);
+            flag.store(true, Ordering::SeqCst);
+        });
+        assert!(eventually(|| b.state.lock().expect("locks").next_ticket == 2), "the big take is waiting");
+        // 50 + 10 fit, but the big take came first: the small one waits behind it.
+        let t_small = std::thread::spawn(move || small.take(10));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t_small.is_finished(), "a small take overtook a waiting large one");
+        b.give(50);
+        assert!(
+            eventually(|| big_done.load(Ordering::SeqCst)),
+            "the big take passed once the bytes came back"
+        );
+        assert!(eventually(|| t_small.is_finished()), "then the small one");
+        t_big.join().expect("joins");
+        t_small.join().expect("joins");
+        assert_eq!(b.held(), 90);
     }
 
     #[test]
