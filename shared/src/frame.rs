@@ -234,6 +234,23 @@ mod tests {
     }
 
     #[test]
+    fn a_body_is_encoded_as_a_length_and_its_bytes_as_before_serde_bytes() {
+        // What the release before sent: the body as a sequence of u8.
+        #[derive(serde::Serialize)]
+        enum Before {
+            Response { status: u16, body: Vec<u8> },
+        }
+        let body = (0..=255u8).chain(0..40).collect::<Vec<u8>>();
+        let now = Outcome::Response { status: 200, body: body.clone() };
+        let before = Before::Response { status: 200, body: body.clone() };
+        let encoded = bincode::serde::encode_to_vec(&now, config()).expect("encodes");
+        assert_eq!(encoded, bincode::serde::encode_to_vec(&before, config()).expect("encodes"));
+        assert_eq!(decode::<Outcome>(&encoded).expect("decodes"), now);
+        // The length, then the bytes as they are.
+        assert!(encoded.ends_with(&body));
+    }
+
+    #[test]
     fn frames_round_trip_and_end_cleanly() {
         let msgs = vec![
             FromWorker::Hello(WorkerHello { version: PROTOCOL_VERSION, pid: 7 }),

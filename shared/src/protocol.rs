@@ -303,7 +303,9 @@ pub enum Outcome {
     Response {
         /// HTTP status code.
         status: u16,
-        /// The body, byte for byte.
+        /// The body, byte for byte (as bytes on the wire, not a sequence of u8: bincode decodes a
+        /// sequence element by element, which was the supervisor's largest cost after zstd).
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     /// Every attempt failed, or the answer could not be taken (too large, redirect loop).
