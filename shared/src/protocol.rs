@@ -294,6 +294,11 @@ impl ItemResult {
                 Outcome::Failed { error } => error.len(),
             }
     }
+
+    /// What a batch of results holds, by [`ItemResult::held_bytes`].
+    pub fn held_by(results: &[ItemResult]) -> usize {
+        results.iter().map(ItemResult::held_bytes).sum()
+    }
 }
 
 /// What came of fetching one id.

@@ -160,7 +160,7 @@ impl Writes {
     /// Hands results to the writer, first waiting (the whole loop: that is the backpressure)
     /// while the results not yet durable hold the budget.
     fn put(&self, batch: Vec<ItemResult>) {
-        self.held.take(batch.iter().map(ItemResult::held_bytes).sum());
+        self.held.take(ItemResult::held_by(&batch));
         let _ = self.tx.send(WriteCmd::Put(batch));
     }
 }

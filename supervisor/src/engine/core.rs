@@ -377,7 +377,7 @@ impl Core {
         }
         let Some(w) = live_worker(&mut self.slots, slot, gen) else {
             if let EventKind::Results(results) = kind {
-                self.out.push(Command::Release(held_bytes(&results)));
+                self.out.push(Command::Release(ItemResult::held_by(&results)));
             }
             return;
         };
@@ -396,15 +396,26 @@ impl Core {
 
     fn on_results(&mut self, slot: usize, gen: u64, mut results: Vec<ItemResult>, now: Instant) {
         let Some(w) = live_worker(&mut self.slots, slot, gen) else {
-            return self.out.push(Command::Release(held_bytes(&results)));
+            return self.out.push(Command::Release(ItemResult::held_by(&results)));
         };
-        let (before, held_before) = (results.len(), held_bytes(&results));
+        let before = results.len();
+        // What is dropped gives its bytes back; counted only for what is dropped, as nearly
+        // every result is kept.
+        let mut released = 0;
         match &mut w.load {
-            Load::Chunks(held) => results.retain(|r| held.remove(&r.id)),
+            Load::Chunks(held) => results.retain(|r| {
+                let keep = held.remove(&r.id);
+                if !keep {
+                    released += r.held_bytes();
+                }
+                keep
+            }),
             Load::Alone(id) => {
                 let id = *id;
+                let all = ItemResult::held_by(&results);
                 results.retain(|r| r.id == id);
                 results.truncate(1);
+                released = all - ItemResult::held_by(&results);
                 if !results.is_empty() {
                     w.load = Load::Chunks(HashSet::new());
                 }
@@ -412,7 +423,7 @@ impl Core {
         }
         if results.len() < before {
             self.report.dropped_results += (before - results.len()) as u64;
-            self.out.push(Command::Release(held_before - held_bytes(&results)));
+            self.out.push(Command::Release(released));
         }
         if w.load.is_empty() {
             self.pacer.busy(slot, gen, false, now, &mut self.out);
@@ -751,11 +762,6 @@ impl Core {
             }
         }
     }
-}
-
-/// What `results` hold of the run's budget.
-fn held_bytes(results: &[ItemResult]) -> usize {
-    results.iter().map(ItemResult::held_bytes).sum()
 }
 
 /// The running worker of generation `gen` in `slot`, if that is still the slot's worker.

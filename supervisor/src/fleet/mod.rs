@@ -252,7 +252,7 @@ fn read_worker(
                 EventKind::Hello
             }
             Ok(FromWorker::Results(r)) => {
-                held.take(r.iter().map(ItemResult::held_bytes).sum());
+                held.take(ItemResult::held_by(&r));
                 EventKind::Results(r)
             }
             Ok(FromWorker::Heartbeat) => EventKind::Heartbeat,

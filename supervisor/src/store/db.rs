@@ -222,9 +222,9 @@ impl Store {
         let mut appender = Appender::open(&self.path)?;
         let mut sink = self.sink(&mut appender);
         for (n, records) in blocks {
-            sink.stage(n, block::encode(n, &records))?;
+            sink.stage(n, &block::encode(n, &records))?;
         }
-        sink.finish()
+        sink.commit()
     }
 
     /// Where this store's blocks are written, through `appender`.

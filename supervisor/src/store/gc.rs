@@ -86,7 +86,7 @@ fn copy_out(sink: &mut Sink<'_>, segments: &mut SegmentReader, segment: u32) -> 
     })?;
     for (n, r) in in_it {
         let block = r.load(segments, path, n)?;
-        sink.stage(n, block)?;
+        sink.stage(n, &block)?;
     }
-    sink.finish()
+    sink.commit()
 }

@@ -45,7 +45,7 @@ impl Store {
             let theirs = theirs_ref.load(&mut theirs_segments, &input.path, n)?;
             let ours = match self.guard(|| Ok(self.refs.get(key(n))?))? {
                 None => {
-                    sink.stage(n, theirs)?;
+                    sink.stage(n, &theirs)?;
                     continue;
                 }
                 Some(ours) => {
@@ -72,7 +72,7 @@ impl Store {
             // Written now: a later block of this input may not be merged against a stale copy.
             sink.put(&[(n, block::encode(n, &records))])?;
         }
-        sink.finish()?;
+        sink.commit()?;
         Ok(merged)
     }
 }

@@ -25,11 +25,10 @@ pub struct Sink<'a> {
     pub refs: &'a sled::Tree,
     /// The segments the blocks are appended to.
     pub appender: &'a mut Appender,
-    staged: Vec<(u64, Vec<u8>)>,
-    staged_bytes: usize,
-    /// Entries of blocks appended since the last commit.
+    /// Entries of blocks appended since the last commit, and those blocks' bytes.
     batch: sled::Batch,
-    appended: u64,
+    appended: usize,
+    appended_bytes: usize,
     /// Blocks made durable through this sink so far.
     pub written: u64,
 }
@@ -47,31 +46,22 @@ impl<'a> Sink<'a> {
             db,
             refs,
             appender,
-            staged: Vec::new(),
-            staged_bytes: 0,
             batch: sled::Batch::default(),
             appended: 0,
+            appended_bytes: 0,
             written: 0,
         }
     }
 
-    /// Adds a block to the next batch, and writes the batch when it is full. Returns whether
-    /// it wrote.
-    pub fn stage(&mut self, n: u64, bytes: Vec<u8>) -> Result<bool, StoreError> {
-        self.staged_bytes += bytes.len();
-        self.staged.push((n, bytes));
-        if self.staged_bytes < STAGE_BYTES && self.staged.len() < STAGE_BLOCKS {
+    /// Appends a block, and commits when what was appended since the last commit is a full
+    /// batch. Returns whether it committed.
+    pub fn stage(&mut self, n: u64, bytes: &[u8]) -> Result<bool, StoreError> {
+        self.append(n, bytes)?;
+        if self.appended_bytes < STAGE_BYTES && self.appended < STAGE_BLOCKS {
             return Ok(false);
         }
-        self.finish()?;
+        self.commit()?;
         Ok(true)
-    }
-
-    /// Writes what is staged.
-    pub fn finish(&mut self) -> Result<(), StoreError> {
-        let staged = std::mem::take(&mut self.staged);
-        self.staged_bytes = 0;
-        self.put(&staged)
     }
 
     /// Writes `blocks` (block number, encoded block), durably. The bytes of the entries they
@@ -90,6 +80,7 @@ impl<'a> Sink<'a> {
         let r = BlockRef::of_block(n, bytes, segment, offset).map_err(|why| corrupt(self.path, n, why))?;
         self.batch.insert(&key(n), &r.encode()[..]);
         self.appended += 1;
+        self.appended_bytes += bytes.len();
         Ok(())
     }
 
@@ -106,7 +97,8 @@ impl<'a> Sink<'a> {
             self.db.flush()?;
             Ok(())
         })?;
-        self.written += std::mem::take(&mut self.appended);
+        self.written += std::mem::take(&mut self.appended) as u64;
+        self.appended_bytes = 0;
         Ok(())
     }
 }

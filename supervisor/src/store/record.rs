@@ -46,13 +46,3 @@ impl From<ItemResult> for Record {
         }
     }
 }
-
-impl Record {
-    /// The bytes it carries: its body, or its error text.
-    pub fn size(&self) -> usize {
-        match self {
-            Record::Answer { body, .. } => body.len(),
-            Record::Failed { error, .. } => error.len(),
-        }
-    }
-}

@@ -17,28 +17,51 @@ fn answer(id: u64, status: u16, body: &str) -> ItemResult {
     ItemResult { id, attempts: 2, outcome: Outcome::Response { status, body: body.as_bytes().to_vec() } }
 }
 
+/// A writer thread over `store` for a job of `range`: its commands, its acks, and the budget it
+/// gives back to.
+struct WriterThread {
+    cmds: crossbeam_channel::Sender<WriteCmd>,
+    acks: crossbeam_channel::Receiver<WriteAck>,
+    held: Arc<Budget>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WriterThread {
+    fn start(store: &Store, range: IdRange, timing: Timing) -> WriterThread {
+        let (cmds, cmd_rx) = crossbeam_channel::unbounded();
+        let (ack_tx, acks) = crossbeam_channel::unbounded();
+        let (writer, held) = (store.writer(), Arc::new(Budget::new(HELD)));
+        let given = held.clone();
+        let thread = std::thread::spawn(move || {
+            write_loop(writer, Covered::of_range(range), timing, cmd_rx, ack_tx, given)
+        });
+        WriterThread { cmds, acks, held, thread }
+    }
+
+    /// Takes the results' bytes from the budget, as a worker's reader does, and sends them.
+    fn put(&self, results: Vec<ItemResult>) {
+        self.held.take(ItemResult::held_by(&results));
+        self.cmds.send(WriteCmd::Put(results)).expect("sends");
+    }
+
+    /// Asks the writer to finish and waits for it; returns its acks and the budget.
+    fn finish(self) -> (crossbeam_channel::Receiver<WriteAck>, Arc<Budget>) {
+        self.cmds.send(WriteCmd::Finish).expect("sends");
+        self.thread.join().expect("joins");
+        (self.acks, self.held)
+    }
+}
+
 /// Runs the writer over `batches`, each flushed before the next is sent; returns each
 /// batch's ack.
 fn write_in_flushes(store: &Store, batches: Vec<Vec<ItemResult>>) -> Vec<Durable> {
-    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
-    let writer = store.writer();
     let timing = Timing { every: Duration::from_millis(1), hold: Duration::ZERO };
-    let t = std::thread::spawn(move || {
-        write_loop(
-            writer,
-            Covered::of_range(IdRange { start: 0, end: u64::MAX }),
-            timing,
-            cmd_rx,
-            ack_tx,
-            Arc::new(Budget::new(HELD)),
-        )
-    });
+    let w = WriterThread::start(store, IdRange { start: 0, end: u64::MAX }, timing);
     let mut acks = Vec::new();
     for batch in batches {
         let n = batch.len() as u64;
-        cmd_tx.send(WriteCmd::Put(batch)).expect("sends");
-        match ack_rx.recv_timeout(Duration::from_secs(5)) {
+        w.put(batch);
+        match w.acks.recv_timeout(Duration::from_secs(5)) {
             Ok(WriteAck::Durable(d)) => {
                 assert_eq!(d.tally.answered + d.tally.failed, n);
                 acks.push(d);
@@ -46,8 +69,7 @@ fn write_in_flushes(store: &Store, batches: Vec<Vec<ItemResult>>) -> Vec<Durable
             other => panic!("expected a durable ack, got {other:?}"),
         }
     }
-    cmd_tx.send(WriteCmd::Finish).expect("sends");
-    t.join().expect("joins");
+    w.finish();
     acks
 }
 
@@ -85,55 +107,34 @@ fn results_arriving_over_many_flushes_merge_into_their_blocks_and_a_newer_record
 fn a_block_is_held_until_complete_then_written_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
-    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
-    let writer = store.writer();
     let timing = Timing { every: Duration::from_millis(1), hold: Duration::from_secs(60) };
-    let range = IdRange { start: 100, end: 256 };
-    let held = Arc::new(Budget::new(HELD));
-    let given = held.clone();
-    let t = std::thread::spawn(move || {
-        write_loop(writer, Covered::of_range(range), timing, cmd_rx, ack_tx, given)
-    });
-    let put = |results: Vec<ItemResult>| {
-        held.take(results.iter().map(ItemResult::held_bytes).sum());
-        cmd_tx.send(WriteCmd::Put(results)).expect("sends");
-    };
+    let w = WriterThread::start(&store, IdRange { start: 100, end: 256 }, timing);
     let half: Vec<ItemResult> = (100..200).map(|i| answer(i, 200, "x")).collect();
-    let half_bytes: usize = half.iter().map(ItemResult::held_bytes).sum();
-    put(half);
-    assert!(ack_rx.recv_timeout(Duration::from_millis(50)).is_err(), "an incomplete block waits");
+    let half_bytes = ItemResult::held_by(&half);
+    w.put(half);
+    assert!(w.acks.recv_timeout(Duration::from_millis(50)).is_err(), "an incomplete block waits");
     assert!(store.refs.is_empty());
-    assert_eq!(held.held(), half_bytes, "results held count against the budget");
-    put((200..256).map(|i| answer(i, 200, "x")).collect());
-    match ack_rx.recv_timeout(Duration::from_secs(5)) {
+    assert_eq!(w.held.held(), half_bytes, "results held count against the budget");
+    w.put((200..256).map(|i| answer(i, 200, "x")).collect());
+    match w.acks.recv_timeout(Duration::from_secs(5)) {
         Ok(WriteAck::Durable(d)) => {
             assert_eq!(d.tally.answered, 156, "the ids of the range complete the block")
         }
         other => panic!("expected a durable ack, got {other:?}"),
     }
     assert_eq!(store.records().count(), 156);
-    assert_eq!(held.held(), 0, "durable results give their bytes back");
-    cmd_tx.send(WriteCmd::Finish).expect("sends");
-    t.join().expect("joins");
-    assert!(matches!(ack_rx.try_recv(), Ok(WriteAck::Finished)), "nothing else was pending");
+    assert_eq!(w.held.held(), 0, "durable results give their bytes back");
+    let (acks, _) = w.finish();
+    assert!(matches!(acks.try_recv(), Ok(WriteAck::Finished)), "nothing else was pending");
 }
 
 #[test]
 fn pending_bodies_past_the_hold_are_written_at_once_and_the_writer_opens_the_budget_when_it_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open_for_job(&dir.path().join("s.sled"), "http://127.0.0.1:1/{id}").expect("opens");
-    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
-    let writer = store.writer();
     // Neither the tick nor the hold timer would write within the test's bounds.
     let timing = Timing { every: Duration::from_secs(600), hold: Duration::from_secs(600) };
-    let held = Arc::new(Budget::new(HELD));
-    let given = held.clone();
-    let range = IdRange { start: 0, end: 1 << 20 };
-    let t = std::thread::spawn(move || {
-        write_loop(writer, Covered::of_range(range), timing, cmd_rx, ack_tx, given)
-    });
+    let w = WriterThread::start(&store, IdRange { start: 0, end: 1 << 20 }, timing);
     // One 1 MiB body in each of 17 blocks: none complete, together past the hold.
     let big = vec![b'x'; 1 << 20];
     let results: Vec<ItemResult> = (0..17u64)
@@ -143,18 +144,16 @@ fn pending_bodies_past_the_hold_are_written_at_once_and_the_writer_opens_the_bud
             outcome: Outcome::Response { status: 200, body: big.clone() },
         })
         .collect();
-    assert!(results.iter().map(ItemResult::held_bytes).sum::<usize>() > HOLD_BYTES);
-    held.take(results.iter().map(ItemResult::held_bytes).sum());
-    cmd_tx.send(WriteCmd::Put(results)).expect("sends");
-    match ack_rx.recv_timeout(Duration::from_secs(10)) {
+    assert!(ItemResult::held_by(&results) > HOLD_BYTES);
+    w.put(results);
+    match w.acks.recv_timeout(Duration::from_secs(10)) {
         Ok(WriteAck::Durable(d)) => assert_eq!(d.tally.answered, 17),
         other => panic!("expected a durable ack at once, got {other:?}"),
     }
-    assert_eq!(held.held(), 0);
+    assert_eq!(w.held.held(), 0);
     // Spent past the limit, the budget would block a reader; once the writer ends it does not.
-    held.take(HELD);
-    cmd_tx.send(WriteCmd::Finish).expect("sends");
-    t.join().expect("joins");
+    w.held.take(HELD);
+    let (_, held) = w.finish();
     held.take(HELD);
     assert_eq!(held.held(), 2 * HELD);
 }
@@ -206,25 +205,12 @@ fn writer_makes_results_durable_and_the_store_finds_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.sled");
     let store = Store::open_for_job(&path, "http://127.0.0.1:1/{id}").expect("opens");
-    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
-    let writer = store.writer();
-    let t = std::thread::spawn(move || {
-        write_loop(
-            writer,
-            Covered::of_range(IdRange { start: 0, end: 10 }),
-            Timing::DEFAULT,
-            cmd_rx,
-            ack_tx,
-            Arc::new(Budget::new(HELD)),
-        )
-    });
+    let w = WriterThread::start(&store, IdRange { start: 0, end: 10 }, Timing::DEFAULT);
     let failed = ItemResult { id: 5, attempts: 8, outcome: Outcome::Failed { error: "x".into() } };
-    cmd_tx.send(WriteCmd::Put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed])).expect("sends");
-    cmd_tx.send(WriteCmd::Quarantine { id: 4, deaths: 2, reason: "quarantined: x".into() }).expect("sends");
-    cmd_tx.send(WriteCmd::Finish).expect("sends");
-    t.join().expect("joins");
-    let acks: Vec<_> = ack_rx.iter().collect();
+    w.put(vec![answer(3, 200, "a"), answer(9, 404, "b"), failed]);
+    w.cmds.send(WriteCmd::Quarantine { id: 4, deaths: 2, reason: "quarantined: x".into() }).expect("sends");
+    let (acks, _) = w.finish();
+    let acks: Vec<_> = acks.iter().collect();
     let durable = Durable {
         tally: Tally { answered: 2, failed: 2, quarantined: 1, retries: 9, ..Tally::default() },
         success: 1,

@@ -31,11 +31,11 @@ impl Store {
         let mut sink = self.sink(&mut appender);
         for kv in blocks.iter() {
             let (k, v) = self.guard(|| Ok(kv?))?;
-            if sink.stage(block_of(&k)?, v.to_vec())? && abort_at.is_some_and(|at| sink.written >= at) {
+            if sink.stage(block_of(&k)?, &v)? && abort_at.is_some_and(|at| sink.written >= at) {
                 std::process::abort();
             }
         }
-        sink.finish()?;
+        sink.commit()?;
         let moved = sink.written;
         if abort_at.is_some_and(|at| moved >= at) {
             std::process::abort();

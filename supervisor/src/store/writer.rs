@@ -55,8 +55,9 @@ impl Timing {
     pub const DEFAULT: Timing = Timing { every: Duration::from_millis(200), hold: Duration::from_secs(1) };
 }
 
-/// Pending bodies past this many bytes are written whatever their blocks' state. A run's
-/// [`Budget`] must be larger, or results would wait for the hold timer.
+/// Pending results holding this many bytes ([`shared::ItemResult::held_bytes`]) are written
+/// whatever their blocks' state. A run's [`Budget`] must be larger, or results would wait for
+/// the hold timer.
 pub const HOLD_BYTES: usize = 16 << 20;
 /// Complete blocks holding this many bytes are written without waiting for the tick.
 const READY_BYTES: usize = 4 << 20;
@@ -85,7 +86,7 @@ pub fn write_loop(
         covered,
         hold: timing.hold,
         blocks: BTreeMap::new(),
-        bytes: 0,
+        held: 0,
         ready: 0,
         encoder: block::Encoder::new(),
     };
@@ -122,7 +123,7 @@ pub fn write_loop(
         };
         let now = Instant::now();
         let written = added.and_then(|()| {
-            if finish || now >= next_write || pending.bytes >= HOLD_BYTES || pending.ready >= READY_BYTES {
+            if finish || now >= next_write || pending.held >= HOLD_BYTES || pending.ready >= READY_BYTES {
                 next_write = now + timing.every;
                 pending.write(&writer, &mut appender, &mut segments, now, finish)
             } else {
@@ -166,9 +167,9 @@ struct Pending {
     covered: Covered,
     hold: Duration,
     blocks: BTreeMap<u64, PendingBlock>,
-    /// The size of every pending record.
-    bytes: usize,
-    /// What the complete blocks among them hold of the budget.
+    /// What the pending results hold of the budget.
+    held: usize,
+    /// What the complete blocks among them hold.
     ready: usize,
     encoder: block::Encoder,
 }
@@ -236,14 +237,13 @@ impl Pending {
             }
         };
         let was_complete = p.filled >= p.wanted;
-        self.bytes += record.size();
-        match p.records.insert(offset, record) {
-            Some(replaced) => self.bytes -= replaced.size(),
-            None if p.stored.binary_search(&offset).is_err() => p.filled += 1,
-            None => {}
+        // A record replaced here still counts until the block is written: the budget has it.
+        if p.records.insert(offset, record).is_none() && p.stored.binary_search(&offset).is_err() {
+            p.filled += 1;
         }
         p.durable.add(d);
         p.held += held;
+        self.held += held;
         if p.filled >= p.wanted {
             self.ready += if was_complete { held } else { p.held };
         }
@@ -261,7 +261,7 @@ impl Pending {
         now: Instant,
         all: bool,
     ) -> Result<Option<(Durable, usize)>, StoreError> {
-        let everything = all || self.bytes >= HOLD_BYTES;
+        let everything = all || self.held >= HOLD_BYTES;
         let due: Vec<u64> = self
             .blocks
             .iter()
@@ -278,7 +278,7 @@ impl Pending {
         for n in due {
             let p = self.blocks.remove(&n).expect("listed above");
             let mut records = p.records;
-            self.bytes -= records.values().map(Record::size).sum::<usize>();
+            self.held -= p.held;
             if let Some(old) = &p.old {
                 let bytes = old.load(segments, &writer.path, n)?;
                 for (offset, record) in
