@@ -36,7 +36,9 @@ use crate::util::Budget;
 
 pub mod threads;
 use shared::frame::{decode, peek_hello_version};
-use shared::{FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, ToWorker, PROTOCOL_VERSION};
+use shared::{
+    FrameReader, FrameWriter, FromWorker, ItemResult, JobSpec, ToWorker, HEARTBEAT_EVERY, PROTOCOL_VERSION,
+};
 
 /// Variables a worker must not inherit: they address the service manager, which only the
 /// supervisor may talk to.
@@ -252,7 +254,11 @@ fn read_worker(
                 EventKind::Hello
             }
             Ok(FromWorker::Results(r)) => {
-                held.take(ItemResult::held_by(&r));
+                // Waiting here, the worker's heartbeats wait in the pipe: the worker is not
+                // silent, the supervisor is not listening, as when the dispatcher stalls.
+                held.take_waiting(ItemResult::held_by(&r), HEARTBEAT_EVERY, || {
+                    send(EventKind::Heartbeat);
+                });
                 EventKind::Results(r)
             }
             Ok(FromWorker::Heartbeat) => EventKind::Heartbeat,

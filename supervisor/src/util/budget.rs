@@ -8,6 +8,7 @@
 //! pending blocks stay under the limit, and memory stays flat.
 
 use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 /// Bytes held, bounded. See the module documentation.
 #[derive(Debug)]
@@ -38,11 +39,23 @@ impl Budget {
     /// the limit. A take larger than the whole limit waits until nothing else is held, then
     /// passes alone, so no frame waits forever.
     pub fn take(&self, bytes: usize) {
+        self.take_waiting(bytes, Duration::MAX, || {});
+    }
+
+    /// [`Budget::take`], calling `waiting` every `every` while it waits (without the lock): a
+    /// reader waiting here is not reading its worker's heartbeats, and says so for it.
+    pub fn take_waiting(&self, bytes: usize, every: Duration, mut waiting: impl FnMut()) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let ticket = s.next_ticket;
         s.next_ticket += 1;
         while !s.open && (s.serving != ticket || (s.held > 0 && s.held + bytes > self.limit)) {
-            s = self.freed.wait(s).unwrap_or_else(PoisonError::into_inner);
+            let (guard, timeout) = self.freed.wait_timeout(s, every).unwrap_or_else(PoisonError::into_inner);
+            s = guard;
+            if timeout.timed_out() {
+                drop(s);
+                waiting();
+                s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            }
         }
         s.serving += 1;
         s.held += bytes;
@@ -138,6 +151,27 @@ mod tests {
         t_big.join().expect("joins");
         t_small.join().expect("joins");
         assert_eq!(b.held(), 90);
+    }
+
+    #[test]
+    fn a_waiting_take_says_so_every_interval_until_it_passes() {
+        let b = Arc::new(Budget::new(10));
+        b.take(10);
+        let (b2, said) = (b.clone(), Arc::new(std::sync::atomic::AtomicU32::new(0)));
+        let said2 = said.clone();
+        let t = std::thread::spawn(move || {
+            b2.take_waiting(5, Duration::from_millis(10), || {
+                said2.fetch_add(1, Ordering::SeqCst);
+            })
+        });
+        assert!(eventually(|| said.load(Ordering::SeqCst) >= 3), "no word while waiting");
+        b.give(10);
+        assert!(eventually(|| t.is_finished()), "the take did not pass once the bytes came back");
+        t.join().expect("joins");
+        let after = said.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(said.load(Ordering::SeqCst), after, "no word once it passed");
+        assert_eq!(b.held(), 5);
     }
 
     #[test]
