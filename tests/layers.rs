@@ -30,15 +30,16 @@ const SUPERVISOR: &[(&str, &[&str])] = &[
 /// they all hand each other and what fetching is made of (the retry policy, rate-limit headers,
 /// the resolver).
 const WORKER: &[(&str, &[&str])] = &[
-    ("", &["", "link", "pool", "fetch", "gate", "announce", "outbox", "policy", "resolve"]),
-    ("link", &["link", "pool", "fetch", "gate", "announce", "outbox", "policy", "resolve"]),
-    ("pool", &["pool", "fetch", "gate", "announce", "outbox", "policy", "resolve"]),
-    ("fetch", &["fetch", "gate", "announce", "outbox", "policy", "resolve"]),
+    ("", &["", "link", "pool", "fetch", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
+    ("link", &["link", "pool", "fetch", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
+    ("pool", &["pool", "fetch", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
+    ("fetch", &["fetch", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
     ("gate", &["gate", "outbox", "policy"]),
     ("announce", &["announce"]),
     ("outbox", &["outbox"]),
     ("policy", &["policy"]),
     ("resolve", &["resolve"]),
+    ("connect", &["connect"]),
 ];
 
 #[test]

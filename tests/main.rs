@@ -6,6 +6,7 @@
 
 mod care;
 mod cli;
+mod connections;
 mod faults;
 mod fleet;
 mod hostile;

@@ -1,21 +1,29 @@
-//! Fetching one id: the shared ureq Agent, and one attempt after another as the retry policy
-//! ([`crate::policy`]) spaces them.
+//! Fetching one id: one attempt after another as the retry policy ([`crate::policy`]) spaces
+//! them, each on the fetch thread's own ureq Agent.
 //!
-//! Every fetch thread of a worker shares one [`Fetcher`] and so one keep-alive connection pool.
-//! What is retried: connection errors, timeouts, 408, 429 and 5xx. What is final: any other
+//! Every fetch thread of a worker shares one [`Fetcher`] (the job, the resolver's cache, the
+//! TLS configuration) and has a [`Session`] of its own: an agent whose pool keeps the thread's
+//! connection. ureq's pool walks its whole idle list under one lock at every checkout and
+//! return; shared by 256 threads, most of them idle at the gate, it was a walk of hundreds and
+//! a contended lock per request. A request that fails on a kept connection before any byte of
+//! its answer came (the server closed it while it was idle) is sent again at once on a new one,
+//! not counted as an attempt ([`crate::connect`]). What is retried: connection errors, timeouts, 408, 429 and 5xx. What is final: any other
 //! HTTP answer (stored with its status and body; a 3xx without a `Location` is such an answer),
 //! and errors no retry can fix (a body over the limit, a redirect loop, a malformed URL).
 //!
-//! Only ureq's phase timeouts are set (connect, send request, receive response, receive body):
-//! its global and per-call timeouts make it resolve names on a thread per request.
+//! ureq's phase timeouts are set (connect, send request, receive response, receive body: each
+//! `--io-timeout` in all, however the bytes trickle), and as many per read and per write, so
+//! that the transport keeps one socket timeout from request to request ([`crate::connect`]).
 
 use std::time::Duration;
 
 use shared::{ItemResult, JobSpec, Outcome, TlsTrust};
+use ureq::config::Config;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
-use ureq::unversioned::transport::DefaultConnector;
+use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
 use ureq::Agent;
 
+use crate::connect::{SharedTls, Stale, TcpConnector};
 use crate::gate::{Gate, Met};
 use crate::policy::{parse_retry_after, retryable_status, RetryPolicy};
 use crate::resolve::CachingResolver;
@@ -66,9 +74,24 @@ enum Attempt {
     Retry { error: String },
 }
 
-/// Fetches ids of one job. Cheap to share between threads.
+/// Room for a response head and what comes with it, per connection (ureq's default: 128 KiB).
+const INPUT_BUFFER: usize = 16 << 10;
+
+/// The longest response head taken, within [`INPUT_BUFFER`]: a longer one is a clear error of
+/// its own, not a connection that made no progress. (nginx's proxy buffers, in front of many
+/// APIs, refuse more than 4 or 8 KiB.)
+const MAX_RESPONSE_HEAD: usize = INPUT_BUFFER - 1;
+
+/// Kept requests a fetch thread sends again at once when they fail stale, per attempt.
+const STALE_RESENDS: u32 = 2;
+
+/// Fetches ids of one job. Shared by a worker's fetch threads; each has its [`Session`].
 pub struct Fetcher {
-    agent: Agent,
+    config: Config,
+    resolver: CachingResolver,
+    tls: SharedTls,
+    /// Input and output buffer sizes of a connection.
+    buffers: (usize, usize),
     /// The template cut at each `{id}`: the id goes between consecutive parts.
     url_parts: Vec<String>,
     headers: Vec<(String, String)>,
@@ -76,31 +99,55 @@ pub struct Fetcher {
     policy: RetryPolicy,
 }
 
+/// One fetch thread's agent, and what its connections say about a failed request.
+pub struct Session {
+    agent: Agent,
+    stale: Stale,
+}
+
 impl Fetcher {
-    /// Builds the agent for `job`.
+    /// What every session of `job` shares.
     pub fn new(job: &JobSpec) -> Self {
         let io = Some(Duration::from_millis(job.io_timeout_ms));
-        let threads = job.threads.max(1) as usize;
+        let output = request_head_room(job);
         let config = Agent::config_builder()
             .timeout_connect(Some(Duration::from_millis(job.connect_timeout_ms)))
             .timeout_send_request(io)
             .timeout_recv_response(io)
             .timeout_recv_body(io)
-            .max_idle_connections(threads)
-            .max_idle_connections_per_host(threads)
+            .timeout_per_read(io)
+            .timeout_per_write(io)
+            // A thread uses one connection at a time; a redirect to another host may keep a
+            // second.
+            .max_idle_connections(2)
+            .max_idle_connections_per_host(1)
+            .input_buffer_size(INPUT_BUFFER)
+            .output_buffer_size(output)
+            .max_response_header_size(MAX_RESPONSE_HEAD)
             .http_status_as_error(false)
             .user_agent(job.user_agent.as_str())
             .tls_config(tls_config(&job.tls, &job.url_template))
             .build();
-        let resolver = CachingResolver::new(Duration::from_millis(job.dns_ttl_ms));
-        let agent = Agent::with_parts(config, DefaultConnector::default(), resolver);
         Self {
-            agent,
+            config,
+            resolver: CachingResolver::new(Duration::from_millis(job.dns_ttl_ms)),
+            tls: SharedTls::default(),
+            buffers: (INPUT_BUFFER, output),
             url_parts: job.url_template.split("{id}").map(str::to_owned).collect(),
             headers: job.headers.clone(),
             max_body: job.max_body,
             policy: RetryPolicy::of(job),
         }
+    }
+
+    /// A fetch thread's own agent.
+    pub fn session(&self) -> Session {
+        let stale = Stale::default();
+        let connector =
+            ().chain(ConnectProxyConnector::default())
+                .chain(TcpConnector { buffers: self.buffers, stale: stale.clone() })
+                .chain(self.tls.clone());
+        Session { agent: Agent::with_parts(self.config.clone(), connector, self.resolver.clone()), stale }
     }
 
     /// The URL of `id`, built in `url` (reused, so the steady state does not allocate).
@@ -120,14 +167,14 @@ impl Fetcher {
     /// Fetches `id` until it has a final answer or runs out of attempts. Every attempt passes
     /// `gate` first; `None` when the gate closes before the id has an answer (the worker is
     /// stopping, and the id stays unreported).
-    pub fn fetch(&self, id: u64, url: &mut String, gate: &Gate) -> Option<ItemResult> {
+    pub fn fetch(&self, session: &Session, id: u64, url: &mut String, gate: &Gate) -> Option<ItemResult> {
         self.url_of(id, url);
         let mut backoff = self.policy.backoff();
         let mut attempts = 0;
         loop {
             let started = gate.enter()?;
             attempts += 1;
-            let (attempt, mut met) = self.attempt(url);
+            let (attempt, mut met) = self.attempt(session, url);
             // A server's wait is the fleet's: the gate pauses this worker at once and tells the
             // supervisor, which pauses the others.
             met.wait = met.wait.map(|w| w.min(self.policy.retry_after_max));
@@ -149,33 +196,44 @@ impl Fetcher {
         }
     }
 
+    /// Sends the request, again at once on a new connection when a kept one turns out stale.
     fn request(
         &self,
+        session: &Session,
         url: &str,
         follow_redirects: bool,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        let mut req = self.agent.get(url);
-        for (name, value) in &self.headers {
-            req = req.header(name.as_str(), value.as_str());
-        }
-        if follow_redirects {
-            req.call()
-        } else {
-            req.config().max_redirects(0).build().call()
+        let mut resends = 0;
+        loop {
+            let mut req = session.agent.get(url);
+            for (name, value) in &self.headers {
+                req = req.header(name.as_str(), value.as_str());
+            }
+            session.stale.take(); // what an earlier request left says nothing of this one
+            let result =
+                if follow_redirects { req.call() } else { req.config().max_redirects(0).build().call() };
+            match result {
+                Err(e) if session.stale.take() && resends < STALE_RESENDS => {
+                    resends += 1;
+                    log::debug!("{url}: a kept connection was closed ({}), sending again", one_line(&e));
+                }
+                other => return other,
+            }
         }
     }
 
-    fn attempt(&self, url: &str) -> (Attempt, Met) {
-        let mut resp = match self.request(url, true) {
+    fn attempt(&self, session: &Session, url: &str) -> (Attempt, Met) {
+        let mut resp = match self.request(session, url, true) {
             Ok(resp) => resp,
             // A 3xx without a Location header is the server's final answer, not a protocol
             // error: asked again without following redirects, it is stored with its status and
             // body. (ureq reports it only as an error, so this costs one more request.)
-            Err(ureq::Error::Protocol(ureq_proto::Error::NoLocationHeader)) => match self.request(url, false)
-            {
-                Ok(resp) => resp,
-                Err(e) => return (classify_error(e), Met::default()),
-            },
+            Err(ureq::Error::Protocol(ureq_proto::Error::NoLocationHeader)) => {
+                match self.request(session, url, false) {
+                    Ok(resp) => resp,
+                    Err(e) => return (classify_error(e), Met::default()),
+                }
+            }
             Err(e) => return (classify_error(e), Met::default()),
         };
         let status = resp.status().as_u16();
@@ -200,6 +258,16 @@ impl Fetcher {
         };
         (attempt, met)
     }
+}
+
+/// Room for the request head: the URL with the longest id, the headers, ureq's own; at least
+/// 4 KiB (ureq's default: 128 KiB).
+fn request_head_room(job: &JobSpec) -> usize {
+    let ids = job.url_template.matches("{id}").count();
+    let url = job.url_template.len() + ids * 20;
+    let headers: usize = job.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let head = url + headers + job.user_agent.len() + 512;
+    head.next_power_of_two().max(4 << 10)
 }
 
 /// Sorts an error into final or retryable.

@@ -2,7 +2,7 @@
 //!
 //! A worker is started by the supervisor with its stdin and stdout connected to pipes. It reads
 //! the job and then batches of ids from stdin ([`link`]), fetches them on a pool of blocking
-//! threads that share one ureq Agent ([`pool`], [`fetch`]), and writes results back on stdout.
+//! threads, each with its own ureq Agent ([`pool`], [`fetch`], [`connect`]), and writes results back on stdout.
 //! It never opens the store; everything it knows arrives through the pipe. When stdin closes it
 //! finishes the ids it holds, reports them, and exits 0.
 //!
@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod announce;
+pub mod connect;
 pub mod fetch;
 pub mod gate;
 pub mod link;

@@ -13,7 +13,7 @@ use crate::outbox::Outgoing;
 
 /// What every fetch thread shares.
 pub struct Shared {
-    /// The agent and the retry policy.
+    /// The job, the resolver and the retry policy; each thread makes its own agent of it.
     pub fetcher: Arc<Fetcher>,
     /// Every request passes it.
     pub gate: Arc<Gate>,
@@ -42,6 +42,7 @@ pub fn start(
             let (chaos, stopping) = (shared.chaos.clone(), shared.stopping.clone());
             let (ids, out) = (ids.clone(), out.clone());
             std::thread::Builder::new().name(format!("fetch-{n}")).stack_size(FETCH_STACK).spawn(move || {
+                let session = fetcher.session();
                 let mut url = String::with_capacity(128);
                 let mut holding = false;
                 // A place at the gate first, then an id: threads beyond the worker's share
@@ -54,7 +55,7 @@ pub fn start(
                     if !chaos.is_empty() && inject(&chaos, id, &out) {
                         continue;
                     }
-                    let Some(result) = fetcher.fetch(id, &mut url, &gate) else { break };
+                    let Some(result) = fetcher.fetch(&session, id, &mut url, &gate) else { break };
                     if out.send(Outgoing::Result(result)).is_err() {
                         // The link writer is gone: the pipe broke and the worker is ending.
                         break;

@@ -49,12 +49,14 @@ fn name_of<'b>(host: &str, port: u16, buf: &'b mut [u8; NAME_BYTES]) -> Option<&
 /// How a name is looked up: `"host:port"` to its addresses.
 pub type Lookup = dyn Fn(&str) -> io::Result<Vec<SocketAddr>> + Send + Sync;
 
-/// The resolver of a worker's agent. See the module documentation.
+/// The resolver of a worker's agents. See the module documentation. Its clones share one
+/// cache (every fetch thread's agent holds one).
+#[derive(Clone)]
 pub struct CachingResolver {
     ttl: Duration,
     lookup: Arc<Lookup>,
     cache: Arc<RwLock<HashMap<String, Entry>>>,
-    turn: AtomicUsize,
+    turn: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -86,7 +88,7 @@ impl CachingResolver {
             ttl,
             lookup,
             cache: Arc::new(RwLock::new(HashMap::new())),
-            turn: AtomicUsize::new(0),
+            turn: Arc::new(AtomicUsize::new(0)),
         }
     }
 
