@@ -28,6 +28,13 @@ const BATCH_MAX_ITEMS: usize = 1024;
 /// ...and stops growing once its bodies pass this many bytes.
 const BATCH_MAX_BYTES: usize = 256 << 10;
 
+/// How long the writer lets results gather once one has come, before it frames them: a
+/// result is not worth a pipe write and a wake-up of the supervisor's reader on its own, and
+/// while the writer sleeps (rather than waits on the channel) the fetch threads' sends wake
+/// nobody. The supervisor keeps twice a worker's threads in ids queued here, so no thread waits
+/// for ids on this account.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Why a worker session failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -183,12 +190,16 @@ fn report_loop(alive: &AtomicBool, out: &Sender<Outgoing>, gate: &Gate) {
 }
 
 /// Owns stdout. Sends each result once, in batches: after blocking for the first message, it
-/// takes whatever else is already waiting, so batches grow by themselves under load and a lone
-/// result is not held back.
+/// lets results gather for [`LINGER`] when that was one, then takes whatever is waiting, so
+/// batches grow with the rate and a lone result waits [`LINGER`] at most. Other messages (the
+/// hello, heartbeats, what the server said) go at once.
 fn write_loop(stdout: File, rx: Receiver<Outgoing>) -> Result<(), LinkError> {
     let mut w = FrameWriter::new(BufWriter::with_capacity(256 * 1024, stdout));
     let mut batch: Vec<ItemResult> = Vec::with_capacity(BATCH_MAX_ITEMS);
     while let Ok(first) = rx.recv() {
+        if matches!(first, Outgoing::Result(_)) {
+            std::thread::sleep(LINGER);
+        }
         let (mut heartbeat, mut hello, mut malformed, mut bytes) = (false, false, false, 0);
         let mut controls = Vec::new();
         let mut next = Some(first);
