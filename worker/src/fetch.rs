@@ -167,7 +167,17 @@ impl Fetcher {
     /// Fetches `id` until it has a final answer or runs out of attempts. Every attempt passes
     /// `gate` first; `None` when the gate closes before the id has an answer (the worker is
     /// stopping, and the id stays unreported).
-    pub fn fetch(&self, session: &Session, id: u64, url: &mut String, gate: &Gate) -> Option<ItemResult> {
+    ///
+    /// `holding` is the thread's place at the gate: it gives it up while it waits to retry, so a
+    /// sleeping retry is not one of the requests in flight the fleet's limit allows.
+    pub fn fetch(
+        &self,
+        session: &Session,
+        id: u64,
+        url: &mut String,
+        gate: &Gate,
+        holding: &mut bool,
+    ) -> Option<ItemResult> {
         self.url_of(id, url);
         let mut backoff = self.policy.backoff();
         let mut attempts = 0;
@@ -175,9 +185,10 @@ impl Fetcher {
             let started = gate.enter()?;
             attempts += 1;
             let (attempt, mut met) = self.attempt(session, url);
-            // A server's wait is the fleet's: the gate pauses this worker at once and tells the
-            // supervisor, which pauses the others.
+            // The gate tells the supervisor of a server's wait at once (it decides whether the
+            // fleet pauses); a limit announced used up pauses this worker there and then.
             met.wait = met.wait.map(|w| w.min(self.policy.retry_after_max));
+            let wait = met.wait;
             gate.leave(started, met);
             match attempt {
                 Attempt::Final(outcome) => return Some(ItemResult { id, attempts, outcome }),
@@ -188,9 +199,13 @@ impl Fetcher {
                         return Some(ItemResult { id, attempts, outcome: Outcome::Failed { error } });
                     };
                     log::debug!("id {id}: attempt {attempts} failed ({error}), retrying");
-                    // After a server's wait, the gate holds the retry until the wait is over; the
-                    // jittered backoff on top spreads the fleet's retries out.
-                    std::thread::sleep(jittered);
+                    // A request told to wait waits, and its jittered backoff on top spreads the
+                    // retries of requests told the same time.
+                    gate.release(holding);
+                    std::thread::sleep(wait.unwrap_or_default() + jittered);
+                    if !gate.rejoin(holding) {
+                        return None;
+                    }
                 }
             }
         }
@@ -246,7 +261,12 @@ impl Fetcher {
         // A limit announced as used up waits for its reset as a Retry-After would.
         let used_up =
             announced.filter(|a| a.remaining == Some(0)).and_then(|a| a.reset_ms).map(Duration::from_millis);
-        let met = Met { status: Some(status), wait: retry_after.or(used_up), announced };
+        let met = Met {
+            status: Some(status),
+            wait: used_up.or(retry_after),
+            announced,
+            used_up: used_up.is_some(),
+        };
         if retryable_status(status) {
             // Read (a bounded amount of) the body so the connection can be reused.
             let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();

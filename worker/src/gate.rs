@@ -5,8 +5,9 @@
 //!
 //! The supervisor decides; the gate only obeys. Until the first [`Pace`] arrives nothing is
 //! sent, so a worker never sends outside the fleet's limits, even for its first request. A
-//! server's `Retry-After` pauses this worker at once, before the supervisor has heard of it and
-//! paused the others.
+//! limit announced as used up pauses this worker at once, before the supervisor has heard of it
+//! and paused the others. A `Retry-After` is reported at once, and waited by its request alone:
+//! whether it is the whole fleet's is the supervisor's to decide, from every worker's answers.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ pub struct Met {
     pub wait: Option<Duration>,
     /// The rate limit its headers announced.
     pub announced: Option<Announced>,
+    /// The wait is the limit's, announced used up: the whole client's, not this request's.
+    pub used_up: bool,
 }
 
 /// See the module documentation. Shared by the fetch threads, the link reader (which applies
@@ -152,7 +155,22 @@ impl Gate {
         }
     }
 
-    /// The calling thread gives its place up for good (it is ending).
+    /// A thread back from waiting to retry takes a place again at once, past the share if it
+    /// must (threads holding places may be waiting for ids that will not come): the next of
+    /// them to ask steps down. Returns `false` once the gate is closed.
+    pub fn rejoin(&self, holding: &mut bool) -> bool {
+        let mut s = self.lock();
+        if s.closed {
+            return false;
+        }
+        if !std::mem::replace(holding, true) {
+            s.active += 1;
+        }
+        true
+    }
+
+    /// The calling thread gives its place up: it is ending, or waiting to retry (it rejoins
+    /// before it does).
     pub fn release(&self, holding: &mut bool) {
         if std::mem::take(holding) {
             self.lock().active -= 1;
@@ -208,8 +226,10 @@ impl Gate {
         if let Some(wait) = met.wait {
             let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
             t.wait_ms = Some(t.wait_ms.map_or(ms, |w| w.max(ms)));
-            let until = now + wait;
-            s.paused_until = Some(s.paused_until.map_or(until, |u| u.max(until)));
+            if met.used_up {
+                let until = now + wait;
+                s.paused_until = Some(s.paused_until.map_or(until, |u| u.max(until)));
+            }
             urgent = true;
         }
         if let Some(a) = met.announced {
@@ -348,12 +368,12 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_after_pauses_the_worker_and_is_reported_at_once() {
+    fn a_retry_after_is_reported_at_once_and_a_used_up_limit_pauses_the_worker() {
         let (g, rx) = gate();
         g.set_pace(Pace { concurrency: 10, metered: false });
         let t = g.enter().expect("open");
-        let met = Met { status: Some(429), wait: Some(Duration::from_millis(300)), announced: None };
-        g.leave(t, met);
+        let wait = Some(Duration::from_millis(300));
+        g.leave(t, Met { status: Some(429), wait, announced: None, used_up: false });
         let sent = controls(&rx);
         match &sent[..] {
             [FromWorker::Traffic(t)] => {
@@ -361,6 +381,9 @@ mod tests {
             }
             other => panic!("expected one traffic report, got {other:?}"),
         }
+        assert!(enters_within(&g, Duration::from_millis(100)), "one request's Retry-After pauses no other");
+        let t = g.enter().expect("open");
+        g.leave(t, Met { status: Some(200), wait, announced: None, used_up: true });
         let started = Instant::now();
         g.enter().expect("opens again");
         let waited = started.elapsed();
@@ -385,7 +408,7 @@ mod tests {
         for remaining in [99, 98] {
             let t = g.enter().expect("open");
             let announced = Some(Announced { remaining: Some(remaining), ..a });
-            g.leave(t, Met { status: Some(200), wait: None, announced });
+            g.leave(t, Met { status: Some(200), announced, ..Met::default() });
         }
         assert_eq!(controls(&rx).len(), 1, "the same policy again is not urgent");
         let t = g.take_traffic().expect("one request since");

@@ -55,7 +55,9 @@ pub fn start(
                     if !chaos.is_empty() && inject(&chaos, id, &out) {
                         continue;
                     }
-                    let Some(result) = fetcher.fetch(&session, id, &mut url, &gate) else { break };
+                    let Some(result) = fetcher.fetch(&session, id, &mut url, &gate, &mut holding) else {
+                        break;
+                    };
                     if out.send(Outgoing::Result(result)).is_err() {
                         // The link writer is gone: the pipe broke and the worker is ending.
                         break;

@@ -66,9 +66,13 @@ pub fn pacing_lines(p: &Pacing) -> [String; 2] {
     if p.pauses > 0 {
         first.push_str(&format!(" ({:.1} s)", p.paused_secs));
     }
+    if p.backoffs > 0 {
+        first.push_str(&format!("   rate backed off {}", thousands(p.backoffs)));
+    }
     let rate = match (p.rate, p.rate_source) {
         (Some(r), Some(RateSource::Given)) => format!("rate {r:.1}/s (--rate)"),
         (Some(r), Some(RateSource::Announced)) => format!("rate {r:.1}/s (announced)"),
+        (Some(r), Some(RateSource::Adaptive)) => format!("rate {r:.1}/s (backed off on refusals)"),
         (Some(r), None) => format!("rate {r:.1}/s"),
         (None, _) => "no rate".to_owned(),
     };

@@ -7,17 +7,23 @@
 //!   Permits in workers' hands count against the bucket's capacity (`--burst`), so over any
 //!   window of `T` seconds the fleet sends at most `burst + rate * T`, however the permits are
 //!   spread. A dead worker's permits leave the count and the bucket refills them at the rate.
-//! - **A pause**: a `Retry-After` (or a limit announced as used up) pauses every worker until
-//!   then; their permits are dropped and the bucket starts empty, so sending resumes at the
-//!   rate, not in a burst, and the concurrency limit was cut.
+//! - **A pause**: a limit announced as used up, or a `Retry-After` that is the whole client's
+//!   (a long one, or one of many refusals: [`throttle`]), pauses every worker until then; their
+//!   permits are dropped and the bucket starts empty, so sending resumes at the rate, not in a
+//!   burst. A sporadic `Retry-After` is only its request's: that request waits it, no other.
+//! - **A rate backed off on refusals** ([`throttle::AdaptiveRate`]): without `--rate` or an
+//!   announced limit, refusals past 2% of the recent answers meter the fleet at 0.7 of the rate
+//!   the server took, which then climbs back along a cubic curve; it is given up once far past
+//!   where it was refused.
 //! - **A concurrency limit** ([`Controller`]): the fleet's requests in flight, split among the
 //!   workers. Fixed by `--concurrency`, or adaptive: it doubles from a small start each round
 //!   trip while answers stay fast and clean (slow start), then grows by about its square root
 //!   per interval. Latency past twice its baseline plus a slack for two intervals in a row is
 //!   requests queueing: slow start ends with the limit halved (it overshot) unless answers still
 //!   come faster, and later the limit shrinks by a tenth. Between twice the baseline and that
-//!   plus the slack it holds. It halves on 429/503. So TCP's AIMD and the Vegas/Gradient
-//!   limiters do.
+//!   plus the slack it holds. So TCP's AIMD and the Vegas/Gradient limiters do. A 429 or 503
+//!   ends slow start and holds the limit for that interval: refusals are answered with a rate,
+//!   not by halving the requests in flight (which against a fast API bound no rate at all).
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,7 @@ use log::Level;
 use shared::{Announced, Pace, Traffic};
 
 use super::messages::Command;
+use super::throttle::{self, AdaptiveRate, Recent};
 use crate::job::{PaceSettings, Pacing, RateSource};
 
 /// How often the adaptive limit is reconsidered.
@@ -144,13 +151,6 @@ impl Controller {
         (self.limit as u32).max(min)
     }
 
-    /// A server asked us to back off: halve, and leave slow start.
-    pub fn cut(&mut self, now: Instant) {
-        self.limit = (self.limit / 2.0).max(1.0);
-        self.slow_start = false;
-        self.reset(now);
-    }
-
     fn reset(&mut self, now: Instant) {
         (self.requests, self.latency_us, self.throttled, self.since) = (0, 0, 0, now);
     }
@@ -166,8 +166,11 @@ impl Controller {
         }
         let before = self.limit;
         if self.throttled > 0 {
-            self.cut(now);
-            return self.limit != before;
+            // The pacer answers refusals with a rate; here they end slow start, and the limit
+            // holds for the interval.
+            self.slow_start = false;
+            self.reset(now);
+            return false;
         }
         let mean = self.latency_us as f64 / self.requests as f64;
         let baseline = self.baseline_us.map_or(mean, |b| (b * 1.01).min(mean));
@@ -224,6 +227,10 @@ pub struct Pacer {
     fixed: u32,
     members: Vec<Option<Member>>,
     paused_until: Option<Instant>,
+    /// What the workers' requests met over the last [`throttle::WINDOW`].
+    recent: Recent,
+    /// The rate backed off on refusals, while the meter keeps to it.
+    adaptive: Option<AdaptiveRate>,
     /// The figures so far; the rate and the current limit are filled in when asked.
     figures: Pacing,
 }
@@ -247,6 +254,8 @@ impl Pacer {
             fixed,
             members: (0..slots).map(|_| None).collect(),
             paused_until: None,
+            recent: Recent::new(now),
+            adaptive: None,
             figures,
         };
         p.note_limit();
@@ -380,16 +389,95 @@ impl Pacer {
         if let Some(c) = &mut self.controller {
             c.sample(t);
         }
+        self.recent.add(now, u64::from(t.requests), u64::from(t.throttled));
         if let Some(a) = t.announced {
             self.learn(a, now, out);
         }
+        if t.throttled > 0 {
+            self.back_off(now, out);
+        }
         if let Some(ms) = t.wait_ms {
-            self.pause(Duration::from_millis(ms), now, out);
+            let wait = Duration::from_millis(ms);
+            let used_up = t.announced.is_some_and(|a| a.remaining == Some(0));
+            if throttle::fleet_wide(wait, used_up, &self.recent, now) {
+                self.pause(wait, now, out);
+            }
         }
         self.adapt(now, out);
     }
 
-    /// Time passed: grant what accrued, reconsider the limit.
+    /// The server refused requests: meter the fleet below the rate it was sending, unless
+    /// the rate is `--rate`'s or the server's announcement (those stand; the requests that
+    /// met a refusal wait their own `Retry-After`).
+    fn back_off(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if matches!(self.meter, Some((_, RateSource::Given | RateSource::Announced))) {
+            return;
+        }
+        // Sporadic refusals, or too few requests to tell: the refused ones wait their own time.
+        if self.recent.refused_share(now).is_none_or(|s| s < throttle::BACKOFF_SHARE) {
+            return;
+        }
+        let Some(measured) = self.recent.accepted_rate(now) else { return };
+        let first = self.adaptive.is_none();
+        match &mut self.adaptive {
+            Some(a) => {
+                if !a.refused(measured, now) {
+                    return;
+                }
+            }
+            None => self.adaptive = Some(AdaptiveRate::new(measured, now)),
+        }
+        self.figures.backoffs += 1;
+        let rate = self.adaptive.as_ref().map_or(measured, |a| a.rate(now));
+        self.keep_adaptive_rate(rate, now);
+        let level = if first { Level::Info } else { Level::Debug };
+        out.push(Command::Log(
+            level,
+            format!(
+                "the server refuses requests: backing off to {rate:.0} requests/s (it took {measured:.0}/s)"
+            ),
+        ));
+        self.share(out);
+        self.grant(now, out);
+    }
+
+    /// Meters the fleet at `rate`, the adaptive one.
+    fn keep_adaptive_rate(&mut self, rate: f64, now: Instant) {
+        let held: u32 = self.members.iter().flatten().map(|m| m.held).sum();
+        let burst = self.settings.burst;
+        match &mut self.meter {
+            Some((m, RateSource::Adaptive)) => {
+                m.refill(now, held);
+                m.rate = rate;
+                m.burst = burst_of(rate, burst);
+            }
+            _ => self.meter = Some((Meter::new(rate, burst, now), RateSource::Adaptive)),
+        }
+    }
+
+    /// The adaptive rate climbs as time passes, and is given up once far past where the
+    /// server last refused.
+    fn climb(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let Some(a) = &self.adaptive else { return };
+        if !matches!(self.meter, Some((_, RateSource::Adaptive))) {
+            self.adaptive = None; // a rate given or announced since took over
+            return;
+        }
+        if a.outgrown(now) {
+            self.adaptive = None;
+            self.meter = None;
+            out.push(Command::Log(
+                Level::Debug,
+                "no refusals for a while: the fleet's rate is free again".into(),
+            ));
+            self.share(out);
+            return;
+        }
+        let rate = a.rate(now);
+        self.keep_adaptive_rate(rate, now);
+    }
+
+    /// Time passed: grant what accrued, reconsider the limit and the adaptive rate.
     pub fn wake(&mut self, now: Instant, out: &mut Vec<Command>) {
         self.adapt(now, out);
         self.grant(now, out);
@@ -448,12 +536,10 @@ impl Pacer {
         self.figures.pauses += 1;
         self.figures.paused_secs += (until - current.unwrap_or(now)).as_secs_f64();
         self.paused_until = Some(until);
+        self.recent.resume_at(until);
         if let Some((meter, _)) = &mut self.meter {
             meter.tokens = 0.0;
             meter.at = until;
-        }
-        if let Some(c) = &mut self.controller {
-            c.cut(now);
         }
         let ms = wait.as_millis() as u64;
         for (slot, m) in self.members.iter_mut().enumerate() {
@@ -488,13 +574,15 @@ impl Pacer {
         }
         let burst = self.settings.burst;
         match &mut self.meter {
-            Some((m, _)) => {
+            Some((m, source)) => {
                 m.refill(now, 0);
                 m.rate = rate;
                 m.burst = burst_of(rate, burst);
+                *source = RateSource::Announced;
             }
             None => self.meter = Some((Meter::new(rate, burst, now), RateSource::Announced)),
         }
+        self.adaptive = None;
         out.push(Command::Log(
             Level::Info,
             format!("the server announces its limit: keeping to {rate:.1} requests/s"),
@@ -504,6 +592,7 @@ impl Pacer {
     }
 
     fn adapt(&mut self, now: Instant, out: &mut Vec<Command>) {
+        self.climb(now, out);
         let Some(c) = &mut self.controller else { return };
         let mean_ms = c.latency_us as f64 / c.requests.max(1) as f64 / 1000.0;
         if c.update(now) {

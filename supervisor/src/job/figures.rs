@@ -87,7 +87,7 @@ pub struct Pacing {
     pub paused_secs: f64,
     /// The rate in force at the end, requests per second, if any.
     pub rate: Option<f64>,
-    /// Where it came from (`"--rate"` or `"announced"` in JSON).
+    /// Where it came from (`"--rate"`, `"announced"` or `"backed off"` in JSON).
     pub rate_source: Option<RateSource>,
     /// The fleet's concurrency limit at the end.
     pub concurrency: u32,
@@ -95,4 +95,7 @@ pub struct Pacing {
     pub concurrency_range: (u32, u32),
     /// Whether it adapted (no `--concurrency`).
     pub adaptive: bool,
+    /// Times the fleet's rate backed off on refusals (429, 503).
+    #[serde(default)]
+    pub backoffs: u64,
 }

@@ -23,4 +23,7 @@ pub enum RateSource {
     /// The server's headers.
     #[serde(rename = "announced")]
     Announced,
+    /// Backed off on the server's refusals (429, 503), climbing back.
+    #[serde(rename = "backed off")]
+    Adaptive,
 }

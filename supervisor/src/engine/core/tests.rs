@@ -865,7 +865,8 @@ fn a_server_wait_reported_by_one_worker_pauses_every_worker() {
     let mut sim = Sim::started(3, 0..64);
     sim.said.clear();
     let t =
-        shared::Traffic { requests: 1, too_many: 1, throttled: 1, wait_ms: Some(1500), ..Default::default() };
+        // A quarter of 40 answers refused: the whole client is limited.
+        shared::Traffic { requests: 40, too_many: 10, throttled: 10, wait_ms: Some(1500), ..Default::default() };
     sim.feed(worker(1, sim.gens[1], EventKind::Traffic(t)));
     let paused: Vec<&String> = sim.said.iter().filter(|c| c.starts_with("Pause")).collect();
     assert_eq!(paused.len(), 3, "{paused:?}");

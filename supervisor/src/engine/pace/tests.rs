@@ -147,13 +147,14 @@ fn a_dead_workers_permits_come_back_at_the_rate() {
 }
 
 #[test]
-fn a_server_wait_pauses_every_worker_and_sending_resumes_at_the_rate() {
+fn a_fleet_wide_wait_pauses_every_worker_and_sending_resumes_at_the_rate() {
     let mut f = Fleet::new(settings(Some(1000.0), Some(100), None), 3);
     let alive = [true; 3];
     for _ in 0..20 {
         f.step(Duration::from_millis(10), &alive);
     }
-    let t = Traffic { requests: 1, too_many: 1, throttled: 1, wait_ms: Some(1000), ..Traffic::default() };
+    // A quarter of 40 answers refused: the client as a whole is limited.
+    let t = Traffic { requests: 40, too_many: 10, throttled: 10, wait_ms: Some(1000), ..Traffic::default() };
     let mut out = Vec::new();
     f.pacer.traffic(&t, f.now, &mut out);
     f.apply(out);
@@ -184,6 +185,74 @@ fn a_server_wait_pauses_every_worker_and_sending_resumes_at_the_rate() {
     let after = f.spends.len() - before;
     assert!(after <= 110, "{after} sent in the first 100ms after the pause");
     assert_eq!(f.pacer.figures().pauses, 1);
+    assert_eq!(f.pacer.figures().rate, Some(1000.0), "--rate stands: it does not back off");
+}
+
+#[test]
+fn a_sporadic_refusal_pauses_nobody() {
+    let mut f = Fleet::new(settings(None, None, None), 3);
+    let mut out = Vec::new();
+    let clean = Traffic { requests: 99, ..Traffic::default() };
+    f.pacer.traffic(&clean, f.now, &mut out);
+    let one = Traffic { requests: 1, too_many: 1, throttled: 1, wait_ms: Some(1000), ..Traffic::default() };
+    f.pacer.traffic(&one, f.now, &mut out);
+    f.apply(out);
+    assert!(f.paused.is_empty(), "one refusal in a hundred pauses no worker: {:?}", f.paused);
+    assert_eq!(f.pacer.figures().pauses, 0);
+    // A long wait is the whole client's, however rare.
+    let long = Traffic { wait_ms: Some(throttle::LONG_WAIT.as_millis() as u64), ..one };
+    let mut out = Vec::new();
+    f.pacer.traffic(&long, f.now, &mut out);
+    f.apply(out);
+    assert_eq!(f.paused.len(), 3, "{:?}", f.paused);
+}
+
+#[test]
+fn refusals_meter_the_fleet_below_its_send_rate_and_it_climbs_back_then_runs_free() {
+    let mut now = Instant::now();
+    let mut p = Pacer::new(settings(None, None, None), 2, now);
+    let mut out = Vec::new();
+    for slot in 0..2 {
+        p.join(slot, 1, now, &mut out);
+    }
+    // 200 answers every 100ms: 2000 a second, the refused report's among them.
+    for _ in 0..10 {
+        now += INTERVAL;
+        p.traffic(&clean(1, 200), now, &mut out);
+    }
+    assert_eq!(p.figures().rate, None, "unmetered while nothing is refused");
+    // One refusal in a hundred is sporadic: nothing changes.
+    now += INTERVAL;
+    p.traffic(&Traffic { throttled: 2, too_many: 2, ..clean(1, 200) }, now, &mut out);
+    assert_eq!(p.figures().rate, None);
+    // A whole report refused: 200 of 2,400 answers over the last 1.2 s, past 2% (short of the
+    // 10% that would be the whole client's).
+    now += INTERVAL;
+    p.traffic(&Traffic { throttled: 200, too_many: 200, ..clean(1, 200) }, now, &mut out);
+    let f = p.figures();
+    assert_eq!(f.rate_source, Some(RateSource::Adaptive));
+    let took = (2400.0 - 202.0) / 1.2;
+    let rate = f.rate.expect("metered");
+    assert!((rate - 0.7 * took).abs() < 1.0, "backed off to {rate}, 0.7 of {took}");
+    assert_eq!(f.pauses, 0);
+    assert_eq!(f.backoffs, 1);
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Pace { pace, .. } if pace.metered)),
+        "workers told to meter"
+    );
+    // Refusals of requests sent before the back-off are not a second one.
+    now += INTERVAL;
+    p.traffic(&Traffic { throttled: 1, ..clean(1, 140) }, now, &mut out);
+    assert_eq!(p.figures().backoffs, 1);
+    // No refusals: back where it was refused after the recovery time, free a while later.
+    now += throttle::RECOVERY;
+    p.wake(now, &mut out);
+    let climbed = p.figures().rate.expect("still metered");
+    assert!((climbed - took).abs() < 0.02 * took, "climbed to {climbed}, back to {took}");
+    now += 4 * throttle::RECOVERY;
+    p.wake(now, &mut out);
+    assert_eq!(p.figures().rate, None, "given up once far past the refusals");
+    assert!(p.limit() > 0);
 }
 
 #[test]
@@ -259,28 +328,30 @@ fn the_limit_grows_to_the_ceiling_on_a_slow_clean_api() {
 }
 
 #[test]
-fn the_limit_halves_on_429s_and_backs_off_when_latency_queues() {
+fn the_limit_holds_on_429s_and_backs_off_when_latency_queues() {
     let mut now = Instant::now();
     let mut p = Pacer::new(settings(None, None, None), 4, now);
     while p.limit() < 512 {
         drive(&mut p, &mut now, 1, |l| clean(20, l));
     }
     assert_eq!(p.limit(), 512);
-    let throttled = |l: u32| Traffic { throttled: 5, too_many: 5, ..clean(20, l) };
-    assert_eq!(drive(&mut p, &mut now, 2, throttled), [256, 128]);
+    // Refusals are answered with a rate: the limit holds, and slow start ends.
+    let throttled = |l: u32| Traffic { throttled: l / 10, too_many: 5, ..clean(20, l) };
+    assert_eq!(drive(&mut p, &mut now, 2, throttled), [512, 512]);
+    assert_eq!(p.figures().rate_source, Some(RateSource::Adaptive));
     // Out of slow start: clean answers now grow it by about its square root.
     let grown = drive(&mut p, &mut now, 1, |l| clean(20, l))[0];
-    assert_eq!(grown, 128 + 11);
+    assert_eq!(grown, 512 + 22);
     // Latency past twice the baseline plus slack, twice in a row: requests are queueing;
     // shrink by a tenth. Once is not enough (new connections being set up).
     let held = drive(&mut p, &mut now, 1, |l| clean(60, l))[0];
     assert_eq!(held, grown, "one slow interval");
     let shrunk = drive(&mut p, &mut now, 1, |l| clean(60, l))[0];
-    assert_eq!(shrunk, (f64::from(grown) * 0.9) as u32);
+    assert_eq!(shrunk, ((512.0 + 512f64.sqrt()) * 0.9) as u32);
     let report = p.figures();
     assert_eq!(
         (report.concurrency_range.0, report.concurrency_range.1, report.too_many),
-        (4 * START_PER_WORKER, 512, 10)
+        (4 * START_PER_WORKER, grown, 10)
     );
 }
 
