@@ -29,6 +29,14 @@ struct State {
     open: bool,
 }
 
+impl State {
+    /// Whether a take is waiting (a notify is a system call even with nobody to wake, and
+    /// takes and gives come once a frame and once a write).
+    fn queued(&self) -> bool {
+        self.next_ticket > self.serving
+    }
+}
+
 impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Budget {
@@ -59,9 +67,12 @@ impl Budget {
         }
         s.serving += 1;
         s.held += bytes;
+        let queued = s.queued();
         drop(s);
-        // The next in line may fit too.
-        self.freed.notify_all();
+        if queued {
+            // The next in line may fit too.
+            self.freed.notify_all();
+        }
     }
 
     /// Gives `bytes` back, waking the takers waiting for them.
@@ -71,8 +82,11 @@ impl Budget {
         }
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         s.held = s.held.saturating_sub(bytes);
+        let queued = s.queued();
         drop(s);
-        self.freed.notify_all();
+        if queued {
+            self.freed.notify_all();
+        }
     }
 
     /// From now on takes never wait: nothing will give bytes back (the writer has ended), or
