@@ -7,7 +7,8 @@
 //! left in each phase, which changes at every request. This one:
 //!
 //! - **Probes only a connection that sat idle** for [`PROBE_AFTER_IDLE`] or longer, as it comes
-//!   out of the pool, with one `recv(MSG_PEEK | MSG_DONTWAIT)` (Apache HttpClient's
+//!   out of the pool (or one whose request took that long, as it goes back), with one
+//!   `recv(MSG_PEEK | MSG_DONTWAIT)` (Apache HttpClient's
 //!   `validateAfterInactivity`, 2 s). A connection the server closed sooner is found when the
 //!   request sent on it gets no answer: the fetcher sends it again at once on a new connection
 //!   ([`Stale`]), which costs a round trip, not an attempt.
@@ -85,7 +86,7 @@ impl<In: Transport> Connector<In> for TcpConnector {
             buffers: LazyBuffers::new(self.buffers.0, self.buffers.1),
             read_timeout: None,
             write_timeout: None,
-            last_io: Instant::now(),
+            idle_since: Instant::now(),
             kept: false,
             read_since_send: 0,
             stale: self.stale.clone(),
@@ -145,8 +146,8 @@ pub struct TcpTransport {
     buffers: LazyBuffers,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
-    /// When the last read or write ended.
-    last_io: Instant,
+    /// When the pool last asked about it: it went back to the pool then, or came out.
+    idle_since: Instant,
     /// The connection has been in the pool: an exchange completed on it before.
     kept: bool,
     /// Bytes read since it last came out of the pool.
@@ -206,7 +207,6 @@ impl Transport for TcpTransport {
             stream.set_write_timeout(t)
         })?;
         let result = (&*self.stream).write_all(&self.buffers.output()[..amount]);
-        self.last_io = Instant::now();
         result.map_err(|e| {
             self.failed();
             timed_out(e, timeout.reason)
@@ -229,7 +229,6 @@ impl Transport for TcpTransport {
                 other => break other,
             }
         };
-        self.last_io = Instant::now();
         match result {
             Ok(0) => {
                 self.failed();
@@ -252,11 +251,11 @@ impl Transport for TcpTransport {
         // exchange completed on it, and what is read from here on is the next one's answer.
         self.kept = true;
         self.read_since_send = 0;
-        if self.last_io.elapsed() < PROBE_AFTER_IDLE {
-            return true;
-        }
-        self.last_io = Instant::now();
-        still_open(&self.stream)
+        // The time since the pool last asked: idle in the pool as it comes out, in use as it
+        // goes back (a request that took that long is probed then too, at no harm).
+        let now = Instant::now();
+        let since = now.saturating_duration_since(std::mem::replace(&mut self.idle_since, now));
+        since < PROBE_AFTER_IDLE || still_open(&self.stream)
     }
 }
 
