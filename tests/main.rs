@@ -14,6 +14,7 @@ mod isolation;
 mod layers;
 mod models;
 mod operate;
+mod outage;
 mod pace;
 mod private;
 mod report;

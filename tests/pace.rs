@@ -6,15 +6,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-/// Every item request mockapi logged, in arrival order.
-fn log_of(api: &MockApi) -> Vec<mockapi::Logged> {
-    let mut resp = ureq::get(format!("http://{}/log", api.addr)).call().expect("log answers");
-    let text = resp.body_mut().read_to_string().expect("log body");
-    let mut log: Vec<mockapi::Logged> = serde_json::from_str(&text).expect("log is mockapi's Logged list");
-    log.sort_by_key(|l| l.ms);
-    log
-}
-
 /// The most requests that arrived within any `span_ms`.
 fn busiest(log: &[mockapi::Logged], span_ms: u64) -> usize {
     let mut window = VecDeque::new();
@@ -51,7 +42,7 @@ fn the_fleet_never_sends_more_than_its_rate_and_burst() {
     set(&mut args, "--burst", "10");
     run(&strs(&args)).assert_code(0);
     assert_complete(&store, 0..600);
-    let log = log_of(&api);
+    let log = api.log();
     assert_eq!(log.len(), 600, "one request per id: no faults here");
     // The bound is on sending; arrivals may bunch up by the network's jitter, allowed 50ms.
     for span_ms in [250, 1000] {
@@ -74,7 +65,7 @@ fn a_sporadic_retry_after_is_waited_by_its_request_alone() {
     out.assert_code(0);
     assert_complete(&store, 0..3000);
     assert_eq!(summary_figure(&out.stdout, "server-asked pauses"), 0, "{}", out.stdout);
-    let log = log_of(&api);
+    let log = api.log();
     let refused: Vec<&mockapi::Logged> = log.iter().filter(|l| l.status == 503).collect();
     assert!(refused.len() >= 3, "{} requests answered 503", refused.len());
     let end = log.last().expect("requests").ms;
@@ -100,7 +91,7 @@ fn a_retry_after_among_many_refusals_pauses_every_worker() {
     assert_complete(&store, 0..60);
     assert!(summary_figure(&out.stdout, "server-asked pauses") >= 2, "{}", out.stdout);
     // A pause is a stretch with nothing sent, longer than any answer takes.
-    let log = log_of(&api);
+    let log = api.log();
     let quiet = log.windows(2).filter(|w| w[1].ms - w[0].ms >= 800).count();
     assert!(quiet >= 2, "{quiet} silent stretches of 800ms or more");
 }
@@ -188,16 +179,12 @@ fn every_request_names_its_client_in_its_user_agent() {
     let mut args = job_args(&api.url(), "0..20", &store);
     run(&strs(&args)).assert_code(0);
     let default = format!("flota/{}", env!("CARGO_PKG_VERSION"));
-    assert!(
-        log_of(&api).iter().all(|l| l.user_agent.as_deref() == Some(default.as_str())),
-        "{:?}",
-        log_of(&api)
-    );
+    assert!(api.log().iter().all(|l| l.user_agent.as_deref() == Some(default.as_str())), "{:?}", api.log());
     let (api, _dir, store) = setup(&["--record"]);
     args = job_args(&api.url(), "0..20", &store);
     set(&mut args, "--user-agent", "acme-sync/2 (ops@example.com)");
     run(&strs(&args)).assert_code(0);
-    let log = log_of(&api);
+    let log = api.log();
     assert_eq!(log.len(), 20);
     assert!(log.iter().all(|l| l.user_agent.as_deref() == Some("acme-sync/2 (ops@example.com)")), "{log:?}");
     set(&mut args, "--user-agent", " ");

@@ -55,6 +55,16 @@ impl MockApi {
     pub fn requests(&self) -> u64 {
         self.stats().requests
     }
+
+    /// Every item request it logged (`--record`), in arrival order.
+    pub fn log(&self) -> Vec<mockapi::Logged> {
+        let mut resp = ureq::get(format!("http://{}/log", self.addr)).call().expect("log answers");
+        let text = resp.body_mut().read_to_string().expect("log body");
+        let mut log: Vec<mockapi::Logged> =
+            serde_json::from_str(&text).expect("log is mockapi's Logged list");
+        log.sort_by_key(|l| l.ms);
+        log
+    }
 }
 
 impl Drop for MockApi {

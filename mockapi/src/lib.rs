@@ -49,6 +49,28 @@ pub struct Args {
     /// Answer every N-th item request (by arrival) 503 with `Retry-After: 1`.
     #[arg(long, value_name = "N")]
     pub unavailable_every: Option<u64>,
+    /// Fraction of item requests answered 429 with `Retry-After: 1`, at random: a gateway
+    /// shedding a little load (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub throttle_rate: f64,
+    /// Fraction of item requests answered 503 without `Retry-After`, at random (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub unavailable_rate: f64,
+    /// After the N-th item request, answer every item request 503 (no `Retry-After`) for
+    /// --outage-secs: the API is down.
+    #[arg(long, value_name = "N", requires = "outage_secs")]
+    pub outage_after: Option<u64>,
+    /// How long the outage of --outage-after lasts, in seconds.
+    #[arg(long, value_name = "SECS", requires = "outage_after")]
+    pub outage_secs: Option<f64>,
+    /// A quota of N item requests per --quota-window, announced in `X-RateLimit-Limit`,
+    /// `-Remaining` and `-Reset` (seconds to the window's end); beyond it, 429 with a
+    /// `Retry-After` to the window's end.
+    #[arg(long, value_name = "N")]
+    pub quota: Option<u32>,
+    /// The quota's fixed window, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1, requires = "quota")]
+    pub quota_window: u64,
     /// Log every item request (arrival time, id, status), served as `GET /log`.
     #[arg(long)]
     pub record: bool,
@@ -159,6 +181,10 @@ pub fn run(args: Args) -> i32 {
         unavailable_every: args.unavailable_every,
         missing_every: args.missing_every,
         compress: args.compress,
+        throttle_rate: args.throttle_rate,
+        unavailable_rate: args.unavailable_rate,
+        outage: args.outage_after.zip(args.outage_secs.map(std::time::Duration::from_secs_f64)),
+        quota: args.quota.map(|n| (n, args.quota_window.max(1))),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => match tls_config(cert, key) {

@@ -49,6 +49,15 @@ pub struct Faults {
     /// Not a fault: compress item bodies with this coding when the request's
     /// `Accept-Encoding` offers it, as most real servers do.
     pub compress: Option<Coding>,
+    /// Fraction of item requests answered 429 with `Retry-After: 1`, at random.
+    pub throttle_rate: f64,
+    /// Fraction of item requests answered 503 without `Retry-After`, at random.
+    pub unavailable_rate: f64,
+    /// After this many item requests, every one is answered 503 for this long: an outage.
+    pub outage: Option<(u64, Duration)>,
+    /// A quota of this many item requests per window of this many seconds, announced in
+    /// `X-RateLimit-*` headers; beyond it, 429 with a `Retry-After` to the window's end.
+    pub quota: Option<(u32, u64)>,
 }
 
 /// A content coding mockapi can send.
@@ -88,7 +97,7 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Dropped without an answer.
     pub dropped: u64,
-    /// Answered 503 (`--unavailable-every`).
+    /// Answered 503 (`--unavailable-every`, `--unavailable-rate`, `--outage-after`).
     #[serde(default)]
     pub unavailable: u64,
     /// Item answers sent compressed (`--compress`).
@@ -131,6 +140,10 @@ struct State {
     started: Instant,
     /// Rate limit window: high 32 bits the second since start, low 32 bits the count in it.
     window: AtomicU64,
+    /// The quota's window, the same way (by window since start).
+    quota_window: AtomicU64,
+    /// When the outage began, in milliseconds since start, plus one; 0 before it.
+    outage_began: AtomicU64,
     log: Mutex<Vec<Logged>>,
 }
 
@@ -139,6 +152,7 @@ enum Verdict {
     Error,
     Drop,
     Limited,
+    Unavailable,
 }
 
 /// Where a request stands in the rate limit's window.
@@ -150,13 +164,27 @@ struct Window {
     reset: u64,
 }
 
+/// Counts a request in `window` (high 32 bits the window's number, low 32 bits its count), a
+/// new window starting the count again. Returns the count with this request.
+fn count_in(window: &AtomicU64, now: u64) -> u64 {
+    let mut cur = window.load(Ordering::Relaxed);
+    loop {
+        let (w, count) = (cur >> 32, cur & 0xffff_ffff);
+        let next = if w == now { (w << 32) | (count + 1) } else { (now << 32) | 1 };
+        match window.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next & 0xffff_ffff,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
 impl State {
     fn verdict(&self, id: u64, window: Option<Window>) -> Verdict {
         let f = &self.faults;
         if window.is_some_and(|w| w.remaining == u64::MAX) {
             return Verdict::Limited;
         }
-        if f.error_rate <= 0.0 && f.drop_rate <= 0.0 {
+        if f.error_rate <= 0.0 && f.drop_rate <= 0.0 && f.throttle_rate <= 0.0 && f.unavailable_rate <= 0.0 {
             return Verdict::Serve;
         }
         let nth = {
@@ -174,25 +202,48 @@ impl State {
             Verdict::Drop
         } else if roll(0xe770) < f.error_rate {
             Verdict::Error
+        } else if roll(0x7a11) < f.throttle_rate {
+            Verdict::Limited
+        } else if roll(0x5e03) < f.unavailable_rate {
+            Verdict::Unavailable
         } else {
             Verdict::Serve
         }
     }
 
+    /// Whether the outage is on for the `nth` item request.
+    fn down(&self, nth: u64) -> bool {
+        let Some((after, length)) = self.faults.outage else { return false };
+        if nth == after + 1 {
+            let _ = self.outage_began.compare_exchange(
+                0,
+                self.started.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        match self.outage_began.load(Ordering::Relaxed) {
+            0 => false,
+            began => self.started.elapsed() < Duration::from_millis(began - 1) + length,
+        }
+    }
+
+    /// The quota's window as this request leaves it: `remaining` is `u64::MAX` for a refused
+    /// request.
+    fn quota(&self, limit: u32, secs: u64) -> Window {
+        let elapsed = self.started.elapsed();
+        let now = elapsed.as_secs() / secs;
+        let count = count_in(&self.quota_window, now);
+        let reset = (now + 1) * secs - elapsed.as_secs();
+        let remaining = if count <= u64::from(limit) { u64::from(limit) - count } else { u64::MAX };
+        Window { limit, remaining, reset }
+    }
+
     /// A fixed one-second window: admits the first `limit` requests of each second. Returns
     /// the window as this request leaves it; `remaining` is `u64::MAX` for a refused request.
     fn admit(&self, limit: u32) -> Window {
-        let elapsed = self.started.elapsed();
-        let now = elapsed.as_secs();
-        let mut cur = self.window.load(Ordering::Relaxed);
-        let count = loop {
-            let (sec, count) = (cur >> 32, cur & 0xffff_ffff);
-            let next = if sec == now { (sec << 32) | (count + 1) } else { (now << 32) | 1 };
-            match self.window.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => break next & 0xffff_ffff,
-                Err(actual) => cur = actual,
-            }
-        };
+        let now = self.started.elapsed().as_secs();
+        let count = count_in(&self.window, now);
         let remaining = if count <= u64::from(limit) { u64::from(limit) - count } else { u64::MAX };
         Window { limit, remaining, reset: 1 }
     }
@@ -386,8 +437,25 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
         r.headers_mut().insert("retry-after", "1".parse().expect("valid header"));
         return Ok(r);
     }
+    if state.down(nth) {
+        c.unavailable.fetch_add(1, Ordering::Relaxed);
+        state.record(id, 503, ua);
+        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "down for maintenance\n"));
+    }
     if !state.faults.latency.is_zero() {
         tokio::time::sleep(state.faults.latency).await;
+    }
+    let quota = state.faults.quota.map(|(limit, secs)| state.quota(limit, secs));
+    if let Some(q) = quota.filter(|q| q.remaining == u64::MAX) {
+        c.rate_limited.fetch_add(1, Ordering::Relaxed);
+        state.record(id, 429, ua);
+        let mut r = text(StatusCode::TOO_MANY_REQUESTS, "quota used up\n");
+        let h = r.headers_mut();
+        h.insert("retry-after", q.reset.to_string().parse().expect("valid header"));
+        h.insert("x-ratelimit-limit", q.limit.to_string().parse().expect("valid header"));
+        h.insert("x-ratelimit-remaining", "0".parse().expect("valid header"));
+        h.insert("x-ratelimit-reset", q.reset.to_string().parse().expect("valid header"));
+        return Ok(r);
     }
     let window = state.faults.rate_limit.map(|limit| state.admit(limit));
     let mut r = match state.verdict(id, window) {
@@ -425,6 +493,10 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
             r.headers_mut().insert("retry-after", "1".parse().expect("valid header"));
             r
         }
+        Verdict::Unavailable => {
+            c.unavailable.fetch_add(1, Ordering::Relaxed);
+            text(StatusCode::SERVICE_UNAVAILABLE, "overloaded\n")
+        }
         Verdict::Drop => {
             c.dropped.fetch_add(1, Ordering::Relaxed);
             state.record(id, 0, ua);
@@ -432,6 +504,12 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
         }
     };
     state.record(id, r.status().as_u16(), ua);
+    if let Some(q) = quota {
+        let h = r.headers_mut();
+        h.insert("x-ratelimit-limit", q.limit.to_string().parse().expect("valid header"));
+        h.insert("x-ratelimit-remaining", q.remaining.to_string().parse().expect("valid header"));
+        h.insert("x-ratelimit-reset", q.reset.to_string().parse().expect("valid header"));
+    }
     if let Some(w) = window.filter(|_| state.faults.announce_limit) {
         let h = r.headers_mut();
         let policy = format!("\"default\";q={};w=1", w.limit);
@@ -477,6 +555,8 @@ impl Server {
             seen: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             started: Instant::now(),
             window: AtomicU64::new(0),
+            quota_window: AtomicU64::new(0),
+            outage_began: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();

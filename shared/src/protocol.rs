@@ -13,13 +13,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// What a worker's retry budget is counted over: Finagle's `RetryBudget` keeps deposits 10 s.
+pub const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
 /// How often a worker says it is alive, from a thread of its own, whatever its fetch threads
 /// are doing. The supervisor's `--worker-timeout` is a multiple of it.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +57,12 @@ pub enum ToWorker {
 pub struct Pace {
     /// The most requests this worker has in flight at once (its share of the fleet's limit).
     pub concurrency: u32,
-    /// Whether each request needs a permit ([`ToWorker::Permits`]): the fleet is under a rate.
+    /// Whether each request needs a permit ([`ToWorker::Permits`]): the fleet is under a rate,
+    /// or its circuit is open and only probes go.
     pub metered: bool,
+    /// The API is down (nearly every request fails) and the fleet's circuit is open: an attempt
+    /// sent now, or failing now, does not count against its id.
+    pub circuit_open: bool,
 }
 
 /// Everything a worker needs to know about the job. Secrets (request headers) travel here,
@@ -86,6 +93,12 @@ pub struct JobSpec {
     pub backoff_max_ms: u64,
     /// Ceiling of an honoured `Retry-After`, in milliseconds.
     pub retry_after_max_ms: u64,
+    /// Retries this worker may make, in percent of its first attempts over the last
+    /// [`RETRY_BUDGET_WINDOW`], besides [`JobSpec::retry_floor_per_min`]; `None`: no budget.
+    pub retry_budget_pct: Option<u32>,
+    /// Retries a minute this worker may always make, whatever the budget (its share of the
+    /// fleet's floor).
+    pub retry_floor_per_min: u32,
     /// Extra request headers, name and value.
     pub headers: Vec<(String, String)>,
     /// The `User-Agent` header of every request.
@@ -121,6 +134,8 @@ impl JobSpec {
             backoff_base_ms: 1,
             backoff_max_ms: 1,
             retry_after_max_ms: 1,
+            retry_budget_pct: None,
+            retry_floor_per_min: 0,
             headers: Vec::new(),
             user_agent: String::new(),
             tls: TlsTrust::default(),
@@ -145,6 +160,8 @@ impl std::fmt::Debug for JobSpec {
             .field("backoff_base_ms", &self.backoff_base_ms)
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("retry_after_max_ms", &self.retry_after_max_ms)
+            .field("retry_budget_pct", &self.retry_budget_pct)
+            .field("retry_floor_per_min", &self.retry_floor_per_min)
             .field("headers", &headers)
             .field("user_agent", &self.user_agent)
             .field("tls", &self.tls)

@@ -61,6 +61,8 @@ fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
         backoff_base_ms: 100,
         backoff_max_ms: 30000,
         retry_after_max_ms: 300000,
+        retry_budget_pct: Some(20),
+        retry_floor_per_min: 150,
         headers: vec![("Authorization".into(), "Bearer x".into())],
         user_agent: "flota/0.1.0".into(),
         tls: shared::TlsTrust { extra_roots: vec![vec![0x30, 0x82]], insecure: false },

@@ -82,6 +82,11 @@ const INPUT_BUFFER: usize = 16 << 10;
 /// APIs, refuse more than 4 or 8 KiB.)
 const MAX_RESPONSE_HEAD: usize = INPUT_BUFFER - 1;
 
+/// How long an id whose last attempt failed waits to see whether the fleet's circuit opens (the
+/// API went down) before it is given up: the supervisor tells an outage from a short window of
+/// every worker's failures, a few hundred milliseconds at most at a useful rate.
+const OUTAGE_GRACE: Duration = Duration::from_secs(1);
+
 /// Kept requests a fetch thread sends again at once when they fail stale, per attempt.
 const STALE_RESENDS: u32 = 2;
 
@@ -180,33 +185,55 @@ impl Fetcher {
     ) -> Option<ItemResult> {
         self.url_of(id, url);
         let mut backoff = self.policy.backoff();
-        let mut attempts = 0;
+        // Requests made for the id, and of them those that count against its attempts: one
+        // that met the fleet's open circuit (the API was down) does not.
+        let (mut requests, mut attempts) = (0, 0);
         loop {
-            let started = gate.enter()?;
-            attempts += 1;
+            let ticket = gate.enter(requests == 0)?;
+            requests += 1;
             let (attempt, mut met) = self.attempt(session, url);
             // The gate tells the supervisor of a server's wait at once (it decides whether the
             // fleet pauses); a limit announced used up pauses this worker there and then.
             met.wait = met.wait.map(|w| w.min(self.policy.retry_after_max));
             let wait = met.wait;
-            gate.leave(started, met);
-            match attempt {
-                Attempt::Final(outcome) => return Some(ItemResult { id, attempts, outcome }),
-                Attempt::Retry { error } => {
-                    let Some(jittered) = backoff.next() else {
-                        let plural = if attempts == 1 { "" } else { "s" };
-                        let error = format!("gave up after {attempts} attempt{plural}: {error}");
-                        return Some(ItemResult { id, attempts, outcome: Outcome::Failed { error } });
-                    };
+            let mut outage = gate.leave(ticket, met);
+            let error = match attempt {
+                Attempt::Final(outcome) => return Some(ItemResult { id, attempts: requests, outcome }),
+                Attempt::Retry { error } => error,
+            };
+            let backoff_wait = if outage { None } else { backoff.next() };
+            if !outage && backoff_wait.is_none() {
+                // The id's last attempt failed. If the API has just gone down, the fleet's
+                // circuit opens within a moment (it takes the failures of a short window to
+                // tell): the attempt was the outage's, not the id's.
+                gate.release(holding);
+                outage = gate.circuit_opens_within(OUTAGE_GRACE);
+                if !outage {
+                    attempts += 1;
+                    let plural = if attempts == 1 { "" } else { "s" };
+                    let error = format!("gave up after {attempts} attempt{plural}: {error}");
+                    return Some(ItemResult { id, attempts: requests, outcome: Outcome::Failed { error } });
+                }
+            }
+            let pause = match backoff_wait {
+                Some(jittered) => {
+                    attempts += 1;
                     log::debug!("id {id}: attempt {attempts} failed ({error}), retrying");
                     // A request told to wait waits, and its jittered backoff on top spreads the
                     // retries of requests told the same time.
-                    gate.release(holding);
-                    std::thread::sleep(wait.unwrap_or_default() + jittered);
-                    if !gate.rejoin(holding) {
-                        return None;
-                    }
+                    wait.unwrap_or_default() + jittered
                 }
+                None => {
+                    // Not the id's attempt: it waits at the gate for the circuit to close (or
+                    // to be the next probe), and spends nothing of the retry budget.
+                    log::debug!("id {id}: request {requests} met the open circuit ({error})");
+                    wait.unwrap_or(self.policy.base)
+                }
+            };
+            gate.release(holding);
+            std::thread::sleep(pause);
+            if !(outage || gate.retry()) || !gate.rejoin(holding) {
+                return None;
             }
         }
     }

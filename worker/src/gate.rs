@@ -8,6 +8,10 @@
 //! limit announced as used up pauses this worker at once, before the supervisor has heard of it
 //! and paused the others. A `Retry-After` is reported at once, and waited by its request alone:
 //! whether it is the whole fleet's is the supervisor's to decide, from every worker's answers.
+//!
+//! Two more rules hold the ids' attempts: while the fleet's circuit is open (the API is down),
+//! an attempt that met it does not count against its id ([`Ticket`]); and retries wait for the
+//! worker's retry budget ([`RetryBudget`]).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -16,6 +20,20 @@ use crossbeam_channel::Sender;
 use shared::{Announced, FromWorker, Pace, Traffic};
 
 use crate::outbox::Outgoing;
+use crate::policy::RetryBudget;
+
+/// Failed requests in a row that make a worker wait for the fleet's verdict before it gives an
+/// id up: the supervisor opens the circuit at 90% of at least 10.
+pub const OUTAGE_STREAK: u32 = 10;
+
+/// A request let through the gate: when it started, and whether the circuit was open then
+/// (it is a probe).
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    /// When it was let through.
+    pub started: Instant,
+    probe: bool,
+}
 
 /// What one request met, as far as the fleet's pacing cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,6 +57,8 @@ pub struct Gate {
     places: Condvar,
     /// Threads holding a place, waiting to send (a pace, permits, a pause's end).
     sends: Condvar,
+    /// Threads waiting for the retry budget (they poll it: a deposit wakes nobody).
+    retries: Condvar,
     out: Sender<Outgoing>,
 }
 
@@ -65,12 +85,22 @@ struct State {
     traffic: Traffic,
     /// The limit and window last reported, to report a change at once.
     told: Option<(Option<u64>, Option<u64>)>,
+    /// The retry budget, if the job has one.
+    budget: Option<RetryBudget>,
+    /// Requests in a row, across the worker's threads, that failed (no answer, a 5xx, a 408).
+    failing_streak: u32,
 }
 
 impl Gate {
-    /// A closed gate (no pace yet) that reports through `out`.
-    pub fn new(out: Sender<Outgoing>) -> Gate {
-        Gate { state: Mutex::new(State::default()), places: Condvar::new(), sends: Condvar::new(), out }
+    /// A closed gate (no pace yet) that reports through `out`, and holds retries to `budget`.
+    pub fn new(out: Sender<Outgoing>, budget: Option<RetryBudget>) -> Gate {
+        Gate {
+            state: Mutex::new(State { budget, ..State::default() }),
+            places: Condvar::new(),
+            sends: Condvar::new(),
+            retries: Condvar::new(),
+            out,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -89,7 +119,8 @@ impl Gate {
             s.spent = 0;
         }
         let freed = pace.concurrency.saturating_sub(s.active.max(s.pace.map_or(0, |p| p.concurrency)));
-        let sending_changed = s.pace.is_none_or(|p| p.metered != pace.metered);
+        let sending_changed =
+            s.pace.is_none_or(|p| p.metered != pace.metered || p.circuit_open != pace.circuit_open);
         s.pace = Some(pace);
         drop(s);
         notify(&self.places, freed);
@@ -122,6 +153,47 @@ impl Gate {
         self.lock().closed = true;
         self.places.notify_all();
         self.sends.notify_all();
+        self.retries.notify_all();
+    }
+
+    /// Whether the fleet's circuit is open, or opens within `grace`: waited only while this
+    /// worker's last [`OUTAGE_STREAK`] requests or more all failed (an API failing some ids
+    /// costs their threads no wait).
+    pub fn circuit_opens_within(&self, grace: Duration) -> bool {
+        let until = Instant::now() + grace;
+        let mut s = self.lock();
+        loop {
+            if s.pace.is_some_and(|p| p.circuit_open) {
+                return true;
+            }
+            if s.failing_streak < OUTAGE_STREAK {
+                return false;
+            }
+            let now = Instant::now();
+            if s.closed || now >= until {
+                return false;
+            }
+            s = self.sends.wait_timeout(s, until - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Waits until the budget allows a retry, and takes it. Called without a place at the
+    /// gate: a retry waiting for budget is not one of the requests in flight. Returns `false`
+    /// once the gate is closed.
+    pub fn retry(&self) -> bool {
+        let mut s = self.lock();
+        loop {
+            if s.closed {
+                return false;
+            }
+            let now = Instant::now();
+            let Some(budget) = &mut s.budget else { return true };
+            if budget.try_retry(now) {
+                return true;
+            }
+            let wait = budget.next_chance(now).min(Duration::from_millis(100));
+            s = self.retries.wait_timeout(s, wait).unwrap_or_else(|p| p.into_inner()).0;
+        }
     }
 
     /// Waits until the calling fetch thread may work on an id: one of the worker's share of
@@ -179,8 +251,9 @@ impl Gate {
     }
 
     /// Waits until one request may be sent: no pause in force, and a permit if metered (which
-    /// it takes). Returns when it started, or `None` once the gate is closed.
-    pub fn enter(&self) -> Option<Instant> {
+    /// it takes). `first`: it is an id's first attempt, which adds to the retry budget.
+    /// Returns its ticket, or `None` once the gate is closed.
+    pub fn enter(&self, first: bool) -> Option<Ticket> {
         let mut s = self.lock();
         loop {
             if s.closed {
@@ -211,16 +284,26 @@ impl Gate {
                 }
             }
             s.sending += 1;
-            return Some(now);
+            if first {
+                if let Some(b) = &mut s.budget {
+                    b.first(now);
+                }
+            }
+            return Some(Ticket { started: now, probe: pace.circuit_open });
         }
     }
 
-    /// A request that entered at `started` has ended, having met `met`.
-    pub fn leave(&self, started: Instant, met: Met) {
+    /// A request let through with `ticket` has ended, having met `met`. Returns whether it
+    /// met the open circuit: sent as a probe, or ended while the circuit was open (its failure
+    /// is the API's, not its id's).
+    pub fn leave(&self, ticket: Ticket, met: Met) -> bool {
         let now = Instant::now();
         let mut s = self.lock();
         s.sending -= 1;
-        s.traffic.count(now.duration_since(started), met.status);
+        let open = ticket.probe || s.pace.is_some_and(|p| p.circuit_open);
+        let failed = met.status.is_none_or(|st| st == 408 || (500..600).contains(&st));
+        s.failing_streak = if failed { s.failing_streak.saturating_add(1) } else { 0 };
+        s.traffic.count(now.duration_since(ticket.started), met.status);
         let t = &mut s.traffic;
         let mut urgent = false;
         if let Some(wait) = met.wait {
@@ -245,6 +328,7 @@ impl Gate {
         if let Some(t) = report {
             let _ = self.out.send(Outgoing::Control(FromWorker::Traffic(t)));
         }
+        open
     }
 
     /// What the requests met since the last report, if anything.
@@ -283,7 +367,7 @@ mod tests {
 
     fn gate() -> (Arc<Gate>, Receiver<Outgoing>) {
         let (tx, rx) = unbounded();
-        (Arc::new(Gate::new(tx)), rx)
+        (Arc::new(Gate::new(tx, None)), rx)
     }
 
     fn controls(rx: &Receiver<Outgoing>) -> Vec<FromWorker> {
@@ -300,7 +384,7 @@ mod tests {
         let (tx, rx) = unbounded();
         let g2 = g.clone();
         std::thread::spawn(move || {
-            let _ = tx.send(g2.enter().is_some());
+            let _ = tx.send(g2.enter(true).is_some());
         });
         let got = rx.recv_timeout(wait).unwrap_or(false);
         if !got {
@@ -323,7 +407,7 @@ mod tests {
     #[test]
     fn the_share_bounds_the_threads_at_work_and_a_holder_keeps_its_place() {
         let (g, _rx) = gate();
-        g.set_pace(Pace { concurrency: 2, metered: false });
+        g.set_pace(Pace { concurrency: 2, metered: false, circuit_open: false });
         let (mut a, mut b) = (false, false);
         assert!(g.hold(&mut a) && g.hold(&mut b));
         assert!(g.hold(&mut a), "a holder goes on to its next id");
@@ -338,7 +422,7 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true), "a released place goes to the waiter");
         third.join().expect("joins");
         // The share shrinks to one: of the two holders, the first to ask again steps down.
-        g.set_pace(Pace { concurrency: 1, metered: false });
+        g.set_pace(Pace { concurrency: 1, metered: false, circuit_open: false });
         let g2 = g.clone();
         let stepped_down = std::thread::spawn(move || g2.hold(&mut b));
         std::thread::sleep(Duration::from_millis(30));
@@ -349,17 +433,17 @@ mod tests {
     #[test]
     fn metered_requests_wait_for_a_permit() {
         let (g, _rx) = gate();
-        g.set_pace(Pace { concurrency: 100, metered: true });
+        g.set_pace(Pace { concurrency: 100, metered: true, circuit_open: false });
         assert!(!enters_within(&g, Duration::from_millis(30)), "entered without a permit");
     }
 
     #[test]
     fn metered_requests_spend_permits_and_report_them() {
         let (g, rx) = gate();
-        g.set_pace(Pace { concurrency: 100, metered: true });
+        g.set_pace(Pace { concurrency: 100, metered: true, circuit_open: false });
         g.grant(4);
         for _ in 0..4 {
-            let t = g.enter().expect("a permit");
+            let t = g.enter(true).expect("a permit");
             g.leave(t, Met::default());
         }
         assert!(!enters_within(&g, Duration::from_millis(30)), "a fifth request with 4 permits");
@@ -370,8 +454,8 @@ mod tests {
     #[test]
     fn a_retry_after_is_reported_at_once_and_a_used_up_limit_pauses_the_worker() {
         let (g, rx) = gate();
-        g.set_pace(Pace { concurrency: 10, metered: false });
-        let t = g.enter().expect("open");
+        g.set_pace(Pace { concurrency: 10, metered: false, circuit_open: false });
+        let t = g.enter(true).expect("open");
         let wait = Some(Duration::from_millis(300));
         g.leave(t, Met { status: Some(429), wait, announced: None, used_up: false });
         let sent = controls(&rx);
@@ -382,10 +466,10 @@ mod tests {
             other => panic!("expected one traffic report, got {other:?}"),
         }
         assert!(enters_within(&g, Duration::from_millis(100)), "one request's Retry-After pauses no other");
-        let t = g.enter().expect("open");
+        let t = g.enter(true).expect("open");
         g.leave(t, Met { status: Some(200), wait, announced: None, used_up: true });
         let started = Instant::now();
-        g.enter().expect("opens again");
+        g.enter(true).expect("opens again");
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(250), "paused only {waited:?}");
     }
@@ -393,7 +477,7 @@ mod tests {
     #[test]
     fn a_pause_from_the_supervisor_drops_the_permits_in_hand() {
         let (g, _rx) = gate();
-        g.set_pace(Pace { concurrency: 10, metered: true });
+        g.set_pace(Pace { concurrency: 10, metered: true, circuit_open: false });
         g.grant(10);
         g.pause(Duration::from_millis(1));
         std::thread::sleep(Duration::from_millis(5));
@@ -403,10 +487,10 @@ mod tests {
     #[test]
     fn a_new_announced_policy_is_reported_at_once_and_repeats_wait_for_the_tick() {
         let (g, rx) = gate();
-        g.set_pace(Pace { concurrency: 10, metered: false });
+        g.set_pace(Pace { concurrency: 10, metered: false, circuit_open: false });
         let a = Announced { limit: Some(100), window_ms: Some(1000), remaining: Some(99), reset_ms: None };
         for remaining in [99, 98] {
-            let t = g.enter().expect("open");
+            let t = g.enter(true).expect("open");
             let announced = Some(Announced { remaining: Some(remaining), ..a });
             g.leave(t, Met { status: Some(200), announced, ..Met::default() });
         }
@@ -417,18 +501,60 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_that_met_the_open_circuit_says_so() {
+        let (g, _rx) = gate();
+        let closed = Pace { concurrency: 10, metered: false, circuit_open: false };
+        g.set_pace(closed);
+        let before = g.enter(true).expect("open");
+        assert!(!g.leave(before, Met::default()), "the circuit is closed");
+        let sent_before = g.enter(true).expect("open");
+        g.set_pace(Pace { metered: true, circuit_open: true, ..closed });
+        assert!(g.leave(sent_before, Met::default()), "it failed while the circuit was open");
+        g.grant(1);
+        let probe = g.enter(false).expect("a probe's permit");
+        g.set_pace(closed);
+        assert!(g.leave(probe, Met { status: Some(200), ..Met::default() }), "a probe met it");
+    }
+
+    #[test]
+    fn a_retry_waits_for_the_budget_and_first_attempts_fill_it() {
+        let (tx, _rx) = unbounded();
+        // 50%, no floor: one retry per two first attempts.
+        let g = Arc::new(Gate::new(tx, Some(RetryBudget::new(50, 0, Instant::now()))));
+        g.set_pace(Pace { concurrency: 10, metered: false, circuit_open: false });
+        let g2 = g.clone();
+        let (done, waited) = unbounded();
+        std::thread::spawn(move || {
+            let _ = done.send(g2.retry());
+        });
+        assert!(waited.recv_timeout(Duration::from_millis(150)).is_err(), "a retry with no budget went");
+        for _ in 0..2 {
+            let t = g.enter(true).expect("open");
+            g.leave(t, Met::default());
+        }
+        assert_eq!(waited.recv_timeout(Duration::from_secs(5)), Ok(true), "two first attempts allow a retry");
+        let t = g.enter(false).expect("open");
+        g.leave(t, Met::default());
+        let g2 = g.clone();
+        let blocked = std::thread::spawn(move || g2.retry());
+        std::thread::sleep(Duration::from_millis(30));
+        g.close();
+        assert!(!blocked.join().expect("joins"), "a retry enters nothing once the gate closes");
+    }
+
+    #[test]
     fn closing_frees_every_waiting_thread() {
         let (g, _rx) = gate();
         let waiters: Vec<_> = (0..8)
             .map(|_| {
                 let g = g.clone();
-                std::thread::spawn(move || g.enter())
+                std::thread::spawn(move || g.enter(true))
             })
             .collect();
         std::thread::sleep(Duration::from_millis(20));
         g.close();
         for w in waiters {
-            assert_eq!(w.join().expect("joins"), None);
+            assert!(w.join().expect("joins").is_none());
         }
     }
 }

@@ -98,7 +98,10 @@ pub fn serve() -> Result<(), LinkError> {
     // never fills and reading the next assignment never waits on the fetch threads.
     let (ids_tx, ids_rx) = crossbeam_channel::bounded::<u64>(job.max_in_flight.max(1) as usize);
     let fetcher = Arc::new(Fetcher::new(&job));
-    let gate = Arc::new(Gate::new(out_tx.clone()));
+    let budget = job
+        .retry_budget_pct
+        .map(|pct| crate::policy::RetryBudget::new(pct, job.retry_floor_per_min, std::time::Instant::now()));
+    let gate = Arc::new(Gate::new(out_tx.clone(), budget));
     let stopping = Arc::new(AtomicBool::new(false));
     let chaos = Arc::new(job.chaos.clone());
     // Every thread is started before the hello: a worker that cannot start them never says

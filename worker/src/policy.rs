@@ -1,13 +1,13 @@
-//! When to ask again: the retry policy, its backoff, which answers are worth another attempt,
-//! and how long a `Retry-After` asks to wait.
+//! When to ask again: the retry policy, its backoff, the retry budget, which answers are worth
+//! another attempt, and how long a `Retry-After` asks to wait.
 //!
 //! Pure and shared: the worker's fetch threads and the supervisor's async model (`--model
 //! async`) space their attempts by the same rules, so the two models differ only in how they
 //! wait.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shared::JobSpec;
+use shared::{JobSpec, RETRY_BUDGET_WINDOW};
 
 /// How often to try an id, and how long to wait between tries.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +61,75 @@ impl Iterator for BackoffIter {
     }
 }
 
+/// Seconds in [`RETRY_BUDGET_WINDOW`], each counted apart.
+const BUDGET_SECS: usize = RETRY_BUDGET_WINDOW.as_secs() as usize;
+
+/// Retries held to a share of first attempts, as Finagle's `RetryBudget`, Envoy's retry budgets
+/// and the AWS SDKs' retry quota do: over the last [`RETRY_BUDGET_WINDOW`], a worker retries at
+/// most `pct`% as often as it makes first attempts, plus a floor a minute that is always
+/// allowed (so a worker with few ids can still retry them). A failing API is then never sent
+/// much more than a healthy one: with every answer failing, eight attempts an id would be eight
+/// times the load. A retry past the budget waits for it; it is not given up. Clock passed in.
+#[derive(Debug, Clone)]
+pub struct RetryBudget {
+    share: f64,
+    /// Retries allowed over the window whatever the first attempts.
+    floor: f64,
+    origin: Instant,
+    /// First attempts and retries in each second of the window, by second since `origin`
+    /// modulo its length.
+    secs: [(u32, u32); BUDGET_SECS],
+    /// The second the newest slot counts.
+    newest: u64,
+}
+
+impl RetryBudget {
+    /// A budget of `pct`% with a floor of `floor_per_min` retries a minute, from `now`.
+    pub fn new(pct: u32, floor_per_min: u32, now: Instant) -> RetryBudget {
+        RetryBudget {
+            share: f64::from(pct) / 100.0,
+            floor: f64::from(floor_per_min) * RETRY_BUDGET_WINDOW.as_secs_f64() / 60.0,
+            origin: now,
+            secs: [(0, 0); BUDGET_SECS],
+            newest: 0,
+        }
+    }
+
+    fn slot(&mut self, now: Instant) -> &mut (u32, u32) {
+        let sec = now.saturating_duration_since(self.origin).as_secs();
+        if sec > self.newest {
+            for s in (self.newest + 1..=sec).take(BUDGET_SECS) {
+                self.secs[s as usize % BUDGET_SECS] = (0, 0);
+            }
+            self.newest = sec;
+        }
+        &mut self.secs[self.newest as usize % BUDGET_SECS]
+    }
+
+    /// A first attempt at `now`: it adds to what may be retried.
+    pub fn first(&mut self, now: Instant) {
+        self.slot(now).0 += 1;
+    }
+
+    /// Takes a retry at `now` if the budget has one.
+    pub fn try_retry(&mut self, now: Instant) -> bool {
+        self.slot(now);
+        let (firsts, retries) =
+            self.secs.iter().fold((0u64, 0u64), |(f, r), &(a, b)| (f + u64::from(a), r + u64::from(b)));
+        if (retries + 1) as f64 > self.share * firsts as f64 + self.floor {
+            return false;
+        }
+        self.slot(now).1 += 1;
+        true
+    }
+
+    /// How long until the window moves on and a retry may fit: to the next second.
+    pub fn next_chance(&self, now: Instant) -> Duration {
+        let since = now.saturating_duration_since(self.origin);
+        Duration::from_secs(since.as_secs() + 1) - since
+    }
+}
+
 /// Whether an answer with this status is asked for again: 408, 429 and 5xx. Any other is
 /// final.
 pub fn retryable_status(status: u16) -> bool {
@@ -99,6 +168,29 @@ mod tests {
         }
         let one = RetryPolicy { max_attempts: 1, ..policy };
         assert_eq!(one.backoff().count(), 0);
+    }
+
+    #[test]
+    fn retries_are_held_to_a_share_of_first_attempts_over_the_window_plus_a_floor() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        // 20%, and 6 a minute: one retry over the 10 s window whatever the first attempts.
+        let mut b = RetryBudget::new(20, 6, t0);
+        assert!(b.try_retry(t0), "the floor");
+        assert!(!b.try_retry(t0), "the floor is spent");
+        for _ in 0..50 {
+            b.first(t0);
+        }
+        let taken = (0..20).filter(|_| b.try_retry(t0 + sec / 2)).count();
+        assert_eq!(taken, 10, "20% of 50, plus the floor of 1, less the 1 taken");
+        assert!(b.next_chance(t0 + sec / 2) == sec / 2);
+        // Ten seconds on, the first attempts and the retries have left the window.
+        let later = t0 + RETRY_BUDGET_WINDOW + sec;
+        assert!(b.try_retry(later), "the floor again");
+        assert!(!b.try_retry(later));
+        let mut none = RetryBudget::new(0, 0, t0);
+        none.first(t0);
+        assert!(!none.try_retry(t0), "a budget of 0% and no floor allows no retry");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::parse::{parse_chaos, parse_duration, parse_rate, parse_size};
+use super::parse::{parse_chaos, parse_duration, parse_rate, parse_retry_budget, parse_size, RetryBudgetPct};
 use crate::job::{Chaos, IdRange, Model, Shard};
 
 /// flota's supervisor: fetches every id of a range from an HTTP API with a fleet of isolated
@@ -201,6 +201,16 @@ pub struct Tuning {
     /// Longest `Retry-After` honoured (a 429 or 503 waits what the server asks, up to this).
     #[arg(long, env = "FLOTA_RETRY_AFTER_MAX", default_value = "5m", value_parser = parse_duration)]
     pub retry_after_max: Duration,
+    /// Retries allowed, as a share of first attempts over the last 10 s (plus 10 a second for
+    /// the fleet, always): a failing API is not sent many times what a healthy one is. A retry
+    /// past it waits; `off` retries every failure at once.
+    #[arg(long, env = "FLOTA_RETRY_BUDGET", default_value = "20%", value_parser = parse_retry_budget)]
+    pub retry_budget: RetryBudgetPct,
+    /// How long an outage may hold the ids' attempts: while the API is down (nearly every
+    /// request failing) the fleet only probes it and no id spends its attempts; past this,
+    /// attempts count again, so ids that fail on their own end as failures.
+    #[arg(long, env = "FLOTA_OUTAGE_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub outage_max: Duration,
     /// A worker silent this long (no heartbeat) is killed and replaced.
     #[arg(long, env = "FLOTA_WORKER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub worker_timeout: Duration,

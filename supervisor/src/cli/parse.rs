@@ -32,6 +32,23 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(count / per)
 }
 
+/// `--retry-budget`: retries as a percent of first attempts, or `None` for `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudgetPct(pub Option<u32>);
+
+/// Parses a retry budget: `20%`, `20`, or `off`.
+pub fn parse_retry_budget(s: &str) -> Result<RetryBudgetPct, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(RetryBudgetPct(None));
+    }
+    let digits = t.strip_suffix('%').unwrap_or(t).trim();
+    match digits.parse::<u32>() {
+        Ok(pct) if pct <= 1000 => Ok(RetryBudgetPct(Some(pct))),
+        _ => Err(format!("`{s}` is not a retry budget like 20% (0% to 1000%) or off")),
+    }
+}
+
 /// Parses a byte count: `1048576`, `512K`, `16M`, `1G` (powers of 1024; a trailing `iB` or `B`
 /// is allowed).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -79,6 +96,16 @@ pub fn parse_chaos(spec: &str) -> Result<Chaos, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_budgets_are_percents_or_off() {
+        assert_eq!(parse_retry_budget("20%"), Ok(RetryBudgetPct(Some(20))));
+        assert_eq!(parse_retry_budget(" 0 "), Ok(RetryBudgetPct(Some(0))));
+        assert_eq!(parse_retry_budget("OFF"), Ok(RetryBudgetPct(None)));
+        for bad in ["", "-5%", "20 %x", "1001%", "half"] {
+            assert!(parse_retry_budget(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn rates_parse_with_their_units() {

@@ -10,6 +10,10 @@ use crate::job::{
     shard_from_env, Ids, Listed, Model, PaceSettings, RunConfig, Scope, Shard, WorkerLimits, MAX_BODY_LIMIT,
 };
 
+/// Retries a minute the fleet may always make, whatever its retry budget, shared among the
+/// workers: Finagle's `RetryBudget` allows 10 a second.
+const RETRY_FLOOR_PER_MIN: u32 = 600;
+
 /// Checks a run's flags.
 pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     let (store, t) = (args.store.clone(), &args.tuning);
@@ -76,6 +80,8 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             backoff_base_ms: ms(t.backoff_base),
             backoff_max_ms: ms(t.backoff_max),
             retry_after_max_ms: ms(t.retry_after_max),
+            retry_budget_pct: t.retry_budget.0,
+            retry_floor_per_min: (RETRY_FLOOR_PER_MIN / workers).max(6),
             headers,
             user_agent,
             tls,
@@ -202,7 +208,13 @@ pub fn pace(t: &Tuning, ceiling: u32) -> Result<PaceSettings, String> {
             return Err(format!("--concurrency must be between 1 and {bound}{ceiling}, not {c}"));
         }
     }
-    Ok(PaceSettings { rate: t.rate, burst: t.burst, concurrency: t.concurrency, ceiling })
+    Ok(PaceSettings {
+        rate: t.rate,
+        burst: t.burst,
+        concurrency: t.concurrency,
+        ceiling,
+        outage_max: t.outage_max,
+    })
 }
 
 fn within(name: &str, v: u32, lo: u32, hi: u32) -> Result<u32, String> {
@@ -339,6 +351,8 @@ mod tests {
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
             retry_after_max: Duration::from_secs(60),
+            retry_budget: super::super::parse::RetryBudgetPct(Some(20)),
+            outage_max: Duration::from_secs(300),
             worker_timeout: Duration::from_secs(10),
             headers: vec!["Authorization: Bearer x".into()],
             header_file: None,

@@ -69,6 +69,14 @@ pub fn pacing_lines(p: &Pacing) -> [String; 2] {
     if p.backoffs > 0 {
         first.push_str(&format!("   rate backed off {}", thousands(p.backoffs)));
     }
+    if p.outages > 0 {
+        first.push_str(&format!(
+            "   API down {} ({:.1} s, {} probes)",
+            thousands(p.outages),
+            p.outage_secs,
+            thousands(p.probes)
+        ));
+    }
     let rate = match (p.rate, p.rate_source) {
         (Some(r), Some(RateSource::Given)) => format!("rate {r:.1}/s (--rate)"),
         (Some(r), Some(RateSource::Announced)) => format!("rate {r:.1}/s (announced)"),

@@ -263,6 +263,8 @@ impl Core {
             queued: self.pending.iter().map(|c| c.len() as u64).sum::<u64>() + self.poison.waiting() as u64,
             pace: self.pacer.figures(),
             paused_ms: self.pacer.paused_until(now).map(|u| u.duration_since(now).as_millis() as u64),
+            circuit_open: self.pacer.circuit_open(),
+            held_back: self.pacer.held_back(now),
         }
     }
 

@@ -67,4 +67,11 @@ pub struct Snapshot {
     pub pace: Pacing,
     /// A server-asked pause in force, milliseconds left.
     pub paused_ms: Option<u64>,
+    /// Whether the circuit is open: the API is down, and only probes go.
+    #[serde(default)]
+    pub circuit_open: bool,
+    /// What holds the fleet back, in words: an open circuit, a pause and why, a rate backed
+    /// off on refusals.
+    #[serde(default)]
+    pub held_back: Option<String>,
 }

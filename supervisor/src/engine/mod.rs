@@ -2,14 +2,16 @@
 //!
 //! [`Core`] owns the run's state and turns each [`Event`], seen at a time the loop passes in,
 //! into the [`Command`]s that answer it; the loop in `drive` carries them out. The pacer
-//! ([`pace`]) decides how fast the fleet may send (with [`throttle`]'s rules for refusals), [`poison`] which ids kill their workers.
+//! ([`pace`]) decides how fast the fleet may send (with [`throttle`]'s rules for refusals and
+//! [`circuit`]'s for an outage), [`poison`] which ids kill their workers.
 //! The vocabulary the core shares with its loop lives here too: the events (a worker's among
 //! them), the commands, the run's [`Error`]s, and its [`Figures`] and [`Snapshot`]s. So every
 //! rule is unit-tested without a process or a sleep.
 //!
 //! The files, each importing only those before it: `error`, `figures`, `messages`,
-//! `throttle`, `pace`, `poison`, `core`.
+//! `throttle`, `circuit`, `pace`, `poison`, `core`.
 
+pub mod circuit;
 mod core;
 mod error;
 mod figures;

@@ -15,6 +15,9 @@
 //!   announced limit, refusals past 2% of the recent answers meter the fleet at 0.7 of the rate
 //!   the server took, which then climbs back along a cubic curve; it is given up once far past
 //!   where it was refused.
+//! - **A circuit** ([`circuit`]): when nearly every request fails, the API is down; the fleet
+//!   sends only probes, one at a time with backoff, until one is answered, and the attempts
+//!   that met the open circuit do not count against their ids.
 //! - **A concurrency limit** ([`Controller`]): the fleet's requests in flight, split among the
 //!   workers. Fixed by `--concurrency`, or adaptive: it doubles from a small start each round
 //!   trip while answers stay fast and clean (slow start), then grows by about its square root
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 use log::Level;
 use shared::{Announced, Pace, Traffic};
 
+use super::circuit::{self, Circuit, Health};
 use super::messages::Command;
 use super::throttle::{self, AdaptiveRate, Recent};
 use crate::job::{PaceSettings, Pacing, RateSource};
@@ -231,6 +235,19 @@ pub struct Pacer {
     recent: Recent,
     /// The rate backed off on refusals, while the meter keeps to it.
     adaptive: Option<AdaptiveRate>,
+    /// The share of refusals that came whatever the rate ([`throttle::not_the_rates`]): only
+    /// refusals past it back the rate off.
+    noise: f64,
+    /// What share of the recent requests failed.
+    health: Health,
+    /// Open while the API is down.
+    circuit: Option<Circuit>,
+    /// Whether the API has answered this run (a circuit opens only then).
+    answered_once: bool,
+    /// The slot the next probe goes to (probes go round the workers).
+    probe_turn: usize,
+    /// Why the fleet is paused, while it is.
+    pause_why: Option<String>,
     /// The figures so far; the rate and the current limit are filled in when asked.
     figures: Pacing,
 }
@@ -256,6 +273,12 @@ impl Pacer {
             paused_until: None,
             recent: Recent::new(now),
             adaptive: None,
+            noise: 0.0,
+            health: Health::default(),
+            circuit: None,
+            answered_once: false,
+            probe_turn: 0,
+            pause_why: None,
             figures,
         };
         p.note_limit();
@@ -284,6 +307,28 @@ impl Pacer {
             concurrency: self.limit(),
             ..self.figures.clone()
         }
+    }
+
+    /// What holds the fleet back at `now`, in words, if anything does: an open circuit, a
+    /// pause (the caller adds until when), a rate backed off on refusals.
+    pub fn held_back(&self, now: Instant) -> Option<String> {
+        if let Some(c) = &self.circuit {
+            return Some(c.describe(now));
+        }
+        if self.paused_until(now).is_some() {
+            return Some(format!("paused: {}", self.pause_why.as_deref().unwrap_or("the server asked")));
+        }
+        match &self.meter {
+            Some((m, RateSource::Adaptive)) => {
+                Some(format!("rate backed off on refusals to {:.0}/s", m.rate()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the circuit is open: the API is down.
+    pub fn circuit_open(&self) -> bool {
+        self.circuit.is_some()
     }
 
     fn note_limit(&mut self) {
@@ -389,21 +434,121 @@ impl Pacer {
         if let Some(c) = &mut self.controller {
             c.sample(t);
         }
+        self.health.add(now, t);
+        let answered = t.statuses.iter().any(|&(s, _)| !circuit::is_failure(s));
+        if self.circuit.is_some() && answered {
+            self.close(now, out);
+        } else if answered {
+            self.answered_once = true;
+        } else if self.circuit.is_none() && self.answered_once {
+            if let Some((share, failure)) = self.health.down(now) {
+                self.open(share, failure, now, out);
+            }
+        }
         self.recent.add(now, u64::from(t.requests), u64::from(t.throttled));
         if let Some(a) = t.announced {
             self.learn(a, now, out);
         }
-        if t.throttled > 0 {
+        if t.throttled > 0 && self.circuit.is_none() {
             self.back_off(now, out);
         }
         if let Some(ms) = t.wait_ms {
             let wait = Duration::from_millis(ms);
             let used_up = t.announced.is_some_and(|a| a.remaining == Some(0));
-            if throttle::fleet_wide(wait, used_up, &self.recent, now) {
-                self.pause(wait, now, out);
+            if let Some(c) = &mut self.circuit {
+                // The next probe waits what the server asked.
+                c.not_before(now + wait);
+            } else if throttle::fleet_wide(wait, used_up, &self.recent, now) {
+                let why = if used_up {
+                    "the server announced its limit used up".to_owned()
+                } else if wait >= throttle::LONG_WAIT {
+                    format!("the server asked to wait {}", humantime::format_duration(wait))
+                } else {
+                    let share = self.recent.refused_share(now).unwrap_or(0.0);
+                    format!("{:.0}% of recent answers refused (429/503) with Retry-After", 100.0 * share)
+                };
+                self.pause(wait, why, now, out);
             }
         }
         self.adapt(now, out);
+    }
+
+    /// The API is down: only probes go from now on, and the fleet's workers drop the permits
+    /// they hold.
+    fn open(&mut self, share: f64, failure: circuit::Failure, now: Instant, out: &mut Vec<Command>) {
+        let c = Circuit::open(now, share, failure);
+        self.figures.outages += 1;
+        // A rate backed off during the outage's first moments measured the outage, not a limit.
+        self.adaptive = None;
+        if matches!(self.meter, Some((_, RateSource::Adaptive))) {
+            self.meter = None;
+        }
+        for (slot, m) in self.members.iter_mut().enumerate() {
+            if let Some(m) = m.as_mut().filter(|m| m.held > 0) {
+                m.held = 0;
+                out.push(Command::Pause { slot, gen: m.gen, ms: 0 });
+            }
+        }
+        out.push(Command::Log(
+            Level::Warn,
+            format!("the API is down: {}; no id spends its attempts on it", c.describe(now)),
+        ));
+        self.circuit = Some(c);
+        self.share(out);
+    }
+
+    /// A request was answered while the circuit was open: the API is back, and the fleet
+    /// resumes at once at the rate and limit it had (a rate starting from an empty bucket).
+    fn close(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let Some(c) = self.circuit.take() else { return };
+        let open = now.saturating_duration_since(c.since);
+        self.figures.outage_secs += open.as_secs_f64();
+        self.health.clear();
+        self.recent = Recent::new(now);
+        if let Some((meter, _)) = &mut self.meter {
+            meter.tokens = 0.0;
+            meter.at = now;
+        }
+        out.push(Command::Log(
+            Level::Info,
+            format!(
+                "the API answers again after {:.1}s down ({} probes): circuit closed",
+                open.as_secs_f64(),
+                c.probes
+            ),
+        ));
+        self.share(out);
+        self.grant(now, out);
+    }
+
+    /// While the circuit is open: one probe, when due, to the next busy worker in turn.
+    fn probe(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let Some(c) = &mut self.circuit else { return };
+        if c.holds_attempts && now.saturating_duration_since(c.since) >= self.settings.outage_max {
+            c.holds_attempts = false;
+            let line = format!(
+                "the API has been down for {} (--outage-max): attempts count against their ids again",
+                humantime::format_duration(self.settings.outage_max)
+            );
+            out.push(Command::Log(Level::Warn, line));
+            self.share(out);
+            return self.probe(now, out);
+        }
+        if now < c.next_probe() {
+            return;
+        }
+        c.probed(now);
+        let n = self.members.len();
+        for k in 0..n {
+            let slot = (self.probe_turn + k) % n;
+            if let Some(m) = self.members[slot].as_mut().filter(|m| m.busy) {
+                m.held += 1;
+                out.push(Command::Permits { slot, gen: m.gen, n: 1 });
+                self.figures.probes += 1;
+                self.probe_turn = slot + 1;
+                return;
+            }
+        }
     }
 
     /// The server refused requests: meter the fleet below the rate it was sending, unless
@@ -414,18 +559,19 @@ impl Pacer {
             return;
         }
         // Sporadic refusals, or too few requests to tell: the refused ones wait their own time.
-        if self.recent.refused_share(now).is_none_or(|s| s < throttle::BACKOFF_SHARE) {
+        let Some(share) = self.recent.refused_share(now) else { return };
+        if share < throttle::BACKOFF_SHARE + self.noise || self.recent.refused(now) < throttle::MIN_REFUSED {
             return;
         }
         let Some(measured) = self.recent.accepted_rate(now) else { return };
         let first = self.adaptive.is_none();
         match &mut self.adaptive {
             Some(a) => {
-                if !a.refused(measured, now) {
+                if !a.refused(measured, share, now) {
                     return;
                 }
             }
-            None => self.adaptive = Some(AdaptiveRate::new(measured, now)),
+            None => self.adaptive = Some(AdaptiveRate::new(measured, share, now)),
         }
         self.figures.backoffs += 1;
         let rate = self.adaptive.as_ref().map_or(measured, |a| a.rate(now));
@@ -458,11 +604,31 @@ impl Pacer {
     /// The adaptive rate climbs as time passes, and is given up once far past where the
     /// server last refused.
     fn climb(&mut self, now: Instant, out: &mut Vec<Command>) {
-        let Some(a) = &self.adaptive else { return };
+        let Some(a) = &mut self.adaptive else { return };
         if !matches!(self.meter, Some((_, RateSource::Adaptive))) {
             self.adaptive = None; // a rate given or announced since took over
             return;
         }
+        let trigger = a.trigger();
+        let plateau = a.plateau_over(now).and_then(|from| self.recent.refusals_since(from, now));
+        if let Some((requests, refused)) = plateau.filter(|&(n, k)| throttle::not_the_rates(trigger, n, k)) {
+            let share = refused as f64 / requests as f64;
+            // Both shares measured the noise: the trigger's at the rate, the plateau's below it.
+            self.noise = ((share + trigger) / 2.0).min(throttle::FLEET_SHARE);
+            self.adaptive = None;
+            self.meter = None;
+            out.push(Command::Log(
+                Level::Info,
+                format!(
+                    "{:.1}% of requests are refused whatever the rate (at 0.7 of it too): \
+                     not the rate's; the fleet's rate is free again",
+                    100.0 * share
+                ),
+            ));
+            self.share(out);
+            return;
+        }
+        let Some(a) = &self.adaptive else { return };
         if a.outgrown(now) {
             self.adaptive = None;
             self.meter = None;
@@ -489,6 +655,9 @@ impl Pacer {
         if let Some(until) = self.paused_until(now) {
             return Some(until);
         }
+        if let Some(c) = &self.circuit {
+            return Some(c.next_probe());
+        }
         let (meter, _) = self.meter.as_ref()?;
         let batch = self.batch(meter);
         let short =
@@ -505,6 +674,9 @@ impl Pacer {
     fn grant(&mut self, now: Instant, out: &mut Vec<Command>) {
         if self.paused_until(now).is_some() {
             return;
+        }
+        if self.circuit.is_some() {
+            return self.probe(now, out);
         }
         let Some(batch) = self.meter.as_ref().map(|(m, _)| self.batch(m)) else { return };
         let held: u32 = self.members.iter().flatten().map(|m| m.held).sum();
@@ -524,8 +696,8 @@ impl Pacer {
         }
     }
 
-    /// Pauses the fleet for `wait`, unless a pause already covers it.
-    fn pause(&mut self, wait: Duration, now: Instant, out: &mut Vec<Command>) {
+    /// Pauses the fleet for `wait`, for the reason `why`, unless a pause already covers it.
+    fn pause(&mut self, wait: Duration, why: String, now: Instant, out: &mut Vec<Command>) {
         let until = now + wait;
         let current = self.paused_until(now);
         // Reports of one pause arrive from many requests: act on the first, and on one that
@@ -536,6 +708,7 @@ impl Pacer {
         self.figures.pauses += 1;
         self.figures.paused_secs += (until - current.unwrap_or(now)).as_secs_f64();
         self.paused_until = Some(until);
+        self.pause_why = Some(why);
         self.recent.resume_at(until);
         if let Some((meter, _)) = &mut self.meter {
             meter.tokens = 0.0;
@@ -548,10 +721,8 @@ impl Pacer {
                 out.push(Command::Pause { slot, gen: m.gen, ms });
             }
         }
-        out.push(Command::Log(
-            Level::Info,
-            format!("the server asked to wait: pausing every worker for {ms}ms"),
-        ));
+        let why = self.pause_why.as_deref().unwrap_or_default();
+        out.push(Command::Log(Level::Info, format!("{why}: pausing every worker for {ms}ms")));
         self.share(out);
     }
 
@@ -612,7 +783,8 @@ impl Pacer {
     fn share(&mut self, out: &mut Vec<Command>) {
         self.note_limit();
         let limit = self.limit();
-        let metered = self.meter.is_some();
+        let circuit_open = self.circuit.as_ref().is_some_and(|c| c.holds_attempts);
+        let metered = self.meter.is_some() || self.circuit.is_some();
         let n = self.members.iter().flatten().count() as u32;
         if n == 0 {
             return;
@@ -621,7 +793,7 @@ impl Pacer {
             self.members.iter_mut().enumerate().filter_map(|(s, m)| Some((s, m.as_mut()?))).enumerate()
         {
             let concurrency = limit / n + u32::from((k as u32) < limit % n);
-            let pace = Pace { concurrency: concurrency.max(1), metered };
+            let pace = Pace { concurrency: concurrency.max(1), metered, circuit_open };
             if m.told != Some(pace) {
                 m.told = Some(pace);
                 out.push(Command::Pace { slot, gen: m.gen, pace });

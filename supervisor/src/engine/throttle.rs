@@ -11,11 +11,19 @@
 //!
 //! When refusals pass [`BACKOFF_SHARE`] of the recent answers, unless the rate is `--rate`'s or
 //! the server's own announcement, the fleet's *rate* backs off ([`AdaptiveRate`]): to 0.7 of
-//! the rate of answers it was measured getting (refusals left out) when they came, then back up
-//! along a cubic curve, as the AWS SDKs' adaptive retry mode does
-//! (a client-side token bucket, the measured send rate, 0.7x on a throttle, CUBIC growth). A
-//! concurrency limit cannot hold a rate: against an API that answers in a fraction of a
+//! the rate of answers it was measured getting (refusals left out) when they came, held there
+//! for a [`PLATEAU`], then back up along a cubic curve, as the AWS SDKs' adaptive retry mode
+//! does (a client-side token bucket, the measured send rate, 0.7x on a throttle, CUBIC growth).
+//! A concurrency limit cannot hold a rate: against an API that answers in a fraction of a
 //! millisecond, four requests in flight are thousands a second.
+//!
+//! The plateau tells whether the refusals go with the rate. Below a rate limiter's rate they
+//! stop; refusals a gateway sheds at random (1 in 100 whatever the rate) do not. Unless they
+//! fall at the plateau clearly below [`NOISE_RATIO`] of the share that backed the rate off (by
+//! more than chance would: [`not_the_rates`]), the rate is given up, and their share is taken as
+//! the server's noise (the mean of the two shares):
+//! only refusals past it back the rate off again. Without this, a server that refuses 2% of
+//! requests at random would ratchet the rate down 0.7x at a time to nothing.
 //!
 //! Decisions come from numbers over a window, not from single events, and the clock is passed
 //! in, so the rules are tested in microseconds.
@@ -35,6 +43,9 @@ pub const FLEET_SHARE: f64 = 0.10;
 pub const BACKOFF_SHARE: f64 = 0.02;
 /// A server wait this long is not one request's bad luck: the whole client is told to wait.
 pub const LONG_WAIT: Duration = Duration::from_secs(10);
+/// At least this many refusals in [`WINDOW`] to back the rate off: a share of 2% is not told
+/// from one refusal among the first fifty answers of a run.
+pub const MIN_REFUSED: u64 = 5;
 /// The rate a throttle backs off to, as a share of the rate measured.
 pub const BACKOFF: f64 = 0.7;
 /// How long the rate takes to climb back to where it was throttled (the cubic's plateau).
@@ -48,6 +59,25 @@ pub const HOLD: Duration = WINDOW;
 pub const GIVE_UP: f64 = 4.0;
 /// The lowest rate a back-off goes to, in requests a second.
 pub const MIN_RATE: f64 = 1.0;
+/// How long the rate holds at [`BACKOFF`] of the peak before it climbs.
+pub const PLATEAU: Duration = Duration::from_secs(1);
+/// Answers in the plateau's first moments are to requests sent at the old rate: they are left
+/// out of its count.
+pub const DRAIN: Duration = Duration::from_millis(250);
+/// Refusals at the plateau this large a share of those that backed the rate off did not go
+/// with the rate.
+pub const NOISE_RATIO: f64 = 0.5;
+
+/// Whether refusals are not the rate's: at 0.7 of the rate, `refused` of `requests` were
+/// refusals, against a share of `trigger` when they backed it off. They are the rate's only if
+/// they fell below [`NOISE_RATIO`] of the count the trigger's share would give, by more than a
+/// standard deviation of that count (a Poisson count's, its square root): with a few hundred
+/// requests at the plateau, random refusals fall that far below half by chance in well under
+/// 1% of plateaus, and a limiter's stop.
+pub fn not_the_rates(trigger: f64, requests: u64, refused: u64) -> bool {
+    let expected = trigger * requests as f64;
+    refused as f64 >= NOISE_RATIO * expected - expected.sqrt()
+}
 
 /// Requests that ended and refusals among them, over the last [`WINDOW`], from workers'
 /// reports.
@@ -84,10 +114,22 @@ impl Recent {
             .fold((0, 0), |(r, f), &(_, req, refused)| (r + req, f + refused))
     }
 
+    /// The refusals over the window.
+    pub fn refused(&self, now: Instant) -> u64 {
+        self.totals(now, None).1
+    }
+
     /// The share of refusals, once there are [`ENOUGH`] requests to tell.
     pub fn refused_share(&self, now: Instant) -> Option<f64> {
         let (requests, refused) = self.totals(now, None);
         (requests >= ENOUGH).then(|| refused as f64 / requests as f64)
+    }
+
+    /// The requests and refusals reported since `from` (within the window), once there are
+    /// [`ENOUGH`] requests.
+    pub fn refusals_since(&self, from: Instant, now: Instant) -> Option<(u64, u64)> {
+        let (requests, refused) = self.totals(now, Some(from));
+        (requests >= ENOUGH).then_some((requests, refused))
     }
 
     /// Answers a second that were not refusals, over the window (or since counting began or
@@ -107,39 +149,59 @@ pub fn fleet_wide(wait: Duration, used_up: bool, recent: &Recent, now: Instant) 
 }
 
 /// The fleet's rate while it adapts to a server's refusals: a back-off to [`BACKOFF`] of the
-/// rate measured when they came, then a cubic climb, back to that rate after [`RECOVERY`] and
-/// past it after, slowly at first.
+/// rate measured when they came, held for a [`PLATEAU`], then a cubic climb, back to that rate
+/// [`RECOVERY`] later and past it after, slowly at first.
 #[derive(Debug, Clone)]
 pub struct AdaptiveRate {
     /// The rate measured at the last back-off.
     peak: f64,
     /// When it was.
     at: Instant,
+    /// The share of refusals that backed it off.
+    trigger: f64,
+    /// Whether the plateau's refusals were counted.
+    tested: bool,
 }
 
 impl AdaptiveRate {
-    /// Backs off from `measured` requests a second (the send rate when refusals came).
-    pub fn new(measured: f64, now: Instant) -> AdaptiveRate {
-        AdaptiveRate { peak: measured.max(MIN_RATE / BACKOFF), at: now }
+    /// Backs off from `measured` requests a second (the send rate when `trigger` of the
+    /// answers were refusals).
+    pub fn new(measured: f64, trigger: f64, now: Instant) -> AdaptiveRate {
+        AdaptiveRate { peak: measured.max(MIN_RATE / BACKOFF), at: now, trigger, tested: false }
     }
 
-    /// A refusal at `now`, the fleet measured sending `measured`: backs off from what it
-    /// sends or may send, whichever is lower, unless it did so within [`HOLD`]. Returns
-    /// whether it did.
-    pub fn refused(&mut self, measured: f64, now: Instant) -> bool {
+    /// Refusals came at `share` of the answers at `now`, the fleet measured sending
+    /// `measured`: backs off from what it sends or may send, whichever is lower, unless it did
+    /// so within [`HOLD`]. Returns whether it did.
+    pub fn refused(&mut self, measured: f64, share: f64, now: Instant) -> bool {
         if now.saturating_duration_since(self.at) < HOLD {
             return false;
         }
-        *self = AdaptiveRate::new(measured.min(self.rate(now)), now);
+        *self = AdaptiveRate::new(measured.min(self.rate(now)), share, now);
         true
     }
 
-    /// The rate at `now`: `peak * (1 + c (t - K)^3)` with `K` = [`RECOVERY`] and `c` such that
-    /// it starts at [`BACKOFF`] of the peak (CUBIC's window, as a rate).
+    /// Once the plateau is over, the first time asked: since when its refusals are counted.
+    pub fn plateau_over(&mut self, now: Instant) -> Option<Instant> {
+        if self.tested || now < self.at + PLATEAU {
+            return None;
+        }
+        self.tested = true;
+        Some(self.at + DRAIN)
+    }
+
+    /// The share of refusals that backed it off.
+    pub fn trigger(&self) -> f64 {
+        self.trigger
+    }
+
+    /// The rate at `now`: [`BACKOFF`] of the peak over the plateau, then
+    /// `peak * (1 + c (t - K)^3)` with `t` from the plateau's end, `K` = [`RECOVERY`] and `c`
+    /// such that it starts at [`BACKOFF`] of the peak (CUBIC's window, as a rate).
     pub fn rate(&self, now: Instant) -> f64 {
         let k = RECOVERY.as_secs_f64();
         let c = (1.0 - BACKOFF) / k.powi(3);
-        let t = now.saturating_duration_since(self.at).as_secs_f64();
+        let t = now.saturating_duration_since(self.at + PLATEAU).as_secs_f64();
         (self.peak * (1.0 + c * (t - k).powi(3))).max(MIN_RATE)
     }
 
@@ -193,10 +255,15 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_backs_off_to_seven_tenths_and_climbs_back_along_a_cubic() {
-        let t0 = Instant::now();
-        let mut a = AdaptiveRate::new(2000.0, t0);
-        assert!((a.rate(t0) - 1400.0).abs() < 1e-6);
+    fn the_rate_backs_off_to_seven_tenths_holds_and_climbs_back_along_a_cubic() {
+        let start = Instant::now();
+        let mut a = AdaptiveRate::new(2000.0, 0.05, start);
+        assert!((a.rate(start) - 1400.0).abs() < 1e-6);
+        assert!((a.rate(start + PLATEAU - MS) - 1400.0).abs() < 1e-6, "it holds over the plateau");
+        assert_eq!(a.plateau_over(start + PLATEAU - MS), None);
+        assert_eq!(a.plateau_over(start + PLATEAU), Some(start + DRAIN));
+        assert_eq!(a.plateau_over(start + PLATEAU + MS), None, "asked once");
+        let t0 = start + PLATEAU;
         let half = a.rate(t0 + RECOVERY / 2);
         assert!((half - 2000.0 * (1.0 - 0.3 / 8.0)).abs() < 1e-6, "most of the way in half the time: {half}");
         assert!((a.rate(t0 + RECOVERY) - 2000.0).abs() < 1e-6, "back where it was refused");
@@ -204,13 +271,29 @@ mod tests {
         assert!(!a.outgrown(t0 + 3 * RECOVERY));
         assert!(a.outgrown(t0 + 5 * RECOVERY), "{}", a.rate(t0 + 5 * RECOVERY));
         // Within the hold, answers to requests sent before the back-off still count.
-        assert!(!a.refused(2000.0, t0 + HOLD / 2));
+        assert!(!a.refused(2000.0, 0.05, start + HOLD / 2));
         // Later, it backs off from what it may send when that is below what was measured.
         let at = t0 + HOLD + 100 * MS;
         let allowed = a.rate(at);
-        assert!(a.refused(5000.0, at));
+        assert!(a.refused(5000.0, 0.03, at));
         assert!((a.rate(at) - allowed * BACKOFF).abs() < 1e-6);
-        let mut low = AdaptiveRate::new(0.1, t0);
-        assert!(low.rate(t0) >= MIN_RATE && !low.refused(0.0, t0));
+        assert_eq!(a.trigger(), 0.03);
+        let mut low = AdaptiveRate::new(0.1, 0.5, t0);
+        assert!(low.rate(t0) >= MIN_RATE && !low.refused(0.0, 0.5, t0));
+    }
+
+    #[test]
+    fn refusals_that_stay_at_seven_tenths_of_the_rate_are_not_the_rates() {
+        assert!(not_the_rates(0.02, 1000, 20), "2% at random, whatever the rate");
+        assert!(not_the_rates(0.03, 400, 5), "6 expected at half of 3%: 5 is chance");
+        assert!(!not_the_rates(0.03, 400, 1), "1 of 6 expected is not");
+        assert!(!not_the_rates(0.05, 1000, 4), "a limiter: below its rate, refusals stop");
+        assert!(not_the_rates(0.05, 40, 0), "too few requests to tell: 1 refusal expected");
+        let t0 = Instant::now();
+        let mut r = Recent::new(t0);
+        r.add(t0, 100, 20);
+        r.add(t0 + 300 * MS, 100, 1);
+        assert_eq!(r.refusals_since(t0 + DRAIN, t0 + 400 * MS), Some((100, 1)));
+        assert_eq!(r.refusals_since(t0 + 350 * MS, t0 + 400 * MS), None, "nothing since");
     }
 }

@@ -98,4 +98,13 @@ pub struct Pacing {
     /// Times the fleet's rate backed off on refusals (429, 503).
     #[serde(default)]
     pub backoffs: u64,
+    /// Times the circuit opened: the API was down (nearly every request failed).
+    #[serde(default)]
+    pub outages: u64,
+    /// How long it was open in all, in seconds.
+    #[serde(default)]
+    pub outage_secs: f64,
+    /// Probes sent while it was open.
+    #[serde(default)]
+    pub probes: u64,
 }

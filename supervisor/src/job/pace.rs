@@ -12,6 +12,8 @@ pub struct PaceSettings {
     pub concurrency: Option<u32>,
     /// Workers times threads: no limit goes higher.
     pub ceiling: u32,
+    /// `--outage-max`: how long the circuit may hold the ids' attempts.
+    pub outage_max: std::time::Duration,
 }
 
 /// Where the fleet's rate comes from.

@@ -40,10 +40,13 @@ pub struct Metrics {
     concurrency: Gauge,
     rate: Gauge<f64, AtomicU64>,
     paused: Gauge,
+    circuit_open: Gauge,
+    outages: Counter,
     held: Gauge,
     /// Each worker slot's last `sending`, summed into `in_flight`.
     sending: Mutex<Vec<u32>>,
     last_restarts: AtomicU64,
+    last_outages: AtomicU64,
     registry: Registry,
 }
 
@@ -67,9 +70,12 @@ impl Metrics {
             concurrency: Gauge::default(),
             rate: Gauge::default(),
             paused: Gauge::default(),
+            circuit_open: Gauge::default(),
+            outages: Counter::default(),
             held: Gauge::default(),
             sending: Mutex::new(vec![0; workers]),
             last_restarts: AtomicU64::new(0),
+            last_outages: AtomicU64::new(0),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -106,6 +112,12 @@ impl Metrics {
         r.register("concurrency_limit", "The fleet's limit on requests in flight", m.concurrency.clone());
         r.register("rate_limit_requests_per_second", "The rate in force; 0 for none", m.rate.clone());
         r.register("paused", "1 while a server-asked pause is in force", m.paused.clone());
+        r.register(
+            "circuit_open",
+            "1 while the API is down (nearly every request failing) and only probes go",
+            m.circuit_open.clone(),
+        );
+        r.register("outages", "Times the circuit opened", m.outages.clone());
         r.register_with_unit(
             "held_results",
             "Results the supervisor holds until they are durable (bounded by its budget)",
@@ -172,6 +184,9 @@ impl Metrics {
         self.concurrency.set(i64::from(s.pace.concurrency));
         self.rate.set(s.pace.rate.unwrap_or(0.0));
         self.paused.set(i64::from(s.paused_ms.is_some()));
+        self.circuit_open.set(i64::from(s.circuit_open));
+        let before = self.last_outages.swap(s.pace.outages, Ordering::Relaxed);
+        self.outages.inc_by(s.pace.outages.saturating_sub(before));
     }
 }
 

@@ -74,8 +74,16 @@ pub fn line(s: &Snapshot, rate: f64, eta: Option<Duration>) -> String {
         let share = 100.0 * s.pace.too_many as f64 / s.pace.requests.max(1) as f64;
         out.push_str(&format!(", {share:.2}% 429s"));
     }
-    if let Some(ms) = s.paused_ms {
-        out.push_str(&format!(", paused {:.1}s more", ms as f64 / 1000.0));
+    match (&s.held_back, s.paused_ms) {
+        (Some(why), Some(ms)) if !s.circuit_open => {
+            let until = std::time::SystemTime::now() + Duration::from_millis(ms);
+            let clock = humantime::format_rfc3339_seconds(until).to_string();
+            let clock = clock.get(11..19).unwrap_or(&clock);
+            out.push_str(&format!(", {why} until {clock} UTC ({:.1}s more)", ms as f64 / 1000.0));
+        }
+        (Some(why), _) => out.push_str(&format!(", {why}")),
+        (None, Some(ms)) => out.push_str(&format!(", paused {:.1}s more", ms as f64 / 1000.0)),
+        (None, None) => {}
     }
     out
 }
@@ -195,5 +203,19 @@ mod tests {
         s.pace.rate = Some(1900.0);
         assert!(line(&s, rate, None).starts_with("1,000 of ? (counting), 500/s, 7 retries"));
         assert!(line(&s, rate, None).contains("rate 1900.0/s"));
+        // What holds the fleet back, and until when on the clock.
+        s.held_back = Some("paused: the server announced its limit used up".into());
+        let paused = line(&s, rate, None);
+        let (_, tail) =
+            paused.split_once(", paused: the server announced its limit used up until ").expect(&paused);
+        let (clock, rest) = tail.split_at(8);
+        assert!(clock.chars().all(|c| c.is_ascii_digit() || c == ':') && clock.len() == 8, "{paused}");
+        assert_eq!(rest, " UTC (1.5s more)");
+        s.paused_ms = None;
+        s.circuit_open = true;
+        s.held_back =
+            Some("circuit open: 100% of requests failed (HTTP 503) for 20s, probing every 1s".into());
+        assert!(line(&s, rate, None)
+            .ends_with(", circuit open: 100% of requests failed (HTTP 503) for 20s, probing every 1s"));
     }
 }

@@ -27,7 +27,13 @@ fn settings(workers: usize) -> Settings {
         worker_timeout: TIMEOUT,
         grace: GRACE,
         kill_every: None,
-        pace: PaceSettings { rate: None, burst: None, concurrency: None, ceiling: 64 },
+        pace: PaceSettings {
+            rate: None,
+            burst: None,
+            concurrency: None,
+            ceiling: 64,
+            outage_max: Duration::from_secs(300),
+        },
     }
 }
 
@@ -866,7 +872,14 @@ fn a_server_wait_reported_by_one_worker_pauses_every_worker() {
     sim.said.clear();
     let t =
         // A quarter of 40 answers refused: the whole client is limited.
-        shared::Traffic { requests: 40, too_many: 10, throttled: 10, wait_ms: Some(1500), ..Default::default() };
+        shared::Traffic {
+            requests: 40,
+            too_many: 10,
+            throttled: 10,
+            wait_ms: Some(1500),
+            statuses: vec![(200, 30), (429, 10)],
+            ..Default::default()
+        };
     sim.feed(worker(1, sim.gens[1], EventKind::Traffic(t)));
     let paused: Vec<&String> = sim.said.iter().filter(|c| c.starts_with("Pause")).collect();
     assert_eq!(paused.len(), 3, "{paused:?}");

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use super::*;
 
 fn settings(rate: Option<f64>, burst: Option<u32>, concurrency: Option<u32>) -> PaceSettings {
-    PaceSettings { rate, burst, concurrency, ceiling: 1024 }
+    PaceSettings { rate, burst, concurrency, ceiling: 1024, outage_max: Duration::from_secs(300) }
 }
 
 /// A fleet of simulated workers around a pacer: each spends every permit it holds at once
@@ -154,7 +154,14 @@ fn a_fleet_wide_wait_pauses_every_worker_and_sending_resumes_at_the_rate() {
         f.step(Duration::from_millis(10), &alive);
     }
     // A quarter of 40 answers refused: the client as a whole is limited.
-    let t = Traffic { requests: 40, too_many: 10, throttled: 10, wait_ms: Some(1000), ..Traffic::default() };
+    let t = Traffic {
+        requests: 40,
+        too_many: 10,
+        throttled: 10,
+        wait_ms: Some(1000),
+        statuses: vec![(200, 30), (429, 10)],
+        ..Traffic::default()
+    };
     let mut out = Vec::new();
     f.pacer.traffic(&t, f.now, &mut out);
     f.apply(out);
@@ -192,9 +199,16 @@ fn a_fleet_wide_wait_pauses_every_worker_and_sending_resumes_at_the_rate() {
 fn a_sporadic_refusal_pauses_nobody() {
     let mut f = Fleet::new(settings(None, None, None), 3);
     let mut out = Vec::new();
-    let clean = Traffic { requests: 99, ..Traffic::default() };
+    let clean = Traffic { requests: 99, statuses: vec![(200, 99)], ..Traffic::default() };
     f.pacer.traffic(&clean, f.now, &mut out);
-    let one = Traffic { requests: 1, too_many: 1, throttled: 1, wait_ms: Some(1000), ..Traffic::default() };
+    let one = Traffic {
+        requests: 1,
+        too_many: 1,
+        throttled: 1,
+        wait_ms: Some(1000),
+        statuses: vec![(429, 1)],
+        ..Traffic::default()
+    };
     f.pacer.traffic(&one, f.now, &mut out);
     f.apply(out);
     assert!(f.paused.is_empty(), "one refusal in a hundred pauses no worker: {:?}", f.paused);
@@ -244,6 +258,12 @@ fn refusals_meter_the_fleet_below_its_send_rate_and_it_climbs_back_then_runs_fre
     now += INTERVAL;
     p.traffic(&Traffic { throttled: 1, ..clean(1, 140) }, now, &mut out);
     assert_eq!(p.figures().backoffs, 1);
+    // At the plateau, 0.7 of the rate, the refusals stop: they went with the rate.
+    for _ in 0..9 {
+        now += INTERVAL;
+        p.traffic(&clean(1, 140), now, &mut out);
+    }
+    assert!((p.figures().rate.expect("metered") - 0.7 * took).abs() < 1.0, "it holds over the plateau");
     // No refusals: back where it was refused after the recovery time, free a while later.
     now += throttle::RECOVERY;
     p.wake(now, &mut out);
@@ -253,6 +273,42 @@ fn refusals_meter_the_fleet_below_its_send_rate_and_it_climbs_back_then_runs_fre
     p.wake(now, &mut out);
     assert_eq!(p.figures().rate, None, "given up once far past the refusals");
     assert!(p.limit() > 0);
+}
+
+#[test]
+fn refusals_that_do_not_stop_at_the_plateau_free_the_rate_and_are_the_servers_noise() {
+    let mut now = Instant::now();
+    let mut p = Pacer::new(settings(None, None, None), 2, now);
+    let mut out = Vec::new();
+    for slot in 0..2 {
+        p.join(slot, 1, now, &mut out);
+    }
+    // 3% refused at random, whatever the rate: the first report backs the rate off.
+    let noisy = |n: u32| Traffic { throttled: n * 3 / 100, too_many: n * 3 / 100, ..clean(1, n) };
+    for _ in 0..10 {
+        now += INTERVAL;
+        p.traffic(&noisy(200), now, &mut out);
+    }
+    assert_eq!(p.figures().backoffs, 1);
+    assert_eq!(p.figures().rate_source, Some(RateSource::Adaptive));
+    // At the plateau they come as often: they are not the rate's. The rate is given up.
+    while p.figures().rate.is_some() {
+        now += INTERVAL;
+        p.traffic(&noisy(140), now, &mut out);
+        assert!(p.figures().backoffs == 1, "backed off again at the plateau");
+        assert!(now < Instant::now() + throttle::PLATEAU * 2, "still metered after the plateau");
+    }
+    // And the same share later backs nothing off; a share well past it does.
+    for _ in 0..30 {
+        now += INTERVAL;
+        p.traffic(&noisy(200), now, &mut out);
+    }
+    assert_eq!((p.figures().backoffs, p.figures().rate), (1, None));
+    for _ in 0..5 {
+        now += INTERVAL;
+        p.traffic(&Traffic { throttled: 40, too_many: 40, ..clean(1, 200) }, now, &mut out);
+    }
+    assert_eq!(p.figures().backoffs, 2, "20% refused is past the noise");
 }
 
 #[test]
@@ -299,7 +355,12 @@ fn an_announced_limit_meters_the_fleet_unless_a_rate_was_given() {
 }
 
 fn clean(latency_ms: u64, requests: u32) -> Traffic {
-    Traffic { requests, latency_us: latency_ms * 1000 * u64::from(requests), ..Traffic::default() }
+    Traffic {
+        requests,
+        latency_us: latency_ms * 1000 * u64::from(requests),
+        statuses: vec![(200, requests)],
+        ..Traffic::default()
+    }
 }
 
 /// Feeds the controller `traffic` once an interval for `intervals`; returns the limits seen.
@@ -422,4 +483,129 @@ fn permits_go_to_workers_with_ids_and_an_idle_workers_are_taken_back() {
         f.step(Duration::from_millis(10), &[false, true, false]);
     }
     assert!(f.spends.len() - before >= 8, "worker 1 got the rate: {} in 1s", f.spends.len() - before);
+}
+
+#[test]
+fn an_outage_opens_the_circuit_only_probes_go_and_an_answer_closes_it() {
+    let mut f = Fleet::new(settings(Some(1000.0), Some(100), None), 3);
+    let alive = [true; 3];
+    for _ in 0..20 {
+        f.step(Duration::from_millis(10), &alive);
+    }
+    let failing = |requests: u32| Traffic { requests, statuses: vec![(503, requests)], ..Traffic::default() };
+    // A few failures among many answers are an API's bad luck: nothing opens.
+    let mut out = Vec::new();
+    let mixed = Traffic { requests: 100, statuses: vec![(200, 95), (500, 5)], ..Traffic::default() };
+    f.pacer.traffic(&mixed, f.now, &mut out);
+    assert!(!f.pacer.circuit_open());
+    // A second later every request fails: the circuit opens, every worker is told so, and
+    // those holding permits drop them.
+    f.now += Duration::from_millis(1100);
+    f.pacer.traffic(&failing(40), f.now, &mut out);
+    f.apply(out);
+    assert!(f.pacer.circuit_open());
+    assert!(f.hand.iter().all(|&h| h == 0), "permits in hand were dropped: {:?}", f.hand);
+    let mut told: Vec<usize> =
+        f.paces.iter().filter(|(_, p)| p.circuit_open && p.metered).map(|&(s, _)| s).collect();
+    told.sort_unstable();
+    told.dedup();
+    assert_eq!(told, [0, 1, 2], "{:?}", f.paces);
+    let opened = f.now;
+    let held = f.pacer.held_back(f.now).expect("something holds the fleet back");
+    assert!(held.starts_with("circuit open: 100% of requests failed (HTTP 503)"), "{held}");
+    // Ten seconds of outage: only probes, 250ms after opening, then 500ms, then every second,
+    // round the workers; each fails.
+    let before = f.spends.len();
+    while f.now < opened + Duration::from_secs(10) {
+        let spent = f.spends.len();
+        f.step(Duration::from_millis(10), &alive);
+        if f.spends.len() > spent {
+            let mut out = Vec::new();
+            f.pacer.traffic(&failing((f.spends.len() - spent) as u32), f.now, &mut out);
+            f.apply(out);
+        }
+    }
+    let probes: Vec<Duration> = f.spends[before..].iter().map(|&t| t - opened).collect();
+    assert!((10..=12).contains(&probes.len()), "{} probes in 10 s: {probes:?}", probes.len());
+    assert!(probes[0] >= Duration::from_millis(250) && probes[0] < Duration::from_millis(300), "{probes:?}");
+    assert!(probes.windows(2).all(|w| w[1] - w[0] <= Duration::from_millis(1020)), "{probes:?}");
+    assert_eq!(f.pacer.figures().probes, probes.len() as u64);
+    // The next probe is answered: the circuit closes and the rate resumes from an empty bucket.
+    let mut out = Vec::new();
+    let answered = Traffic { requests: 1, statuses: vec![(200, 1)], ..Traffic::default() };
+    f.pacer.traffic(&answered, f.now, &mut out);
+    f.apply(out);
+    assert!(!f.pacer.circuit_open());
+    assert!(f.paces.last().is_some_and(|(_, p)| !p.circuit_open && p.metered), "{:?}", f.paces.last());
+    let resumed = f.now;
+    let before = f.spends.len();
+    while f.now < resumed + Duration::from_millis(500) {
+        f.step(Duration::from_millis(5), &alive);
+    }
+    let after = f.spends.len() - before;
+    assert!((400..=560).contains(&after), "{after} sent in the first 500ms at 1000/s");
+    let p = f.pacer.figures();
+    assert_eq!(p.outages, 1);
+    assert!((p.outage_secs - (resumed - opened).as_secs_f64()).abs() < 1e-6, "{}", p.outage_secs);
+    // The failures of the outage are forgotten: answers that fail now and then do not reopen it.
+    let mut out = Vec::new();
+    f.pacer.traffic(&mixed, f.now, &mut out);
+    assert!(!f.pacer.circuit_open());
+}
+
+#[test]
+fn refusals_do_not_open_the_circuit_and_an_outage_ends_a_backed_off_rate() {
+    let mut f = Fleet::new(settings(None, None, None), 2);
+    let mut out = Vec::new();
+    let refused = Traffic {
+        requests: 50,
+        too_many: 50,
+        throttled: 50,
+        statuses: vec![(429, 50)],
+        ..Traffic::default()
+    };
+    f.pacer.traffic(&refused, f.now, &mut out);
+    assert!(!f.pacer.circuit_open(), "a server that refuses is up");
+    // Refusals backed the rate off; then the API went down without a word (no answers).
+    let ok = Traffic { requests: 100, statuses: vec![(200, 100)], ..Traffic::default() };
+    f.now += Duration::from_millis(500);
+    f.pacer.traffic(&ok, f.now, &mut out);
+    let refusing = Traffic {
+        requests: 20,
+        too_many: 10,
+        throttled: 10,
+        statuses: vec![(200, 10), (429, 10)],
+        ..Traffic::default()
+    };
+    f.now += Duration::from_millis(100);
+    f.pacer.traffic(&refusing, f.now, &mut out);
+    assert_eq!(f.pacer.figures().rate_source, Some(RateSource::Adaptive));
+    f.now += Duration::from_millis(1100);
+    f.pacer.traffic(&Traffic { requests: 30, ..Traffic::default() }, f.now, &mut out);
+    assert!(f.pacer.circuit_open());
+    assert!(f.pacer.held_back(f.now).is_some_and(|h| h.contains("no answer")));
+    assert_eq!(f.pacer.figures().rate, None, "the backed-off rate measured the outage, not a limit");
+}
+
+#[test]
+fn an_api_that_never_answered_opens_no_circuit_and_a_long_outage_stops_holding_attempts() {
+    let mut f = Fleet::new(settings(None, None, None), 2);
+    let mut out = Vec::new();
+    let refused = Traffic { requests: 50, ..Traffic::default() };
+    f.pacer.traffic(&refused, f.now, &mut out);
+    assert!(!f.pacer.circuit_open(), "a URL that never answered is more likely wrong than down");
+    f.pacer.traffic(&clean(1, 10), f.now, &mut out);
+    f.now += Duration::from_millis(300);
+    f.pacer.traffic(&refused, f.now, &mut out);
+    f.apply(out);
+    assert!(f.pacer.circuit_open());
+    assert!(f.paces.iter().rev().take(2).all(|(_, p)| p.circuit_open));
+    let opened = f.now;
+    while f.now < opened + Duration::from_secs(301) {
+        f.step(Duration::from_millis(500), &[true, true]);
+    }
+    assert!(f.pacer.circuit_open(), "still down: still only probes");
+    let last: Vec<Pace> =
+        (0..2).map(|s| f.paces.iter().rev().find(|(slot, _)| *slot == s).expect("told").1).collect();
+    assert!(last.iter().all(|p| p.metered && !p.circuit_open), "past --outage-max attempts count: {last:?}");
 }
