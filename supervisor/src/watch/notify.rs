@@ -73,7 +73,10 @@ impl Notifier {
         }
         let Some(every) = self.ping_every else { return };
         let due = self.last_ping.is_none_or(|(at, _)| now.duration_since(at) >= every);
-        let progressed = self.last_ping.is_none_or(|(_, stored)| s.stored > stored) || s.paused_ms.is_some();
+        // A pause a server asked for and an open circuit (the API down, the fleet probing it)
+        // are waits of the API's, not a wedged supervisor's.
+        let waiting = s.paused_ms.is_some() || s.circuit_open;
+        let progressed = self.last_ping.is_none_or(|(_, stored)| s.stored > stored) || waiting;
         if due && progressed {
             self.last_ping = Some((now, s.stored));
             self.send(&[NotifyState::Watchdog]);
