@@ -614,7 +614,7 @@ impl Pacer {
         if let Some((requests, refused)) = plateau.filter(|&(n, k)| throttle::not_the_rates(trigger, n, k)) {
             let share = refused as f64 / requests as f64;
             // Both shares measured the noise: the trigger's at the rate, the plateau's below it.
-            self.noise = ((share + trigger) / 2.0).min(throttle::FLEET_SHARE);
+            self.noise = ((share + trigger) / 2.0).min(throttle::MAX_NOISE);
             self.adaptive = None;
             self.meter = None;
             out.push(Command::Log(
