@@ -43,10 +43,6 @@ pub const FLEET_SHARE: f64 = 0.10;
 pub const BACKOFF_SHARE: f64 = 0.02;
 /// A server wait this long is not one request's bad luck: the whole client is told to wait.
 pub const LONG_WAIT: Duration = Duration::from_secs(10);
-/// The shortest span a rate the server took is measured over. A limiter's window is commonly
-/// a second, and a fixed one admits its whole quota at once: measured over the 300 ms after a
-/// pause, mockapi's 2,000 a second looked like 6,000, and 0.7 of that went on being refused.
-pub const MIN_SPAN: Duration = Duration::from_secs(1);
 /// At least this many refusals in [`WINDOW`] to back the rate off: a share of 2% is not told
 /// from one refusal among the first fifty answers of a run.
 pub const MIN_REFUSED: u64 = 5;
@@ -68,8 +64,9 @@ pub const PLATEAU: Duration = Duration::from_secs(1);
 /// Answers in the plateau's first moments are to requests sent at the old rate: they are left
 /// out of its count.
 pub const DRAIN: Duration = Duration::from_millis(250);
-/// The most refusals taken as a server's noise: a limiter that refuses more than this at 0.7 of
-/// the rate (by chance, or at its windows' edges) still backs the rate off past it.
+/// The most refusals taken as a server's noise: refusals that go on at the plateau at a larger
+/// share are a limit the fleet is still above (a fixed window measured just after a pause
+/// overstates what it takes), and the rate goes on backing off.
 pub const MAX_NOISE: f64 = 0.04;
 /// Refusals at the plateau this large a share of those that backed the rate off did not go
 /// with the rate.
@@ -83,7 +80,8 @@ pub const NOISE_RATIO: f64 = 0.5;
 /// 1% of plateaus, and a limiter's stop.
 pub fn not_the_rates(trigger: f64, requests: u64, refused: u64) -> bool {
     let expected = trigger * requests as f64;
-    refused as f64 >= NOISE_RATIO * expected - expected.sqrt()
+    let share = refused as f64 / requests.max(1) as f64;
+    refused as f64 >= NOISE_RATIO * expected - expected.sqrt() && share < MAX_NOISE
 }
 
 /// Requests that ended and refusals among them, over the last [`WINDOW`], from workers'
@@ -140,11 +138,13 @@ impl Recent {
     }
 
     /// Answers a second that were not refusals, over the window (or since counting began or
-    /// the last pause ended, if that is shorter, but at least [`MIN_SPAN`]), once there are
-    /// [`ENOUGH`] requests to tell: the rate the server took.
+    /// the last pause ended, if that is shorter), once there are [`ENOUGH`] requests to tell:
+    /// the rate the server took. (Measured over the moments after a pause it can overstate
+    /// what a fixed-window limiter takes, which admits its quota at once; the back-off after
+    /// then starts from the lower of this and the rate in force.)
     pub fn accepted_rate(&self, now: Instant) -> Option<f64> {
         let (requests, refused) = self.totals(now, Some(self.since));
-        let span = now.saturating_duration_since(self.since).min(WINDOW).max(MIN_SPAN);
+        let span = now.saturating_duration_since(self.since).min(WINDOW).max(Duration::from_millis(100));
         (requests >= ENOUGH).then(|| (requests - refused) as f64 / span.as_secs_f64())
     }
 }
@@ -239,14 +239,14 @@ mod tests {
         // ended.
         let mut r = Recent::new(t0);
         r.add(t0 + 200 * MS, 100, 0);
-        assert_eq!(r.accepted_rate(t0 + 250 * MS), Some(100.0), "over a second at least");
+        assert_eq!(r.accepted_rate(t0 + 250 * MS), Some(400.0));
         r.add(t0 + 1400 * MS, 100, 0);
         assert_eq!(r.accepted_rate(t0 + 1500 * MS), Some(200.0 / 1.5));
         r.resume_at(t0 + 1600 * MS);
         assert_eq!(r.accepted_rate(t0 + 1650 * MS), None, "nothing sent since the pause");
         r.add(t0 + 1700 * MS, 60, 10);
         let rate = r.accepted_rate(t0 + 1750 * MS).expect("60 since, 10 of them refused");
-        assert!((rate - 50.0).abs() < 1e-6, "{rate}");
+        assert!((rate - 50.0 / 0.15).abs() < 1e-6, "{rate}");
         assert_eq!(r.refused_share(t0 + 1750 * MS), Some(10.0 / 260.0), "the share counts across the pause");
     }
 
@@ -298,6 +298,7 @@ mod tests {
         assert!(!not_the_rates(0.03, 400, 1), "1 of 6 expected is not");
         assert!(!not_the_rates(0.05, 1000, 4), "a limiter: below its rate, refusals stop");
         assert!(not_the_rates(0.05, 40, 0), "too few requests to tell: 1 refusal expected");
+        assert!(!not_the_rates(0.25, 1000, 210), "21% at the plateau: a limit still above");
         let t0 = Instant::now();
         let mut r = Recent::new(t0);
         r.add(t0, 100, 20);
