@@ -203,8 +203,9 @@ pub struct Tuning {
     pub retry_after_max: Duration,
     /// Retries allowed, as a share of first attempts over the last 10 s (plus 10 a second for
     /// the fleet, always): a failing API is not sent many times what a healthy one is. A retry
-    /// past it waits; `off` retries every failure at once.
-    #[arg(long, env = "FLOTA_RETRY_BUDGET", default_value = "20%", value_parser = parse_retry_budget)]
+    /// past it waits. At 100% a run keeps its speed while up to half the requests fail; past
+    /// that it slows to what the budget allows. `off` retries every failure at once.
+    #[arg(long, env = "FLOTA_RETRY_BUDGET", default_value = "100%", value_parser = parse_retry_budget)]
     pub retry_budget: RetryBudgetPct,
     /// How long an outage may hold the ids' attempts: while the API is down (nearly every
     /// request failing) the fleet only probes it and no id spends its attempts; past this,
