@@ -213,6 +213,13 @@ pub enum FromWorker {
     Traffic(Traffic),
 }
 
+/// Whether an answer with `status` is a failure of the API, not of the id and not a refusal:
+/// a 5xx or a 408. (A request with no answer is one too.) The worker's wait for the fleet's
+/// circuit and the supervisor's count of an outage both go by it.
+pub fn api_failure(status: u16) -> bool {
+    status == 408 || (500..600).contains(&status)
+}
+
 /// How often a busy worker reports its [`Traffic`].
 pub const TRAFFIC_EVERY: Duration = Duration::from_millis(100);
 

@@ -301,7 +301,7 @@ impl Gate {
         let mut s = self.lock();
         s.sending -= 1;
         let open = ticket.probe || s.pace.is_some_and(|p| p.circuit_open);
-        let failed = met.status.is_none_or(|st| st == 408 || (500..600).contains(&st));
+        let failed = met.status.is_none_or(shared::api_failure);
         s.failing_streak = if failed { s.failing_streak.saturating_add(1) } else { 0 };
         s.traffic.count(now.duration_since(ticket.started), met.status);
         let t = &mut s.traffic;

@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use shared::Traffic;
+use shared::{api_failure, Traffic};
 
 /// What the failure share is counted over, at least. Short: every moment before the circuit
 /// opens is attempts spent by every id in flight (at 1,000 requests a second, a window of a
@@ -62,11 +62,6 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Whether an answer with `status` is a failure of the API (not of the id, not a refusal).
-pub fn is_failure(status: u16) -> bool {
-    status == 408 || (500..600).contains(&status)
-}
-
 /// One worker's report, as far as health goes.
 #[derive(Debug, Clone, Copy)]
 struct Report {
@@ -91,7 +86,7 @@ impl Health {
         let answered: u64 = t.statuses.iter().map(|&(_, n)| u64::from(n)).sum();
         let requests = u64::from(t.requests);
         let no_answer = requests.saturating_sub(answered);
-        let failing = t.statuses.iter().filter(|(s, _)| is_failure(*s));
+        let failing = t.statuses.iter().filter(|(s, _)| api_failure(*s));
         let failed = no_answer + failing.clone().map(|&(_, n)| u64::from(n)).sum::<u64>();
         let top = failing.max_by_key(|(_, n)| *n).map(|&(s, n)| (s, u64::from(n)));
         if requests > 0 {

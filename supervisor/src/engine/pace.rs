@@ -76,6 +76,13 @@ impl Meter {
         self.at = now;
     }
 
+    /// Empties the bucket and starts filling it at `at`: sending resumes at the rate, not in a
+    /// burst.
+    pub fn restart(&mut self, at: Instant) {
+        self.tokens = 0.0;
+        self.at = at;
+    }
+
     /// Takes up to `want` whole permits.
     pub fn take(&mut self, want: u32) -> u32 {
         let n = (self.tokens.floor() as u32).min(want);
@@ -435,7 +442,7 @@ impl Pacer {
             c.sample(t);
         }
         self.health.add(now, t);
-        let answered = t.statuses.iter().any(|&(s, _)| !circuit::is_failure(s));
+        let answered = t.statuses.iter().any(|&(s, _)| !shared::api_failure(s));
         if self.circuit.is_some() && answered {
             self.close(now, out);
         } else if answered {
@@ -506,8 +513,7 @@ impl Pacer {
         self.health.clear();
         self.recent = Recent::new(now);
         if let Some((meter, _)) = &mut self.meter {
-            meter.tokens = 0.0;
-            meter.at = now;
+            meter.restart(now);
         }
         out.push(Command::Log(
             Level::Info,
@@ -711,8 +717,7 @@ impl Pacer {
         self.pause_why = Some(why);
         self.recent.resume_at(until);
         if let Some((meter, _)) = &mut self.meter {
-            meter.tokens = 0.0;
-            meter.at = until;
+            meter.restart(until);
         }
         let ms = wait.as_millis() as u64;
         for (slot, m) in self.members.iter_mut().enumerate() {

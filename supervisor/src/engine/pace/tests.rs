@@ -221,14 +221,21 @@ fn a_sporadic_refusal_pauses_nobody() {
     assert_eq!(f.paused.len(), 3, "{:?}", f.paused);
 }
 
-#[test]
-fn refusals_meter_the_fleet_below_its_send_rate_and_it_climbs_back_then_runs_free() {
-    let mut now = Instant::now();
+/// A pacer with no rate and two workers joined (not busy), the clock it started at, and what
+/// it said.
+fn unmetered_pair() -> (Pacer, Instant, Vec<Command>) {
+    let now = Instant::now();
     let mut p = Pacer::new(settings(None, None, None), 2, now);
     let mut out = Vec::new();
     for slot in 0..2 {
         p.join(slot, 1, now, &mut out);
     }
+    (p, now, out)
+}
+
+#[test]
+fn refusals_meter_the_fleet_below_its_send_rate_and_it_climbs_back_then_runs_free() {
+    let (mut p, mut now, mut out) = unmetered_pair();
     // 200 answers every 100ms: 2000 a second, the refused report's among them.
     for _ in 0..10 {
         now += INTERVAL;
@@ -277,12 +284,8 @@ fn refusals_meter_the_fleet_below_its_send_rate_and_it_climbs_back_then_runs_fre
 
 #[test]
 fn refusals_that_do_not_stop_at_the_plateau_free_the_rate_and_are_the_servers_noise() {
-    let mut now = Instant::now();
-    let mut p = Pacer::new(settings(None, None, None), 2, now);
-    let mut out = Vec::new();
-    for slot in 0..2 {
-        p.join(slot, 1, now, &mut out);
-    }
+    let (mut p, mut now, mut out) = unmetered_pair();
+    let start = now;
     // 3% refused at random, whatever the rate: the first report backs the rate off.
     let noisy = |n: u32| Traffic { throttled: n * 3 / 100, too_many: n * 3 / 100, ..clean(1, n) };
     for _ in 0..10 {
@@ -296,7 +299,7 @@ fn refusals_that_do_not_stop_at_the_plateau_free_the_rate_and_are_the_servers_no
         now += INTERVAL;
         p.traffic(&noisy(140), now, &mut out);
         assert!(p.figures().backoffs == 1, "backed off again at the plateau");
-        assert!(now < Instant::now() + throttle::PLATEAU * 2, "still metered after the plateau");
+        assert!(now < start + throttle::PLATEAU * 2, "still metered after the plateau");
     }
     // And the same share later backs nothing off; a share well past it does.
     for _ in 0..30 {
