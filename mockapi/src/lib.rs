@@ -16,9 +16,13 @@
 //! `--compress` encodes item bodies as real servers do (br or gzip, when `Accept-Encoding` offers it);
 //! `--tls-cert`/`--tls-key` serve HTTPS (rustls).
 //!
+//! [`proxy`] is a fault proxy to put between a client and it: Toxiproxy's toxics (latency,
+//! stalls, resets, cut and sliced answers, a slow link) on a share of connections.
+//!
 //! Built on hyper 1, tokio and tokio-rustls: no HTTP or TLS of our own.
 #![deny(unsafe_code)]
 
+pub mod proxy;
 mod server;
 
 use std::net::SocketAddr;

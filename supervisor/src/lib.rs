@@ -71,6 +71,7 @@ fn run_main() -> i32 {
             return worker::run();
         }
         Some(Command::Mockapi(args)) => return mockapi::run(args.clone()),
+        Some(Command::FaultProxy(args)) => return mockapi::proxy::run_proxy(args.clone()),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(*shell, &mut Cli::command(), "supervisor", &mut std::io::stdout());
             return 0;
@@ -109,7 +110,13 @@ fn run_main() -> i32 {
         Some(Command::Upgrade(ref args)) => cmd::doctor::upgrade(args),
         Some(Command::Merge(ref args)) => cmd::merge::run(args),
         Some(Command::Demo(args)) => cmd::demo::run(args, watch),
-        Some(Command::Worker | Command::Mockapi(_) | Command::Completions { .. } | Command::Man) => {
+        Some(
+            Command::Worker
+            | Command::Mockapi(_)
+            | Command::FaultProxy(_)
+            | Command::Completions { .. }
+            | Command::Man,
+        ) => {
             unreachable!("handled above")
         }
     };

@@ -114,6 +114,10 @@ pub enum Command {
     /// Run mockapi (used by `demo`).
     #[command(hide = true)]
     Mockapi(mockapi::Args),
+    /// Run a fault proxy in front of a server: Toxiproxy's toxics on a share of connections
+    /// (used by the tests and `scripts/bench-faults`).
+    #[command(hide = true)]
+    FaultProxy(mockapi::proxy::ProxyArgs),
 }
 
 /// Flags of a run.
