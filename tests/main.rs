@@ -13,6 +13,7 @@ mod hostile;
 mod isolation;
 mod layers;
 mod models;
+mod network;
 mod operate;
 mod outage;
 mod pace;

@@ -74,6 +74,64 @@ impl Drop for MockApi {
     }
 }
 
+/// `supervisor fault-proxy` in front of `upstream` on a free loopback port (or `listen`), with
+/// Toxiproxy's toxics; killed when dropped. It prints a line for each connection that met a
+/// toxic, collected here for [`FaultProxy::met`].
+pub struct FaultProxy {
+    child: Child,
+    pub addr: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str, toxics: &[&str]) -> FaultProxy {
+        Self::start_on("127.0.0.1:0", upstream, toxics)
+    }
+
+    pub fn start_on(listen: &str, upstream: &str, toxics: &[&str]) -> FaultProxy {
+        let mut cmd = Command::new(SUPERVISOR);
+        cmd.args(["fault-proxy", "--listen", listen, "--upstream", upstream, "--seed", "7"]);
+        for t in toxics {
+            cmd.args(["--toxic", t]);
+        }
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("fault-proxy starts");
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("reads address");
+        let addr = line.trim().to_owned();
+        assert!(addr.starts_with("127.0.0.1:"), "fault-proxy printed {addr:?}");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = lines.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                into.lock().expect("not poisoned").push(line);
+            }
+        });
+        FaultProxy { child, addr, lines }
+    }
+
+    /// The item URL through the proxy.
+    pub fn url(&self) -> String {
+        format!("http://{}/items/{{id}}", self.addr)
+    }
+
+    /// How many connections met the toxic `name` so far.
+    pub fn met(&self, name: &str) -> usize {
+        let lines = self.lines.lock().expect("not poisoned");
+        lines
+            .iter()
+            .filter(|l| l.split_once(": ").is_some_and(|(_, t)| t.split(", ").any(|t| t == name)))
+            .count()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What a finished command left behind.
 #[derive(Debug)]
 pub struct Outcome {

@@ -299,9 +299,14 @@ impl Fetcher {
             let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
             return (Attempt::Retry { error: format!("HTTP {status}") }, met);
         }
-        let attempt = match resp.body_mut().with_config().limit(self.max_body).read_to_vec() {
-            Ok(body) => Attempt::Final(Outcome::Response { status, body }),
-            Err(e) => classify_error(e),
+        // As ureq's read_to_vec, but what came before an error is counted: a body cut off says
+        // how much of it came.
+        let length = content_length(resp.headers());
+        let mut body = Vec::with_capacity(length.unwrap_or(0).min(self.max_body).min(1 << 20) as usize);
+        let mut reader = resp.body_mut().with_config().limit(self.max_body).reader();
+        let attempt = match std::io::Read::read_to_end(&mut reader, &mut body) {
+            Ok(_) => Attempt::Final(Outcome::Response { status, body }),
+            Err(e) => body_error(ureq::Error::from(e), body.len(), length),
         };
         (attempt, met)
     }
@@ -341,6 +346,30 @@ fn classify_error(e: ureq::Error) -> Attempt {
             Attempt::Final(Outcome::Failed { error: format!("TLS: {why}{}", tls_hint(&why)) })
         }
         other => Attempt::Retry { error: one_line(&other) },
+    }
+}
+
+/// The length a response's head promises for its body, unless it is encoded (ureq decodes it,
+/// and counts what it decoded).
+fn content_length(headers: &ureq::http::HeaderMap) -> Option<u64> {
+    if headers.contains_key("content-encoding") {
+        return None;
+    }
+    headers.get("content-length")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// An error while the body was read, `came` bytes of it (of `length`, when the head said):
+/// a body cut off says so, and how much came; it is never an answer.
+fn body_error(e: ureq::Error, came: usize, length: Option<u64>) -> Attempt {
+    let of = length.map_or_else(String::new, |n| format!(" of {n}"));
+    match classify_error(e) {
+        Attempt::Retry { error } if error.starts_with("timeout") => {
+            Attempt::Retry { error: format!("{error}, after {came}{of} bytes of the body") }
+        }
+        Attempt::Retry { error } => {
+            Attempt::Retry { error: format!("body cut off after {came}{of} bytes ({error})") }
+        }
+        other => other,
     }
 }
 
