@@ -21,7 +21,8 @@
 //! body but not its head.
 //!
 //! The first line on stdout is the address it listens on; then a line for each connection
-//! that meets a toxic (`conn 7: timeout, slicer`), for a test to count what it did.
+//! (`conn 6`), with the toxics it met (`conn 7: timeout, slicer`), for a test to count what it
+//! did.
 
 use std::fmt;
 use std::io::Write;
@@ -469,11 +470,13 @@ pub fn run_proxy(args: ProxyArgs) -> i32 {
                     met.push(Active { toxic: t.clone(), link });
                 }
             }
-            if !met.is_empty() {
-                let names: Vec<String> = met.iter().map(|a| a.toxic.to_string()).collect();
+            let names: Vec<String> = met.iter().map(|a| a.toxic.to_string()).collect();
+            if names.is_empty() {
+                println!("conn {conns}");
+            } else {
                 println!("conn {conns}: {}", names.join(", "));
-                let _ = std::io::stdout().flush();
             }
+            let _ = std::io::stdout().flush();
             tokio::spawn(connection(client, args.upstream, met, args.seed ^ conns));
         }
     })
