@@ -280,48 +280,137 @@ fn shards_of_an_ids_file_merge_into_the_whole_list() {
     assert_eq!(api.requests(), 600);
 }
 
-#[test]
-fn the_slurm_recipe_runs_an_array_and_merges_it() {
-    // The sbatch scripts, run as Slurm would run them: each task with its array variables.
-    let (api, dir, _) = setup(&[]);
+/// A recipe of scripts/deploy/slurm run as Slurm would run it, by bash with `env`; a task of an
+/// array when `task` is `(id, min, count)`.
+fn slurm_script(name: &str, dir: &Path, env: &[(&str, String)], task: Option<(u64, u64, u64)>) -> Running {
     let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/deploy/slurm");
+    let mut cmd = Command::new("bash");
+    cmd.arg(recipes.join(name))
+        .current_dir(dir)
+        .env("FLOTA_THREADS", "8")
+        .env("FLOTA_LOG_LEVEL", "warn")
+        .env("SLURM_CPUS_PER_TASK", "2")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("FLOTA_SUPERVISOR")
+        .env_remove("FLOTA_STORE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    match task {
+        Some((id, min, count)) => cmd
+            .env("SLURM_ARRAY_TASK_ID", id.to_string())
+            .env("SLURM_ARRAY_TASK_MIN", min.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", count.to_string()),
+        None => cmd.env_remove("SLURM_ARRAY_TASK_ID"),
+    };
+    watch(cmd.spawn().expect("bash starts"))
+}
+
+#[test]
+fn the_slurm_recipe_runs_an_array_merges_it_and_reruns_a_shard_by_its_name() {
+    let (api, dir, _) = setup(&[]);
     let bin_dir = Path::new(SUPERVISOR).parent().expect("a directory");
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let stores = dir.path().join("stores");
-    let script = |name: &str, task: Option<u64>| {
-        let mut cmd = Command::new("bash");
-        cmd.arg(recipes.join(name))
-            .current_dir(dir.path())
-            .env("PATH", &path)
-            .env("FLOTA_URL", api.url())
-            .env("FLOTA_IDS", "0..4000")
-            .env("FLOTA_STORES", &stores)
-            .env("FLOTA_THREADS", "8")
-            .env("FLOTA_LOG_LEVEL", "warn")
-            .env("SLURM_CPUS_PER_TASK", "2")
-            .env_remove("JOB_COMPLETION_INDEX")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(task) = task {
-            cmd.env("SLURM_ARRAY_TASK_ID", task.to_string())
-                .env("SLURM_ARRAY_TASK_MIN", "0")
-                .env("SLURM_ARRAY_TASK_COUNT", "3");
-        } else {
-            cmd.env_remove("SLURM_ARRAY_TASK_ID");
-        }
-        watch(cmd.spawn().expect("bash starts"))
-    };
-    let tasks: Vec<_> = (0..3).map(|t| script("flota-array.sbatch", Some(t))).collect();
+    let env = vec![
+        ("PATH", path),
+        ("FLOTA_URL", api.url()),
+        ("FLOTA_IDS", "0..4000".to_owned()),
+        ("FLOTA_STORES", stores.display().to_string()),
+        ("FLOTA_WORKERS", "1".to_owned()),
+    ];
+    // --array=1-3: task ids 1, 2, 3; stores named by shard, 0 to 2.
+    let tasks: Vec<_> =
+        (1..=3).map(|t| slurm_script("flota-array.sbatch", dir.path(), &env, Some((t, 1, 3)))).collect();
     for task in tasks {
-        task.wait(RUN_DEADLINE).assert_code(0);
+        let out = task.wait(RUN_DEADLINE);
+        out.assert_code(0);
+        assert!(out.stdout.contains("with 1 workers"), "FLOTA_WORKERS reaches the run: {}", out.stdout);
     }
     for t in 0..3 {
         assert_eq!(ids_of(&stores.join(format!("shard-{t}.sled"))), owned(0..4000, t, 3));
     }
-    let out = script("flota-merge.sbatch", None).wait(RUN_DEADLINE);
-    out.assert_code(0);
-    assert!(out.stdout.contains("complete  yes"), "{}", out.stdout);
-    assert_complete(&stores.join("merged.sled"), 0..4000);
+    // The README's rerun of one shard: it resumes its store, and fetches nothing more.
+    let mut rerun = env.clone();
+    rerun.push(("FLOTA_SHARD", "1/3".to_owned()));
+    slurm_script("flota-array.sbatch", dir.path(), &rerun, Some((1, 1, 1))).wait(RUN_DEADLINE).assert_code(0);
     assert_eq!(api.requests(), 4000);
+    // Merged, then merged again: each into a store of its own, each reported.
+    for name in ["merged.sled", "merged-2.sled"] {
+        let out = slurm_script("flota-merge.sbatch", dir.path(), &env, None).wait(RUN_DEADLINE);
+        out.assert_code(0);
+        assert!(out.stdout.contains(&format!("into {}", stores.join(name).display())), "{}", out.stdout);
+        assert!(out.stdout.contains("complete  yes"), "{}", out.stdout);
+        assert_complete(&stores.join(name), 0..4000);
+    }
+    let mut named = env.clone();
+    named.push(("FLOTA_MERGED", stores.join("merged.sled").display().to_string()));
+    let out = slurm_script("flota-merge.sbatch", dir.path(), &named, None).wait(RUN_DEADLINE);
+    out.assert_code(2);
+    assert!(out.stderr.contains("merged.sled exists") && !out.stdout.contains("complete"), "{}", out.stderr);
+    // One store named for an array of three is refused, and changes nothing.
+    let mut one = env.clone();
+    one.push(("FLOTA_STORE", stores.join("shard-0.sled").display().to_string()));
+    let out = slurm_script("flota-array.sbatch", dir.path(), &one, Some((1, 1, 3))).wait(RUN_DEADLINE);
+    out.assert_code(2);
+    assert!(out.stderr.contains("each task of an array needs its own"), "{}", out.stderr);
+    assert_eq!(api.requests(), 4000);
+}
+
+#[test]
+fn the_slurm_recipes_say_when_the_supervisor_binary_is_not_there() {
+    let dir = tempdir();
+    let env = vec![
+        ("PATH", "/usr/bin:/bin".to_owned()),
+        ("FLOTA_URL", "http://127.0.0.1:9/items/{id}".to_owned()),
+        ("FLOTA_IDS", "0..10".to_owned()),
+    ];
+    for (script, task) in [("flota-array.sbatch", Some((0, 0, 1))), ("flota-merge.sbatch", None)] {
+        let out = slurm_script(script, dir.path(), &env, task).wait(RUN_DEADLINE);
+        out.assert_code(2);
+        assert!(
+            out.stderr.contains("no supervisor binary") && out.stderr.contains("FLOTA_SUPERVISOR"),
+            "{}",
+            out.stderr
+        );
+        let mut at = env.clone();
+        at.push(("FLOTA_SUPERVISOR", "/nonexistent/supervisor".to_owned()));
+        let out = slurm_script(script, dir.path(), &at, task).wait(RUN_DEADLINE);
+        out.assert_code(2);
+        assert!(out.stderr.contains("at /nonexistent/supervisor"), "{}", out.stderr);
+    }
+    // Requeued tasks append to their log.
+    let array = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/deploy/slurm/flota-array.sbatch"),
+    )
+    .expect("the script");
+    assert!(array.lines().any(|l| l == "#SBATCH --open-mode=append"));
+}
+
+#[test]
+fn submit_asks_for_what_the_largest_node_has() {
+    // sinfo and sbatch stand-ins: a cluster of one node of 2 CPUs and 1,900 MB.
+    let dir = tempdir();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let calls = dir.path().join("sbatch-calls");
+    write_script(&bin.join("sinfo"), "#!/bin/sh\necho '2 1900'\n");
+    write_script(&bin.join("sbatch"), &format!("#!/bin/sh\necho \"$@\" >> {}\necho 42\n", calls.display()));
+    let submit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/deploy/slurm/submit");
+    let out = Command::new("bash")
+        .arg(&submit)
+        .arg("--array=0-9")
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .expect("submit runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("the largest node has 2 CPUs and 1900M"), "{stdout}");
+    let calls = std::fs::read_to_string(&calls).expect("sbatch was called");
+    let array = calls.lines().next().expect("the array's sbatch");
+    assert!(array.starts_with("--parsable --cpus-per-task=2 --mem=1425M --array=0-9 "), "{array}");
+    assert!(calls.lines().nth(1).is_some_and(|l| l.contains("--dependency=afterany:42")), "{calls}");
 }
