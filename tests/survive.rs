@@ -80,6 +80,12 @@ fn workers_killed_every_half_second_lose_nothing_and_quarantine_nothing() {
     assert!(kills >= 2, "{}", out.stdout);
     assert_eq!(summary_figure(&out.stdout, "quarantined"), 0);
     assert_complete(&store, 0..30000);
+    // The request count is never short of what the store holds (the killed workers' traffic is
+    // reported with their results), nor more than reached the server.
+    let stored: u64 = export(&store).iter().map(|r| r["attempts"].as_u64().unwrap_or(0)).sum();
+    let counted = summary_figure(&out.stdout, "requests");
+    let served = api.requests();
+    assert!(stored <= counted && counted <= served, "stored {stored}, counted {counted}, served {served}");
 }
 
 fn stop_with(sig: Signal, code: i32) {

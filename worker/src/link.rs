@@ -89,19 +89,24 @@ pub fn serve() -> Result<(), LinkError> {
     log::debug!("worker {} serving {} with {} threads", std::process::id(), job.url_template, job.threads);
 
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outgoing>();
-    let writer = std::thread::Builder::new()
-        .name("link-writer".into())
-        .spawn(move || write_loop(stdout, out_rx))
-        .map_err(LinkError::Thread)?;
+    let budget = job
+        .retry_budget_pct
+        .map(|pct| crate::policy::RetryBudget::new(pct, job.retry_floor_per_min, std::time::Instant::now()));
+    let gate = Arc::new(Gate::new(out_tx.clone(), budget));
+    let writer = {
+        // Weak: the gate holds a sender of the writer's channel, which must close when the
+        // worker is done for the writer to end.
+        let gate = Arc::downgrade(&gate);
+        std::thread::Builder::new()
+            .name("link-writer".into())
+            .spawn(move || write_loop(stdout, out_rx, &gate))
+            .map_err(LinkError::Thread)?
+    };
 
     // The supervisor never has more than max_in_flight ids outstanding here, so this queue
     // never fills and reading the next assignment never waits on the fetch threads.
     let (ids_tx, ids_rx) = crossbeam_channel::bounded::<u64>(job.max_in_flight.max(1) as usize);
     let fetcher = Arc::new(Fetcher::new(&job));
-    let budget = job
-        .retry_budget_pct
-        .map(|pct| crate::policy::RetryBudget::new(pct, job.retry_floor_per_min, std::time::Instant::now()));
-    let gate = Arc::new(Gate::new(out_tx.clone(), budget));
     let stopping = Arc::new(AtomicBool::new(false));
     let chaos = Arc::new(job.chaos.clone());
     // Every thread is started before the hello: a worker that cannot start them never says
@@ -196,7 +201,11 @@ fn report_loop(alive: &AtomicBool, out: &Sender<Outgoing>, gate: &Gate) {
 /// lets results gather for [`LINGER`] when that was one, then takes whatever is waiting, so
 /// batches grow with the rate and a lone result waits [`LINGER`] at most. Other messages (the
 /// hello, heartbeats, what the server said) go at once.
-fn write_loop(stdout: File, rx: Receiver<Outgoing>) -> Result<(), LinkError> {
+///
+/// The traffic of the requests behind a batch of results goes before it, in the same write:
+/// the requests a worker reported results of are counted even if it is killed the next moment
+/// (the supervisor's request count is never short of what its store holds).
+fn write_loop(stdout: File, rx: Receiver<Outgoing>, gate: &std::sync::Weak<Gate>) -> Result<(), LinkError> {
     let mut w = FrameWriter::new(BufWriter::with_capacity(256 * 1024, stdout));
     let mut batch: Vec<ItemResult> = Vec::with_capacity(BATCH_MAX_ITEMS);
     while let Ok(first) = rx.recv() {
@@ -228,6 +237,13 @@ fn write_loop(stdout: File, rx: Receiver<Outgoing>) -> Result<(), LinkError> {
             w.write(&FromWorker::Hello(hello)).map_err(LinkError::Write)?;
         }
         if !batch.is_empty() {
+            for m in controls.iter().filter(|m| matches!(m, FromWorker::Traffic(_))) {
+                w.write(m).map_err(LinkError::Write)?;
+            }
+            controls.retain(|m| !matches!(m, FromWorker::Traffic(_)));
+            if let Some(t) = gate.upgrade().and_then(|g| g.take_traffic()) {
+                w.write(&FromWorker::Traffic(t)).map_err(LinkError::Write)?;
+            }
             w.write(&FromWorker::Results(std::mem::take(&mut batch))).map_err(LinkError::Write)?;
             batch = Vec::with_capacity(BATCH_MAX_ITEMS);
         }
