@@ -27,17 +27,9 @@ impl MockApi {
     }
 
     pub fn start_on(listen: &str, args: &[&str]) -> MockApi {
-        let mut child = Command::new(SUPERVISOR)
-            .args(["mockapi", "--listen", listen, "--threads", "2"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("mockapi starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("reads address");
-        let addr = line.trim().to_owned();
-        assert!(addr.starts_with("127.0.0.1:"), "mockapi printed {addr:?}");
+        let mut cmd = Command::new(SUPERVISOR);
+        cmd.args(["mockapi", "--listen", listen, "--threads", "2"]).args(args);
+        let (child, _, addr) = listening(&mut cmd, "mockapi");
         MockApi { child, addr }
     }
 
@@ -74,6 +66,19 @@ impl Drop for MockApi {
     }
 }
 
+/// Starts `cmd`, a server that prints the loopback address it listens on as its first line:
+/// the process, the rest of its stdout, and that address.
+fn listening(cmd: &mut Command, what: &str) -> (Child, BufReader<std::process::ChildStdout>, String) {
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("reads address");
+    let addr = line.trim().to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "{what} printed {addr:?}");
+    (child, out, addr)
+}
+
 /// `supervisor fault-proxy` in front of `upstream` on a free loopback port (or `listen`), with
 /// Toxiproxy's toxics; killed when dropped. It prints a line for each connection that met a
 /// toxic, collected here for [`FaultProxy::met`].
@@ -94,12 +99,7 @@ impl FaultProxy {
         for t in toxics {
             cmd.args(["--toxic", t]);
         }
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("fault-proxy starts");
-        let mut out = BufReader::new(child.stdout.take().expect("piped"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("reads address");
-        let addr = line.trim().to_owned();
-        assert!(addr.starts_with("127.0.0.1:"), "fault-proxy printed {addr:?}");
+        let (child, out, addr) = listening(&mut cmd, "fault-proxy");
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let into = lines.clone();
         std::thread::spawn(move || {
