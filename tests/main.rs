@@ -7,6 +7,7 @@
 mod care;
 mod cli;
 mod connections;
+mod engines;
 mod faults;
 mod fleet;
 mod hostile;
