@@ -278,7 +278,7 @@ impl Pacer {
             fixed,
             members: (0..slots).map(|_| None).collect(),
             paused_until: None,
-            recent: Recent::new(now),
+            recent: Recent::default(),
             adaptive: None,
             noise: 0.0,
             health: Health::default(),
@@ -511,7 +511,7 @@ impl Pacer {
         let open = now.saturating_duration_since(c.since);
         self.figures.outage_secs += open.as_secs_f64();
         self.health.clear();
-        self.recent = Recent::new(now);
+        self.recent = Recent::default();
         if let Some((meter, _)) = &mut self.meter {
             meter.restart(now);
         }

@@ -57,6 +57,9 @@ pub const HOLD: Duration = WINDOW;
 /// The adaptive rate is given up once it has grown this far past where it was throttled: the
 /// server has not refused anything for seconds.
 pub const GIVE_UP: f64 = 4.0;
+/// The shortest span a rate is measured over: the first refusals of a run can come 50 ms
+/// after its first answers, when a fleet's first requests have used up a limiter's burst.
+pub const MIN_SPAN: Duration = Duration::from_millis(50);
 /// The lowest rate a back-off goes to, in requests a second.
 pub const MIN_RATE: f64 = 1.0;
 /// How long the rate holds at [`BACKOFF`] of the peak before it climbs.
@@ -86,21 +89,19 @@ pub fn not_the_rates(trigger: f64, requests: u64, refused: u64) -> bool {
 
 /// Requests that ended and refusals among them, over the last [`WINDOW`], from workers'
 /// reports.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Recent {
     reports: VecDeque<(Instant, u64, u64)>,
-    /// The send rate is measured from here: the start, or the end of the last pause.
-    since: Instant,
+    /// The send rate is measured from here: the first report (when answers began to come:
+    /// not when the pacer began, before its workers had started and connected), or the end of
+    /// the last pause. None until the first report.
+    since: Option<Instant>,
 }
 
 impl Recent {
-    /// Nothing counted yet, from `now`.
-    pub fn new(now: Instant) -> Recent {
-        Recent { reports: VecDeque::new(), since: now }
-    }
-
     /// Counts a report of `requests`, `refused` of them.
     pub fn add(&mut self, now: Instant, requests: u64, refused: u64) {
+        self.since.get_or_insert(now);
         self.reports.push_back((now, requests, refused));
         while self.reports.front().is_some_and(|&(at, ..)| now.saturating_duration_since(at) >= WINDOW) {
             self.reports.pop_front();
@@ -109,7 +110,7 @@ impl Recent {
 
     /// The fleet pauses until `at`: a send rate measured across the pause would be the pause's.
     pub fn resume_at(&mut self, at: Instant) {
-        self.since = self.since.max(at);
+        self.since = Some(self.since.map_or(at, |s| s.max(at)));
     }
 
     fn totals(&self, now: Instant, from: Option<Instant>) -> (u64, u64) {
@@ -137,14 +138,15 @@ impl Recent {
         (requests >= ENOUGH).then_some((requests, refused))
     }
 
-    /// Answers a second that were not refusals, over the window (or since counting began or
-    /// the last pause ended, if that is shorter), once there are [`ENOUGH`] requests to tell:
-    /// the rate the server took. (Measured over the moments after a pause it can overstate
+    /// Answers a second that were not refusals, over the window (or since the first report or
+    /// the end of the last pause, if that is shorter, but at least [`MIN_SPAN`]), once there
+    /// are [`ENOUGH`] requests to tell: the rate the server took. (Measured over the moments after a pause it can overstate
     /// what a fixed-window limiter takes, which admits its quota at once; the back-off after
     /// then starts from the lower of this and the rate in force.)
     pub fn accepted_rate(&self, now: Instant) -> Option<f64> {
-        let (requests, refused) = self.totals(now, Some(self.since));
-        let span = now.saturating_duration_since(self.since).min(WINDOW).max(Duration::from_millis(100));
+        let since = self.since?;
+        let (requests, refused) = self.totals(now, Some(since));
+        let span = now.saturating_duration_since(since).min(WINDOW).max(MIN_SPAN);
         (requests >= ENOUGH).then(|| (requests - refused) as f64 / span.as_secs_f64())
     }
 }
@@ -228,32 +230,35 @@ mod tests {
     #[test]
     fn a_share_needs_enough_requests_and_forgets_what_is_older_than_the_window() {
         let t0 = Instant::now();
-        let mut r = Recent::new(t0);
+        let mut r = Recent::default();
         r.add(t0, 5, 5);
         assert_eq!(r.refused_share(t0), None, "5 requests are not enough to tell");
         r.add(t0 + 500 * MS, 35, 0);
         assert_eq!(r.refused_share(t0 + 500 * MS), Some(5.0 / 40.0));
         assert_eq!(r.refused_share(t0 + 2100 * MS), Some(0.0), "the first report has aged out");
         assert_eq!(r.accepted_rate(t0 + 2100 * MS), Some(17.5), "35 in the last 2 s");
-        // Early on, the rate is over the time since counting began; after a pause, since it
-        // ended.
-        let mut r = Recent::new(t0);
-        r.add(t0 + 200 * MS, 100, 0);
-        assert_eq!(r.accepted_rate(t0 + 250 * MS), Some(400.0));
+        // Early on, the rate is over the time since the first report (not since the pacer
+        // began: its workers were starting), at least MIN_SPAN; after a pause, since it ended.
+        let mut r = Recent::default();
+        assert_eq!(r.accepted_rate(t0), None, "nothing reported");
+        r.add(t0 + 200 * MS, 20, 0);
+        r.add(t0 + 240 * MS, 100, 20);
+        assert_eq!(r.accepted_rate(t0 + 240 * MS), Some(100.0 / 0.05), "a first burst: 100 in MIN_SPAN");
+        assert_eq!(r.accepted_rate(t0 + 300 * MS), Some(1000.0), "100 in the 100 ms since the first report");
         r.add(t0 + 1400 * MS, 100, 0);
-        assert_eq!(r.accepted_rate(t0 + 1500 * MS), Some(200.0 / 1.5));
+        assert_eq!(r.accepted_rate(t0 + 1500 * MS), Some(200.0 / 1.3));
         r.resume_at(t0 + 1600 * MS);
         assert_eq!(r.accepted_rate(t0 + 1650 * MS), None, "nothing sent since the pause");
         r.add(t0 + 1700 * MS, 60, 10);
         let rate = r.accepted_rate(t0 + 1750 * MS).expect("60 since, 10 of them refused");
         assert!((rate - 50.0 / 0.15).abs() < 1e-6, "{rate}");
-        assert_eq!(r.refused_share(t0 + 1750 * MS), Some(10.0 / 260.0), "the share counts across the pause");
+        assert_eq!(r.refused_share(t0 + 1750 * MS), Some(30.0 / 280.0), "the share counts across the pause");
     }
 
     #[test]
     fn a_wait_is_the_fleets_when_announced_used_up_long_or_one_of_many_refusals() {
         let t0 = Instant::now();
-        let mut r = Recent::new(t0);
+        let mut r = Recent::default();
         r.add(t0, 1000, 10);
         let second = Duration::from_secs(1);
         assert!(!fleet_wide(second, false, &r, t0), "1% refused: one request's bad luck");
@@ -300,7 +305,7 @@ mod tests {
         assert!(not_the_rates(0.05, 40, 0), "too few requests to tell: 1 refusal expected");
         assert!(!not_the_rates(0.25, 1000, 210), "21% at the plateau: a limit still above");
         let t0 = Instant::now();
-        let mut r = Recent::new(t0);
+        let mut r = Recent::default();
         r.add(t0, 100, 20);
         r.add(t0 + 300 * MS, 100, 1);
         assert_eq!(r.refusals_since(t0 + DRAIN, t0 + 400 * MS), Some((100, 1)));
