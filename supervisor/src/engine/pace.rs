@@ -616,7 +616,8 @@ impl Pacer {
             return;
         }
         let trigger = a.trigger();
-        let plateau = a.plateau_over(now).and_then(|from| self.recent.refusals_since(from, now));
+        let recent = &self.recent;
+        let plateau = a.plateau_test(now, |from| recent.refusals_since(from, now));
         if let Some((requests, refused)) = plateau.filter(|&(n, k)| throttle::not_the_rates(trigger, n, k)) {
             let share = refused as f64 / requests as f64;
             // Both shares measured the noise: the trigger's at the rate, the plateau's below it.

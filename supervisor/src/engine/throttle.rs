@@ -17,7 +17,8 @@
 //! A concurrency limit cannot hold a rate: against an API that answers in a fraction of a
 //! millisecond, four requests in flight are thousands a second.
 //!
-//! The plateau tells whether the refusals go with the rate. Below a rate limiter's rate they
+//! The plateau tells whether the refusals go with the rate (counted as soon as there are enough
+//! of them to tell, [`EVIDENCE`]). Below a rate limiter's rate they
 //! stop; refusals a gateway sheds at random (1 in 100 whatever the rate) do not. Unless they
 //! fall at the plateau clearly below [`NOISE_RATIO`] of the share that backed the rate off (by
 //! more than chance would: [`not_the_rates`]), the rate is given up, and their share is taken as
@@ -71,6 +72,9 @@ pub const DRAIN: Duration = Duration::from_millis(250);
 /// share are a limit the fleet is still above (a fixed window measured just after a pause
 /// overstates what it takes), and the rate goes on backing off.
 pub const MAX_NOISE: f64 = 0.04;
+/// The plateau's refusals are counted once the trigger's share would make this many of them
+/// (or once it is over): enough for [`not_the_rates`] to tell a limiter's stop from noise.
+pub const EVIDENCE: f64 = 10.0;
 /// Refusals at the plateau this large a share of those that backed the rate off did not go
 /// with the rate.
 pub const NOISE_RATIO: f64 = 0.5;
@@ -190,13 +194,25 @@ impl AdaptiveRate {
         true
     }
 
-    /// Once the plateau is over, the first time asked: since when its refusals are counted.
-    pub fn plateau_over(&mut self, now: Instant) -> Option<Instant> {
-        if self.tested || now < self.at + PLATEAU {
+    /// The plateau's requests and refusals (`counted` gives them since an instant), once they
+    /// tell (the trigger's share would make [`EVIDENCE`] refusals of them) or the plateau is
+    /// over; only once. Against a fast API the test is over long before the plateau.
+    pub fn plateau_test(
+        &mut self,
+        now: Instant,
+        counted: impl FnOnce(Instant) -> Option<(u64, u64)>,
+    ) -> Option<(u64, u64)> {
+        if self.tested || now < self.at + DRAIN {
             return None;
         }
-        self.tested = true;
-        Some(self.at + DRAIN)
+        let over = now >= self.at + PLATEAU;
+        let counts = counted(self.at + DRAIN);
+        let tells = counts.is_some_and(|(requests, _)| requests as f64 * self.trigger >= EVIDENCE);
+        if over || tells {
+            self.tested = true;
+            return counts;
+        }
+        None
     }
 
     /// The share of refusals that backed it off.
@@ -274,9 +290,27 @@ mod tests {
         let mut a = AdaptiveRate::new(2000.0, 0.05, start);
         assert!((a.rate(start) - 1400.0).abs() < 1e-6);
         assert!((a.rate(start + PLATEAU - MS) - 1400.0).abs() < 1e-6, "it holds over the plateau");
-        assert_eq!(a.plateau_over(start + PLATEAU - MS), None);
-        assert_eq!(a.plateau_over(start + PLATEAU), Some(start + DRAIN));
-        assert_eq!(a.plateau_over(start + PLATEAU + MS), None, "asked once");
+        // Its refusals are counted from DRAIN, once they tell: 5% of 200 is 10.
+        let mut asked = None;
+        assert_eq!(a.plateau_test(start + DRAIN - MS, |_| Some((500, 0))), None, "not before DRAIN");
+        assert_eq!(
+            a.plateau_test(start + DRAIN, |from| {
+                asked = Some(from);
+                Some((100, 0))
+            }),
+            None,
+            "5 expected"
+        );
+        assert_eq!(asked, Some(start + DRAIN));
+        assert_eq!(a.plateau_test(start + DRAIN + MS, |_| Some((200, 1))), Some((200, 1)));
+        assert_eq!(a.plateau_test(start + PLATEAU, |_| Some((500, 1))), None, "asked once");
+        let mut slow = AdaptiveRate::new(20.0, 0.05, start);
+        assert_eq!(slow.plateau_test(start + PLATEAU - MS, |_| Some((12, 0))), None);
+        assert_eq!(
+            slow.plateau_test(start + PLATEAU, |_| Some((14, 0))),
+            Some((14, 0)),
+            "whatever came, at its end"
+        );
         let t0 = start + PLATEAU;
         let half = a.rate(t0 + RECOVERY / 2);
         assert!((half - 2000.0 * (1.0 - 0.3 / 8.0)).abs() < 1e-6, "most of the way in half the time: {half}");
