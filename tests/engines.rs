@@ -44,20 +44,6 @@ fn skip(test: &str, why: &str) {
     }
 }
 
-/// A process of ours killed and reaped when dropped.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("an address").port()
-}
-
 fn get(url: &str) -> Option<String> {
     ureq::get(url).call().ok()?.body_mut().read_to_string().ok()
 }
@@ -123,14 +109,14 @@ fn a_real_prometheus_scrapes_a_run_and_answers_every_panel_of_the_board() {
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, config.replace("127.0.0.1:9898", &metrics)).expect("writes");
     let web = format!("127.0.0.1:{}", free_port());
-    let _prometheus = Daemon(
+    let _prometheus = watch(
         Command::new(prometheus)
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
             .arg(format!("--web.listen-address={web}"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("prometheus starts"),
     );
@@ -212,51 +198,31 @@ fn a_real_prometheus_scrapes_a_run_and_answers_every_panel_of_the_board() {
 fn slurm_try_local_runs_the_readme_on_a_one_node_cluster() {
     let test = "slurm_try_local_runs_the_readme_on_a_one_node_cluster";
     let script = Path::new(REPO).join("../scripts/deploy/slurm/try-local");
-    let mut child = Command::new(&script)
-        .env("FLOTA_SUPERVISOR", SUPERVISOR)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("try-local starts");
-    let out = std::thread::spawn({
-        let mut stdout = child.stdout.take().expect("piped");
-        move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut stdout, &mut s).ok();
-            s
-        }
-    });
-    let err = std::thread::spawn({
-        let mut stderr = child.stderr.take().expect("piped");
-        move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut stderr, &mut s).ok();
-            s
-        }
-    });
+    let mut running = watch(
+        Command::new(&script)
+            .env("FLOTA_SUPERVISOR", SUPERVISOR)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("try-local starts"),
+    );
     // Bounded: past 6 minutes its process group is told to stop (it stops its daemons then).
     let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waits") {
-            break status;
-        }
+    while running.child.try_wait().expect("waits").is_none() {
         if started.elapsed() > Duration::from_secs(360) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let status = child.wait().expect("waits");
+            let group = nix::unistd::Pid::from_raw(running.pid() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+            let outcome = running.wait(Duration::from_secs(30));
             panic!(
-                "try-local took over 6 minutes ({status}):\n{}{}",
-                out.join().expect("stdout"),
-                err.join().expect("stderr")
+                "try-local took over 6 minutes ({}):\n{}{}",
+                outcome.status, outcome.stdout, outcome.stderr
             );
         }
         std::thread::sleep(Duration::from_millis(200));
-    };
-    let (out, err) = (out.join().expect("stdout"), err.join().expect("stderr"));
+    }
+    let Outcome { status, stdout: out, stderr: err } = running.wait(Duration::from_secs(10));
     match status.code() {
         Some(0) => {
             assert!(out.contains("30000 ids in merged-2.sled, each once, each body its own"), "{out}");

@@ -61,9 +61,7 @@ fn metrics_are_scraped_during_a_run() {
     let mut args = job_args(&api.url(), "0..900", &store);
     set(&mut args, "--rate", "300");
     // A fixed port, free now: the test scrapes it while the run lasts.
-    let port =
-        std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("an address").port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", free_port());
     set(&mut args, "--metrics", &addr);
     let running = spawn(&strs(&args));
     let url = format!("http://{addr}/metrics");

@@ -243,6 +243,11 @@ pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     watch(child)
 }
 
+/// A loopback port free now (for a server a test starts on a port it must know beforehand).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("an address").port()
+}
+
 /// Runs the supervisor to completion.
 pub fn run(args: &[&str]) -> Outcome {
     spawn(args).wait(RUN_DEADLINE)

@@ -18,8 +18,8 @@
 //! millisecond, four requests in flight are thousands a second.
 //!
 //! The plateau tells whether the refusals go with the rate (counted as soon as there are enough
-//! of them to tell, [`EVIDENCE`]). Below a rate limiter's rate they
-//! stop; refusals a gateway sheds at random (1 in 100 whatever the rate) do not. Unless they
+//! of them to tell, [`EVIDENCE`]). Below a rate limiter's rate they stop; refusals a gateway
+//! sheds at random (1 in 100 whatever the rate) do not. Unless they
 //! fall at the plateau clearly below [`NOISE_RATIO`] of the share that backed the rate off (by
 //! more than chance would: [`not_the_rates`]), the rate is given up, and their share is taken as
 //! the server's noise (the mean of the two shares):
@@ -144,9 +144,10 @@ impl Recent {
 
     /// Answers a second that were not refusals, over the window (or since the first report or
     /// the end of the last pause, if that is shorter, but at least [`MIN_SPAN`]), once there
-    /// are [`ENOUGH`] requests to tell: the rate the server took. (Measured over the moments after a pause it can overstate
-    /// what a fixed-window limiter takes, which admits its quota at once; the back-off after
-    /// then starts from the lower of this and the rate in force.)
+    /// are [`ENOUGH`] requests to tell: the rate the server took. (Measured over the moments
+    /// after a pause it can overstate what a fixed-window limiter takes, which admits its
+    /// quota at once; the back-off after then starts from the lower of this and the rate in
+    /// force.)
     pub fn accepted_rate(&self, now: Instant) -> Option<f64> {
         let since = self.since?;
         let (requests, refused) = self.totals(now, Some(since));
