@@ -94,8 +94,7 @@ fn a_real_prometheus_scrapes_a_run_and_answers_every_panel_of_the_board() {
     };
     // A run with something in every panel: 429s and 500s (retries), a worker SIGKILLed once it
     // runs (a death and a restart), long enough for Prometheus's 1-minute rates to have
-    // samples. (Not --chaos kill-every: a chaos kill counts against the ids its worker held,
-    // and an id slowed by a Retry-After can be held at two of them and quarantined.)
+    // samples.
     let (api, dir, store) = setup(&["--throttle-rate", "0.01", "--error-rate", "0.02"]);
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut args = job_args(&api.url(), "0..30000", &store);

@@ -88,6 +88,26 @@ fn workers_killed_every_half_second_lose_nothing_and_quarantine_nothing() {
     assert!(stored <= counted && counted <= served, "stored {stored}, counted {counted}, served {served}");
 }
 
+#[test]
+fn chaos_kills_make_no_suspect_even_of_ids_held_through_many() {
+    // 429s with Retry-After: 1 keep ids in their workers for a second or more, through several
+    // kills every 100 ms among 2 workers: a chaos kill is the supervisor's own doing and counts
+    // against no id (before, such ids were retried alone and could be quarantined).
+    let (api, _dir, store) = setup(&["--throttle-rate", "0.03"]);
+    let mut args = job_args(&api.url(), "0..6000", &store);
+    set(&mut args, "--workers", "2");
+    set(&mut args, "--rate", "3000");
+    set(&mut args, "--chaos", "kill-every=100ms");
+    let out = run(&strs(&args));
+    out.assert_code(0);
+    let kills = summary_figure(&out.stdout, "killed on purpose");
+    eprintln!("figure: {kills} workers SIGKILLed by kill-every=100ms");
+    assert!(kills >= 10, "{}", out.stdout);
+    assert!(!out.stderr.contains("alone in worker"), "a suspect retried alone:\n{}", out.stderr);
+    assert_eq!(summary_figure(&out.stdout, "quarantined"), 0);
+    assert_complete(&store, 0..6000);
+}
+
 fn stop_with(sig: Signal, code: i32) {
     let (api, _dir, store) = setup(&["--latency-ms", "5"]);
     let args = job_args(&api.url(), "0..100000", &store);

@@ -109,8 +109,8 @@ enum Stage {
     Ready,
     /// Its stdin was closed at `since`: it finishes what it has and exits.
     Closing { since: Instant },
-    /// SIGKILL was sent; its reader will report it gone.
-    Killed,
+    /// SIGKILL was sent, for this reason; its reader will report it gone.
+    Killed(KillReason),
 }
 
 /// What a worker holds.
@@ -461,6 +461,9 @@ impl Core {
         }
         let held = w.load.len();
         let requeued = match w.load {
+            // A death the supervisor chose for practice is nobody's fault: what it held goes
+            // back as it was, with no death counted against the ids or the slot.
+            _ if w.stage == Stage::Killed(KillReason::Chaos) => self.requeue_unblamed(w.load),
             Load::Alone(id) => {
                 self.strike(id, slot, &format!("{how}{why}"), now);
                 0
@@ -495,8 +498,29 @@ impl Core {
     /// become suspects, the rest go back to the front of the queue. Returns how many did.
     fn requeue_after_death(&mut self, ids: HashSet<u64>) -> usize {
         let requeue = self.poison.died_holding(ids);
-        let requeued = requeue.len();
-        for chunk in rechunk(requeue, self.settings.chunk_size).into_iter().rev() {
+        self.requeue_first(requeue)
+    }
+
+    /// Puts back what a worker held at a death that counts against nothing: a suspect first
+    /// in its line, ids at the front of the queue. Returns how many ids were requeued.
+    fn requeue_unblamed(&mut self, load: Load) -> usize {
+        match load {
+            Load::Alone(id) => {
+                self.poison.put_back(id);
+                0
+            }
+            Load::Chunks(ids) => {
+                let mut ids: Vec<u64> = ids.into_iter().collect();
+                ids.sort_unstable();
+                self.requeue_first(ids)
+            }
+        }
+    }
+
+    /// Puts `ids` at the front of the queue, in chunks, in their order. Returns how many.
+    fn requeue_first(&mut self, ids: Vec<u64>) -> usize {
+        let requeued = ids.len();
+        for chunk in rechunk(ids, self.settings.chunk_size).into_iter().rev() {
             self.pending.push_front(chunk);
         }
         requeued
@@ -637,7 +661,7 @@ impl Core {
                 self.out.push(Command::Spawn { slot, gen: s.gen });
                 None
             }
-            SlotState::Up(w) if w.stage != Stage::Killed => {
+            SlotState::Up(w) if !matches!(w.stage, Stage::Killed(_)) => {
                 let silent = now.duration_since(w.last_heard);
                 match w.stage {
                     _ if silent > timeout => Some(KillReason::Silent(silent)),
@@ -661,7 +685,9 @@ impl Core {
         }
         self.next_chaos_kill = Some(now + every);
         let live: Vec<usize> = (0..self.slots.len())
-            .filter(|&n| matches!(&self.slots[n].state, SlotState::Up(w) if w.stage != Stage::Killed))
+            .filter(
+                |&n| matches!(&self.slots[n].state, SlotState::Up(w) if !matches!(w.stage, Stage::Killed(_))),
+            )
             .collect();
         if !live.is_empty() {
             let victim = live[self.rng.usize(..live.len())];
@@ -757,8 +783,8 @@ impl Core {
     fn kill(&mut self, slot: usize, why: KillReason) {
         let s = &mut self.slots[slot];
         if let SlotState::Up(w) = &mut s.state {
-            if w.stage != Stage::Killed {
-                w.stage = Stage::Killed;
+            if !matches!(w.stage, Stage::Killed(_)) {
+                w.stage = Stage::Killed(why);
                 self.out.push(Command::Kill { slot, gen: s.gen, why });
                 self.pacer.leave(slot, &mut self.out);
             }

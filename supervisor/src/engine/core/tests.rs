@@ -779,6 +779,51 @@ fn chaos_kills_one_live_worker_each_period() {
     assert_eq!(sim.core.report.chaos_kills, 2);
 }
 
+/// Workers chosen by chaos die at once; `kills` of them, one a second, each while it holds work.
+fn chaos_run(workers: usize, ids: std::ops::Range<u64>, kills: usize) -> Sim {
+    let mut sim = Sim::with(Settings { kill_every: Some(Duration::from_secs(1)), ..settings(workers) });
+    sim.kills_take_effect = true;
+    sim.tick(Duration::ZERO);
+    sim.plan(ids);
+    while sim.kills.len() < kills {
+        sim.tick(Duration::from_secs(1));
+    }
+    sim
+}
+
+#[test]
+fn a_chaos_kill_counts_against_no_id_it_held() {
+    let mut sim = chaos_run(1, 0..8, 4);
+    assert!(sim.kills.iter().all(|(_, why)| *why == KillReason::Chaos));
+    sim.tick(Duration::from_millis(1));
+    assert!(sim.core.poison.suspects.is_empty(), "held at 4 deaths, none of them its fault");
+    assert!(sim.core.poison.deaths_held.is_empty());
+    assert_eq!(sim.sorted_stored(), Vec::<u64>::new());
+    assert_eq!(sim.held[0], (0..8).collect::<Vec<_>>(), "given back whole, in order");
+    assert!(sim.logged("it held 8 ids: 8 requeued, 0 suspects waiting; restarting in 0ms"), "{:?}", sim.logs);
+    sim.core.settings.kill_every = None;
+    sim.deliver_all();
+    sim.all_exit();
+    assert_eq!(sim.sorted_stored(), (0..8).collect::<Vec<_>>());
+    let report = sim.conclude().expect("chaos is not an error");
+    assert_eq!((report.tally.quarantined, report.chaos_kills), (0, 4));
+}
+
+#[test]
+fn a_suspect_killed_alone_by_chaos_is_not_struck() {
+    let mut sim = chaos_run(1, 0..64, 0);
+    sim.core.poison.suspects.push_back(1000);
+    sim.deliver(0);
+    assert_eq!(sim.held[0], vec![1000]);
+    for kills in 1..=3 {
+        sim.tick(Duration::from_secs(1));
+        assert_eq!(sim.kills.len(), kills);
+        sim.tick(Duration::from_millis(1));
+        assert_eq!(sim.held[0], vec![1000], "retried alone again after chaos kill {kills}");
+    }
+    assert!(sim.quarantined.is_empty() && sim.core.poison.solo_deaths.is_empty());
+}
+
 #[test]
 fn the_snapshot_counts_what_is_stored_queued_and_to_fetch() {
     let mut sim = Sim::started(2, 0..40);
