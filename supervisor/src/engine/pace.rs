@@ -565,10 +565,11 @@ impl Pacer {
             return;
         }
         // Sporadic refusals, or too few requests to tell: the refused ones wait their own time.
-        let Some(share) = self.recent.refused_share(now) else { return };
-        if share < throttle::BACKOFF_SHARE + self.noise || self.recent.refused(now) < throttle::MIN_REFUSED {
+        let Some((requests, refused)) = self.recent.refusals(now) else { return };
+        if !throttle::clearly_above(throttle::BACKOFF_SHARE + self.noise, requests, refused) {
             return;
         }
+        let share = refused as f64 / requests as f64;
         let Some(measured) = self.recent.accepted_rate(now) else { return };
         let first = self.adaptive.is_none();
         match &mut self.adaptive {

@@ -9,7 +9,7 @@
 //! only the request that met it waits its `Retry-After` before its retry, and the fleet does
 //! not stop.
 //!
-//! When refusals pass [`BACKOFF_SHARE`] of the recent answers, unless the rate is `--rate`'s or
+//! When refusals clearly pass [`BACKOFF_SHARE`] of the recent answers ([`clearly_above`]), unless the rate is `--rate`'s or
 //! the server's own announcement, the fleet's *rate* backs off ([`AdaptiveRate`]): to 0.7 of
 //! the rate of answers it was measured getting (refusals left out) when they came, held there
 //! for a [`PLATEAU`], then back up along a cubic curve, as the AWS SDKs' adaptive retry mode
@@ -47,6 +47,9 @@ pub const LONG_WAIT: Duration = Duration::from_secs(10);
 /// At least this many refusals in [`WINDOW`] to back the rate off: a share of 2% is not told
 /// from one refusal among the first fifty answers of a run.
 pub const MIN_REFUSED: u64 = 5;
+/// Refusals back the rate off only this many standard deviations above the count
+/// [`BACKOFF_SHARE`] would give ([`clearly_above`]).
+pub const CHANCE: f64 = 3.0;
 /// The rate a throttle backs off to, as a share of the rate measured.
 pub const BACKOFF: f64 = 0.7;
 /// How long the rate takes to climb back to where it was throttled (the cubic's plateau).
@@ -91,6 +94,18 @@ pub fn not_the_rates(trigger: f64, requests: u64, refused: u64) -> bool {
     refused as f64 >= NOISE_RATIO * expected - expected.sqrt() && share < MAX_NOISE
 }
 
+/// Whether `refused` of `requests` is clearly more than a share of `share` would give: at least
+/// [`MIN_REFUSED`], and more than [`CHANCE`] standard deviations above the count expected (a
+/// Poisson count's, its square root). A server that refuses that share at random, whatever the
+/// rate, then seldom looks like one refusing more: over the first few hundred answers of a run,
+/// a true 2% shows 2.5% or 3% by chance often, and backing off from it costs the noise test's
+/// time at 0.7 of a rate measured while the fleet was still starting. A limiter the fleet
+/// overruns refuses far more (nginx refused 35 of a fleet's first 148 requests: 8 is enough).
+pub fn clearly_above(share: f64, requests: u64, refused: u64) -> bool {
+    let expected = share * requests as f64;
+    refused >= MIN_REFUSED && refused as f64 > expected + CHANCE * expected.sqrt()
+}
+
 /// Requests that ended and refusals among them, over the last [`WINDOW`], from workers'
 /// reports.
 #[derive(Debug, Default)]
@@ -124,15 +139,15 @@ impl Recent {
             .fold((0, 0), |(r, f), &(_, req, refused)| (r + req, f + refused))
     }
 
-    /// The refusals over the window.
-    pub fn refused(&self, now: Instant) -> u64 {
-        self.totals(now, None).1
+    /// The requests and refusals over the window, once there are [`ENOUGH`] requests to tell.
+    pub fn refusals(&self, now: Instant) -> Option<(u64, u64)> {
+        let (requests, refused) = self.totals(now, None);
+        (requests >= ENOUGH).then_some((requests, refused))
     }
 
     /// The share of refusals, once there are [`ENOUGH`] requests to tell.
     pub fn refused_share(&self, now: Instant) -> Option<f64> {
-        let (requests, refused) = self.totals(now, None);
-        (requests >= ENOUGH).then(|| refused as f64 / requests as f64)
+        self.refusals(now).map(|(requests, refused)| refused as f64 / requests as f64)
     }
 
     /// The requests and refusals reported since `from` (within the window), once there are
@@ -243,6 +258,18 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn only_refusals_clearly_above_a_share_are_above_it() {
+        assert!(!clearly_above(0.02, 200, 4), "4 of 200 is 2%");
+        assert!(!clearly_above(0.02, 200, 9), "9 where 4 are expected, by chance now and then");
+        assert!(clearly_above(0.02, 200, 11));
+        assert!(!clearly_above(0.02, 50_000, 1_060), "2.1% of 50,000 is within chance");
+        assert!(clearly_above(0.02, 50_000, 1_250), "2.5% of 50,000 is not");
+        assert!(clearly_above(0.02, 148, 35), "a limiter's stop tells in its first answers");
+        assert!(!clearly_above(0.0, 100, 4), "never fewer than MIN_REFUSED");
+        assert!(clearly_above(0.0, 100, MIN_REFUSED));
+    }
 
     #[test]
     fn a_share_needs_enough_requests_and_forgets_what_is_older_than_the_window() {
