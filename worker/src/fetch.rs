@@ -219,9 +219,10 @@ impl Fetcher {
                 Some(jittered) => {
                     attempts += 1;
                     log::debug!("id {id}: attempt {attempts} failed ({error}), retrying");
-                    // A request told to wait waits, and its jittered backoff on top spreads the
-                    // retries of requests told the same time.
-                    wait.unwrap_or_default() + jittered
+                    match wait {
+                        Some(told) => self.policy.after_told(told, jittered),
+                        None => jittered,
+                    }
                 }
                 None => {
                     // Not the id's attempt: it waits at the gate for the circuit to close (or

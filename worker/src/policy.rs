@@ -38,6 +38,16 @@ impl RetryPolicy {
     pub fn backoff(&self) -> BackoffIter {
         BackoffIter { policy: *self, retry: 0 }
     }
+
+    /// The wait before a retry whose request the server told to wait `told`: that long, spread
+    /// by up to one first backoff (`base`) so requests told the same time do not come back
+    /// together, or the id's own backoff `jittered` if that is longer. Not the two added: the
+    /// server has named its time, and an id refused twice in a row would otherwise wait its
+    /// growing backoff on top of each `Retry-After`.
+    pub fn after_told(&self, told: Duration, jittered: Duration) -> Duration {
+        let base = u64::try_from(self.base.as_nanos()).unwrap_or(u64::MAX);
+        (told + Duration::from_nanos(fastrand::u64(0..=base))).max(jittered)
+    }
 }
 
 /// The waits of a [`RetryPolicy`], one per retry.
@@ -168,6 +178,21 @@ mod tests {
         }
         let one = RetryPolicy { max_attempts: 1, ..policy };
         assert_eq!(one.backoff().count(), 0);
+    }
+
+    #[test]
+    fn a_retry_told_to_wait_waits_that_spread_by_one_base_or_its_own_longer_backoff() {
+        let ms = Duration::from_millis;
+        let policy =
+            RetryPolicy { max_attempts: 8, base: ms(100), max: ms(10_000), retry_after_max: ms(60_000) };
+        for _ in 0..200 {
+            let w = policy.after_told(ms(1000), ms(50));
+            assert!((ms(1000)..=ms(1100)).contains(&w), "{w:?}");
+            let w = policy.after_told(ms(1000), ms(3000));
+            assert_eq!(w, ms(3000), "its own backoff is longer");
+        }
+        let waits: Vec<_> = (0..200).map(|_| policy.after_told(ms(1000), Duration::ZERO)).collect();
+        assert!(waits.iter().any(|w| *w != waits[0]), "spread, not all at once");
     }
 
     #[test]
