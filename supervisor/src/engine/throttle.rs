@@ -9,10 +9,11 @@
 //! only the request that met it waits its `Retry-After` before its retry, and the fleet does
 //! not stop.
 //!
-//! When refusals clearly pass [`BACKOFF_SHARE`] of the recent answers ([`clearly_above`]), unless the rate is `--rate`'s or
-//! the server's own announcement, the fleet's *rate* backs off ([`AdaptiveRate`]): to 0.7 of
-//! the rate of answers it was measured getting (refusals left out) when they came, held there
-//! for a [`PLATEAU`], then back up along a cubic curve, as the AWS SDKs' adaptive retry mode
+//! When refusals clearly pass [`BACKOFF_SHARE`] of the recent answers ([`clearly_above`]),
+//! unless the rate is `--rate`'s or the server's own announcement, the fleet's *rate* backs off
+//! ([`AdaptiveRate`]): to 0.7 of the rate of answers it was measured getting (refusals left
+//! out) when they came, held there while the plateau's test below counts (at most a
+//! [`PLATEAU`]), then back up along a cubic curve, as the AWS SDKs' adaptive retry mode
 //! does (a client-side token bucket, the measured send rate, 0.7x on a throttle, CUBIC growth).
 //! A concurrency limit cannot hold a rate: against an API that answers in a fraction of a
 //! millisecond, four requests in flight are thousands a second.
@@ -178,8 +179,9 @@ pub fn fleet_wide(wait: Duration, used_up: bool, recent: &Recent, now: Instant) 
 }
 
 /// The fleet's rate while it adapts to a server's refusals: a back-off to [`BACKOFF`] of the
-/// rate measured when they came, held for a [`PLATEAU`], then a cubic climb, back to that rate
-/// [`RECOVERY`] later and past it after, slowly at first.
+/// rate measured when they came, held until the plateau's test has told (at most a
+/// [`PLATEAU`]), then a cubic climb, back to that rate [`RECOVERY`] later and past it after,
+/// slowly at first.
 #[derive(Debug, Clone)]
 pub struct AdaptiveRate {
     /// The rate measured at the last back-off.
@@ -190,13 +192,16 @@ pub struct AdaptiveRate {
     trigger: f64,
     /// Whether the plateau's refusals were counted.
     tested: bool,
+    /// When the climb starts: the plateau's end, or its test's if that came first.
+    climb_at: Instant,
 }
 
 impl AdaptiveRate {
     /// Backs off from `measured` requests a second (the send rate when `trigger` of the
     /// answers were refusals).
     pub fn new(measured: f64, trigger: f64, now: Instant) -> AdaptiveRate {
-        AdaptiveRate { peak: measured.max(MIN_RATE / BACKOFF), at: now, trigger, tested: false }
+        let peak = measured.max(MIN_RATE / BACKOFF);
+        AdaptiveRate { peak, at: now, trigger, tested: false, climb_at: now + PLATEAU }
     }
 
     /// Refusals came at `share` of the answers at `now`, the fleet measured sending
@@ -212,7 +217,8 @@ impl AdaptiveRate {
 
     /// The plateau's requests and refusals (`counted` gives them since an instant), once they
     /// tell (the trigger's share would make [`EVIDENCE`] refusals of them) or the plateau is
-    /// over; only once. Against a fast API the test is over long before the plateau.
+    /// over; only once. Against a fast API the test is over long before the plateau, and the
+    /// climb starts then: the plateau holds the rate only for the test.
     pub fn plateau_test(
         &mut self,
         now: Instant,
@@ -226,6 +232,7 @@ impl AdaptiveRate {
         let tells = counts.is_some_and(|(requests, _)| requests as f64 * self.trigger >= EVIDENCE);
         if over || tells {
             self.tested = true;
+            self.climb_at = self.climb_at.min(now);
             return counts;
         }
         None
@@ -237,12 +244,12 @@ impl AdaptiveRate {
     }
 
     /// The rate at `now`: [`BACKOFF`] of the peak over the plateau, then
-    /// `peak * (1 + c (t - K)^3)` with `t` from the plateau's end, `K` = [`RECOVERY`] and `c`
+    /// `peak * (1 + c (t - K)^3)` with `t` from the climb's start, `K` = [`RECOVERY`] and `c`
     /// such that it starts at [`BACKOFF`] of the peak (CUBIC's window, as a rate).
     pub fn rate(&self, now: Instant) -> f64 {
         let k = RECOVERY.as_secs_f64();
         let c = (1.0 - BACKOFF) / k.powi(3);
-        let t = now.saturating_duration_since(self.at + PLATEAU).as_secs_f64();
+        let t = now.saturating_duration_since(self.climb_at).as_secs_f64();
         (self.peak * (1.0 + c * (t - k).powi(3))).max(MIN_RATE)
     }
 
@@ -317,7 +324,7 @@ mod tests {
         let start = Instant::now();
         let mut a = AdaptiveRate::new(2000.0, 0.05, start);
         assert!((a.rate(start) - 1400.0).abs() < 1e-6);
-        assert!((a.rate(start + PLATEAU - MS) - 1400.0).abs() < 1e-6, "it holds over the plateau");
+        assert!((a.rate(start + PLATEAU - MS) - 1400.0).abs() < 1e-6, "untested, it holds over the plateau");
         // Its refusals are counted from DRAIN, once they tell: 5% of 200 is 10.
         let mut asked = None;
         assert_eq!(a.plateau_test(start + DRAIN - MS, |_| Some((500, 0))), None, "not before DRAIN");
@@ -330,8 +337,10 @@ mod tests {
             "5 expected"
         );
         assert_eq!(asked, Some(start + DRAIN));
-        assert_eq!(a.plateau_test(start + DRAIN + MS, |_| Some((200, 1))), Some((200, 1)));
+        let told = start + DRAIN + MS;
+        assert_eq!(a.plateau_test(told, |_| Some((200, 1))), Some((200, 1)));
         assert_eq!(a.plateau_test(start + PLATEAU, |_| Some((500, 1))), None, "asked once");
+        assert!(a.rate(told + 100 * MS) > 1400.0, "told, it climbs at once, not at the plateau's end");
         let mut slow = AdaptiveRate::new(20.0, 0.05, start);
         assert_eq!(slow.plateau_test(start + PLATEAU - MS, |_| Some((12, 0))), None);
         assert_eq!(
@@ -339,7 +348,8 @@ mod tests {
             Some((14, 0)),
             "whatever came, at its end"
         );
-        let t0 = start + PLATEAU;
+        assert!((slow.rate(start + PLATEAU + RECOVERY) - 20.0).abs() < 1e-6, "from the plateau's end");
+        let t0 = told;
         let half = a.rate(t0 + RECOVERY / 2);
         assert!((half - 2000.0 * (1.0 - 0.3 / 8.0)).abs() < 1e-6, "most of the way in half the time: {half}");
         assert!((a.rate(t0 + RECOVERY) - 2000.0).abs() < 1e-6, "back where it was refused");

@@ -266,14 +266,19 @@ fn refusals_meter_the_fleet_below_its_send_rate_and_it_climbs_back_then_runs_fre
     now += INTERVAL;
     p.traffic(&Traffic { throttled: 1, ..clean(1, 140) }, now, &mut out);
     assert_eq!(p.figures().backoffs, 1);
-    // At the plateau, 0.7 of the rate, the refusals stop: they went with the rate.
-    for _ in 0..9 {
+    // At the plateau, 0.7 of the rate, the refusals stop: they went with the rate. It holds
+    // there until that tells (from the DRAIN on, answers that would hold 10 refusals at the
+    // trigger's share), then climbs, long before the plateau's second is over.
+    let backed_off = now - INTERVAL;
+    while (p.figures().rate.expect("metered") - 0.7 * took).abs() < 1.0 {
+        assert!(now < backed_off + throttle::DRAIN + 2 * INTERVAL, "still held once they told");
         now += INTERVAL;
         p.traffic(&clean(1, 140), now, &mut out);
     }
-    assert!((p.figures().rate.expect("metered") - 0.7 * took).abs() < 1.0, "it holds over the plateau");
-    // No refusals: back where it was refused after the recovery time, free a while later.
-    now += throttle::RECOVERY;
+    assert!(now > backed_off + throttle::DRAIN, "held until the drain");
+    // No refusals: back where it was refused the recovery time after the climb began (a report
+    // ago), free a while later.
+    now += throttle::RECOVERY - INTERVAL;
     p.wake(now, &mut out);
     let climbed = p.figures().rate.expect("still metered");
     assert!((climbed - took).abs() < 0.02 * took, "climbed to {climbed}, back to {took}");
