@@ -45,8 +45,7 @@ impl RetryPolicy {
     /// server has named its time, and an id refused twice in a row would otherwise wait its
     /// growing backoff on top of each `Retry-After`.
     pub fn after_told(&self, told: Duration, jittered: Duration) -> Duration {
-        let base = u64::try_from(self.base.as_nanos()).unwrap_or(u64::MAX);
-        (told + Duration::from_nanos(fastrand::u64(0..=base))).max(jittered)
+        (told + jitter(self.base)).max(jittered)
     }
 }
 
@@ -66,9 +65,14 @@ impl Iterator for BackoffIter {
         }
         let ceiling = self.policy.base.saturating_mul(1u32 << self.retry.min(20)).min(self.policy.max);
         self.retry += 1;
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Some(Duration::from_nanos(fastrand::u64(0..=nanos)))
+        Some(jitter(ceiling))
     }
+}
+
+/// A wait uniform in `[0, ceiling]` (full jitter).
+fn jitter(ceiling: Duration) -> Duration {
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=nanos))
 }
 
 /// Seconds in [`RETRY_BUDGET_WINDOW`], each counted apart.

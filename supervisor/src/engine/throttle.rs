@@ -101,7 +101,7 @@ pub fn not_the_rates(trigger: f64, requests: u64, refused: u64) -> bool {
 /// rate, then seldom looks like one refusing more: over the first few hundred answers of a run,
 /// a true 2% shows 2.5% or 3% by chance often, and backing off from it costs the noise test's
 /// time at 0.7 of a rate measured while the fleet was still starting. A limiter the fleet
-/// overruns refuses far more (nginx refused 35 of a fleet's first 148 requests: 8 is enough).
+/// overruns refuses far more (nginx refused 35 of a fleet's first 148 requests: 9 are enough).
 pub fn clearly_above(share: f64, requests: u64, refused: u64) -> bool {
     let expected = share * requests as f64;
     refused >= MIN_REFUSED && refused as f64 > expected + CHANCE * expected.sqrt()
@@ -133,17 +133,20 @@ impl Recent {
         self.since = Some(self.since.map_or(at, |s| s.max(at)));
     }
 
-    fn totals(&self, now: Instant, from: Option<Instant>) -> (u64, u64) {
-        self.reports
+    /// The requests and refusals reported within the window (and since `from`, if given),
+    /// once there are [`ENOUGH`] requests to tell.
+    fn counted(&self, now: Instant, from: Option<Instant>) -> Option<(u64, u64)> {
+        let (requests, refused) = self
+            .reports
             .iter()
             .filter(|&&(at, ..)| now.saturating_duration_since(at) < WINDOW && from.is_none_or(|f| at >= f))
-            .fold((0, 0), |(r, f), &(_, req, refused)| (r + req, f + refused))
+            .fold((0, 0), |(r, f), &(_, req, refused)| (r + req, f + refused));
+        (requests >= ENOUGH).then_some((requests, refused))
     }
 
     /// The requests and refusals over the window, once there are [`ENOUGH`] requests to tell.
     pub fn refusals(&self, now: Instant) -> Option<(u64, u64)> {
-        let (requests, refused) = self.totals(now, None);
-        (requests >= ENOUGH).then_some((requests, refused))
+        self.counted(now, None)
     }
 
     /// The share of refusals, once there are [`ENOUGH`] requests to tell.
@@ -154,8 +157,7 @@ impl Recent {
     /// The requests and refusals reported since `from` (within the window), once there are
     /// [`ENOUGH`] requests.
     pub fn refusals_since(&self, from: Instant, now: Instant) -> Option<(u64, u64)> {
-        let (requests, refused) = self.totals(now, Some(from));
-        (requests >= ENOUGH).then_some((requests, refused))
+        self.counted(now, Some(from))
     }
 
     /// Answers a second that were not refusals, over the window (or since the first report or
@@ -166,9 +168,9 @@ impl Recent {
     /// force.)
     pub fn accepted_rate(&self, now: Instant) -> Option<f64> {
         let since = self.since?;
-        let (requests, refused) = self.totals(now, Some(since));
+        let (requests, refused) = self.counted(now, Some(since))?;
         let span = now.saturating_duration_since(since).min(WINDOW).max(MIN_SPAN);
-        (requests >= ENOUGH).then(|| (requests - refused) as f64 / span.as_secs_f64())
+        Some((requests - refused) as f64 / span.as_secs_f64())
     }
 }
 
