@@ -136,3 +136,61 @@ fn a_quota_used_up_by_another_client_pauses_the_fleet_with_at_most_a_request_per
         fleet_refused.len()
     );
 }
+
+/// The live figures of the run holding `store`, by `status --json` (`None` until the run has
+/// written them).
+fn live(store: &std::path::Path) -> Option<serde_json::Value> {
+    let out = run(&["status", "--store", path_str(store), "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    Some(status["live"].clone()).filter(|l| !l.is_null())
+}
+
+#[test]
+fn an_api_that_never_answers_is_named_within_seconds_and_the_run_gives_up_with_nothing_stored() {
+    let port = free_port();
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let mut args = job_args(&format!("http://127.0.0.1:{port}/items/{{id}}"), "0..100000", &store);
+    set(&mut args, "--wait-for-api", "8s");
+    let started = Instant::now();
+    let running = spawn(&strs(&args));
+    let said = format!("no answer yet from 127.0.0.1:{port}: connection refused");
+    wait_for("the live status to say why", Duration::from_secs(5), || {
+        live(&store)
+            .is_some_and(|l| l["snapshot"]["held_back"].as_str().is_some_and(|h| h.starts_with(&said)))
+    });
+    let out = running.wait(Duration::from_secs(30));
+    out.assert_code(4);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(8) && took < Duration::from_secs(15), "gave up after {took:?}");
+    assert!(out.stderr.contains(&format!("WARN ] {said} (for ")), "the warning: {}", out.stderr);
+    let error = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!(
+            "supervisor: error: no answer from 127.0.0.1:{port} in 8s (connection refused)"
+        )),
+        "{error}"
+    );
+    let status = run(&["status", "--store", path_str(&store), "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("JSON");
+    assert_eq!(status["counts"]["failed"].as_u64(), Some(0), "no id stored as failed: {status}");
+    assert_eq!(status["counts"]["answered"].as_u64(), Some(0), "{status}");
+}
+
+#[test]
+fn an_api_that_starts_after_the_run_is_waited_for_and_every_id_fetched() {
+    let port = free_port();
+    let dir = tempdir();
+    let store = dir.path().join("items.sled");
+    let args = job_args(&format!("http://127.0.0.1:{port}/items/{{id}}"), "0..3000", &store);
+    let running = spawn(&strs(&args));
+    wait_for("the run to say it waits", Duration::from_secs(5), || {
+        live(&store)
+            .is_some_and(|l| l["snapshot"]["held_back"].as_str().is_some_and(|h| h.contains("no answer yet")))
+    });
+    let api = MockApi::start_on(&format!("127.0.0.1:{port}"), &[]);
+    let out = running.wait(Duration::from_secs(60));
+    out.assert_code(0);
+    assert_complete(&store, 0..3000);
+    assert!(api.requests() <= 3000 + 5, "{} requests for 3,000 ids", api.requests());
+}

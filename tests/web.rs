@@ -44,22 +44,32 @@ fn https_with_a_private_ca_stores_every_body() {
     assert_complete(&store, 0..300);
 }
 
+/// The store's counts, by `status --json`.
+fn counts(store: &Path) -> serde_json::Value {
+    let out = run(&["status", "--store", path_str(store), "--json"]);
+    out.assert_code(0);
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json is JSON");
+    status["counts"].clone()
+}
+
 #[test]
-fn an_untrusted_certificate_fails_each_id_once_with_the_reason() {
+fn an_untrusted_certificate_stops_the_run_within_seconds_and_stores_nothing() {
     let dir = tempdir();
-    let (api, _ca) = tls_api(dir.path());
+    let (api, ca) = tls_api(dir.path());
     let store = dir.path().join("items.sled");
-    let args = job_args(&format!("https://{}/items/{{id}}", api.addr), "0..20", &store);
-    let out = run(&strs(&args));
-    out.assert_code(3);
-    let records = export(&store);
-    assert_eq!(records.len(), 20);
-    for rec in &records {
-        let error = rec["error"].as_str().unwrap_or_default();
-        assert!(error.starts_with("TLS: ") && error.contains("certificate"), "{rec}");
-        assert!(error.contains("pass its CA to --ca-cert"), "says what to do: {rec}");
-        assert_eq!(rec["attempts"].as_u64(), Some(1), "a certificate is not retried: {rec}");
-    }
+    let mut args = job_args(&format!("https://{}/items/{{id}}", api.addr), "0..100000", &store);
+    let out = spawn(&strs(&args)).wait(std::time::Duration::from_secs(10));
+    out.assert_code(4);
+    let error = out.stderr.lines().find(|l| l.starts_with("supervisor: error: ")).expect("an error line");
+    assert!(error.contains("certificate") && error.contains("--ca-cert"), "names the fix: {error}");
+    assert_eq!(out.stderr.matches("supervisor: error").count(), 1, "{}", out.stderr);
+    let c = counts(&store);
+    assert_eq!((c["answered"].as_u64(), c["failed"].as_u64()), (Some(0), Some(0)), "nothing stored: {c}");
+    // The same command with the fix fetches every id.
+    set(&mut args, "--ids", "0..3000");
+    set(&mut args, "--ca-cert", path_str(&ca));
+    run(&strs(&args)).assert_code(0);
+    assert_complete(&store, 0..3000);
 }
 
 #[test]
@@ -135,7 +145,7 @@ fn max_body_counts_decoded_bytes() {
 }
 
 #[test]
-fn a_host_name_url_fetches_every_id_and_a_name_that_never_resolves_fails_each_id_with_its_reason() {
+fn a_host_name_url_fetches_every_id_and_a_name_that_does_not_exist_stops_the_run() {
     // `localhost` is looked up once and kept (its addresses tried in turn: mockapi listens on
     // 127.0.0.1 only, so a ::1 first refuses and the next one serves).
     let (api, _dir, store) = setup(&[]);
@@ -145,16 +155,14 @@ fn a_host_name_url_fetches_every_id_and_a_name_that_never_resolves_fails_each_id
     assert_complete(&store, 0..3000);
     assert_eq!(api.requests(), 3000, "one request per id");
 
-    // A name no resolver knows: each attempt is a retryable error, and the id fails with why.
+    // A name that does not exist (NXDOMAIN, `.invalid` by RFC 6761): the run stops at once,
+    // with nothing stored.
     let dir = tempdir();
     let store = dir.path().join("items.sled");
-    let mut args = job_args("http://no-such-host.invalid:9/items/{id}", "0..5", &store);
-    set(&mut args, "--max-attempts", "2");
-    run(&strs(&args)).assert_code(3);
-    for rec in export(&store) {
-        assert!(rec["status"].is_null(), "{rec}");
-        assert_eq!(rec["attempts"].as_u64(), Some(2), "{rec}");
-        let error = rec["error"].as_str().expect("an error");
-        assert!(error.starts_with("gave up after 2 attempts: "), "{error}");
-    }
+    let args = job_args("http://no-such-host.invalid:9/items/{id}", "0..50000", &store);
+    let out = spawn(&strs(&args)).wait(std::time::Duration::from_secs(10));
+    out.assert_code(4);
+    assert!(out.stderr.contains("no-such-host.invalid does not resolve"), "{}", out.stderr);
+    let c = counts(&store);
+    assert_eq!((c["answered"].as_u64(), c["failed"].as_u64()), (Some(0), Some(0)), "nothing stored: {c}");
 }

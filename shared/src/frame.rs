@@ -272,6 +272,7 @@ mod tests {
                 statuses: vec![(200, 35), (429, 2), (503, 1)],
                 latency_buckets: vec![0, 3, 30, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 sending: 17,
+                unanswered: Some("connection refused".into()),
             }),
         ];
         let bytes = encode_frames(&msgs);

@@ -13,6 +13,6 @@ pub mod protocol;
 pub use frame::{FrameError, FrameReader, FrameWriter};
 pub use protocol::{
     api_failure, Announced, FromWorker, ItemResult, JobSpec, Outcome, Pace, TlsTrust, ToWorker, Traffic,
-    WorkerChaos, WorkerHello, HEARTBEAT_EVERY, LATENCY_BUCKETS, PROTOCOL_VERSION, RETRY_BUDGET_WINDOW,
-    TRAFFIC_EVERY,
+    Unreachable, WorkerChaos, WorkerHello, HEARTBEAT_EVERY, LATENCY_BUCKETS, PROTOCOL_VERSION,
+    RETRY_BUDGET_WINDOW, TRAFFIC_EVERY,
 };

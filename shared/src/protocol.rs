@@ -22,7 +22,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +246,10 @@ pub struct Traffic {
     pub latency_buckets: Vec<u32>,
     /// Requests being sent at the moment of the report.
     pub sending: u32,
+    /// How the latest request that got no HTTP answer at all failed, in a few words
+    /// (`connection refused`, `connect timed out`): what the supervisor names while the API
+    /// has never answered.
+    pub unanswered: Option<String>,
 }
 
 /// The upper bounds, in seconds, of the request-duration buckets workers count in.
@@ -255,7 +259,7 @@ pub const LATENCY_BUCKETS: [f64; 14] =
 impl Traffic {
     /// Whether there is nothing to report.
     pub fn is_empty(&self) -> bool {
-        self.requests == 0 && self.wait_ms.is_none() && self.announced.is_none()
+        self.requests == 0 && self.wait_ms.is_none() && self.announced.is_none() && self.unanswered.is_none()
     }
 
     /// Counts one request of `duration` that was answered `status` (if it was).
@@ -315,7 +319,7 @@ impl ItemResult {
         std::mem::size_of::<Self>()
             + match &self.outcome {
                 Outcome::Response { body, .. } => body.len(),
-                Outcome::Failed { error } => error.len(),
+                Outcome::Failed { error } | Outcome::Unreachable { error, .. } => error.len(),
             }
     }
 
@@ -342,4 +346,36 @@ pub enum Outcome {
         /// The last error, one line.
         error: String,
     },
+    /// The server cannot be reached as the job is written, and no attempt would change it: its
+    /// certificate is not trusted, its name does not resolve, its scheme is not spoken. While
+    /// the API has never answered in a run, this stops the run and nothing is stored; after
+    /// that it is the id's failure (a redirect to a host of its own), stored as
+    /// [`Outcome::Failed`] with `error`.
+    Unreachable {
+        /// Which of the causes.
+        why: Unreachable,
+        /// What happened and what to do, one line (as the stored error says it).
+        error: String,
+    },
+}
+
+/// Why a server cannot be reached as a job is written: a cause no retry changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Unreachable {
+    /// Its TLS certificate is not trusted, or names another host.
+    Certificate,
+    /// Its host name does not exist (NXDOMAIN; not a resolver that did not answer).
+    NoSuchHost,
+    /// Its URL's scheme is not one this build speaks.
+    Scheme,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unreachable::Certificate => "its certificate is not trusted",
+            Unreachable::NoSuchHost => "its host name does not resolve",
+            Unreachable::Scheme => "its URL's scheme is not spoken",
+        })
+    }
 }

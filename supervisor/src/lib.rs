@@ -18,8 +18,9 @@
 //!
 //! Nothing but [`main`] is public: the modules are the binary's rooms, not an API.
 //!
-//! Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed; 2 bad invocation
-//! (flags, or an unusable, mismatched or busy store); 1 any other fatal error.
+//! Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed; 4 the API cannot be
+//! reached as written, or never answered (nothing stored); 2 bad invocation (flags, or an
+//! unusable, mismatched or busy store); 1 any other fatal error.
 #![deny(unsafe_code)]
 
 mod cli;

@@ -1,18 +1,26 @@
 //! Rate limits as servers announce them in response headers.
 //!
 //! Read, in this order, each field taken from the first place that gives it:
-//! - the IETF draft's structured fields (draft 7 on): `RateLimit-Policy: "default";q=100;w=60`
-//!   (quota and window) and `RateLimit: "default";r=50;t=30` (remaining and seconds to reset);
-//! - its earlier forms: `RateLimit-Policy: 100;w=60`, `RateLimit: limit=100, remaining=50,
-//!   reset=30`, and the separate `RateLimit-Limit` (possibly `100, 100;w=60`),
-//!   `RateLimit-Remaining` and `RateLimit-Reset`;
-//! - the common `X-RateLimit-Limit`, `-Remaining`, `-Reset` (also spelt `X-Rate-Limit-*`),
-//!   whose reset is seconds from now or, as some APIs send it, a Unix time; and
-//!   `X-RateLimit-Reset-After` (seconds, possibly fractional).
+//! - the IETF draft's structured fields (draft 7 on, express-rate-limit's `draft-8`):
+//!   `RateLimit-Policy: "default";q=100;w=60` (quota and window) and
+//!   `RateLimit: "default";r=50;t=30` (remaining and seconds to reset);
+//! - its earlier forms (express-rate-limit's `draft-6` and `draft-7`, Kong):
+//!   `RateLimit-Policy: 100;w=60`, `RateLimit: limit=100, remaining=50, reset=30`, and the
+//!   separate `RateLimit-Limit` (possibly `100, 100;w=60`), `RateLimit-Remaining` and
+//!   `RateLimit-Reset`;
+//! - Kong's per-window `X-RateLimit-Limit-Minute` and `X-RateLimit-Remaining-Minute` (also
+//!   `-Second`, `-Hour`, `-Day`, `-Month`, `-Year`): the window is in the name;
+//! - the common `X-RateLimit-Limit` (Envoy's may be a list, `10, 10;w=60`), `-Remaining`
+//!   (Reddit's is fractional), `-Used` (GitHub, Reddit: the remaining is the limit less it),
+//!   `-Reset-After` (Discord: seconds, fractional) and `-Reset` (also spelt `X-Rate-Limit-*`);
+//! - Shopify's leaky bucket, `X-Shopify-Shop-Api-Call-Limit: 32/40` (32 used of 40).
 //!
-//! Where a header lists several policies, the most restrictive one (the lowest quota per second,
-//! the fewest remaining) is the one the fleet must keep to. Structured fields are parsed by
-//! `sfv`; a value that does not parse is ignored, never an error: the headers only advise.
+//! A reset is read as seconds from now (possibly fractional), or, when no window is that long,
+//! as a Unix time in seconds (GitHub; the `limits` library behind slowapi and Flask-Limiter
+//! writes it with a fraction, Discord too) or in milliseconds, or as an HTTP date. Where a
+//! header lists several policies, the most restrictive one (the lowest quota per second, the
+//! fewest remaining) is the one the fleet must keep to. Structured fields are parsed by `sfv`;
+//! a value that does not parse is ignored, never an error: the headers only advise.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,9 +28,22 @@ use sfv::{BareItem, Dictionary, List, ListEntry, Parameters, Parser};
 use shared::Announced;
 use ureq::http::HeaderMap;
 
+/// Kong's window suffixes and their lengths in seconds.
+const KONG_WINDOWS: [(&str, u64); 6] = [
+    ("second", 1),
+    ("minute", 60),
+    ("hour", 3_600),
+    ("day", 86_400),
+    ("month", 30 * 86_400),
+    ("year", 365 * 86_400),
+];
+
 /// The rate limit the headers announce, if they announce any part of one.
 pub fn announced(headers: &HeaderMap) -> Option<Announced> {
-    if !headers.keys().any(|k| k.as_str().contains("ratelimit") || k.as_str().contains("rate-limit")) {
+    if !headers.keys().any(|k| {
+        let k = k.as_str();
+        k.contains("ratelimit") || k.contains("rate-limit") || k == "x-shopify-shop-api-call-limit"
+    }) {
         return None;
     }
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -41,17 +62,45 @@ pub fn announced(headers: &HeaderMap) -> Option<Announced> {
         fill(&mut a.limit, Some(limit));
         fill(&mut a.window_ms, window_ms);
     }
-    fill(&mut a.remaining, get("ratelimit-remaining").and_then(integer));
-    fill(&mut a.reset_ms, get("ratelimit-reset").and_then(integer).map(|s| s * 1000));
+    fill(&mut a.remaining, get("ratelimit-remaining").and_then(count));
+    fill(&mut a.reset_ms, get("ratelimit-reset").and_then(reset_ms));
+    // Kong's windows are named: its tightest is the policy, over a RateLimit-Limit that names
+    // none (Kong sends both).
+    if let Some((limit, remaining, window_ms)) = kong(&get).filter(|_| a.window_ms.is_none()) {
+        (a.limit, a.window_ms) = (Some(limit), Some(window_ms));
+        a.remaining = remaining.or(a.remaining);
+    }
     // Named in full: this runs on every answer of a server that sends such headers.
-    for [limit, remaining, reset_after, reset] in [
-        ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset-after", "x-ratelimit-reset"],
-        ["x-rate-limit-limit", "x-rate-limit-remaining", "x-rate-limit-reset-after", "x-rate-limit-reset"],
+    for [limit, remaining, used, reset_after, reset] in [
+        [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-used",
+            "x-ratelimit-reset-after",
+            "x-ratelimit-reset",
+        ],
+        [
+            "x-rate-limit-limit",
+            "x-rate-limit-remaining",
+            "x-rate-limit-used",
+            "x-rate-limit-reset-after",
+            "x-rate-limit-reset",
+        ],
     ] {
-        fill(&mut a.limit, get(limit).and_then(integer));
-        fill(&mut a.remaining, get(remaining).and_then(integer));
+        if let Some((quota, window_ms)) = get(limit).and_then(policy) {
+            fill(&mut a.limit, Some(quota));
+            fill(&mut a.window_ms, window_ms);
+        }
+        fill(&mut a.remaining, get(remaining).and_then(count));
+        if let (None, Some(quota), Some(used)) = (a.remaining, a.limit, get(used).and_then(count)) {
+            a.remaining = Some(quota.saturating_sub(used));
+        }
         fill(&mut a.reset_ms, get(reset_after).and_then(seconds_ms));
-        fill(&mut a.reset_ms, get(reset).and_then(integer).map(reset_ms));
+        fill(&mut a.reset_ms, get(reset).and_then(reset_ms));
+    }
+    if let Some((used, size)) = get("x-shopify-shop-api-call-limit").and_then(shopify) {
+        fill(&mut a.limit, Some(size));
+        fill(&mut a.remaining, Some(size.saturating_sub(used)));
     }
     (a != Announced::default()).then_some(a)
 }
@@ -62,8 +111,10 @@ fn fill(slot: &mut Option<u64>, value: Option<u64>) {
     }
 }
 
-fn integer(v: &str) -> Option<u64> {
-    v.trim().parse().ok()
+/// A number, possibly fractional (`599.0`), not negative: its whole part.
+fn count(v: &str) -> Option<u64> {
+    let x: f64 = v.trim().parse().ok()?;
+    (x.is_finite() && x >= 0.0).then(|| x.floor() as u64)
 }
 
 /// Seconds, possibly fractional, as milliseconds.
@@ -72,14 +123,31 @@ fn seconds_ms(v: &str) -> Option<u64> {
     (s.is_finite() && s >= 0.0).then(|| (s * 1000.0).round() as u64)
 }
 
-/// A reset in seconds from now, or (a value no window is that long: past 2001) a Unix time.
-fn reset_ms(v: u64) -> u64 {
-    const UNIX_TIME_AFTER: u64 = 1_000_000_000;
-    if v < UNIX_TIME_AFTER {
-        return v * 1000;
+/// A reset, as milliseconds from now: seconds from now (possibly fractional); or, past any
+/// window's length, a Unix time in seconds (possibly fractional) or in milliseconds; or an
+/// HTTP date.
+fn reset_ms(v: &str) -> Option<u64> {
+    /// A value this large is no window's length but a Unix time (past 2001)...
+    const UNIX_SECONDS_AFTER: f64 = 1e9;
+    /// ...and this large, one in milliseconds (past 2001 too).
+    const UNIX_MILLIS_AFTER: f64 = 1e12;
+    let now_ms = || SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let v = v.trim();
+    let Ok(x) = v.parse::<f64>() else {
+        let when = httpdate::parse_http_date(v).ok()?;
+        return Some(when.duration_since(SystemTime::now()).map_or(0, |d| d.as_millis() as u64));
+    };
+    if !x.is_finite() || x < 0.0 {
+        return None;
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    v.saturating_sub(now) * 1000
+    let ms = if x < UNIX_SECONDS_AFTER {
+        x * 1000.0
+    } else if x < UNIX_MILLIS_AFTER {
+        x * 1000.0 - now_ms()
+    } else {
+        x - now_ms()
+    };
+    Some(ms.max(0.0).round() as u64)
 }
 
 fn param(params: &Parameters, key: &str) -> Option<u64> {
@@ -87,7 +155,14 @@ fn param(params: &Parameters, key: &str) -> Option<u64> {
 }
 
 fn non_negative(v: &BareItem) -> Option<u64> {
-    v.as_integer().and_then(|i| u64::try_from(i64::from(i)).ok())
+    match v {
+        BareItem::Integer(i) => u64::try_from(i64::from(*i)).ok(),
+        BareItem::Decimal(d) => {
+            let x = f64::from(*d);
+            (x >= 0.0).then(|| x.floor() as u64)
+        }
+        _ => None,
+    }
 }
 
 /// The most restrictive of a list of policies: `"name";q=100;w=60` or `100;w=60`. Returns the
@@ -134,6 +209,25 @@ fn combined(v: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
     (None, None, None)
 }
 
+/// Kong's `X-RateLimit-Limit-<Window>` and `X-RateLimit-Remaining-<Window>`: the tightest
+/// window (the lowest quota per second), as limit, remaining and window in milliseconds.
+fn kong<'h>(get: &impl Fn(&str) -> Option<&'h str>) -> Option<(u64, Option<u64>, u64)> {
+    KONG_WINDOWS
+        .iter()
+        .filter_map(|&(unit, secs)| {
+            let limit = get(&format!("x-ratelimit-limit-{unit}")).and_then(count)?;
+            let remaining = get(&format!("x-ratelimit-remaining-{unit}")).and_then(count);
+            Some((limit, remaining, secs * 1000))
+        })
+        .min_by(|a, b| (a.0 as f64 / a.2 as f64).total_cmp(&(b.0 as f64 / b.2 as f64)))
+}
+
+/// Shopify's `used/size` of its leaky bucket.
+fn shopify(v: &str) -> Option<(u64, u64)> {
+    let (used, size) = v.split_once('/')?;
+    Some((count(used)?, count(size)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +236,8 @@ mod tests {
         let mut h = HeaderMap::new();
         for (name, value) in pairs {
             h.insert(
-                ureq::http::HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                ureq::http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                    .expect("a header name"),
                 value.parse().expect("a header value"),
             );
         }
@@ -156,6 +251,17 @@ mod tests {
         reset_ms: Option<u64>,
     ) -> Announced {
         Announced { limit, window_ms, remaining, reset_ms }
+    }
+
+    fn unix_now() -> f64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64()
+    }
+
+    /// A reset read `ms` from now, give or take the time the test takes.
+    #[track_caller]
+    fn about(got: Option<u64>, ms: u64) {
+        let got = got.expect("a reset");
+        assert!(got <= ms && got + 2_000 >= ms, "a reset read as {got}ms from now, not about {ms}");
     }
 
     #[test]
@@ -173,6 +279,38 @@ mod tests {
     }
 
     #[test]
+    fn express_rate_limit_in_each_of_its_forms() {
+        // Captured from express-rate-limit 8 (limit 100 a minute), standardHeaders 'draft-8'.
+        let h = headers(&[
+            ("RateLimit-Policy", r#""100-in-1min"; q=100; w=60; pk=:ZGVhZGJlZWY=:"#),
+            ("RateLimit", r#""100-in-1min"; r=99; t=60"#),
+        ]);
+        assert_eq!(announced(&h), Some(a(Some(100), Some(60_000), Some(99), Some(60_000))));
+        // 'draft-7'.
+        let h =
+            headers(&[("RateLimit-Policy", "100;w=60"), ("RateLimit", "limit=100, remaining=99, reset=60")]);
+        assert_eq!(announced(&h), Some(a(Some(100), Some(60_000), Some(99), Some(60_000))));
+        // 'draft-6'.
+        let h = headers(&[
+            ("RateLimit-Policy", "100;w=60"),
+            ("RateLimit-Limit", "100"),
+            ("RateLimit-Remaining", "99"),
+            ("RateLimit-Reset", "60"),
+        ]);
+        assert_eq!(announced(&h), Some(a(Some(100), Some(60_000), Some(99), Some(60_000))));
+        // legacyHeaders: X-RateLimit-Reset as a Unix time in whole seconds.
+        let reset = (unix_now() as u64 + 42).to_string();
+        let h = headers(&[
+            ("X-RateLimit-Limit", "100"),
+            ("X-RateLimit-Remaining", "99"),
+            ("X-RateLimit-Reset", &reset),
+        ]);
+        let got = announced(&h).expect("announced");
+        assert_eq!((got.limit, got.remaining, got.window_ms), (Some(100), Some(99), None));
+        about(got.reset_ms, 42_000);
+    }
+
+    #[test]
     fn earlier_drafts() {
         let h =
             headers(&[("RateLimit", "limit=100, remaining=50, reset=5"), ("RateLimit-Policy", "100;w=60")]);
@@ -187,27 +325,97 @@ mod tests {
     }
 
     #[test]
-    fn the_common_x_headers() {
+    fn slowapi_and_flask_limiter_write_the_reset_as_a_fractional_unix_time() {
+        // Captured from FastAPI + slowapi (limits' fixed window, Redis), "500/second".
+        let reset = format!("{:.7}", unix_now() + 0.75);
         let h = headers(&[
-            ("X-RateLimit-Limit", "5000"),
-            ("X-RateLimit-Remaining", "4999"),
-            ("X-RateLimit-Reset", "60"),
+            ("x-ratelimit-limit", "500"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", &reset),
+            ("retry-after", "0"),
         ]);
-        assert_eq!(announced(&h), Some(a(Some(5000), None, Some(4999), Some(60_000))));
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
-        let h = headers(&[("X-Rate-Limit-Remaining", "0"), ("X-Rate-Limit-Reset", &(now + 120).to_string())]);
         let got = announced(&h).expect("announced");
-        assert_eq!(got.remaining, Some(0));
-        let reset = got.reset_ms.expect("a reset");
-        assert!((118_000..=120_000).contains(&reset), "a Unix time reset read as {reset}ms from now");
-        let h = headers(&[("X-RateLimit-Reset-After", "1.5"), ("X-RateLimit-Remaining", "0")]);
-        assert_eq!(announced(&h), Some(a(None, None, Some(0), Some(1500))));
+        assert_eq!((got.limit, got.remaining, got.window_ms), (Some(500), Some(0), None));
+        about(got.reset_ms, 750);
+        // In milliseconds since the epoch, and as an HTTP date.
+        let ms = ((unix_now() + 30.0) * 1000.0) as u64;
+        let h = headers(&[("X-RateLimit-Remaining", "3"), ("X-RateLimit-Reset", &ms.to_string())]);
+        about(announced(&h).and_then(|a| a.reset_ms), 30_000);
+        let date = httpdate::fmt_http_date(SystemTime::now() + std::time::Duration::from_secs(90));
+        let h = headers(&[("X-RateLimit-Remaining", "3"), ("X-RateLimit-Reset", &date)]);
+        about(announced(&h).and_then(|a| a.reset_ms), 90_000);
+    }
+
+    #[test]
+    fn kong_names_the_window_in_the_header() {
+        // Captured from Kong's rate-limiting plugin, minute: 5, hour: 100.
+        let h = headers(&[
+            ("X-RateLimit-Limit-Minute", "5"),
+            ("X-RateLimit-Remaining-Minute", "4"),
+            ("X-RateLimit-Limit-Hour", "100"),
+            ("X-RateLimit-Remaining-Hour", "99"),
+            ("RateLimit-Limit", "5"),
+            ("RateLimit-Remaining", "4"),
+            ("RateLimit-Reset", "47"),
+        ]);
+        // 100 an hour is tighter than 5 a minute: that window, its limit and what remains of it.
+        assert_eq!(announced(&h), Some(a(Some(100), Some(3_600_000), Some(99), Some(47_000))));
+        let h = headers(&[("X-RateLimit-Limit-Hour", "100"), ("X-RateLimit-Remaining-Hour", "0")]);
+        assert_eq!(announced(&h), Some(a(Some(100), Some(3_600_000), Some(0), None)));
+    }
+
+    #[test]
+    fn github_reddit_discord_envoy_and_shopify() {
+        // GitHub: a used count and an epoch reset.
+        let reset = (unix_now() as u64 + 3000).to_string();
+        let h = headers(&[
+            ("x-ratelimit-limit", "5000"),
+            ("x-ratelimit-used", "1"),
+            ("x-ratelimit-reset", &reset),
+            ("x-ratelimit-resource", "core"),
+        ]);
+        let got = announced(&h).expect("announced");
+        assert_eq!((got.limit, got.remaining), (Some(5000), Some(4999)));
+        about(got.reset_ms, 3_000_000);
+        // Reddit: a fractional remaining, a reset in seconds, no limit.
+        let h = headers(&[
+            ("X-Ratelimit-Used", "1"),
+            ("X-Ratelimit-Remaining", "599.0"),
+            ("X-Ratelimit-Reset", "540"),
+        ]);
+        assert_eq!(announced(&h), Some(a(None, None, Some(599), Some(540_000))));
+        // Discord: a reset after, fractional, beside a fractional epoch reset.
+        let reset = format!("{:.3}", unix_now() + 1.2);
+        let h = headers(&[
+            ("X-RateLimit-Limit", "5"),
+            ("X-RateLimit-Remaining", "0"),
+            ("X-RateLimit-Reset", &reset),
+            ("X-RateLimit-Reset-After", "1.234"),
+            ("X-RateLimit-Bucket", "abcd1234"),
+        ]);
+        assert_eq!(announced(&h), Some(a(Some(5), None, Some(0), Some(1234))));
+        // Envoy's rate limit filter, draft 03 of the headers.
+        let h = headers(&[
+            ("x-ratelimit-limit", r#"10, 10;w=60;name="per-minute""#),
+            ("x-ratelimit-remaining", "9"),
+            ("x-ratelimit-reset", "52"),
+        ]);
+        assert_eq!(announced(&h), Some(a(Some(10), Some(60_000), Some(9), Some(52_000))));
+        // Shopify's leaky bucket.
+        let h = headers(&[("X-Shopify-Shop-Api-Call-Limit", "32/40")]);
+        assert_eq!(announced(&h), Some(a(Some(40), None, Some(8), None)));
     }
 
     #[test]
     fn nothing_or_nonsense_announces_nothing() {
         assert_eq!(announced(&headers(&[("Content-Type", "text/plain")])), None);
-        let h = headers(&[("RateLimit", "@@@"), ("RateLimit-Policy", "soon"), ("X-RateLimit-Limit", "-3")]);
+        let h = headers(&[
+            ("RateLimit", "@@@"),
+            ("RateLimit-Policy", "soon"),
+            ("X-RateLimit-Limit", "-3"),
+            ("X-RateLimit-Reset", "NaN"),
+            ("X-Shopify-Shop-Api-Call-Limit", "lots"),
+        ]);
         assert_eq!(announced(&h), None);
     }
 }

@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use shared::{ItemResult, JobSpec, Outcome, TlsTrust};
+use shared::{ItemResult, JobSpec, Outcome, TlsTrust, Unreachable};
 use ureq::config::Config;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
@@ -274,10 +274,10 @@ impl Fetcher {
             Err(ureq::Error::Protocol(ureq_proto::Error::NoLocationHeader)) => {
                 match self.request(session, url, false) {
                     Ok(resp) => resp,
-                    Err(e) => return (classify_error(e), Met::default()),
+                    Err(e) => return unanswered(e, url),
                 }
             }
-            Err(e) => return (classify_error(e), Met::default()),
+            Err(e) => return unanswered(e, url),
         };
         let status = resp.status().as_u16();
         let announced = crate::announce::announced(resp.headers());
@@ -294,6 +294,7 @@ impl Fetcher {
             wait: used_up.or(retry_after),
             announced,
             used_up: used_up.is_some(),
+            unanswered: None,
         };
         if retryable_status(status) {
             // Read (a bounded amount of) the body so the connection can be reused.
@@ -307,7 +308,7 @@ impl Fetcher {
         let mut reader = resp.body_mut().with_config().limit(self.max_body).reader();
         let attempt = match std::io::Read::read_to_end(&mut reader, &mut body) {
             Ok(_) => Attempt::Final(Outcome::Response { status, body }),
-            Err(e) => body_error(ureq::Error::from(e), body.len(), length),
+            Err(e) => body_error(ureq::Error::from(e), url, body.len(), length),
         };
         (attempt, met)
     }
@@ -323,10 +324,63 @@ fn request_head_room(job: &JobSpec) -> usize {
     head.next_power_of_two().max(4 << 10)
 }
 
-/// Sorts an error into final or retryable.
-fn classify_error(e: ureq::Error) -> Attempt {
-    use ureq::Error as E;
+/// A request that got no HTTP answer: what to do about it, and what the fleet is told (how it
+/// failed, in a few words).
+fn unanswered(e: ureq::Error, url: &str) -> (Attempt, Met) {
+    let words = no_answer(&e);
+    (classify_error(e, url), Met { unanswered: Some(words), ..Met::default() })
+}
+
+/// How a request that got no HTTP answer failed, in a few words: `connection refused`,
+/// `connect timed out`.
+fn no_answer(e: &ureq::Error) -> String {
+    use std::io::ErrorKind as K;
     match e {
+        ureq::Error::Io(io) => match io.kind() {
+            K::ConnectionRefused => "connection refused".into(),
+            K::ConnectionReset => "connection reset".into(),
+            K::NetworkUnreachable => "network unreachable".into(),
+            K::HostUnreachable => "host unreachable".into(),
+            _ => one_line(e),
+        },
+        ureq::Error::Timeout(ureq::Timeout::Connect) => "connect timed out".into(),
+        ureq::Error::Timeout(ureq::Timeout::Resolve) => "the resolver did not answer".into(),
+        ureq::Error::HostNotFound => "no such host name".into(),
+        other => one_line(other),
+    }
+}
+
+/// Sorts an error of a request for `url` into final or retryable; a cause that no attempt
+/// changes for any id (an untrusted certificate, a name that does not exist, a scheme not
+/// spoken) as [`Outcome::Unreachable`].
+fn classify_error(e: ureq::Error, url: &str) -> Attempt {
+    use ureq::Error as E;
+    let unreachable = |why, error: String| Attempt::Final(Outcome::Unreachable { why, error });
+    match e {
+        E::HostNotFound => {
+            let host = url.parse::<ureq::http::Uri>().ok().and_then(|u| u.host().map(str::to_owned));
+            let host = host.unwrap_or_else(|| url.to_owned());
+            unreachable(
+                Unreachable::NoSuchHost,
+                format!("host not found: {host} does not resolve (no such host name: check the URL)"),
+            )
+        }
+        E::BadUri(ref why) if why.contains("scheme") => {
+            unreachable(Unreachable::Scheme, format!("{} (flota speaks http:// and https://)", one_line(&e)))
+        }
+        E::Rustls(rustls::Error::InvalidCertificate(_)) => {
+            let why = one_line(&e);
+            unreachable(Unreachable::Certificate, format!("TLS: {why}{}", certificate_hint(&why)))
+        }
+        E::Io(ref io)
+            if io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_))) =>
+        {
+            let why = io.get_ref().map_or_else(String::new, ToString::to_string);
+            unreachable(Unreachable::Certificate, format!("TLS: {why}{}", certificate_hint(&why)))
+        }
         E::BodyExceedsLimit(limit) => {
             Attempt::Final(Outcome::Failed { error: format!("body exceeds the limit of {limit} bytes") })
         }
@@ -344,7 +398,7 @@ fn classify_error(e: ureq::Error) -> Attempt {
         }
         E::Io(ref io) if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
             let why = io.get_ref().map_or_else(String::new, ToString::to_string);
-            Attempt::Final(Outcome::Failed { error: format!("TLS: {why}{}", tls_hint(&why)) })
+            Attempt::Final(Outcome::Failed { error: format!("TLS: {why}") })
         }
         other => Attempt::Retry { error: one_line(&other) },
     }
@@ -361,9 +415,9 @@ fn content_length(headers: &ureq::http::HeaderMap) -> Option<u64> {
 
 /// An error while the body was read, `came` bytes of it (of `length`, when the head said):
 /// a body cut off says so, and how much came; it is never an answer.
-fn body_error(e: ureq::Error, came: usize, length: Option<u64>) -> Attempt {
+fn body_error(e: ureq::Error, url: &str, came: usize, length: Option<u64>) -> Attempt {
     let of = length.map_or_else(String::new, |n| format!(" of {n}"));
-    match classify_error(e) {
+    match classify_error(e, url) {
         Attempt::Retry { error } if error.starts_with("timeout") => {
             Attempt::Retry { error: format!("{error}, after {came}{of} bytes of the body") }
         }
@@ -374,17 +428,16 @@ fn body_error(e: ureq::Error, came: usize, length: Option<u64>) -> Attempt {
     }
 }
 
-/// What to do about the TLS failures a user meets first.
-fn tls_hint(why: &str) -> &'static str {
+/// What to do about a certificate the roots do not vouch for.
+fn certificate_hint(why: &str) -> &'static str {
     if why.contains("CaUsedAsEndEntity") {
         " (the server presents a CA's certificate as its own: give it one a CA signed, or a self-signed one made \
          with basicConstraints CA:FALSE, and pass that CA or certificate to --ca-cert)"
-    } else if why.contains("UnknownIssuer") {
-        " (no trusted root signed it: pass its CA to --ca-cert)"
     } else if why.contains("NotValidForName") {
-        " (it names another host than the URL's)"
+        " (it names another host than the URL's: use a name it holds, or give the server a certificate for this \
+         one; --ca-cert trusts a CA, not a name)"
     } else {
-        ""
+        " (no trusted root vouches for it: pass its CA, or a self-signed certificate itself, to --ca-cert)"
     }
 }
 

@@ -36,7 +36,7 @@ pub struct Ticket {
 }
 
 /// What one request met, as far as the fleet's pacing cares.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Met {
     /// The HTTP status, if there was an answer.
     pub status: Option<u16>,
@@ -47,6 +47,8 @@ pub struct Met {
     pub announced: Option<Announced>,
     /// The wait is the limit's, announced used up: the whole client's, not this request's.
     pub used_up: bool,
+    /// How it failed, in a few words, when it got no HTTP answer at all.
+    pub unanswered: Option<String>,
 }
 
 /// See the module documentation. Shared by the fetch threads, the link reader (which applies
@@ -304,6 +306,9 @@ impl Gate {
         let failed = met.status.is_none_or(shared::api_failure);
         s.failing_streak = if failed { s.failing_streak.saturating_add(1) } else { 0 };
         s.traffic.count(now.duration_since(ticket.started), met.status);
+        if met.unanswered.is_some() {
+            s.traffic.unanswered = met.unanswered;
+        }
         let t = &mut s.traffic;
         let mut urgent = false;
         if let Some(wait) = met.wait {
@@ -457,7 +462,7 @@ mod tests {
         g.set_pace(Pace { concurrency: 10, metered: false, circuit_open: false });
         let t = g.enter(true).expect("open");
         let wait = Some(Duration::from_millis(300));
-        g.leave(t, Met { status: Some(429), wait, announced: None, used_up: false });
+        g.leave(t, Met { status: Some(429), wait, ..Met::default() });
         let sent = controls(&rx);
         match &sent[..] {
             [FromWorker::Traffic(t)] => {
@@ -467,7 +472,7 @@ mod tests {
         }
         assert!(enters_within(&g, Duration::from_millis(100)), "one request's Retry-After pauses no other");
         let t = g.enter(true).expect("open");
-        g.leave(t, Met { status: Some(200), wait, announced: None, used_up: true });
+        g.leave(t, Met { status: Some(200), wait, used_up: true, ..Met::default() });
         let started = Instant::now();
         g.enter(true).expect("opens again");
         let waited = started.elapsed();

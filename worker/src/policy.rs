@@ -150,11 +150,12 @@ pub fn retryable_status(status: u16) -> bool {
     status == 408 || status == 429 || (500..600).contains(&status)
 }
 
-/// Reads `Retry-After`: delay-seconds or an HTTP date.
+/// Reads `Retry-After`: delay-seconds (possibly fractional, as Shopify writes `2.0`) or an
+/// HTTP date.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)));
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
@@ -232,5 +233,8 @@ mod tests {
         let d = parse_retry_after(&future).expect("a date");
         assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("2.0"), Some(Duration::from_secs(2)), "Shopify's");
+        assert_eq!(parse_retry_after("0.25"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_retry_after("-1"), None);
     }
 }

@@ -16,8 +16,10 @@
 //!   new connections spread over them, and ureq's connector tries the rest in order when one
 //!   refuses.
 //! - A TTL of zero resolves on every request, as ureq's default resolver does.
-//! - A name that cannot be resolved the first time is an error of that attempt, retried as a
-//!   connection error is.
+//! - A name that cannot be resolved the first time is an error of that attempt: a name that
+//!   does not exist (getaddrinfo's `EAI_NONAME`, `EAI_NODATA`: an NXDOMAIN) is ureq's
+//!   `HostNotFound`, which no retry changes; a resolver that did not answer (`EAI_AGAIN`) is
+//!   retried as a connection error is.
 
 use std::collections::HashMap;
 use std::io;
@@ -79,7 +81,7 @@ impl std::fmt::Debug for CachingResolver {
 impl CachingResolver {
     /// Keeps addresses for `ttl`, looking names up with the system's resolver.
     pub fn new(ttl: Duration) -> CachingResolver {
-        CachingResolver::with_lookup(ttl, Arc::new(|name: &str| Ok(name.to_socket_addrs()?.collect())))
+        CachingResolver::with_lookup(ttl, Arc::new(system_lookup))
     }
 
     /// Keeps addresses for `ttl`, looking names up with `lookup`.
@@ -126,7 +128,7 @@ impl CachingResolver {
     fn look_up(&self, name: &str) -> io::Result<Arc<[SocketAddr]>> {
         let addrs = (self.lookup)(name)?;
         if addrs.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{name} has no address")));
+            return Err(no_such_host(name));
         }
         Ok(addrs.into())
     }
@@ -172,6 +174,46 @@ impl CachingResolver {
     }
 }
 
+/// A name that does not exist: no retry changes it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} does not resolve (no such host name)")]
+pub struct NoSuchHost(String);
+
+/// The error of a lookup of `name` (`"host:port"`) that found no such name.
+pub fn no_such_host(name: &str) -> io::Error {
+    let host = name.rsplit_once(':').map_or(name, |(host, _)| host);
+    io::Error::new(io::ErrorKind::NotFound, NoSuchHost(host.to_owned()))
+}
+
+/// A failed lookup as ureq's error: `HostNotFound` for a name that does not exist, which no
+/// retry changes; an I/O error (retried) for anything else.
+fn lookup_error(e: io::Error) -> ureq::Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<NoSuchHost>()) {
+        ureq::Error::HostNotFound
+    } else {
+        ureq::Error::Io(e)
+    }
+}
+
+/// Looks `name` (`"host:port"`) up with the system's resolver (getaddrinfo), telling a name
+/// that does not exist from a resolver that did not answer.
+fn system_lookup(name: &str) -> io::Result<Vec<SocketAddr>> {
+    use dns_lookup::{AddrInfoHints, LookupErrorKind, SockType};
+    let Some((host, port)) = name.rsplit_once(':') else { return Ok(name.to_socket_addrs()?.collect()) };
+    let hints = AddrInfoHints { socktype: SockType::Stream.into(), ..AddrInfoHints::default() };
+    match dns_lookup::getaddrinfo(Some(host), Some(port), Some(hints)) {
+        Ok(found) => {
+            let mut addrs: Vec<SocketAddr> = found.filter_map(Result::ok).map(|a| a.sockaddr).collect();
+            addrs.dedup();
+            Ok(addrs)
+        }
+        Err(e) if matches!(e.kind(), LookupErrorKind::NoName | LookupErrorKind::NoData) => {
+            Err(no_such_host(name))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Resolver for CachingResolver {
     fn resolve(
         &self,
@@ -201,7 +243,7 @@ impl Resolver for CachingResolver {
             out.push(addr);
             return Ok(out);
         }
-        let found = self.addrs(name, Instant::now()).map_err(ureq::Error::Io)?;
+        let found = self.addrs(name, Instant::now()).map_err(lookup_error)?;
         for addr in config.ip_family().keep_wanted(found.iter().copied()).take(MAX_ADDRS) {
             out.push(addr);
         }
@@ -300,6 +342,25 @@ mod tests {
             every.addrs("x:1", Instant::now()).expect("resolves");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn a_name_that_does_not_exist_is_host_not_found_and_a_silent_resolver_is_retried() {
+        let resolve = |lookup: Arc<Lookup>| {
+            let r = CachingResolver::with_lookup(Duration::from_secs(30), lookup);
+            r.addrs("api.example.invalid:8080", Instant::now()).map_err(lookup_error)
+        };
+        let nxdomain = resolve(Arc::new(|name: &str| Err(no_such_host(name))));
+        assert!(matches!(nxdomain, Err(ureq::Error::HostNotFound)), "{nxdomain:?}");
+        let empty = resolve(Arc::new(|_: &str| Ok(Vec::new())));
+        assert!(matches!(empty, Err(ureq::Error::HostNotFound)), "{empty:?}");
+        let again =
+            resolve(Arc::new(|_: &str| Err(io::Error::other("Temporary failure in name resolution"))));
+        assert!(matches!(again, Err(ureq::Error::Io(_))), "{again:?}");
+        assert_eq!(
+            no_such_host("api.example.invalid:8080").to_string(),
+            "api.example.invalid does not resolve (no such host name)"
+        );
     }
 
     #[test]

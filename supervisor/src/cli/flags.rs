@@ -40,8 +40,10 @@ Examples:
 Every flag can also be set as FLOTA_<FLAG> in the environment (FLOTA_RATE=20/s) or as a key of the
 --config TOML file (rate = \"20/s\"); a flag wins over the environment, which wins over the file.
 
-Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed or are quarantined; 2 bad
-invocation; 1 any other fatal error; 130/143 stopped by SIGINT/SIGTERM (a rerun resumes).";
+Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed or are quarantined; 4 the API
+cannot be reached as written (its certificate, its host name, its scheme) or never answered within
+--wait-for-api, nothing stored; 2 bad invocation; 1 any other fatal error; 130/143 stopped by
+SIGINT/SIGTERM (a rerun resumes).";
 
 /// Flags that say how much is said, for every command.
 #[derive(Debug, Clone, Args)]
@@ -216,6 +218,12 @@ pub struct Tuning {
     /// attempts count again, so ids that fail on their own end as failures.
     #[arg(long, env = "FLOTA_OUTAGE_MAX", default_value = "5m", value_parser = parse_duration)]
     pub outage_max: Duration,
+    /// How long a run waits for the API's first answer: while none has come (connections
+    /// refused, connects timing out), no id spends its attempts and the progress line says
+    /// why; past this the run gives up (exit 4) with nothing stored. Raise it for a service
+    /// that starts before its API.
+    #[arg(long, env = "FLOTA_WAIT_FOR_API", default_value = "3m", value_parser = parse_duration)]
+    pub wait_for_api: Duration,
     /// A worker silent this long (no heartbeat) is killed and replaced.
     #[arg(long, env = "FLOTA_WORKER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub worker_timeout: Duration,

@@ -34,7 +34,8 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     // Coroutines are not bounded by threads: --concurrency may go past workers x threads, its
     // default with either model.
     let ceiling = if t.model == Model::Async { (workers * threads).max(1 << 16) } else { workers * threads };
-    let pace = pace(t, ceiling)?;
+    let mut pace = pace(t, ceiling)?;
+    pace.api = api_of(url);
     let user = t.user.as_deref().map(resolve_user).transpose()?;
     check_paths(&store, t)?;
     let tls = tls(t)?;
@@ -208,13 +209,35 @@ pub fn pace(t: &Tuning, ceiling: u32) -> Result<PaceSettings, String> {
             return Err(format!("--concurrency must be between 1 and {bound}{ceiling}, not {c}"));
         }
     }
+    if t.wait_for_api < Duration::from_secs(1) {
+        return Err(format!(
+            "--wait-for-api must be at least 1s, not {}",
+            humantime::format_duration(t.wait_for_api)
+        ));
+    }
     Ok(PaceSettings {
         rate: t.rate,
         burst: t.burst,
         concurrency: t.concurrency,
         ceiling,
         outage_max: t.outage_max,
+        wait_for_api: t.wait_for_api,
+        api: String::new(),
     })
+}
+
+/// The `host:port` a URL template names (`{id}` and the like left as they are), for what is
+/// said about the API.
+fn api_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    if has_port {
+        return authority.to_owned();
+    }
+    let port = if url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")) { 443 } else { 80 };
+    format!("{authority}:{port}")
 }
 
 fn within(name: &str, v: u32, lo: u32, hi: u32) -> Result<u32, String> {
@@ -353,6 +376,7 @@ mod tests {
             retry_after_max: Duration::from_secs(60),
             retry_budget: super::super::parse::RetryBudgetPct(Some(20)),
             outage_max: Duration::from_secs(300),
+            wait_for_api: Duration::from_secs(180),
             worker_timeout: Duration::from_secs(10),
             headers: vec!["Authorization: Bearer x".into()],
             header_file: None,
@@ -422,6 +446,14 @@ mod tests {
             let err = run_config(&args(url, ids, t)).expect_err(want);
             assert!(err.contains(want), "{err:?} should mention {want}");
         }
+    }
+
+    #[test]
+    fn the_api_is_named_by_host_and_port() {
+        assert_eq!(api_of("http://127.0.0.1:18999/items/{id}"), "127.0.0.1:18999");
+        assert_eq!(api_of("https://api.example.com/users/{id}?x=1"), "api.example.com:443");
+        assert_eq!(api_of("http://u:p@[::1]:8080/{id}"), "[::1]:8080");
+        assert_eq!(api_of("http://[::1]/{id}"), "[::1]:80");
     }
 
     #[test]

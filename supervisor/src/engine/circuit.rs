@@ -10,9 +10,15 @@
 //! closes the circuit, and the fleet resumes at once at the rate and limit it had.
 //!
 //! Ids that fail on their own look the same as an outage once they are the only ones left:
-//! the circuit opens only once the API has answered this run (a URL that never answers is
-//! more likely wrong than down, and its ids fail as before), and after `--outage-max` it no
-//! longer holds the ids' attempts: probes count, and such ids end as failures.
+//! after `--outage-max` the circuit no longer holds the ids' attempts: probes count, and such
+//! ids end as failures.
+//!
+//! An API that has not answered at all in this run (every connection refused, every connect
+//! timing out) is not down: it may never have been up, at this address. [`FirstAnswer`] keeps
+//! how its requests fail; the fleet says so within seconds (`no answer yet from
+//! 127.0.0.1:18999: connection refused (for 30s)`), holds the ids' attempts as an open circuit
+//! does, and gives the run up after `--wait-for-api` with nothing stored. Its first answer, of
+//! any status, ends that.
 //!
 //! A 429 is not a failure here: a server that refuses is up, and throttling is answered by
 //! [`super::throttle`]'s rules. A 503 is both: one in a hundred is load shed, all of them is an
@@ -139,6 +145,93 @@ impl Health {
     }
 }
 
+/// A run with requests unanswered this long, and no HTTP answer yet, is said to be so, once.
+pub const WARN_AFTER: Duration = Duration::from_secs(2);
+/// ...and at the latest this long after it began, even when no request has failed yet (every
+/// connect waits its timeout).
+pub const WARN_LATEST: Duration = Duration::from_secs(4);
+
+/// Whether the API has answered in this run and, until it has, how its requests fail. See the
+/// module documentation.
+#[derive(Debug)]
+pub struct FirstAnswer {
+    /// The API's host and port, as the job's URL names them.
+    api: String,
+    /// When the run began.
+    since: Instant,
+    /// Whether any request got an HTTP answer.
+    heard: bool,
+    /// Whether any request ended, answered or not.
+    tried: bool,
+    /// How the latest unanswered request failed, in a few words.
+    error: Option<String>,
+    warned: bool,
+}
+
+impl FirstAnswer {
+    /// A run against `api` that began at `now`.
+    pub fn new(api: String, now: Instant) -> FirstAnswer {
+        FirstAnswer { api, since: now, heard: false, tried: false, error: None, warned: false }
+    }
+
+    /// Whether the API has answered in this run.
+    pub fn heard(&self) -> bool {
+        self.heard
+    }
+
+    /// Takes a worker's report.
+    pub fn saw(&mut self, t: &Traffic) {
+        if !t.statuses.is_empty() {
+            self.heard = true;
+        }
+        self.tried |= t.requests > 0;
+        if let Some(e) = &t.unanswered {
+            self.error = Some(e.clone());
+        }
+    }
+
+    /// `no answer yet from 127.0.0.1:18999: connection refused (for 30s)`.
+    pub fn describe(&self, now: Instant) -> String {
+        let waited = now.saturating_duration_since(self.since).as_secs();
+        match &self.error {
+            Some(e) => format!("no answer yet from {}: {e} (for {waited}s)", self.api),
+            None => format!("no answer yet from {} (for {waited}s)", self.api),
+        }
+    }
+
+    /// The warning to give at `now`, once: the API has not answered, and requests have failed
+    /// for [`WARN_AFTER`] (or the run is [`WARN_LATEST`] old).
+    pub fn warning(&mut self, now: Instant) -> Option<String> {
+        let age = now.saturating_duration_since(self.since);
+        let due = (age >= WARN_AFTER && self.tried) || age >= WARN_LATEST;
+        if self.heard || self.warned || !due {
+            return None;
+        }
+        self.warned = true;
+        Some(self.describe(now))
+    }
+
+    /// Whether the run has waited `limit` without an answer.
+    pub fn waited_out(&self, now: Instant, limit: Duration) -> bool {
+        !self.heard && now.saturating_duration_since(self.since) >= limit
+    }
+
+    /// How the latest unanswered request failed, if one has.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// The API, as `host:port`.
+    pub fn api(&self) -> &str {
+        &self.api
+    }
+
+    /// Whether the fleet has been told the API does not answer (and so keeps saying so).
+    pub fn warned(&self) -> bool {
+        self.warned && !self.heard
+    }
+}
+
 /// An open circuit: since when, why, and when the next probe goes.
 #[derive(Debug, Clone)]
 pub struct Circuit {
@@ -153,12 +246,23 @@ pub struct Circuit {
     next_probe: Instant,
     /// Whether it still holds the ids' attempts (until `--outage-max`).
     pub holds_attempts: bool,
+    /// Opened before the API had answered at all in this run: it closes on the first answer
+    /// of any status, and holds the attempts until the run gives up (`--wait-for-api`).
+    pub unreached: bool,
 }
 
 impl Circuit {
     /// Opens at `now`, for `share` of requests failing, most of them with `failure`.
     pub fn open(now: Instant, share: f64, failure: Failure) -> Circuit {
-        Circuit { since: now, share, failure, probes: 0, next_probe: now + PROBE_FIRST, holds_attempts: true }
+        Circuit {
+            since: now,
+            share,
+            failure,
+            probes: 0,
+            next_probe: now + PROBE_FIRST,
+            holds_attempts: true,
+            unreached: false,
+        }
     }
 
     /// When the next probe is due.
@@ -248,6 +352,38 @@ mod tests {
         assert_eq!(h.down(t0 + 1100 * MS).map(|d| d.0), Some(1.0));
         h.clear();
         assert_eq!(h.failing(t0 + 1100 * MS), None);
+    }
+
+    #[test]
+    fn an_api_that_never_answered_is_named_once_with_how_it_fails_until_it_answers() {
+        let t0 = Instant::now();
+        let mut f = FirstAnswer::new("127.0.0.1:18999".into(), t0);
+        assert_eq!(f.warning(t0 + WARN_AFTER), None, "nothing tried, not yet the latest");
+        let refused =
+            Traffic { requests: 8, unanswered: Some("connection refused".into()), ..Traffic::default() };
+        f.saw(&refused);
+        assert_eq!(f.warning(t0 + WARN_AFTER - MS), None);
+        assert_eq!(
+            f.warning(t0 + WARN_AFTER).as_deref(),
+            Some("no answer yet from 127.0.0.1:18999: connection refused (for 2s)")
+        );
+        assert_eq!(f.warning(t0 + 10 * WARN_AFTER), None, "said once");
+        assert!(f.warned());
+        assert_eq!(
+            f.describe(t0 + Duration::from_secs(30)),
+            "no answer yet from 127.0.0.1:18999: connection refused (for 30s)"
+        );
+        assert!(!f.waited_out(t0 + Duration::from_secs(59), Duration::from_secs(60)));
+        assert!(f.waited_out(t0 + Duration::from_secs(60), Duration::from_secs(60)));
+        f.saw(&traffic(1, &[(503, 1)]));
+        assert!(f.heard() && !f.warned(), "an answer of any status");
+        assert!(!f.waited_out(t0 + Duration::from_secs(600), Duration::from_secs(60)));
+        // Connects that wait their timeout: said at the latest, with no error to name yet.
+        let mut slow = FirstAnswer::new("10.0.0.1:80".into(), t0);
+        assert_eq!(
+            slow.warning(t0 + WARN_LATEST).as_deref(),
+            Some("no answer yet from 10.0.0.1:80 (for 4s)")
+        );
     }
 
     #[test]

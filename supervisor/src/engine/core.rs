@@ -19,7 +19,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use log::Level;
-use shared::{ItemResult, HEARTBEAT_EVERY};
+use shared::{ItemResult, Outcome, HEARTBEAT_EVERY};
 
 use super::error::Error;
 use super::figures::{Figures, Snapshot};
@@ -430,6 +430,20 @@ impl Core {
         if w.load.is_empty() {
             self.pacer.busy(slot, gen, false, now, &mut self.out);
         }
+        // Before the API has answered at all, a cause no attempt changes (its certificate, its
+        // name, its scheme) is the job's, not the ids': the run stops, and they are not stored.
+        if !self.pacer.heard() {
+            let (job_faults, kept): (Vec<ItemResult>, Vec<ItemResult>) =
+                results.into_iter().partition(|r| matches!(r.outcome, Outcome::Unreachable { .. }));
+            results = kept;
+            if let Some(first) = job_faults.first() {
+                self.out.push(Command::Release(ItemResult::held_by(&job_faults)));
+                if let Outcome::Unreachable { why, error } = &first.outcome {
+                    let (api, why, error) = (self.pacer.api().to_owned(), *why, error.clone());
+                    self.fail(Error::Unreachable { api, why, error }, now);
+                }
+            }
+        }
         let Some(w) = live_worker(&mut self.slots, slot, gen) else { return };
         if results.is_empty() {
             return;
@@ -646,6 +660,10 @@ impl Core {
         self.chaos(now);
         if matches!(self.phase, Phase::Fetching) {
             self.pacer.wake(now, &mut self.out);
+            if let Some((error, waited)) = self.pacer.waited_out(now) {
+                let api = self.pacer.api().to_owned();
+                self.fail(Error::NoAnswer { api, error, waited }, now);
+            }
         }
     }
 

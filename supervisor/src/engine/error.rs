@@ -24,6 +24,31 @@ pub enum Error {
         /// How the last one ended.
         last: String,
     },
+    /// The API cannot be reached as the job is written, and no attempt would change it (its
+    /// certificate, its host name, its scheme): seen before it had answered at all.
+    #[error("cannot fetch from {api}: {error}; nothing was stored for it, and the same command fetches every id once this is fixed")]
+    Unreachable {
+        /// The API's `host:port`.
+        api: String,
+        /// Which cause.
+        why: shared::Unreachable,
+        /// What the request met, and what to do.
+        error: String,
+    },
+    /// The API did not answer a single request within `--wait-for-api`.
+    #[error(
+        "no answer from {api} in {} ({error}); nothing was stored, and the same command fetches every id once it \
+         answers (--wait-for-api waits longer)",
+        humantime::format_duration(*waited)
+    )]
+    NoAnswer {
+        /// The API's `host:port`.
+        api: String,
+        /// How its requests failed, in a few words.
+        error: String,
+        /// How long the run waited.
+        waited: std::time::Duration,
+    },
     /// Workers cannot be started at all.
     #[error("cannot start worker {}", bin.display())]
     Spawn {
@@ -88,11 +113,13 @@ pub enum Error {
 
 impl Error {
     /// The process exit code for this error: 2 for a bad invocation (flags, or an unusable,
-    /// mismatched or busy store), 1 for anything else.
+    /// mismatched or busy store), 4 for an API that cannot be reached as written or never
+    /// answered, 1 for anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Metrics { .. } => 2,
             Error::Store(e) if e.is_usage() => 2,
+            Error::Unreachable { .. } | Error::NoAnswer { .. } => 4,
             _ => 1,
         }
     }

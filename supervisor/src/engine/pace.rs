@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use log::Level;
 use shared::{Announced, Pace, Traffic};
 
-use super::circuit::{self, Circuit, Health};
+use super::circuit::{self, Circuit, FirstAnswer, Health};
 use super::messages::Command;
 use super::throttle::{self, AdaptiveRate, Recent};
 use crate::job::{PaceSettings, Pacing, RateSource};
@@ -249,8 +249,13 @@ pub struct Pacer {
     health: Health,
     /// Open while the API is down.
     circuit: Option<Circuit>,
-    /// Whether the API has answered this run (a circuit opens only then).
+    /// Whether the API has answered this run with something other than a failure.
     answered_once: bool,
+    /// Whether it has answered at all, and until then how its requests fail.
+    first: FirstAnswer,
+    /// The longest reset a server announced, in milliseconds: a window it does not name is
+    /// at least this long.
+    longest_reset_ms: u64,
     /// The slot the next probe goes to (probes go round the workers).
     probe_turn: usize,
     /// Why the fleet is paused, while it is.
@@ -271,6 +276,7 @@ impl Pacer {
         let fixed = settings.concurrency.unwrap_or(settings.ceiling).min(settings.ceiling);
         let figures =
             Pacing { adaptive: controller.is_some(), concurrency_range: (u32::MAX, 0), ..Pacing::default() };
+        let first = FirstAnswer::new(settings.api.clone(), now);
         let mut p = Pacer {
             settings,
             meter,
@@ -284,6 +290,8 @@ impl Pacer {
             health: Health::default(),
             circuit: None,
             answered_once: false,
+            first,
+            longest_reset_ms: 0,
             probe_turn: 0,
             pause_why: None,
             figures,
@@ -320,7 +328,10 @@ impl Pacer {
     /// pause (the caller adds until when), a rate backed off on refusals.
     pub fn held_back(&self, now: Instant) -> Option<String> {
         if let Some(c) = &self.circuit {
-            return Some(c.describe(now));
+            return Some(if c.unreached { self.first.describe(now) } else { c.describe(now) });
+        }
+        if self.first.warned() {
+            return Some(self.first.describe(now));
         }
         if self.paused_until(now).is_some() {
             return Some(format!("paused: {}", self.pause_why.as_deref().unwrap_or("the server asked")));
@@ -336,6 +347,25 @@ impl Pacer {
     /// Whether the circuit is open: the API is down.
     pub fn circuit_open(&self) -> bool {
         self.circuit.is_some()
+    }
+
+    /// Whether the API has answered in this run (any HTTP status).
+    pub fn heard(&self) -> bool {
+        self.first.heard()
+    }
+
+    /// The API's `host:port`.
+    pub fn api(&self) -> &str {
+        self.first.api()
+    }
+
+    /// Once the API has not answered for `--wait-for-api`: how its requests fail, and for how
+    /// long. The run gives up then.
+    pub fn waited_out(&self, now: Instant) -> Option<(String, Duration)> {
+        self.first.waited_out(now, self.settings.wait_for_api).then(|| {
+            let error = self.first.error().unwrap_or("no request was answered").to_owned();
+            (error, self.settings.wait_for_api)
+        })
     }
 
     fn note_limit(&mut self) {
@@ -376,7 +406,8 @@ impl Pacer {
             None => {}
         }
         self.figures.adaptive = self.controller.is_some();
-        self.settings = PaceSettings { ceiling, ..settings };
+        let api = std::mem::take(&mut self.settings.api);
+        self.settings = PaceSettings { ceiling, api, ..settings };
         self.share(out);
         self.grant(now, out);
     }
@@ -442,15 +473,20 @@ impl Pacer {
             c.sample(t);
         }
         self.health.add(now, t);
+        self.first.saw(t);
         let answered = t.statuses.iter().any(|&(s, _)| !shared::api_failure(s));
-        if self.circuit.is_some() && answered {
+        let reached = self.circuit.as_ref().is_some_and(|c| c.unreached) && self.first.heard();
+        if self.circuit.is_some() && (answered || reached) {
             self.close(now, out);
         } else if answered {
             self.answered_once = true;
-        } else if self.circuit.is_none() && self.answered_once {
+        } else if self.circuit.is_none() && (self.answered_once || !self.first.heard()) {
             if let Some((share, failure)) = self.health.down(now) {
                 self.open(share, failure, now, out);
             }
+        }
+        if answered {
+            self.answered_once = true;
         }
         self.recent.add(now, u64::from(t.requests), u64::from(t.throttled));
         if let Some(a) = t.announced {
@@ -483,7 +519,8 @@ impl Pacer {
     /// The API is down: only probes go from now on, and the fleet's workers drop the permits
     /// they hold.
     fn open(&mut self, share: f64, failure: circuit::Failure, now: Instant, out: &mut Vec<Command>) {
-        let c = Circuit::open(now, share, failure);
+        let mut c = Circuit::open(now, share, failure);
+        c.unreached = !self.first.heard();
         self.figures.outages += 1;
         // A rate backed off during the outage's first moments measured the outage, not a limit.
         self.adaptive = None;
@@ -496,10 +533,12 @@ impl Pacer {
                 out.push(Command::Pause { slot, gen: m.gen, ms: 0 });
             }
         }
-        out.push(Command::Log(
-            Level::Warn,
-            format!("the API is down: {}; no id spends its attempts on it", c.describe(now)),
-        ));
+        if !c.unreached {
+            out.push(Command::Log(
+                Level::Warn,
+                format!("the API is down: {}; no id spends its attempts on it", c.describe(now)),
+            ));
+        }
         self.circuit = Some(c);
         self.share(out);
     }
@@ -515,14 +554,16 @@ impl Pacer {
         if let Some((meter, _)) = &mut self.meter {
             meter.restart(now);
         }
-        out.push(Command::Log(
-            Level::Info,
+        let line = if c.unreached {
+            format!("{} answers: fetching", self.first.api())
+        } else {
             format!(
                 "the API answers again after {:.1}s down ({} probes): circuit closed",
                 open.as_secs_f64(),
                 c.probes
-            ),
-        ));
+            )
+        };
+        out.push(Command::Log(Level::Info, line));
         self.share(out);
         self.grant(now, out);
     }
@@ -530,7 +571,8 @@ impl Pacer {
     /// While the circuit is open: one probe, when due, to the next busy worker in turn.
     fn probe(&mut self, now: Instant, out: &mut Vec<Command>) {
         let Some(c) = &mut self.circuit else { return };
-        if c.holds_attempts && now.saturating_duration_since(c.since) >= self.settings.outage_max {
+        let outage_over = !c.unreached && now.saturating_duration_since(c.since) >= self.settings.outage_max;
+        if c.holds_attempts && outage_over {
             c.holds_attempts = false;
             let line = format!(
                 "the API has been down for {} (--outage-max): attempts count against their ids again",
@@ -651,8 +693,16 @@ impl Pacer {
         self.keep_adaptive_rate(rate, now);
     }
 
-    /// Time passed: grant what accrued, reconsider the limit and the adaptive rate.
+    /// Time passed: grant what accrued, reconsider the limit and the adaptive rate, and say
+    /// so if the API has not answered yet.
     pub fn wake(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if let Some(line) = self.first.warning(now) {
+            let waits = humantime::format_duration(self.settings.wait_for_api);
+            out.push(Command::Log(
+                Level::Warn,
+                format!("{line}; the run waits for a first answer up to {waits} (--wait-for-api)"),
+            ));
+        }
         self.adapt(now, out);
         self.grant(now, out);
     }
@@ -738,13 +788,29 @@ impl Pacer {
         if matches!(self.meter, Some((_, RateSource::Given))) {
             return;
         }
-        let rate = match (a.limit, a.window_ms) {
-            (Some(limit), Some(window)) if window > 0 => limit as f64 * 1000.0 / window as f64,
-            // No window given: what is left, spread over what is left of the window.
-            _ => match (a.remaining, a.reset_ms) {
-                (Some(left), Some(reset)) if reset >= 1000 && left > 0 => left as f64 * 1000.0 / reset as f64,
-                _ => return,
-            },
+        if let Some(reset) = a.reset_ms {
+            self.longest_reset_ms = self.longest_reset_ms.max(reset);
+        }
+        // A limit with a reset but no window (the X-RateLimit headers of slowapi, GitHub, ...):
+        // the window is at least the longest reset seen.
+        let window =
+            a.window_ms.filter(|&w| w > 0).or_else(|| a.limit.and(inferred_window_ms(self.longest_reset_ms)));
+        // Never past what remains: what is left, spread over what is left of the window (a
+        // window that ends within a second is left to its limit, and to the pause at its end
+        // should it be used up).
+        let spread = match (a.remaining, a.reset_ms) {
+            (Some(left), Some(reset)) if reset > 1000 && left > 0 => {
+                Some(left as f64 * 1000.0 / reset as f64)
+            }
+            _ => None,
+        };
+        let rate = match (a.limit, window, spread) {
+            (Some(limit), Some(window), spread) => {
+                let per_window = limit as f64 * 1000.0 / window as f64;
+                spread.map_or(per_window, |s| s.min(per_window))
+            }
+            (_, _, Some(spread)) => spread,
+            _ => return,
         } * ANNOUNCED_SHARE;
         let current = self.meter.as_ref().map(|(m, _)| m.rate());
         if current.is_some_and(|c| (rate - c).abs() <= 0.1 * c) {
@@ -807,6 +873,22 @@ impl Pacer {
             }
         }
     }
+}
+
+/// The lengths windows are made of, in seconds: a window a server does not name is taken to be
+/// the first of these at least as long as the longest reset it announced.
+const WINDOW_LENGTHS: [u64; 19] =
+    [1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400];
+
+/// The window a server keeps to when it announces a limit and resets but no window: the longest
+/// reset seen, rounded up to a length windows are made of (a reset computed from the server's
+/// clock may run a few percent past it).
+fn inferred_window_ms(longest_reset_ms: u64) -> Option<u64> {
+    if longest_reset_ms == 0 {
+        return None;
+    }
+    let fits = |secs: u64| secs * 1000 * 21 / 20 >= longest_reset_ms;
+    Some(WINDOW_LENGTHS.iter().find(|&&secs| fits(secs)).map_or(longest_reset_ms, |secs| secs * 1000))
 }
 
 /// A worker short of `short` permits is topped up once this many have accrued: half a batch,

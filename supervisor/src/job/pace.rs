@@ -14,6 +14,11 @@ pub struct PaceSettings {
     pub ceiling: u32,
     /// `--outage-max`: how long the circuit may hold the ids' attempts.
     pub outage_max: std::time::Duration,
+    /// `--wait-for-api`: how long a run waits for the API's first answer before it gives up.
+    pub wait_for_api: std::time::Duration,
+    /// The API's `host:port`, as the job's URL names it (for what is said while it does not
+    /// answer).
+    pub api: String,
 }
 
 /// Where the fleet's rate comes from.

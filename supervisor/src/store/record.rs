@@ -42,7 +42,9 @@ impl From<ItemResult> for Record {
     fn from(r: ItemResult) -> Record {
         match r.outcome {
             Outcome::Response { status, body } => Record::Answer { attempts: r.attempts, status, body },
-            Outcome::Failed { error } => Record::Failed { attempts: r.attempts, error, quarantined: false },
+            Outcome::Failed { error } | Outcome::Unreachable { error, .. } => {
+                Record::Failed { attempts: r.attempts, error, quarantined: false }
+            }
         }
     }
 }

@@ -104,7 +104,7 @@ pub fn write_loop(
                         d.tally.answered = 1;
                         d.success = u64::from((200..300).contains(status));
                     }
-                    Outcome::Failed { .. } => d.tally.failed = 1,
+                    Outcome::Failed { .. } | Outcome::Unreachable { .. } => d.tally.failed = 1,
                 }
                 pending.add(&writer, r.id, Record::from(r), d, bytes)
             }),

@@ -15,30 +15,51 @@ pub const LINE_EVERY: Duration = Duration::from_secs(10);
 /// The recent rate (for the ETA) is taken over this long.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
-/// The recent rate and the time left, from snapshots over the last [`RATE_WINDOW`].
+/// The recent rate and the time left, from snapshots over the last [`RATE_WINDOW`] taken while
+/// the fleet was not paused.
 #[derive(Debug, Default)]
 pub struct RecentRate {
     history: VecDeque<(Instant, u64)>,
+    /// The rate last measured: what the fleet goes back to after a pause.
+    last: f64,
 }
 
 impl RecentRate {
     /// Adds a snapshot taken at `now`; returns items per second lately and the time left.
+    ///
+    /// The time left counts a pause in force (until it ends nothing is stored), and never
+    /// less than the rate in force allows: a fleet paused for 50 s, or held to 10 requests a
+    /// second, is not 4 s from done because it stored quickly a moment ago.
     pub fn observe(&mut self, s: &Snapshot, now: Instant) -> (f64, Option<Duration>) {
-        self.history.push_back((now, s.stored));
-        while self.history.len() > 2 && self.history.front().is_some_and(|&(t, _)| now - t > RATE_WINDOW) {
-            self.history.pop_front();
-        }
-        let (t0, n0) = *self.history.front().expect("just pushed");
-        let span = now.duration_since(t0).as_secs_f64();
-        let rate = if span > 0.5 {
-            (s.stored - n0) as f64 / span
+        let paused = s.paused_ms.map(Duration::from_millis).unwrap_or_default();
+        if paused.is_zero() {
+            self.history.push_back((now, s.stored));
+            while self.history.len() > 2 && self.history.front().is_some_and(|&(t, _)| now - t > RATE_WINDOW)
+            {
+                self.history.pop_front();
+            }
         } else {
-            s.stored as f64 / s.elapsed_secs.max(1e-3)
+            // A pause measures nothing: the rate after it is measured afresh.
+            self.history.clear();
+        }
+        let span = match (self.history.front(), self.history.back()) {
+            (Some(&(t0, n0)), Some(&(t1, n1))) if t1.duration_since(t0) > Duration::from_millis(500) => {
+                Some((n1 - n0) as f64 / t1.duration_since(t0).as_secs_f64())
+            }
+            _ => None,
         };
+        let rate = match span {
+            Some(r) => r,
+            None if self.last > 0.0 => self.last,
+            None => s.stored as f64 / s.elapsed_secs.max(1e-3),
+        };
+        self.last = rate;
+        // Items at most as fast as requests may go.
+        let pace = s.pace.rate.map_or(rate, |r| if rate > 0.0 { rate.min(r) } else { r });
         let left = s.to_fetch.map(|total| total.saturating_sub(s.stored));
         let eta = match left {
             Some(0) => Some(Duration::ZERO),
-            Some(left) if rate > 0.0 => Some(Duration::from_secs_f64(left as f64 / rate)),
+            Some(left) if pace > 0.0 => Some(paused + Duration::from_secs_f64(left as f64 / pace)),
             _ => None,
         };
         (rate, eta)
@@ -199,6 +220,21 @@ mod tests {
             text,
             "1,000 of 10,000 (10.0%), 500/s, ETA 18s, 7 retries, 0 failed, 0 restarts, 4/4 workers, limit 64, 0.25% 429s, paused 1.5s more"
         );
+        // Paused for 50 s: the time left counts the pause, at the rate before it.
+        s.paused_ms = Some(50_000);
+        let (rate, eta) = pace.observe(&s, t0 + Duration::from_secs(3));
+        assert_eq!((rate, eta), (500.0, Some(Duration::from_secs(68))));
+        s.paused_ms = None;
+        s.stored = 1500;
+        let (_, eta) = pace.observe(&s, t0 + Duration::from_secs(53));
+        assert_eq!(eta, Some(Duration::from_secs(17)), "after it, the rate before it until measured anew");
+        // Under a rate of 10 a second, at most 10 items a second.
+        s.pace.rate = Some(10.0);
+        let (_, eta) = pace.observe(&s, t0 + Duration::from_secs(54));
+        assert_eq!(eta, Some(Duration::from_secs(850)));
+        s.pace.rate = None;
+        s.stored = 1000;
+        s.paused_ms = Some(1500);
         s.to_fetch = None;
         s.pace.rate = Some(1900.0);
         assert!(line(&s, rate, None).starts_with("1,000 of ? (counting), 500/s, 7 retries"));

@@ -33,6 +33,8 @@ fn settings(workers: usize) -> Settings {
             concurrency: None,
             ceiling: 64,
             outage_max: Duration::from_secs(300),
+            wait_for_api: Duration::from_secs(180),
+            api: "127.0.0.1:9".into(),
         },
     }
 }
@@ -930,4 +932,95 @@ fn a_server_wait_reported_by_one_worker_pauses_every_worker() {
     assert_eq!(paused.len(), 3, "{paused:?}");
     assert!(paused.iter().all(|c| c.contains("ms: 1500")));
     assert_eq!(sim.core.next_wake(sim.now), Some(sim.now + Duration::from_millis(1500)));
+}
+
+// ---- An API that cannot be reached, or never answers ----------------------------------------
+
+fn certificate(id: u64) -> ItemResult {
+    ItemResult {
+        id,
+        attempts: 1,
+        outcome: Outcome::Unreachable {
+            why: shared::Unreachable::Certificate,
+            error: "TLS: invalid peer certificate: UnknownIssuer (pass its CA to --ca-cert)".into(),
+        },
+    }
+}
+
+fn answered_traffic(status: u16) -> EventKind {
+    EventKind::Traffic(shared::Traffic { requests: 1, statuses: vec![(status, 1)], ..Default::default() })
+}
+
+#[test]
+fn a_certificate_refused_before_any_answer_stops_the_run_and_stores_nothing_for_it() {
+    let mut sim = Sim::started(2, 0..40);
+    let held = sim.held[0].clone();
+    sim.held[0].clear();
+    let results = held.iter().map(|&id| certificate(id)).collect();
+    sim.feed(worker(0, sim.gens[0], EventKind::Results(results)));
+    assert!(sim.stored.is_empty(), "nothing stored for it: {:?}", sim.stored);
+    assert_eq!(sim.kills, vec![(0, KillReason::Abort), (1, KillReason::Abort)]);
+    assert!(sim.released > 0, "their bytes go back to the budget");
+    sim.all_exit();
+    let error = sim.conclude().expect_err("stopped");
+    assert_eq!(error.exit_code(), 4);
+    assert!(
+        error.to_string().starts_with("cannot fetch from 127.0.0.1:9: TLS: invalid peer certificate"),
+        "{error}"
+    );
+}
+
+#[test]
+fn after_the_api_has_answered_an_unreachable_id_is_that_ids_failure() {
+    let mut sim = Sim::started(1, 0..8);
+    sim.feed(worker(0, sim.gens[0], answered_traffic(200)));
+    let held = sim.held[0].clone();
+    sim.held[0].clear();
+    let results = held.iter().map(|&id| if id == 3 { certificate(id) } else { ok(id) }).collect();
+    sim.feed(worker(0, sim.gens[0], EventKind::Results(results)));
+    assert!(sim.kills.is_empty());
+    sim.deliver_all();
+    assert_eq!(sim.sorted_stored(), (0..8).collect::<Vec<_>>(), "id 3 stored too, as failed");
+}
+
+#[test]
+fn an_api_that_never_answers_is_said_to_within_seconds_and_given_up_after_the_wait() {
+    let mut sim = Sim::started(2, 0..40);
+    let refused =
+        shared::Traffic { requests: 4, unanswered: Some("connection refused".into()), ..Default::default() };
+    sim.feed(worker(0, sim.gens[0], EventKind::Traffic(refused)));
+    sim.tick(Duration::from_secs(2));
+    assert!(sim.logged("no answer yet from 127.0.0.1:9: connection refused (for 2s)"), "{:?}", sim.logs);
+    let snapshot = sim.core.snapshot(sim.now + Duration::from_secs(28));
+    assert_eq!(
+        snapshot.held_back.as_deref(),
+        Some("no answer yet from 127.0.0.1:9: connection refused (for 30s)")
+    );
+    sim.tick(Duration::from_secs(177));
+    assert!(sim.kills.is_empty(), "not before --wait-for-api");
+    sim.tick(Duration::from_secs(1));
+    assert_eq!(sim.kills.len(), 2, "given up at --wait-for-api");
+    sim.all_exit();
+    let error = sim.conclude().expect_err("given up");
+    assert_eq!(error.exit_code(), 4);
+    assert_eq!(
+        error.to_string(),
+        "no answer from 127.0.0.1:9 in 3m (connection refused); nothing was stored, and the same command fetches \
+         every id once it answers (--wait-for-api waits longer)"
+    );
+}
+
+#[test]
+fn an_api_that_answers_late_ends_the_wait() {
+    let mut sim = Sim::started(1, 0..8);
+    let refused =
+        shared::Traffic { requests: 4, unanswered: Some("connection refused".into()), ..Default::default() };
+    sim.feed(worker(0, sim.gens[0], EventKind::Traffic(refused)));
+    sim.tick(Duration::from_secs(100));
+    sim.feed(worker(0, sim.gens[0], answered_traffic(200)));
+    sim.tick(Duration::from_secs(100));
+    assert!(sim.kills.is_empty(), "it answered");
+    assert_eq!(sim.core.snapshot(sim.now).held_back, None);
+    sim.deliver_all();
+    assert_eq!(sim.sorted_stored(), (0..8).collect::<Vec<_>>());
 }

@@ -5,7 +5,15 @@ use std::collections::VecDeque;
 use super::*;
 
 fn settings(rate: Option<f64>, burst: Option<u32>, concurrency: Option<u32>) -> PaceSettings {
-    PaceSettings { rate, burst, concurrency, ceiling: 1024, outage_max: Duration::from_secs(300) }
+    PaceSettings {
+        rate,
+        burst,
+        concurrency,
+        ceiling: 1024,
+        outage_max: Duration::from_secs(300),
+        wait_for_api: Duration::from_secs(180),
+        api: "127.0.0.1:9".into(),
+    }
 }
 
 /// A fleet of simulated workers around a pacer: each spends every permit it holds at once
@@ -601,13 +609,21 @@ fn refusals_do_not_open_the_circuit_and_an_outage_ends_a_backed_off_rate() {
 }
 
 #[test]
-fn an_api_that_never_answered_opens_no_circuit_and_a_long_outage_stops_holding_attempts() {
+fn an_api_that_never_answered_holds_attempts_until_it_does_and_a_long_outage_stops_holding_them() {
     let mut f = Fleet::new(settings(None, None, None), 2);
     let mut out = Vec::new();
-    let refused = Traffic { requests: 50, ..Traffic::default() };
+    let refused =
+        Traffic { requests: 50, unanswered: Some("connection refused".into()), ..Traffic::default() };
     f.pacer.traffic(&refused, f.now, &mut out);
-    assert!(!f.pacer.circuit_open(), "a URL that never answered is more likely wrong than down");
+    assert!(f.pacer.circuit_open(), "no attempt is spent on an API that has not answered");
+    assert_eq!(
+        f.pacer.held_back(f.now + Duration::from_secs(400)).as_deref(),
+        Some("no answer yet from 127.0.0.1:9: connection refused (for 400s)"),
+        "past --outage-max too: it is the wait for a first answer"
+    );
     f.pacer.traffic(&clean(1, 10), f.now, &mut out);
+    assert!(!f.pacer.circuit_open(), "its first answer");
+    let refused = Traffic { requests: 50, ..Traffic::default() };
     f.now += Duration::from_millis(300);
     f.pacer.traffic(&refused, f.now, &mut out);
     f.apply(out);
