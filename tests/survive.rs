@@ -239,14 +239,19 @@ fn hostile_workers_are_refused_without_a_panic_or_an_allocation() {
 
 #[test]
 fn a_worker_that_stops_reading_its_stdin_does_not_stall_the_supervisor() {
-    // A fake worker that completes the handshake (protocol 5) and heartbeats but never reads: the ids sent
-    // to it (9 bytes each, this high in the id space) soon fill its stdin pipe.
+    // A fake worker that completes the handshake (in this build's protocol) and heartbeats but
+    // never reads: the ids sent to it (9 bytes each, this high in the id space) soon fill its
+    // stdin pipe.
     let dir = tempdir();
     let script = dir.path().join("deaf-worker.sh");
+    let version = shared::PROTOCOL_VERSION;
+    assert!(version < 128, "one varint byte");
     write_script(
         &script,
-        "#!/bin/sh\nprintf '\\003\\000\\000\\000\\000\\005\\005'\n\
-         while :; do printf '\\001\\000\\000\\000\\002'; sleep 0.3; done\n",
+        &format!(
+            "#!/bin/sh\nprintf '\\003\\000\\000\\000\\000\\{version:03o}\\005'\n\
+             while :; do printf '\\001\\000\\000\\000\\002'; sleep 0.3; done\n"
+        ),
     );
     let api = MockApi::start(&[]);
     let store = dir.path().join("items.sled");

@@ -27,7 +27,7 @@ mod server;
 
 use std::net::SocketAddr;
 
-pub use server::{tls_config, Coding, Faults, Logged, Server, Stats};
+pub use server::{tls_config, Announce, Coding, Faults, Logged, Server, Stats};
 
 /// Command-line flags of `mockapi` (also `supervisor mockapi`).
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +47,11 @@ pub struct Args {
     /// Announce the rate limit in `RateLimit-Policy` and `RateLimit` headers.
     #[arg(long, requires = "rate_limit")]
     pub announce_limit: bool,
+    /// How --announce-limit writes it: `draft` (the IETF draft's `RateLimit-Policy` and
+    /// `RateLimit`), or `slowapi` (`X-RateLimit-Limit`, `-Remaining`, and `-Reset` as a
+    /// fractional Unix time, as the `limits` library behind slowapi and Flask-Limiter does).
+    #[arg(long, value_enum, default_value_t = Announce::Draft, requires = "announce_limit")]
+    pub announce_as: Announce,
     /// Ids that are multiples of N answer 404.
     #[arg(long, value_name = "N")]
     pub missing_every: Option<u64>,
@@ -180,7 +185,7 @@ pub fn run(args: Args) -> i32 {
         drop_rate: args.drop_rate,
         seed: args.seed,
         body_bytes: args.body_bytes,
-        announce_limit: args.announce_limit,
+        announce_limit: args.announce_limit.then_some(args.announce_as),
         record: args.record,
         unavailable_every: args.unavailable_every,
         missing_every: args.missing_every,

@@ -34,9 +34,8 @@ pub struct Faults {
     pub seed: u64,
     /// Not a fault: the size of item bodies ([`sized_body`]), or the small [`body_for`].
     pub body_bytes: Option<usize>,
-    /// With a rate limit: announce it in `RateLimit-Policy` and `RateLimit` headers (the IETF
-    /// draft's structured form) on every item answer.
-    pub announce_limit: bool,
+    /// With a rate limit: announce it on every item answer, in these headers.
+    pub announce_limit: Option<Announce>,
     /// Ids that are multiples of this answer 404 (an API with gaps in its ids): a final
     /// answer that is not a success.
     pub missing_every: Option<u64>,
@@ -58,6 +57,18 @@ pub struct Faults {
     /// A quota of this many item requests per window of this many seconds, announced in
     /// `X-RateLimit-*` headers; beyond it, 429 with a `Retry-After` to the window's end.
     pub quota: Option<(u32, u64)>,
+}
+
+/// How a rate limit is announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Announce {
+    /// The IETF draft's structured `RateLimit-Policy: "default";q=N;w=1` and
+    /// `RateLimit: "default";r=R;t=T`.
+    Draft,
+    /// The `limits` library's (slowapi, Flask-Limiter): `X-RateLimit-Limit`,
+    /// `X-RateLimit-Remaining`, `X-RateLimit-Reset` as a Unix time with a fraction, and a
+    /// `Retry-After` in whole seconds, rounded down (0 in the window's last second).
+    Slowapi,
 }
 
 /// A content coding mockapi can send.
@@ -510,13 +521,30 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
         h.insert("x-ratelimit-remaining", q.remaining.to_string().parse().expect("valid header"));
         h.insert("x-ratelimit-reset", q.reset.to_string().parse().expect("valid header"));
     }
-    if let Some(w) = window.filter(|_| state.faults.announce_limit) {
+    if let (Some(w), Some(form)) = (window, state.faults.announce_limit) {
+        let refused = r.status() == StatusCode::TOO_MANY_REQUESTS;
         let h = r.headers_mut();
-        let policy = format!("\"default\";q={};w=1", w.limit);
-        let now =
-            format!("\"default\";r={};t={}", if w.remaining == u64::MAX { 0 } else { w.remaining }, w.reset);
-        h.insert("ratelimit-policy", policy.parse().expect("valid header"));
-        h.insert("ratelimit", now.parse().expect("valid header"));
+        let remaining = if w.remaining == u64::MAX { 0 } else { w.remaining };
+        match form {
+            Announce::Draft => {
+                let policy = format!("\"default\";q={};w=1", w.limit);
+                let now = format!("\"default\";r={remaining};t={}", w.reset);
+                h.insert("ratelimit-policy", policy.parse().expect("valid header"));
+                h.insert("ratelimit", now.parse().expect("valid header"));
+            }
+            Announce::Slowapi => {
+                let elapsed = state.started.elapsed();
+                let left = Duration::from_secs(elapsed.as_secs() + 1).saturating_sub(elapsed);
+                let reset = std::time::SystemTime::now() + left;
+                let unix = reset.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                h.insert("x-ratelimit-limit", w.limit.to_string().parse().expect("valid header"));
+                h.insert("x-ratelimit-remaining", remaining.to_string().parse().expect("valid header"));
+                h.insert("x-ratelimit-reset", format!("{unix:.7}").parse().expect("valid header"));
+                if refused {
+                    h.insert("retry-after", left.as_secs().to_string().parse().expect("valid header"));
+                }
+            }
+        }
     }
     Ok(r)
 }

@@ -260,6 +260,8 @@ pub struct Pacer {
     probe_turn: usize,
     /// Why the fleet is paused, while it is.
     pause_why: Option<String>,
+    /// When the last fleet-wide pause began.
+    last_pause: Option<Instant>,
     /// The figures so far; the rate and the current limit are filled in when asked.
     figures: Pacing,
 }
@@ -294,6 +296,7 @@ impl Pacer {
             longest_reset_ms: 0,
             probe_turn: 0,
             pause_why: None,
+            last_pause: None,
             figures,
         };
         p.note_limit();
@@ -636,6 +639,36 @@ impl Pacer {
         self.grant(now, out);
     }
 
+    /// A fleet-wide pause soon after the last one began: the server spends its quota at once
+    /// and refuses the rest of its window (a fixed window, unannounced). What it took over the
+    /// whole cycle, the pause included, is the rate it allows: the fleet keeps just under it,
+    /// instead of spending each window's quota in a burst and meeting the window's end with
+    /// every request in flight.
+    fn settle_on_cycle(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let cycle = self.last_pause.filter(|&at| now.saturating_duration_since(at) <= throttle::WINDOW);
+        self.last_pause = Some(now);
+        if matches!(self.meter, Some((_, RateSource::Given | RateSource::Announced))) {
+            return;
+        }
+        let Some(from) = cycle else { return };
+        let Some((requests, refused)) = self.recent.refusals_since(from, now) else { return };
+        let span = now.saturating_duration_since(from).as_secs_f64().max(1e-3);
+        let taken = (requests - refused) as f64 / span;
+        let share = refused as f64 / requests as f64;
+        let a = AdaptiveRate::settled(taken, share, now);
+        let rate = a.rate(now);
+        self.adaptive = Some(a);
+        self.figures.backoffs += 1;
+        self.keep_adaptive_rate(rate, now);
+        out.push(Command::Log(
+            Level::Info,
+            format!(
+                "the server refuses in cycles (it took {taken:.0} requests/s from one pause to the next): keeping to \
+                 {rate:.0}/s"
+            ),
+        ));
+    }
+
     /// Meters the fleet at `rate`, the adaptive one.
     fn keep_adaptive_rate(&mut self, rate: f64, now: Instant) {
         let held: u32 = self.members.iter().flatten().map(|m| m.held).sum();
@@ -763,6 +796,7 @@ impl Pacer {
         if current.is_some_and(|c| until <= c + Duration::from_millis(100)) {
             return;
         }
+        self.settle_on_cycle(now, out);
         self.figures.pauses += 1;
         self.figures.paused_secs += (until - current.unwrap_or(now)).as_secs_f64();
         self.paused_until = Some(until);
@@ -795,11 +829,14 @@ impl Pacer {
         // the window is at least the longest reset seen.
         let window =
             a.window_ms.filter(|&w| w > 0).or_else(|| a.limit.and(inferred_window_ms(self.longest_reset_ms)));
-        // Never past what remains: what is left, spread over what is left of the window (a
-        // window that ends within a second is left to its limit, and to the pause at its end
-        // should it be used up).
+        // Never past what remains: what is left, spread over what is left of the window. A
+        // window that ends within seconds is left to its limit, and to the pause at its end
+        // should it be used up: resets that short are coarse (whole seconds of a Redis TTL).
+        // With no limit, what is left is all there is to go by.
         let spread = match (a.remaining, a.reset_ms) {
-            (Some(left), Some(reset)) if reset > 1000 && left > 0 => {
+            (Some(left), Some(reset))
+                if left > 0 && (reset >= SPREAD_OVER_MS || (a.limit.is_none() && reset > 1000)) =>
+            {
                 Some(left as f64 * 1000.0 / reset as f64)
             }
             _ => None,
@@ -875,19 +912,24 @@ impl Pacer {
     }
 }
 
+/// What remains of a window is spread over what remains of it only when that is this long.
+const SPREAD_OVER_MS: u64 = 10_000;
+
 /// The lengths windows are made of, in seconds: a window a server does not name is taken to be
 /// the first of these at least as long as the longest reset it announced.
 const WINDOW_LENGTHS: [u64; 19] =
     [1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400];
 
 /// The window a server keeps to when it announces a limit and resets but no window: the longest
-/// reset seen, rounded up to a length windows are made of (a reset computed from the server's
-/// clock may run a few percent past it).
+/// reset seen, rounded up to a length windows are made of. A reset may run past its window by a
+/// second, or 5% of a long one: the `limits` library (slowapi, Flask-Limiter) computes it from
+/// a Redis key's TTL in whole seconds, so a window of a second announces resets up to 2 s away,
+/// and a server's clock may be ahead of ours.
 fn inferred_window_ms(longest_reset_ms: u64) -> Option<u64> {
     if longest_reset_ms == 0 {
         return None;
     }
-    let fits = |secs: u64| secs * 1000 * 21 / 20 >= longest_reset_ms;
+    let fits = |secs: u64| secs * 1000 + (secs * 50).max(1000) >= longest_reset_ms;
     Some(WINDOW_LENGTHS.iter().find(|&&secs| fits(secs)).map_or(longest_reset_ms, |secs| secs * 1000))
 }
 

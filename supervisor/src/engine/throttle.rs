@@ -55,6 +55,13 @@ pub const CHANCE: f64 = 3.0;
 pub const BACKOFF: f64 = 0.7;
 /// How long the rate takes to climb back to where it was throttled (the cubic's plateau).
 pub const RECOVERY: Duration = Duration::from_secs(2);
+/// Past where it was throttled, the rate grows this much slower than CUBIC's symmetric curve
+/// would (5% past it 5 s on, 20% 8 s on, given up about 20 s on): the limit was found there,
+/// and a fixed window refuses everything past its quota, so probing above it costs refusals
+/// at every step.
+pub const PROBE: f64 = 0.0004;
+/// A rate measured over a cycle of fleet-wide pauses is kept to at this share of it.
+pub const SETTLE: f64 = 0.95;
 /// After a back-off, the next decision waits for a whole [`WINDOW`] of answers to requests sent
 /// since, and for the rate to have climbed back ([`RECOVERY`]): refusals that come whatever the
 /// rate then move it between 0.7 and 1 of the peak, never ratchet it down.
@@ -245,13 +252,23 @@ impl AdaptiveRate {
         self.trigger
     }
 
+    /// A rate the server was measured to take over whole cycles of pauses (a fixed window:
+    /// its quota spent at once, refused until the window ends): kept to at [`SETTLE`] of it
+    /// from `now`, probed past slowly as after a climb, with no plateau to test.
+    pub fn settled(taken: f64, trigger: f64, now: Instant) -> AdaptiveRate {
+        let peak = (SETTLE * taken).max(MIN_RATE);
+        let climb_at = now.checked_sub(RECOVERY).unwrap_or(now);
+        AdaptiveRate { peak, at: now, trigger, tested: true, climb_at }
+    }
+
     /// The rate at `now`: [`BACKOFF`] of the peak over the plateau, then
     /// `peak * (1 + c (t - K)^3)` with `t` from the climb's start, `K` = [`RECOVERY`] and `c`
-    /// such that it starts at [`BACKOFF`] of the peak (CUBIC's window, as a rate).
+    /// such that it starts at [`BACKOFF`] of the peak (CUBIC's window, as a rate), back at the
+    /// peak at `K`; past it, with [`PROBE`] for `c`.
     pub fn rate(&self, now: Instant) -> f64 {
         let k = RECOVERY.as_secs_f64();
-        let c = (1.0 - BACKOFF) / k.powi(3);
         let t = now.saturating_duration_since(self.climb_at).as_secs_f64();
+        let c = if t < k { (1.0 - BACKOFF) / k.powi(3) } else { PROBE };
         (self.peak * (1.0 + c * (t - k).powi(3))).max(MIN_RATE)
     }
 
@@ -355,9 +372,11 @@ mod tests {
         let half = a.rate(t0 + RECOVERY / 2);
         assert!((half - 2000.0 * (1.0 - 0.3 / 8.0)).abs() < 1e-6, "most of the way in half the time: {half}");
         assert!((a.rate(t0 + RECOVERY) - 2000.0).abs() < 1e-6, "back where it was refused");
-        assert!(a.rate(t0 + RECOVERY + 500 * MS) < 2010.0, "and slowly past it");
-        assert!(!a.outgrown(t0 + 3 * RECOVERY));
-        assert!(a.outgrown(t0 + 5 * RECOVERY), "{}", a.rate(t0 + 5 * RECOVERY));
+        assert!(a.rate(t0 + RECOVERY + 500 * MS) < 2001.0, "and slowly past it");
+        let five = a.rate(t0 + RECOVERY + Duration::from_secs(5));
+        assert!((five - 2100.0).abs() < 1e-6, "5% past it 5 s on: {five}");
+        assert!(!a.outgrown(t0 + RECOVERY + Duration::from_secs(19)));
+        assert!(a.outgrown(t0 + RECOVERY + Duration::from_secs(20)), "{}", a.rate(t0 + 5 * RECOVERY));
         // Within the hold, answers to requests sent before the back-off still count.
         assert!(!a.refused(2000.0, 0.05, start + HOLD / 2));
         // Later, it backs off from what it may send when that is below what was measured.
@@ -368,6 +387,15 @@ mod tests {
         assert_eq!(a.trigger(), 0.03);
         let mut low = AdaptiveRate::new(0.1, 0.5, t0);
         assert!(low.rate(t0) >= MIN_RATE && !low.refused(0.0, 0.5, t0));
+    }
+
+    #[test]
+    fn a_rate_taken_over_cycles_of_pauses_is_kept_to_from_at_once_and_probed_past_slowly() {
+        let t0 = Instant::now();
+        let mut a = AdaptiveRate::settled(2000.0, 0.2, t0);
+        assert!((a.rate(t0) - 1900.0).abs() < 1e-6, "0.95 of it, at once");
+        assert!(a.rate(t0 + Duration::from_secs(4)) < 1950.0, "a slow probe past it");
+        assert!(!a.refused(1900.0, 0.05, t0 + HOLD / 2), "a hold after it as after any back-off");
     }
 
     #[test]

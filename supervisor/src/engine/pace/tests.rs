@@ -290,7 +290,7 @@ fn refusals_meter_the_fleet_below_its_send_rate_and_it_climbs_back_then_runs_fre
     p.wake(now, &mut out);
     let climbed = p.figures().rate.expect("still metered");
     assert!((climbed - took).abs() < 0.02 * took, "climbed to {climbed}, back to {took}");
-    now += 4 * throttle::RECOVERY;
+    now += Duration::from_secs(20);
     p.wake(now, &mut out);
     assert_eq!(p.figures().rate, None, "given up once far past the refusals");
     assert!(p.limit() > 0);
@@ -637,4 +637,45 @@ fn an_api_that_never_answered_holds_attempts_until_it_does_and_a_long_outage_sto
     let last: Vec<Pace> =
         (0..2).map(|s| f.paces.iter().rev().find(|(slot, _)| *slot == s).expect("told").1).collect();
     assert!(last.iter().all(|p| p.metered && !p.circuit_open), "past --outage-max attempts count: {last:?}");
+}
+
+#[test]
+fn a_limit_with_resets_but_no_window_keeps_to_the_window_the_resets_show() {
+    // slowapi, "500/second": resets up to 2 s away (a Redis TTL in whole seconds).
+    let announce = |remaining, reset_ms| Traffic {
+        requests: 1,
+        announced: Some(Announced {
+            limit: Some(500),
+            window_ms: None,
+            remaining: Some(remaining),
+            reset_ms: Some(reset_ms),
+        }),
+        ..Traffic::default()
+    };
+    let mut f = Fleet::new(settings(None, None, None), 2);
+    let mut out = Vec::new();
+    for (remaining, reset) in [(499, 1999), (300, 999), (120, 1400), (499, 1998)] {
+        f.pacer.traffic(&announce(remaining, reset), f.now, &mut out);
+        f.now += Duration::from_millis(300);
+    }
+    assert_eq!(f.pacer.figures().rate, Some(500.0 * ANNOUNCED_SHARE), "a window of a second");
+    assert_eq!(f.pacer.figures().rate_source, Some(RateSource::Announced));
+    // "3000/minute": resets up to a minute (and a second) away; what remains of the window
+    // spread over it when that is less.
+    let minute = |remaining, reset_ms| Traffic {
+        requests: 1,
+        announced: Some(Announced {
+            limit: Some(3000),
+            window_ms: None,
+            remaining: Some(remaining),
+            reset_ms: Some(reset_ms),
+        }),
+        ..Traffic::default()
+    };
+    let mut f = Fleet::new(settings(None, None, None), 2);
+    f.pacer.traffic(&minute(3000, 60_000), f.now, &mut out);
+    assert_eq!(f.pacer.figures().rate, Some(50.0 * ANNOUNCED_SHARE));
+    let mut f = Fleet::new(settings(None, None, None), 2);
+    f.pacer.traffic(&minute(1000, 40_000), f.now, &mut out);
+    assert_eq!(f.pacer.figures().rate, Some(25.0 * ANNOUNCED_SHARE), "1,000 left for 40 s: never past it");
 }
