@@ -289,8 +289,9 @@ fn refusals_meter_the_fleet_below_its_send_rate_and_it_climbs_back_then_runs_fre
     now += throttle::RECOVERY - INTERVAL;
     p.wake(now, &mut out);
     let climbed = p.figures().rate.expect("still metered");
-    assert!((climbed - took).abs() < 0.02 * took, "climbed to {climbed}, back to {took}");
-    now += Duration::from_secs(20);
+    let back = throttle::SETTLE * took;
+    assert!((climbed - back).abs() < 0.02 * back, "climbed to {climbed}, back to 0.95 of {took}");
+    now += Duration::from_secs(32);
     p.wake(now, &mut out);
     assert_eq!(p.figures().rate, None, "given up once far past the refusals");
     assert!(p.limit() > 0);
