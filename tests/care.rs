@@ -146,6 +146,19 @@ impl Drop for Unmount<'_> {
 
 #[test]
 fn a_full_disk_is_one_clear_line_and_the_same_command_resumes_once_there_is_room() {
+    full_disk(&[]);
+}
+
+#[test]
+fn a_full_disk_stops_the_async_model_as_it_stops_the_fleet() {
+    // The async model starts the same store side: a write that fails ends its loop with the
+    // same line (it fetched on, then looked like a success, when its writer's end went unread).
+    full_disk(&["--model", "async", "--concurrency", "64"]);
+}
+
+/// A run on a disk of 3 MiB, with `extra` flags: exit 1, one line saying the disk is full and
+/// what was flushed, and the same command resumes once the disk has room.
+fn full_disk(extra: &[&str]) {
     let (api, dir, _) = setup(&[]);
     let disk = dir.path().join("disk");
     std::fs::create_dir(&disk).expect("mkdir");
@@ -156,7 +169,8 @@ fn a_full_disk_is_one_clear_line_and_the_same_command_resumes_once_there_is_room
     let _unmount = Unmount(&disk);
     let store = disk.join("items.sled");
     let total = 200_000u64;
-    let args = job_args(&api.url(), &format!("0..{total}"), &store);
+    let mut args = job_args(&api.url(), &format!("0..{total}"), &store);
+    args.extend(extra.iter().map(|s| s.to_string()));
     let out = run(&strs(&args));
     out.assert_code(1);
     let errors: Vec<&str> = out.stderr.lines().filter(|l| !l.contains(" INFO ")).collect();

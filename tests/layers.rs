@@ -26,6 +26,11 @@ const SUPERVISOR: &[(&str, &[&str])] = &[
     ("util", &["util"]),
 ];
 
+/// Which layers of the supervisor may name each of the crates beside it: the store is the only
+/// sled user, and what the store and the engine need of the worker's code belongs in `shared`.
+const SUPERVISOR_CRATES: &[(&str, &[&str])] =
+    &[("sled", &["store"]), ("worker", &["", "cli", "drive"]), ("mockapi", &["", "cli", "cmd"])];
+
 /// The worker's: the link on top, then the pool, fetching, the gate, and at the bottom what
 /// they all hand each other and what fetching is made of (the retry policy, rate-limit headers,
 /// the resolver).
@@ -46,6 +51,54 @@ const WORKER: &[(&str, &[&str])] = &[
 fn no_supervisor_file_imports_up_the_layers_or_in_a_circle() {
     let problems = check(&crate_src("supervisor"), SUPERVISOR);
     assert!(problems.is_empty(), "supervisor/src:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn only_the_layers_allowed_name_the_crates_beside_the_supervisor() {
+    let problems = check_crates(&crate_src("supervisor"), SUPERVISOR_CRATES);
+    assert!(problems.is_empty(), "supervisor/src:\n{}", problems.join("\n"));
+    // The check sees a crate named in a use tree and in an expression.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::create_dir_all(dir.path().join("store")).expect("mkdir");
+    std::fs::write(dir.path().join("lib.rs"), "mod store;\n").expect("write");
+    std::fs::write(
+        dir.path().join("store/mod.rs"),
+        "use worker::{policy::X, fetch};\nfn f() { let _ = worker::error_chain(&e); }\n",
+    )
+    .expect("write");
+    let problems = check_crates(dir.path(), SUPERVISOR_CRATES);
+    assert_eq!(
+        problems,
+        vec![
+            "store/mod.rs names worker (worker::policy::X): store may not".to_owned(),
+            "store/mod.rs names worker (worker::fetch): store may not".to_owned(),
+            "store/mod.rs names worker (worker::error_chain): store may not".to_owned(),
+        ]
+    );
+}
+
+/// Every path that names one of `crates` from a layer that may not, in words.
+fn check_crates(src: &Path, crates: &[(&str, &[&str])]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (file, module) in &modules(src) {
+        let text = std::fs::read_to_string(src.join(file)).expect("a source file reads");
+        let code = strip_tests(&strip_comments_and_strings(&text));
+        let layer = layer_of(module);
+        for path in all_paths(&code) {
+            let Some((name, allowed)) = crates.iter().find(|(c, _)| path.first().is_some_and(|p| p == c))
+            else {
+                continue;
+            };
+            if !allowed.contains(&layer) {
+                let from = if layer.is_empty() { "lib.rs" } else { layer };
+                let line = format!("{} names {name} ({}): {from} may not", show(file), path.join("::"));
+                if !problems.contains(&line) {
+                    problems.push(line);
+                }
+            }
+        }
+    }
+    problems
 }
 
 #[test]
@@ -209,6 +262,13 @@ fn resolve(files: &BTreeMap<PathBuf, Vec<String>>, module: &[String], path: &[St
 /// Every path of the crate's own in `code`: `use` trees expanded, and in expressions every run
 /// of `a::b::c` that starts at `crate`, `super`, `self` or a child module's name.
 fn paths(code: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
+    let mut out = all_paths(code);
+    out.retain(|p| is_own(p, children));
+    out
+}
+
+/// Every path in `code`: `use` trees expanded, and in expressions every run of `a::b::c`.
+fn all_paths(code: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let mut rest = code;
     let mut expressions = String::new();
@@ -220,7 +280,6 @@ fn paths(code: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
         rest = &after[(end + 1).min(after.len())..];
     }
     expressions.push_str(rest);
-    out.retain(|p| is_own(p, children));
     let chars: Vec<char> = expressions.chars().collect();
     let mut i = 0;
     while i < chars.len() {
@@ -242,7 +301,7 @@ fn paths(code: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
                     break;
                 }
             }
-            if path.len() > 1 && is_own(&path, children) {
+            if path.len() > 1 {
                 out.push(path);
             }
             i = j.max(i + 1);

@@ -41,7 +41,7 @@ use crate::cli::{Cli, Command, ParseError};
 use crate::drive::Watch;
 use crate::util::panics;
 use crate::watch::progress;
-use worker::error_chain;
+use shared::error_chain;
 
 /// The supervisor's `main`: returns the exit code.
 pub fn main() -> i32 {

@@ -34,20 +34,8 @@ pub fn run() -> i32 {
     match link::serve() {
         Ok(()) => 0,
         Err(e) => {
-            log::error!("worker {}: {}", std::process::id(), error_chain(&e));
+            log::error!("worker {}: {}", std::process::id(), shared::error_chain(&e));
             1
         }
     }
-}
-
-/// Formats an error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(cause) = cur {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        cur = cause.source();
-    }
-    s
 }

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -25,56 +24,43 @@ use hyper_util::rt::TokioExecutor;
 use shared::{ItemResult, JobSpec, Outcome};
 use worker::policy::{retryable_status, RetryPolicy};
 
-use super::dispatch::HELD_BYTES;
-use super::plan::{plan, PlanMsg};
+use super::plan::PlanMsg;
+use super::store_side::{self, StoreSide};
 use crate::engine::{Error, Figures};
-use crate::fleet::threads;
 use crate::job::RunConfig;
-use crate::store::{self, Store, WriteAck, WriteCmd};
-use crate::util::Budget;
+use crate::store::{Store, WriteAck, WriteCmd};
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// Results are handed to the writer in batches of this many.
 const BATCH: usize = 256;
 
-/// Runs the job on an event loop. Returns the run's figures.
+/// Runs the job on an event loop. Returns the run's figures, or the error that stopped it (a
+/// write that failed, a helper's panic) after storing every result already handed over.
 pub fn run(cfg: &RunConfig, store: &Store) -> Result<Figures, Error> {
     let started = Instant::now();
-    let covered = store.covered()?;
-    let (write_tx, write_rx) = unbounded::<WriteCmd>();
-    let (ack_tx, ack_rx) = unbounded::<WriteAck>();
-    let (panic_tx, _panics) = unbounded::<Error>();
-    let writer = store.writer();
-    let on_disk = covered.clone();
-    let held = Arc::new(Budget::new(HELD_BYTES));
-    let given = held.clone();
-    threads::spawn("store-writer".into(), &panic_tx, move || {
-        store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx, given)
-    })
-    .map_err(Error::Thread)?;
-    let (plan_tx, plan_rx) = bounded::<PlanMsg>(4);
-    let (reader, chunk, retry_q) = (store.reader(), cfg.chunk_size as usize, cfg.retry_quarantined);
-    threads::spawn("planner".into(), &panic_tx, move || plan(reader, &covered, chunk, retry_q, &plan_tx))
-        .map_err(Error::Thread)?;
-
+    let side = store_side::start(cfg, store, 4)?;
     let concurrency = cfg.pace.concurrency.unwrap_or(cfg.workers * cfg.job.threads) as usize;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::Thread)?;
     let mut report = Figures::default();
-    let writes = Writes { tx: write_tx.clone(), held };
-    let looped = runtime.block_on(event_loop(cfg, concurrency, plan_rx, &writes, &mut report));
-    let _ = write_tx.send(WriteCmd::Finish);
+    let looped = runtime.block_on(event_loop(cfg, concurrency, &side, &mut report));
+    let _ = side.writes.send(WriteCmd::Finish);
     let mut failure = looped.err();
-    for ack in ack_rx.iter() {
-        match ack {
-            WriteAck::Durable(d) => {
+    loop {
+        match side.acks.recv() {
+            Ok(WriteAck::Durable(d)) => {
                 report.tally.add(&d.tally);
                 report.new_records += d.new_records;
             }
-            WriteAck::Finished => break,
-            WriteAck::Failed(e) => {
+            Ok(WriteAck::Finished) => break,
+            Ok(WriteAck::Failed(e)) => {
                 failure.get_or_insert(Error::Store(e));
+                break;
+            }
+            // Ended without a word: it panicked.
+            Err(_) => {
+                failure.get_or_insert_with(|| side.writer_gone());
                 break;
             }
         }
@@ -83,7 +69,7 @@ pub fn run(cfg: &RunConfig, store: &Store) -> Result<Figures, Error> {
     (report.pace.concurrency, report.pace.concurrency_range) = (limit, (limit, limit));
     report.wall = started.elapsed();
     match failure {
-        Some(e) => Err(e),
+        Some(e) => Err(store_side::as_run_error(e, &cfg.store, report.fetched())),
         None => Ok(report),
     }
 }
@@ -93,10 +79,11 @@ pub fn run(cfg: &RunConfig, store: &Store) -> Result<Figures, Error> {
 async fn event_loop(
     cfg: &RunConfig,
     concurrency: usize,
-    plans: Receiver<PlanMsg>,
-    writes: &Writes,
+    side: &StoreSide,
     report: &mut Figures,
 ) -> Result<(), Error> {
+    let writes = Writes { side };
+    let plans = side.plans.clone();
     let job = Arc::new(Job::of(&cfg.job, cfg.panic_on.clone(), concurrency));
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
@@ -138,32 +125,42 @@ async fn event_loop(
                 settle(done, &mut ids_of, &mut batch, &mut requests);
             }
             if batch.len() >= BATCH {
-                writes.put(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                report.pace.requests = requests;
+                if writes.put(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err() {
+                    // The writer has ended: its acks say why. Nothing more could be stored.
+                    return Ok(());
+                }
             }
+        }
+        if let Ok(panic) = side.panics.try_recv() {
+            return Err(panic);
         }
     }
     while let Some(done) = tasks.join_next_with_id().await {
         settle(done, &mut ids_of, &mut batch, &mut requests);
     }
-    writes.put(batch);
     report.pace.requests = requests;
+    let _ = writes.put(batch);
     Ok(())
 }
 
 /// The way to the writer, within the run's budget.
-struct Writes {
-    tx: Sender<WriteCmd>,
-    held: Arc<Budget>,
+struct Writes<'s> {
+    side: &'s StoreSide,
 }
 
-impl Writes {
+impl Writes<'_> {
     /// Hands results to the writer, first waiting (the whole loop: that is the backpressure)
-    /// while the results not yet durable hold the budget.
-    fn put(&self, batch: Vec<ItemResult>) {
-        self.held.take(ItemResult::held_by(&batch));
-        let _ = self.tx.send(WriteCmd::Put(batch));
+    /// while the results not yet durable hold the budget. Refused once the writer has ended (a
+    /// write failed, or it panicked): its acks say which.
+    fn put(&self, batch: Vec<ItemResult>) -> Result<(), WriterGone> {
+        self.side.held.take(ItemResult::held_by(&batch));
+        self.side.writes.send(WriteCmd::Put(batch)).map_err(|_| WriterGone)
     }
 }
+
+/// The store writer has ended.
+struct WriterGone;
 
 /// A finished task's result, or for a task that panicked, its id stored as failed.
 fn settle(

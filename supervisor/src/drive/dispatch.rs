@@ -20,10 +20,13 @@ use crossbeam_channel::{at, bounded, never, select, tick, unbounded, Receiver, S
 use shared::{JobSpec, ToWorker};
 use signal_hook::consts::SIGHUP;
 
-use super::plan::{plan, PlanMsg};
+use super::plan::PlanMsg;
 use super::signals::SignalFeed;
+use super::store_side::{self, StoreSide};
 use super::{Reload, Watch};
-use crate::engine::{Command, Core, Error, Event, EventKind, Figures, FleetEvent, KillReason, Settings};
+use crate::engine::{
+    Command, Core, Ended, Error, Event, EventKind, Figures, FleetEvent, KillReason, Settings,
+};
 use crate::fleet::{threads, Spawner, WorkerProc};
 use crate::job::RunConfig;
 use crate::store::{self, WriteAck, WriteCmd};
@@ -32,10 +35,6 @@ use crate::watch::{LiveFile, Metrics, Notifier, Progress};
 
 /// How often the core's timers are checked.
 const TICK: Duration = Duration::from_millis(100);
-/// The most bytes of results the supervisor holds, from a worker's pipe until they are durable:
-/// twice what the writer holds back for incomplete blocks, so the writer's hold never stalls
-/// the readers.
-pub const HELD_BYTES: usize = 2 * store::HOLD_BYTES;
 
 impl Settings {
     fn of(cfg: &RunConfig) -> Settings {
@@ -61,44 +60,28 @@ pub fn run(
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Figures, Error> {
     let started = Instant::now();
-    let (plan_tx, plan_rx) = bounded::<PlanMsg>(2 * cfg.workers as usize + 2);
+    let side = store_side::start(cfg, store, 2 * cfg.workers as usize + 2)?;
     let (events_tx, events_rx) = unbounded::<FleetEvent>();
-    let (write_tx, write_rx) = bounded::<WriteCmd>(8);
-    let (ack_tx, ack_rx) = unbounded::<WriteAck>();
-    let (panic_tx, panic_rx) = unbounded::<Error>();
     let signals = SignalFeed::start().map_err(Error::Thread)?;
-    let writer = store.writer();
-    let covered = store.covered()?;
-    let total = covered.total()?;
-    let on_disk = covered.clone();
-    let held = Arc::new(Budget::new(HELD_BYTES));
-    let given = held.clone();
-    threads::spawn("store-writer".into(), &panic_tx, move || {
-        store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx, given)
-    })
-    .map_err(Error::Thread)?;
-    let (reader, to_plan, chunk, retry_q) =
-        (store.reader(), covered.clone(), cfg.chunk_size as usize, cfg.retry_quarantined);
-    threads::spawn("planner".into(), &panic_tx, move || plan(reader, &to_plan, chunk, retry_q, &plan_tx))
-        .map_err(Error::Thread)?;
+    let total = side.covered.total()?;
     // The total to fetch, counted beside the planner so the first request does not wait for it.
     let (count_tx, count_rx) = bounded::<u64>(1);
-    let mut counter = store.reader();
-    threads::spawn("counter".into(), &panic_tx, move || match counter.count_settled(&covered, retry_q) {
-        Ok(settled) => {
-            let _ = count_tx.send(settled);
+    let (mut counter, covered, retry_q) = (store.reader(), side.covered.clone(), cfg.retry_quarantined);
+    threads::spawn("counter".into(), &side.panic_tx, move || {
+        match counter.count_settled(&covered, retry_q) {
+            Ok(settled) => {
+                let _ = count_tx.send(settled);
+            }
+            Err(e) => log::debug!("cannot count what the store holds: {e}"),
         }
-        Err(e) => log::debug!("cannot count what the store holds: {e}"),
     })
     .map_err(Error::Thread)?;
     let mut l = Loop {
         core: Core::new(Settings::of(cfg), Instant::now(), fastrand::Rng::new()),
         reload: watch.reload.as_ref(),
-        workers: Workers::new(spawner, cfg.job.clone(), events_tx, panic_tx, held.clone()),
-        writes: write_tx,
-        acks: ack_rx.clone(),
+        workers: Workers::new(spawner, cfg.job.clone(), events_tx, side.panic_tx.clone(), side.held.clone()),
+        side: &side,
         feedback: VecDeque::new(),
-        panics: panic_rx,
         counted: false,
         watchers: Watchers {
             progress: Progress::new(watch.progress),
@@ -108,26 +91,14 @@ pub fn run(
             range: total,
         },
     };
-    let sources = Sources {
-        events: events_rx,
-        acks: ack_rx,
-        plans: plan_rx,
-        signals: signals.rx.clone(),
-        counted: count_rx,
-    };
+    let sources = Sources { events: events_rx, signals: signals.rx.clone(), counted: count_rx };
     l.run(&sources);
     l.watchers.notify.stopping();
     l.watchers.progress.finish();
     // Whatever happened, store what came back.
-    l.finish_writes(&sources.acks);
+    l.finish_writes();
     let flushed = l.core.flushed();
-    let mut report = l.core.conclude().map_err(|e| match e {
-        Error::Store(e) => match e.into_io() {
-            Ok(cause) => Error::StoreWrite { path: cfg.store.clone(), flushed, cause },
-            Err(e) => Error::Store(e),
-        },
-        other => other,
-    })?;
+    let mut report = l.core.conclude().map_err(|e| store_side::as_run_error(e, &cfg.store, flushed))?;
     report.wall = started.elapsed();
     if report.dropped_results > 0 {
         log::warn!("dropped {} results for ids their worker did not hold", report.dropped_results);
@@ -135,11 +106,9 @@ pub fn run(
     Ok(report)
 }
 
-/// The channels the loop listens to.
+/// The channels the loop listens to besides the store side's.
 struct Sources {
     events: Receiver<FleetEvent>,
-    acks: Receiver<WriteAck>,
-    plans: Receiver<PlanMsg>,
     signals: Receiver<i32>,
     counted: Receiver<u64>,
 }
@@ -171,8 +140,8 @@ impl Watchers {
         let Some(m) = &self.metrics else { return };
         match event {
             Event::Worker(FleetEvent { slot, kind: EventKind::Traffic(t), .. }) => m.traffic(*slot, t),
-            Event::Worker(FleetEvent { slot, kind: EventKind::Gone { how, error }, .. }) => {
-                m.worker_gone(*slot, death_cause(how, error.as_deref(), killed))
+            Event::Worker(FleetEvent { slot, kind: EventKind::Gone { ended, fault }, .. }) => {
+                m.worker_gone(*slot, death_cause(ended, fault.is_some(), killed))
             }
             Event::Durable(d) => m.durable(d),
             _ => {}
@@ -181,17 +150,17 @@ impl Watchers {
 }
 
 /// Why a worker ended, for `flota_worker_deaths_total`; `None` for a clean exit.
-fn death_cause(how: &str, protocol_error: Option<&str>, killed: Option<KillReason>) -> Option<&'static str> {
+fn death_cause(ended: &Ended, broke_protocol: bool, killed: Option<KillReason>) -> Option<&'static str> {
     use KillReason as K;
-    Some(match (killed, protocol_error) {
-        (Some(K::Silent(_)), _) => "silent",
-        (Some(K::Chaos), _) => "chaos",
-        (Some(K::Undeliverable | K::DidNotExit), _) => "stuck",
-        (Some(K::GraceOver(_) | K::SecondSignal(_) | K::Abort), _) => "stopped",
-        (None, Some(_)) => "protocol",
-        (None, None) if how == "exited with code 0" => return None,
-        (None, None) if how.starts_with("exited") => "exited",
-        (None, None) => "crashed",
+    Some(match (killed, broke_protocol, ended) {
+        (Some(K::Silent(_)), ..) => "silent",
+        (Some(K::Chaos), ..) => "chaos",
+        (Some(K::Undeliverable | K::DidNotExit), ..) => "stuck",
+        (Some(K::GraceOver(_) | K::SecondSignal(_) | K::Abort), ..) => "stopped",
+        (None, true, _) => "protocol",
+        (None, false, e) if e.cleanly() => return None,
+        (None, false, Ended::Exited(_)) => "exited",
+        (None, false, Ended::Signalled(_) | Ended::Unknown(_)) => "crashed",
     })
 }
 
@@ -203,12 +172,10 @@ struct Loop<'w> {
     /// Whether the counter has said (or ended).
     counted: bool,
     workers: Workers,
-    writes: Sender<WriteCmd>,
-    /// The store writer's acks (the same channel `Sources` selects on).
-    acks: Receiver<WriteAck>,
+    /// The store writer, the planner, and the helpers' panics.
+    side: &'w StoreSide,
     /// Outcomes of commands, fed to the core before the next outside event.
     feedback: VecDeque<Event>,
-    panics: Receiver<Error>,
 }
 
 impl Loop<'_> {
@@ -266,7 +233,7 @@ impl Loop<'_> {
     /// Waits for the next event from outside.
     fn next_event(&mut self, s: &Sources, ticker: &Receiver<Instant>) -> Event {
         let no_plans = never();
-        let plans = if self.core.wants_plans() { &s.plans } else { &no_plans };
+        let plans = if self.core.wants_plans() { &self.side.plans } else { &no_plans };
         let wake = self.core.next_wake(Instant::now()).map_or_else(never, at);
         let no_count = never();
         let counted = if self.counted { &no_count } else { &s.counted };
@@ -278,22 +245,22 @@ impl Loop<'_> {
                 }
                 Event::Worker(ev)
             }
-            recv(s.acks) -> ack => match ack {
+            recv(self.side.acks) -> ack => match ack {
                 Ok(WriteAck::Durable(d)) => Event::Durable(d),
                 Ok(WriteAck::Failed(e)) => Event::Fatal(Error::Store(e)),
-                Ok(WriteAck::Finished) | Err(_) => Event::Fatal(threads::ended_early(&self.panics, "the store writer")),
+                Ok(WriteAck::Finished) | Err(_) => Event::Fatal(threads::ended_early(&self.side.panics, "the store writer")),
             },
             recv(plans) -> msg => match msg {
                 Ok(PlanMsg::Chunk { ids, skipped, quarantined }) => Event::Planned { ids, skipped, quarantined },
                 Ok(PlanMsg::End) => Event::PlanEnded,
                 Ok(PlanMsg::Failed(e)) => Event::Fatal(Error::Store(e)),
-                Err(_) => Event::Fatal(threads::ended_early(&self.panics, "the planner")),
+                Err(_) => Event::Fatal(threads::ended_early(&self.side.panics, "the planner")),
             },
             recv(s.signals) -> sig => match sig {
                 Ok(sig) => Event::Signal(sig),
                 Err(_) => Event::Fatal(Error::Internal("the signal feed ended".into())),
             },
-            recv(self.panics) -> p => Event::Fatal(p.expect("the loop holds a sender")),
+            recv(self.side.panics) -> p => Event::Fatal(p.expect("the store side holds a sender")),
             recv(ticker) -> _ => Event::Tick,
             recv(wake) -> _ => Event::Wake,
             recv(counted) -> settled => {
@@ -332,32 +299,32 @@ impl Loop<'_> {
     }
 
     fn write(&mut self, cmd: WriteCmd) {
-        if self.writes.send(cmd).is_ok() {
+        if self.side.writes.send(cmd).is_ok() {
             return;
         }
         // The writer has ended. It says why before it ends (a write failed: a full disk), and
         // what it flushed before that counts: take its last acks first, in order.
-        for ack in self.acks.try_iter() {
+        for ack in self.side.acks.try_iter() {
             match ack {
                 WriteAck::Durable(d) => self.feedback.push_back(Event::Durable(d)),
                 WriteAck::Failed(e) => return self.feedback.push_back(Event::Fatal(Error::Store(e))),
                 WriteAck::Finished => {}
             }
         }
-        let error = threads::ended_early(&self.panics, "the store writer");
+        let error = self.side.writer_gone();
         self.feedback.push_back(Event::Fatal(error));
     }
 
     /// Asks the store writer to flush everything and end, and feeds its last acks to the core.
-    fn finish_writes(&mut self, acks: &Receiver<WriteAck>) {
-        let _ = self.writes.send(WriteCmd::Finish);
+    fn finish_writes(&mut self) {
+        let _ = self.side.writes.send(WriteCmd::Finish);
         let now = Instant::now;
         loop {
-            let event = match acks.recv() {
+            let event = match self.side.acks.recv() {
                 Ok(WriteAck::Durable(d)) => Event::Durable(d),
                 Ok(WriteAck::Finished) => return,
                 Ok(WriteAck::Failed(e)) => Event::Fatal(Error::Store(e)),
-                Err(_) => Event::Fatal(threads::ended_early(&self.panics, "the store writer")),
+                Err(_) => Event::Fatal(threads::ended_early(&self.side.panics, "the store writer")),
             };
             let last = matches!(event, Event::Fatal(_));
             // The run is over: the core only counts, and says nothing more to do.

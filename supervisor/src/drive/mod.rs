@@ -3,8 +3,8 @@
 //! [`dispatch`] is the fleet's: one thread `select!`s over the workers, the store writer, the
 //! planner, signals and timers, and feeds the engine's decision core. [`coroutines`] is the
 //! async model (`--model async`): the same job by tasks on one thread's event loop, through the
-//! same planner and store writer. [`plan`] walks the job's ids against the store; [`signals`]
-//! turns signals into events.
+//! same planner and store writer, which [`store_side`] starts for both. [`plan`] walks the job's
+//! ids against the store; [`signals`] turns signals into events.
 //!
 //! A runtime never parses flags: what a SIGHUP rereads is a [`Reload`] the command hands in.
 
@@ -12,6 +12,7 @@ pub mod coroutines;
 pub mod dispatch;
 pub mod plan;
 pub mod signals;
+pub mod store_side;
 
 use crate::job::PaceSettings;
 use crate::watch::progress;

@@ -23,7 +23,7 @@ use shared::{ItemResult, Outcome, HEARTBEAT_EVERY};
 
 use super::error::Error;
 use super::figures::{Figures, Snapshot};
-use super::messages::{Command, Event, EventKind, FleetEvent, KillReason};
+use super::messages::{Command, Ended, Event, EventKind, FleetEvent, KillReason, ProtocolFault};
 use super::pace::Pacer;
 use super::poison::{Poison, Strike};
 use crate::job::{rechunk, PaceSettings};
@@ -368,14 +368,14 @@ impl Core {
         if deaths >= MAX_BARREN_DEATHS {
             self.fail(error, now);
         } else {
-            self.say(Level::Warn, format!("worker {slot}: {}", worker::error_chain(&error)));
+            self.say(Level::Warn, format!("worker {slot}: {}", shared::error_chain(&error)));
         }
     }
 
     fn on_worker(&mut self, ev: FleetEvent, now: Instant) {
         let FleetEvent { slot, gen, kind } = ev;
-        if let EventKind::Gone { how, error } = kind {
-            return self.on_gone(slot, gen, how, error, now);
+        if let EventKind::Gone { ended, fault } = kind {
+            return self.on_gone(slot, gen, &ended, fault.as_ref(), now);
         }
         let Some(w) = live_worker(&mut self.slots, slot, gen) else {
             if let EventKind::Results(results) = kind {
@@ -457,13 +457,13 @@ impl Core {
         self.out.push(Command::Store(results));
     }
 
-    fn on_gone(&mut self, slot: usize, gen: u64, how: String, error: Option<String>, now: Instant) {
+    fn on_gone(&mut self, slot: usize, gen: u64, how: &Ended, fault: Option<&ProtocolFault>, now: Instant) {
         let Some(s) = self.slots.get_mut(slot).filter(|s| s.gen == gen) else { return };
         let SlotState::Up(w) = std::mem::replace(&mut s.state, SlotState::Down { restart_at: now }) else {
             return;
         };
         self.pacer.leave(slot, &mut self.out);
-        let why = error.map(|e| format!(" after a protocol error ({e})")).unwrap_or_default();
+        let why = fault.map(|e| format!(" after a protocol error ({e})")).unwrap_or_default();
         if !matches!(self.phase, Phase::Fetching) {
             // Draining (it held nothing) or stopping (what it held stays unfetched and a rerun
             // fetches it): either way the worker is leaving, not failing.

@@ -216,12 +216,67 @@ pub enum EventKind {
     Spent(u32),
     /// What its requests met.
     Traffic(shared::Traffic),
-    /// The worker has ended and been reaped. `error` is set when it was killed for breaking the
+    /// The worker has ended and been reaped. `fault` is set when it was killed for breaking the
     /// protocol.
     Gone {
-        /// How it ended, e.g. "exited with code 1", "was killed by SIGKILL".
-        how: String,
+        /// How it ended.
+        ended: Ended,
         /// The protocol violation it was killed for, if any.
-        error: Option<String>,
+        fault: Option<ProtocolFault>,
     },
+}
+
+/// How a worker process ended, as its reader reaped it (pueue's `finish.rs`, nextest's
+/// `AbortStatus`): an outcome, made into words only for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this code.
+    Exited(i32),
+    /// This signal killed it.
+    Signalled(i32),
+    /// It could not be reaped: how it ended is not known.
+    Unknown(String),
+}
+
+impl Ended {
+    /// Whether it ended as a worker should: an exit with code 0.
+    pub fn cleanly(&self) -> bool {
+        *self == Ended::Exited(0)
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Exited(code) => write!(f, "exited with code {code}"),
+            Ended::Signalled(sig) => write!(f, "was killed by {}", signal_name(*sig)),
+            Ended::Unknown(why) => write!(f, "could not be reaped ({why})"),
+        }
+    }
+}
+
+/// How a worker broke the protocol (the supervisor kills it on the spot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolFault {
+    /// A frame that could not be read or decoded.
+    Frame(String),
+    /// Its hello names another protocol version.
+    Version(u32),
+    /// Its first frame was not a hello.
+    NoHello(String),
+    /// It said hello twice.
+    SecondHello,
+}
+
+impl std::fmt::Display for ProtocolFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProtocolFault::Frame(e) => f.write_str(e),
+            ProtocolFault::Version(v) => {
+                write!(f, "worker speaks protocol {v}, supervisor {}", shared::PROTOCOL_VERSION)
+            }
+            ProtocolFault::NoHello(e) => write!(f, "no hello first: {e}"),
+            ProtocolFault::SecondHello => f.write_str("a second hello"),
+        }
+    }
 }

@@ -23,4 +23,4 @@ pub mod throttle;
 pub use self::core::{Core, Settings};
 pub use error::Error;
 pub use figures::{Figures, Snapshot};
-pub use messages::{Command, Event, EventKind, FleetEvent, KillReason};
+pub use messages::{Command, Ended, Event, EventKind, FleetEvent, KillReason, ProtocolFault};

@@ -30,7 +30,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use crate::engine::{Error, EventKind, FleetEvent};
+use crate::engine::{Ended, Error, EventKind, FleetEvent, ProtocolFault};
 use crate::job::WorkerLimits;
 use crate::util::Budget;
 
@@ -234,21 +234,21 @@ fn read_worker(
     let send = |kind| events.send(FleetEvent { slot, gen, kind }).is_ok();
     let mut reader = FrameReader::new(BufReader::with_capacity(64 * 1024, stdout), max_frame);
     let mut greeted = false;
-    let error = loop {
+    let fault = loop {
         let payload = match reader.read_payload() {
             Ok(Some(p)) => p,
             Ok(None) => break None,
-            Err(e) => break Some(e.to_string()),
+            Err(e) => break Some(ProtocolFault::Frame(e.to_string())),
         };
         if !greeted {
             match peek_hello_version(payload) {
                 Ok(PROTOCOL_VERSION) => {}
-                Ok(v) => break Some(format!("worker speaks protocol {v}, supervisor {PROTOCOL_VERSION}")),
-                Err(e) => break Some(format!("no hello first: {e}")),
+                Ok(v) => break Some(ProtocolFault::Version(v)),
+                Err(e) => break Some(ProtocolFault::NoHello(e.to_string())),
             }
         }
         let kind = match decode::<FromWorker>(payload) {
-            Ok(FromWorker::Hello(_)) if greeted => break Some("a second hello".to_owned()),
+            Ok(FromWorker::Hello(_)) if greeted => break Some(ProtocolFault::SecondHello),
             Ok(FromWorker::Hello(_)) => {
                 greeted = true;
                 EventKind::Hello
@@ -264,21 +264,21 @@ fn read_worker(
             Ok(FromWorker::Heartbeat) => EventKind::Heartbeat,
             Ok(FromWorker::Spent(n)) => EventKind::Spent(n),
             Ok(FromWorker::Traffic(t)) => EventKind::Traffic(t),
-            Err(e) => break Some(e.to_string()),
+            Err(e) => break Some(ProtocolFault::Frame(e.to_string())),
         };
         if !send(kind) {
             break None; // the dispatcher is gone; the worker dies with the supervisor
         }
     };
-    if error.is_some() {
+    if fault.is_some() {
         kill_child(child);
     }
     drop(reader);
-    let how = match reap(child) {
-        Ok(status) => describe(status),
-        Err(e) => format!("could not be reaped ({e})"),
+    let ended = match reap(child) {
+        Ok(status) => ended(status),
+        Err(e) => Ended::Unknown(e.to_string()),
     };
-    send(EventKind::Gone { how, error });
+    send(EventKind::Gone { ended, fault });
 }
 
 /// Waits for the child to exit without holding its lock (so it can still be killed), then
@@ -293,15 +293,12 @@ fn reap(child: &Mutex<Child>) -> std::io::Result<ExitStatus> {
     child.lock().unwrap_or_else(PoisonError::into_inner).wait()
 }
 
-/// "exited with code 3", "was killed by SIGKILL".
-pub fn describe(status: ExitStatus) -> String {
+/// How a process ended, by its exit status.
+pub fn ended(status: ExitStatus) -> Ended {
     match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(sig)) => match Signal::try_from(sig) {
-            Ok(s) => format!("was killed by {}", s.as_str()),
-            Err(_) => format!("was killed by signal {sig}"),
-        },
-        (None, None) => "ended".to_owned(),
+        (Some(code), _) => Ended::Exited(code),
+        (None, Some(sig)) => Ended::Signalled(sig),
+        (None, None) => Ended::Unknown("no exit code and no signal".into()),
     }
 }
 
@@ -335,10 +332,11 @@ mod tests {
         // The reader waits without the lock, so this kill is not held up behind it.
         kill_child(&child);
         let status = reader.join().expect("joins").expect("reaped");
-        assert_eq!(describe(status), "was killed by SIGKILL");
+        assert_eq!(ended(status), Ended::Signalled(9));
+        assert_eq!(ended(status).to_string(), "was killed by SIGKILL");
         // Reaped: std now sends nothing, so a process that reused the pid is safe.
         kill_child(&child);
         let mut child = child.lock().expect("not poisoned");
-        assert_eq!(child.try_wait().expect("known").map(describe).as_deref(), Some("was killed by SIGKILL"));
+        assert_eq!(child.try_wait().expect("known").map(ended), Some(Ended::Signalled(9)));
     }
 }

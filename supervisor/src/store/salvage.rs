@@ -200,7 +200,7 @@ fn read_with_sled(path: &Path, report: &mut Report) -> Result<Option<(IdRange, O
 fn without_hint(e: StoreError) -> String {
     match e {
         StoreError::Damaged { detail, .. } => detail,
-        other => worker::error_chain(&other),
+        other => shared::error_chain(&other),
     }
 }
 

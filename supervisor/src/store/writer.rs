@@ -151,7 +151,7 @@ pub fn write_loop(
                     r.segments
                 ),
                 Ok(_) => {}
-                Err(e) => log::warn!("store: dead bytes not reclaimed: {}", worker::error_chain(&e)),
+                Err(e) => log::warn!("store: dead bytes not reclaimed: {}", shared::error_chain(&e)),
             }
             let _ = acks.send(match writer.db.flush() {
                 Ok(_) => WriteAck::Finished,

@@ -166,7 +166,7 @@ impl Sim {
                 self.kills.push((slot, why));
                 if self.kills_take_effect {
                     self.held[slot].clear();
-                    let gone = EventKind::Gone { how: "was killed by SIGKILL".into(), error: None };
+                    let gone = EventKind::Gone { ended: Ended::Signalled(9), fault: None };
                     self.feedback.push_back(worker(slot, gen, gone));
                 }
             }
@@ -224,7 +224,7 @@ impl Sim {
 
     fn die(&mut self, slot: usize) {
         self.held[slot].clear();
-        let gone = EventKind::Gone { how: "was killed by SIGKILL".into(), error: None };
+        let gone = EventKind::Gone { ended: Ended::Signalled(9), fault: None };
         self.feed(worker(slot, self.gens[slot], gone));
     }
 
@@ -346,7 +346,7 @@ fn events_from_an_earlier_worker_of_the_slot_are_ignored() {
     assert_eq!(sim.gens[0], 2);
     // A late frame of generation 1 changes nothing.
     sim.feed(worker(0, 1, EventKind::Results(first_held.iter().map(|&id| ok(id)).collect())));
-    sim.feed(worker(0, 1, EventKind::Gone { how: "exited".into(), error: None }));
+    sim.feed(worker(0, 1, EventKind::Gone { ended: Ended::Exited(1), fault: None }));
     assert!(sim.stored.is_empty());
     assert_eq!(sim.core.report.tally.restarts, 1);
 }
