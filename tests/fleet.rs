@@ -9,8 +9,8 @@ fn a_complete_run_stores_every_id_once_with_its_own_body() {
     let (api, _dir, store) = setup(&[]);
     let out = run(&strs(&job_args(&api.url(), "0..20000", &store)));
     out.assert_code(0);
-    assert_eq!(summary_figure(&out.stdout, "fetched"), 20_000);
-    assert_eq!(summary_figure(&out.stdout, "failed"), 0);
+    assert_eq!(figure(&out, "fetched"), 20_000);
+    assert_eq!(figure(&out, "failed"), 0);
     assert_eq!(api.requests(), 20_000, "one request per id");
     assert_complete(&store, 0..20_000);
 }
@@ -35,8 +35,8 @@ fn workers_killed_with_sigkill_mid_run_lose_and_duplicate_nothing() {
     assert!(kills >= 3, "the run ended before the test could kill workers ({kills} kills)");
     let out = running.wait(RUN_DEADLINE);
     out.assert_code(0);
-    assert_eq!(summary_figure(&out.stdout, "worker restarts"), kills, "one restart per kill");
-    assert_eq!(summary_figure(&out.stdout, "quarantined"), 0, "innocent ids survive deaths not theirs");
+    assert_eq!(figure(&out, "restarts"), kills, "one restart per kill");
+    assert_eq!(figure(&out, "quarantined"), 0, "innocent ids survive deaths not theirs");
     assert!(out.stderr.contains("was killed by SIGKILL"), "the deaths are logged:\n{}", out.stderr);
     assert_complete(&store, 0..total);
     // Ids a dead worker held are fetched again, so some requests repeat, but never many.
@@ -80,6 +80,7 @@ fn the_demo_runs_end_to_end() {
     let out = run(&["demo", "--items", "3000", "--workers", "2", "--threads", "8"]);
     out.assert_code(0);
     assert!(out.stdout.starts_with("demo: mockapi on 127.0.0.1:"), "{}", out.stdout);
+    // The demo's summary is the words a person reads.
     assert_eq!(summary_figure(&out.stdout, "fetched"), 3000);
     assert_eq!(summary_figure(&out.stdout, "answered"), 3000);
 }

@@ -13,7 +13,7 @@ fn async_args(url: &str, ids: &str, store: &std::path::Path) -> Vec<String> {
 #[test]
 fn coroutines_fetch_every_id_once_into_the_same_store() {
     let (api, _dir, store) = setup(&[]);
-    let out = run(&strs(&async_args(&api.url(), "0..3000", &store)));
+    let out = run(&strs(&as_text(async_args(&api.url(), "0..3000", &store))));
     out.assert_code(0);
     assert!(out.stdout.contains("with coroutines on one thread (64 at once)"), "{}", out.stdout);
     assert_complete(&store, 0..3000);
@@ -30,7 +30,7 @@ fn coroutines_retry_as_the_workers_do() {
     let out = run(&strs(&async_args(&api.url(), "0..1000", &store)));
     out.assert_code(0);
     assert_complete(&store, 0..1000);
-    assert!(summary_figure(&out.stdout, "retries") > 100, "{}", out.stdout);
+    assert!(figure(&out, "retries") > 100, "{}", out.stdout);
 }
 
 #[test]

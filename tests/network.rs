@@ -32,7 +32,7 @@ fn latency_with_jitter_on_every_connection_costs_time_not_requests() {
     out.assert_code(0);
     assert_complete_sized(&store_of(&dir), 0..1000, BODY);
     assert!(proxy.met("latency") >= 1, "the proxy added no latency");
-    assert_eq!(summary_figure(&out.stdout, "retries"), 0, "{}", out.stdout);
+    assert_eq!(figure(&out, "retries"), 0, "{}", out.stdout);
     assert_eq!(api.requests(), 1000, "one request per id");
 }
 
@@ -49,7 +49,7 @@ fn a_connection_that_stalls_after_the_request_costs_its_id_one_io_timeout() {
     let stalled = proxy.met("timeout") as u64;
     assert!(stalled >= 1, "no connection stalled");
     // Each stalled connection held one request (its first) until --io-timeout: one retry each.
-    let retries = summary_figure(&out.stdout, "retries");
+    let retries = figure(&out, "retries");
     assert_eq!(retries, stalled, "{}", out.stdout);
     assert_eq!(api.requests(), 2000 + stalled);
     // Bounded by the timeouts (a second each, in parallel), not by the stalls (for ever).
@@ -66,7 +66,7 @@ fn answers_reset_or_cut_mid_body_are_never_stored_and_their_ids_complete() {
     assert_complete_sized(&store_of(&dir), 0..2000, BODY);
     let (reset, cut) = (proxy.met("reset_peer") as u64, proxy.met("limit_data") as u64);
     assert!(reset >= 1 && cut >= 1, "{reset} connections reset, {cut} cut");
-    let retries = summary_figure(&out.stdout, "retries");
+    let retries = figure(&out, "retries");
     assert!((1..=reset + cut).contains(&retries), "{retries} retries for {reset} + {cut}: {}", out.stdout);
     assert_eq!(api.requests(), 2000 + retries);
 }
@@ -112,7 +112,7 @@ fn answers_in_one_byte_segments_arrive_whole() {
     out.assert_code(0);
     assert_complete_sized(&store_of(&dir), 0..300, BODY);
     assert!(proxy.met("slicer") >= 1);
-    assert_eq!(summary_figure(&out.stdout, "retries"), 0, "{}", out.stdout);
+    assert_eq!(figure(&out, "retries"), 0, "{}", out.stdout);
     assert_eq!(api.requests(), 300);
 }
 
@@ -127,15 +127,10 @@ fn on_a_slow_shared_link_the_adaptive_limit_keeps_the_queue_short_of_the_timeout
     let out = spawn(&strs(&args)).wait(Duration::from_secs(90));
     out.assert_code(0);
     assert_complete_sized(&store_of(&dir), 0..1500, BODY);
-    assert_eq!(summary_figure(&out.stdout, "retries"), 0, "no timeouts: {}", out.stdout);
+    assert_eq!(figure(&out, "retries"), 0, "no timeouts: {}", out.stdout);
     assert_eq!(api.requests(), 1500);
-    // "concurrency adaptive, N at the end (LOW..HIGH)": the limit never grew to fill the link's
-    // queue.
-    let range = out.stdout.split("at the end (").nth(1).and_then(|r| r.split_once(')')).map(|(r, _)| r);
-    let high: u32 = range
-        .and_then(|r| r.split("..").nth(1))
-        .and_then(|h| h.replace(',', "").parse().ok())
-        .unwrap_or_else(|| panic!("no adaptive limit in {}", out.stdout));
+    // The adaptive limit's highest: it never grew to fill the link's queue.
+    let high = summary(&out)["pacing"]["concurrency_range"][1].as_u64().expect("a range");
     assert!(high <= 256, "the limit grew to {high} on a link that takes 220 answers a second");
 }
 
@@ -183,12 +178,12 @@ fn the_api_gone_for_30_s_and_back_on_its_port_fails_no_id() {
     let out = running.wait(Duration::from_secs(90));
     out.assert_code(0);
     assert_complete_sized(&store, 0..3000, BODY);
-    assert!(summary_figure(&out.stdout, "API down") >= 1, "{}", out.stdout);
+    assert!(figure(&out, "pacing.outages") >= 1, "{}", out.stdout);
     // The server saw each id once, and the requests in flight when the proxy went (24 threads).
     let served = api.requests();
     assert!(served <= 3000 + 24, "{served} requests reached the API for 3,000 ids");
     // The fleet sent, beyond those: what met the outage before the circuit opened, and about a
     // probe a second for 30 s.
-    let sent = summary_figure(&out.stdout, "requests");
+    let sent = figure(&out, "pacing.requests");
     assert!(sent <= 3000 + 300, "{sent} requests for 3,000 ids through a 30 s outage");
 }

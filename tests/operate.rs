@@ -263,7 +263,12 @@ fn sighup_rereads_the_rate_from_the_config_file_without_losing_anything() {
         reloaded.elapsed()
     );
     assert_complete(&store, 0..300);
-    assert!(out.stdout.contains("rate 2000.0/s (--rate)"), "{}", out.stdout);
+    let pacing = &summary(&out)["pacing"];
+    assert_eq!(
+        (pacing["rate"].as_f64(), pacing["rate_source"].as_str()),
+        (Some(2000.0), Some("--rate")),
+        "{pacing}"
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ fn an_outage_fails_no_id_only_probes_reach_the_api_and_full_speed_returns_at_onc
     let out = spawn(&strs(&args)).wait(Duration::from_secs(60));
     out.assert_code(0);
     assert_complete(&store, 0..4000);
-    assert_eq!(summary_figure(&out.stdout, "API down"), 1, "{}", out.stdout);
+    assert_eq!(figure(&out, "pacing.outages"), 1, "{}", out.stdout);
     let log = api.log();
     let down: Vec<u64> = log.iter().filter(|l| l.status == 503).map(|l| l.ms).collect();
     let (began, ended) = (down[0], down[0] + 5000);
@@ -53,10 +53,10 @@ fn a_server_gone_and_back_on_its_port_fails_no_id() {
     let out = running.wait(Duration::from_secs(60));
     out.assert_code(0);
     assert_complete(&store, 0..3000);
-    assert!(summary_figure(&out.stdout, "API down") >= 1, "{}", out.stdout);
+    assert!(figure(&out, "pacing.outages") >= 1, "{}", out.stdout);
     // What the fleet sent in all: each id once that was answered, the requests in flight or
     // sent in the 250ms before the circuit opened, and about a probe a second.
-    let requests = summary_figure(&out.stdout, "requests");
+    let requests = figure(&out, "pacing.requests");
     assert!(requests <= 3000 + 250, "{requests} requests for 3,000 ids through a 4 s outage");
     let served_after = second.requests();
     assert!(served_after <= 2000 + 5, "the returned server was asked {served_after} times");
@@ -82,18 +82,14 @@ fn faults_at_random_cost_retries_not_pauses_or_a_backed_off_rate() {
     let out = spawn(&strs(&args)).wait(Duration::from_secs(60));
     out.assert_code(0);
     assert_complete(&store, 0..5000);
-    assert_eq!(summary_figure(&out.stdout, "server-asked pauses"), 0, "{}", out.stdout);
-    assert!(!out.stdout.contains("API down"), "{}", out.stdout);
+    assert_eq!(figure(&out, "pacing.pauses"), 0, "{}", out.stdout);
+    assert_eq!(figure(&out, "pacing.outages"), 0, "{}", out.stdout);
     // A back-off or two, each given up once the refusals came as often at 0.7 of the rate
     // (without that test of the plateau, 2% of random refusals backed the rate off 74 times in
     // 50,000 ids).
-    let backoffs = if out.stdout.contains("rate backed off") {
-        summary_figure(&out.stdout, "rate backed off")
-    } else {
-        0
-    };
+    let backoffs = figure(&out, "pacing.backoffs");
     assert!(backoffs <= 2, "{}", out.stdout);
-    assert!(out.stdout.contains("no rate"), "the rate is free at the end: {}", out.stdout);
+    assert!(summary(&out)["pacing"]["rate"].is_null(), "the rate is free at the end: {}", out.stdout);
     // The server sees each id about once more per fault: 6.5% of requests fail.
     let requests = api.requests();
     assert!(requests <= 5000 * 115 / 100, "{requests} requests for 5,000 ids");
@@ -126,7 +122,7 @@ fn a_quota_used_up_by_another_client_pauses_the_fleet_with_at_most_a_request_per
     let out = running.wait(Duration::from_secs(60));
     out.assert_code(0);
     assert_complete(&store, 0..700);
-    assert!(summary_figure(&out.stdout, "server-asked pauses") >= 1, "{}", out.stdout);
+    assert!(figure(&out, "pacing.pauses") >= 1, "{}", out.stdout);
     let log = api.log();
     let fleet_refused: Vec<&mockapi::Logged> =
         log.iter().filter(|l| l.status == 429 && l.user_agent.as_deref() != Some("another-client")).collect();
@@ -150,10 +146,9 @@ fn an_api_that_never_answers_is_named_within_seconds_and_the_run_gives_up_with_n
     let port = free_port();
     let dir = tempdir();
     let store = dir.path().join("items.sled");
-    let mut args = job_args(&format!("http://127.0.0.1:{port}/items/{{id}}"), "0..100000", &store);
-    set(&mut args, "--wait-for-api", "8s");
+    let job = Job::new(&format!("http://127.0.0.1:{port}/items/{{id}}"), "0..100000", &store);
     let started = Instant::now();
-    let running = spawn(&strs(&args));
+    let running = job.flag("--wait-for-api", "8s").spawn();
     let said = format!("no answer yet from 127.0.0.1:{port}: connection refused");
     wait_for("the live status to say why", Duration::from_secs(5), || {
         live(&store)

@@ -20,18 +20,13 @@ fn busiest(log: &[mockapi::Logged], span_ms: u64) -> usize {
     most
 }
 
-/// The adaptive limit's end, lowest and highest, from the summary's pacing line.
-fn limits(stdout: &str) -> (u32, u32, u32) {
-    let line = stdout.lines().find(|l| l.contains("concurrency adaptive")).expect("a pacing line");
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().expect("digits"))
-        .collect();
-    match nums[..] {
-        [.., end, lo, hi] => (end, lo, hi),
-        _ => panic!("no limits in {line}"),
-    }
+/// The adaptive limit's end, lowest and highest, from the summary.
+fn limits(out: &Outcome) -> (u64, u64, u64) {
+    let pacing = &summary(out)["pacing"];
+    assert_eq!(pacing["adaptive"].as_bool(), Some(true), "{pacing}");
+    let range = &pacing["concurrency_range"];
+    let n = |v: &serde_json::Value| v.as_u64().expect("a number");
+    (n(&pacing["concurrency"]), n(&range[0]), n(&range[1]))
 }
 
 #[test]
@@ -64,7 +59,7 @@ fn a_sporadic_retry_after_is_waited_by_its_request_alone() {
     let out = run(&strs(&args));
     out.assert_code(0);
     assert_complete(&store, 0..3000);
-    assert_eq!(summary_figure(&out.stdout, "server-asked pauses"), 0, "{}", out.stdout);
+    assert_eq!(figure(&out, "pacing.pauses"), 0, "{}", out.stdout);
     let log = api.log();
     let refused: Vec<&mockapi::Logged> = log.iter().filter(|l| l.status == 503).collect();
     assert!(refused.len() >= 3, "{} requests answered 503", refused.len());
@@ -89,7 +84,7 @@ fn a_retry_after_among_many_refusals_pauses_every_worker() {
     let out = run(&strs(&args));
     out.assert_code(0);
     assert_complete(&store, 0..60);
-    assert!(summary_figure(&out.stdout, "server-asked pauses") >= 2, "{}", out.stdout);
+    assert!(figure(&out, "pacing.pauses") >= 2, "{}", out.stdout);
     // A pause is a stretch with nothing sent, longer than any answer takes.
     let log = api.log();
     let quiet = log.windows(2).filter(|w| w[1].ms - w[0].ms >= 800).count();
@@ -109,7 +104,7 @@ fn a_dead_workers_permits_are_not_lost_for_good() {
     let out = spawn(&strs(&args)).wait(Duration::from_secs(30));
     out.assert_code(3);
     assert_complete_but(&store, 0..300, &[150]);
-    assert!(summary_figure(&out.stdout, "worker restarts") >= 4, "{}", out.stdout);
+    assert!(figure(&out, "restarts") >= 4, "{}", out.stdout);
 }
 
 #[test]
@@ -119,7 +114,12 @@ fn an_announced_limit_is_kept_to_without_meeting_it() {
     let out = run(&strs(&args));
     out.assert_code(0);
     assert_complete(&store, 0..900);
-    assert!(out.stdout.contains("rate 285.0/s (announced)"), "{}", out.stdout);
+    let pacing = &summary(&out)["pacing"];
+    assert_eq!(
+        (pacing["rate"].as_f64(), pacing["rate_source"].as_str()),
+        (Some(285.0), Some("announced")),
+        "{pacing}"
+    );
     let stats = api.stats();
     assert!(stats.rate_limited <= 3, "{} of {} requests answered 429", stats.rate_limited, stats.requests);
 }
@@ -137,9 +137,8 @@ fn a_limit_announced_as_slowapi_does_with_a_fractional_unix_reset_is_kept_to() {
     // X-RateLimit-Limit, -Remaining, and -Reset as a Unix time with a fraction: no window named,
     // a fixed window of a second behind it.
     let (api, _dir, store) = setup(&["--rate-limit", "500", "--announce-limit", "--announce-as", "slowapi"]);
-    let args = job_args(&api.url(), "0..3000", &store);
     let started = std::time::Instant::now();
-    run(&strs(&args)).assert_code(0);
+    Job::new(&api.url(), "0..3000", &store).run().assert_code(0);
     let took = started.elapsed().as_secs_f64();
     assert_complete(&store, 0..3000);
     let last = last_pacing(&store);
@@ -161,11 +160,9 @@ fn a_fixed_window_without_headers_is_settled_below_blind() {
     // Spent at once and refused to its end, window after window, it pauses the fleet again and
     // again: the fleet keeps under what it took over a cycle instead.
     let (api, _dir, store) = setup(&["--rate-limit", "2000"]);
-    let mut args = job_args(&api.url(), "0..24000", &store);
     // Enough in flight to spend a window's quota at once, as the defaults do.
-    set(&mut args, "--workers", "4");
-    set(&mut args, "--threads", "64");
-    run(&strs(&args)).assert_code(0);
+    let job = Job::new(&api.url(), "0..24000", &store).flag("--workers", "4").flag("--threads", "64");
+    job.run().assert_code(0);
     assert_complete(&store, 0..24000);
     let last = last_pacing(&store);
     assert!(last["pauses"].as_u64().is_some_and(|p| p <= 4), "a few pauses, not one a window: {last}");
@@ -192,12 +189,12 @@ fn the_limit_grows_on_a_slow_clean_api_and_a_lone_503_changes_nothing_for_the_fl
     let out = run(&strs(&args));
     out.assert_code(0);
     assert_complete(&store, 0..4000);
-    let (end, lo, hi) = limits(&out.stdout);
+    let (end, lo, hi) = limits(&out);
     assert_eq!((lo, hi), (4, 200), "from 2 a worker up to the ceiling: {}", out.stdout);
     assert_eq!(end, 200, "the limit is not halved: {}", out.stdout);
-    assert_eq!(summary_figure(&out.stdout, "server-asked pauses"), 0, "{}", out.stdout);
-    assert!(!out.stdout.contains("rate backed off"), "{}", out.stdout);
-    assert!(out.stdout.contains("no rate"), "{}", out.stdout);
+    assert_eq!(figure(&out, "pacing.pauses"), 0, "{}", out.stdout);
+    assert_eq!(figure(&out, "pacing.backoffs"), 0, "{}", out.stdout);
+    assert!(summary(&out)["pacing"]["rate"].is_null(), "no rate: {}", out.stdout);
     drop(api);
 }
 

@@ -45,7 +45,12 @@ fn run_shards(
     for (i, r) in running.into_iter().enumerate() {
         let out = r.wait(RUN_DEADLINE);
         out.assert_code(0);
-        assert!(out.stdout.contains(&format!("shard {i}/{count}")), "{}", out.stdout);
+        let shard = &summary(&out)["shard"];
+        assert_eq!(
+            (shard["index"].as_u64(), shard["count"].as_u64()),
+            (Some(i as u64), Some(count)),
+            "{shard}"
+        );
     }
     stores
 }
@@ -81,7 +86,7 @@ fn three_shards_fetch_every_id_once_and_merge_into_one_complete_store() {
     let args = job_args(&api.url(), "0..5000", &merged);
     let rerun = run(&strs(&args));
     rerun.assert_code(0);
-    assert_eq!(summary_figure(&rerun.stdout, "already stored"), 5000);
+    assert_eq!(figure(&rerun, "skipped"), 5000);
     assert_eq!(api.requests(), 5000);
 }
 

@@ -30,7 +30,7 @@ fn a_worker_stopped_with_sigstop_is_detected_killed_and_replaced() {
 #[test]
 fn a_hanging_id_is_quarantined_after_its_workers_time_out() {
     let (api, _dir, store) = setup(&[]);
-    let mut args = job_args(&api.url(), "0..3000", &store);
+    let mut args = as_text(job_args(&api.url(), "0..3000", &store));
     set(&mut args, "--worker-timeout", "2s");
     set(&mut args, "--chaos", "hang-on=1234");
     let out = run(&strs(&args));
@@ -49,7 +49,7 @@ fn a_poison_id_is_quarantined_in_a_handful_of_deaths_and_skipped_by_reruns() {
     let deaths = out.stderr.matches("was killed by SIGABRT").count();
     eprintln!("figure: poison id quarantined after {deaths} worker deaths");
     assert!((2..=6).contains(&deaths), "{deaths} deaths:\n{}", out.stderr);
-    assert_eq!(summary_figure(&out.stdout, "quarantined"), 1);
+    assert_eq!(figure(&out, "quarantined"), 1);
     assert_complete_but(&store, 0..20000, &[777]);
 
     // A rerun (chaos off) does not fetch it again, and still says the range is not all answered.
@@ -58,7 +58,7 @@ fn a_poison_id_is_quarantined_in_a_handful_of_deaths_and_skipped_by_reruns() {
     let out = run(&strs(&args));
     out.assert_code(3);
     assert_eq!(api.requests(), before, "nothing fetched");
-    assert!(out.stdout.contains("1 ids quarantined by an earlier run"), "{}", out.stdout);
+    assert_eq!(figure(&out, "skipped_quarantined"), 1, "{}", out.stdout);
 
     // Unless asked to.
     let mut args = job_args(&api.url(), "0..20000", &store);
@@ -75,15 +75,15 @@ fn workers_killed_every_half_second_lose_nothing_and_quarantine_nothing() {
     set(&mut args, "--chaos", "kill-every=500ms");
     let out = run(&strs(&args));
     out.assert_code(0);
-    let kills = summary_figure(&out.stdout, "killed on purpose");
+    let kills = figure(&out, "chaos_kills");
     eprintln!("figure: {kills} workers SIGKILLed by kill-every=500ms, 0 ids quarantined");
     assert!(kills >= 2, "{}", out.stdout);
-    assert_eq!(summary_figure(&out.stdout, "quarantined"), 0);
+    assert_eq!(figure(&out, "quarantined"), 0);
     assert_complete(&store, 0..30000);
     // The request count is never short of what the store holds (the killed workers' traffic is
     // reported with their results), nor more than reached the server.
     let stored: u64 = export(&store).iter().map(|r| r["attempts"].as_u64().unwrap_or(0)).sum();
-    let counted = summary_figure(&out.stdout, "requests");
+    let counted = figure(&out, "pacing.requests");
     let served = api.requests();
     assert!(stored <= counted && counted <= served, "stored {stored}, counted {counted}, served {served}");
 }
@@ -100,11 +100,11 @@ fn chaos_kills_make_no_suspect_even_of_ids_held_through_many() {
     set(&mut args, "--chaos", "kill-every=100ms");
     let out = run(&strs(&args));
     out.assert_code(0);
-    let kills = summary_figure(&out.stdout, "killed on purpose");
+    let kills = figure(&out, "chaos_kills");
     eprintln!("figure: {kills} workers SIGKILLed by kill-every=100ms");
     assert!(kills >= 10, "{}", out.stdout);
     assert!(!out.stderr.contains("alone in worker"), "a suspect retried alone:\n{}", out.stderr);
-    assert_eq!(summary_figure(&out.stdout, "quarantined"), 0);
+    assert_eq!(figure(&out, "quarantined"), 0);
     assert_complete(&store, 0..6000);
 }
 
@@ -118,12 +118,12 @@ fn stop_with(sig: Signal, code: i32) {
     signal(pid, sig);
     let out = running.wait(Duration::from_secs(20));
     out.assert_code(code);
-    assert!(out.stdout.contains(&format!("stopped   by {}", sig.as_str())), "{}", out.stdout);
+    assert_eq!(summary(&out)["stopped_by"].as_i64(), Some(sig as i64), "{}", out.stdout);
     for w in workers {
         assert!(is_dead(w), "worker {w} outlived the supervisor");
     }
     // What was stored is right, once each; a rerun completes the range.
-    let fetched = summary_figure(&out.stdout, "fetched");
+    let fetched = figure(&out, "fetched");
     let records = export(&store);
     assert_eq!(records.len() as u64, fetched, "every result in hand was stored");
     for rec in &records {

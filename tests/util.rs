@@ -270,9 +270,13 @@ pub fn setup(api_flags: &[&str]) -> (MockApi, tempfile::TempDir, PathBuf) {
     (api, dir, store)
 }
 
-/// A job's flags, with small fleets and fast backoff suitable for this 2-core machine.
+/// A job's flags, with small fleets and fast backoff suitable for this 2-core machine, and the
+/// summary as JSON (tests read its figures with [`figure`]; a test of the words sets
+/// `--summary text`).
 pub fn job_args(url: &str, ids: &str, store: &Path) -> Vec<String> {
     [
+        "--summary",
+        "json",
         "--url",
         url,
         "--ids",
@@ -297,6 +301,12 @@ pub fn job_args(url: &str, ids: &str, store: &Path) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// `args` with the summary in words: for a test of what a person reads.
+pub fn as_text(mut args: Vec<String>) -> Vec<String> {
+    set(&mut args, "--summary", "text");
+    args
 }
 
 /// Sets `flag` to `value` in `args`, replacing an earlier value.
@@ -383,6 +393,52 @@ pub fn write_script(path: &Path, text: &str) {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// A run of the supervisor built flag by flag (after ripgrep's `TestCommand`): [`job_args`]'s
+/// flags, then the test's own.
+pub struct Job {
+    args: Vec<String>,
+}
+
+impl Job {
+    /// `url`'s ids `ids` into `store`, with [`job_args`]'s flags.
+    pub fn new(url: &str, ids: &str, store: &Path) -> Job {
+        Job { args: job_args(url, ids, store) }
+    }
+
+    /// Sets `name` to `value`, replacing an earlier value.
+    pub fn flag(mut self, name: &str, value: &str) -> Job {
+        set(&mut self.args, name, value);
+        self
+    }
+
+    /// Starts it.
+    pub fn spawn(&self) -> Running {
+        spawn(&strs(&self.args))
+    }
+
+    /// Runs it to completion.
+    pub fn run(&self) -> Outcome {
+        run(&strs(&self.args))
+    }
+}
+
+/// A figure of a run's JSON summary (`--summary json`, as [`job_args`] asks), by its key:
+/// `retries`, `pacing.requests`.
+#[track_caller]
+pub fn figure(out: &Outcome, key: &str) -> u64 {
+    let summary: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("the summary is not JSON ({e}):\n{}", out.stdout));
+    let value = key.split('.').fold(&summary, |v, k| &v[k]);
+    value.as_u64().unwrap_or_else(|| panic!("no figure {key} in {summary}"))
+}
+
+/// The run's JSON summary.
+#[track_caller]
+pub fn summary(out: &Outcome) -> serde_json::Value {
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("the summary is not JSON ({e}):\n{}", out.stdout))
 }
 
 /// The number after `label` in a summary, commas allowed.

@@ -77,7 +77,7 @@ fn insecure_fetches_from_an_unverified_server_and_says_so() {
     let dir = tempdir();
     let (api, _ca) = tls_api(dir.path());
     let store = dir.path().join("items.sled");
-    let mut args = job_args(&format!("https://{}/items/{{id}}", api.addr), "0..50", &store);
+    let mut args = as_text(job_args(&format!("https://{}/items/{{id}}", api.addr), "0..50", &store));
     args.push("--insecure".into());
     let out = run(&strs(&args));
     out.assert_code(0);

@@ -152,6 +152,11 @@ pub struct RunArgs {
     /// 127.0.0.1:9898).
     #[arg(long, env = "FLOTA_METRICS", value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// How the end-of-run summary is printed on stdout: text (for a person), or json (one
+    /// object: the store, the job, and the run's figures under the keys `status --json` gives
+    /// its last run: answered, failed, retries, pacing.requests, ...).
+    #[arg(long, env = "FLOTA_SUMMARY", value_enum, default_value_t = SummaryFormat::Text)]
+    pub summary: SummaryFormat,
     /// How the job is run.
     #[command(flatten)]
     pub tuning: Tuning,
@@ -318,6 +323,15 @@ fn parse_ids(s: &str) -> Result<IdRange, String> {
 
 fn parse_shard(s: &str) -> Result<Shard, String> {
     s.parse()
+}
+
+/// How the end-of-run summary is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    /// Lines for a person.
+    Text,
+    /// One JSON object, for scripts.
+    Json,
 }
 
 /// Export formats.

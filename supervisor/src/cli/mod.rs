@@ -10,7 +10,7 @@ pub mod validate;
 
 pub use flags::{
     Cli, Command, DemoArgs, ExportArgs, Format, MergeArgs, Only, RunArgs, SalvageArgs, StatusArgs,
-    UpgradeArgs, VerifyArgs,
+    SummaryFormat, UpgradeArgs, VerifyArgs,
 };
 pub use settings::{parse, ParseError, Parsed};
 pub use validate::{pace, run_config};

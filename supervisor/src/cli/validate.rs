@@ -405,6 +405,7 @@ mod tests {
             shards: None,
             store: "s.sled".into(),
             metrics: None,
+            summary: super::super::flags::SummaryFormat::Text,
             tuning,
         }
     }

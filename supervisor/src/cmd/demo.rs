@@ -85,6 +85,7 @@ pub fn run(args: DemoArgs, watch: Watch) -> Result<i32, Error> {
         shards: None,
         store,
         metrics: None,
+        summary: crate::cli::SummaryFormat::Text,
         tuning: args.tuning.clone(),
     })
     .map_err(Error::Usage)?;
@@ -98,7 +99,7 @@ pub fn run(args: DemoArgs, watch: Watch) -> Result<i32, Error> {
         args.latency_ms,
         thousands(args.items)
     );
-    let r = run::execute(&cfg, &watch, None)?;
+    let (r, _) = run::execute(&cfg, &watch, None)?;
     drop(mock);
     summary::print(&cfg, &r);
     Ok(run::exit_code(&r))

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use std::ffi::OsString;
 
 use super::summary;
-use crate::cli::{self, Command, RunArgs};
+use crate::cli::{self, Command, RunArgs, SummaryFormat};
 use crate::drive::{coroutines, dispatch, Reload, Watch};
 use crate::engine::{Error, Figures};
 use crate::fleet::Spawner;
@@ -27,8 +27,11 @@ pub fn run_command(args: RunArgs, watch: Watch) -> Result<i32, Error> {
         }
         None => None,
     };
-    let report = execute(&cfg, &watch, metrics)?;
-    summary::print(&cfg, &report);
+    let (report, last) = execute(&cfg, &watch, metrics)?;
+    match args.summary {
+        SummaryFormat::Text => summary::print(&cfg, &report),
+        SummaryFormat::Json => summary::print_json(&cfg, &report, &last),
+    }
     Ok(exit_code(&report))
 }
 
@@ -43,12 +46,13 @@ pub fn exit_code(report: &Figures) -> i32 {
     }
 }
 
-/// Opens the store and runs the job; records the run's figures in the store.
+/// Opens the store and runs the job; records the run's figures in the store, and returns them
+/// (as the engine counted them, and as the store keeps them).
 pub fn execute(
     cfg: &RunConfig,
     watch: &Watch,
     metrics: Option<std::sync::Arc<Metrics>>,
-) -> Result<Figures, Error> {
+) -> Result<(Figures, LastRun), Error> {
     let store = Store::open_for_job(&cfg.store, &cfg.job.url_template)?;
     let listed = cfg.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     store.adopt_scope(&cfg.scope, listed)?;
@@ -85,7 +89,7 @@ pub fn execute(
         Model::Async => coroutines::run(cfg, &store)?,
     };
     let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    store.set_last_run(&LastRun {
+    let last = LastRun {
         ids: cfg.scope.ids.to_string(),
         shard: cfg.scope.shard,
         started_unix: unix(started),
@@ -99,9 +103,10 @@ pub fn execute(
         threads: cfg.job.threads,
         exit_code: exit_code(&report),
         pacing: report.pace.clone(),
-    })?;
+    };
+    store.set_last_run(&last)?;
     store.record_manifest(report.new_records)?;
-    Ok(report)
+    Ok((report, last))
 }
 
 /// What a SIGHUP rereads: `argv` (the command line, program name first) and the config file

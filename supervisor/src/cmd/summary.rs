@@ -3,7 +3,7 @@
 
 use crate::engine::Figures;
 use crate::job::{Chaos, IdRange, Model, Pacing, RateSource, RunConfig};
-use crate::store::Coverage;
+use crate::store::{Coverage, LastRun};
 use crate::util::{signal_name, thousands};
 
 /// The end-of-run summary, on stdout.
@@ -52,6 +52,40 @@ pub fn print(cfg: &RunConfig, r: &Figures) {
         println!("  tls       certificates NOT verified (--insecure)");
     }
     println!("  store     {}", cfg.store.display());
+}
+
+/// The end-of-run summary as one JSON object on stdout (`--summary json`): the store, the job,
+/// its scope, and the run's figures under the keys `status --json` gives its `last_run`
+/// (`answered`, `failed`, `retries`, `skipped`, `restarts`, `exit_code`, `pacing`: `requests`,
+/// `too_many`, `pauses`, `backoffs`, `outages`, ...), with what only the summary knows.
+pub fn print_json(cfg: &RunConfig, r: &Figures, last: &LastRun) {
+    #[derive(serde::Serialize)]
+    struct Summary<'a> {
+        store: String,
+        job: &'a str,
+        scope: String,
+        #[serde(flatten)]
+        run: &'a LastRun,
+        /// Of the skipped, quarantined by an earlier run.
+        skipped_quarantined: u64,
+        /// Workers killed on purpose (`--chaos kill-every`).
+        chaos_kills: u64,
+        /// Ids stored that had no record before.
+        new_records: u64,
+        /// Whether certificates went unchecked (`--insecure`).
+        insecure: bool,
+    }
+    let summary = Summary {
+        store: cfg.store.display().to_string(),
+        job: &cfg.job.url_template,
+        scope: cfg.scope.to_string(),
+        run: last,
+        skipped_quarantined: r.skipped_quarantined,
+        chaos_kills: r.chaos_kills,
+        new_records: r.new_records,
+        insecure: cfg.job.tls.insecure,
+    };
+    println!("{}", serde_json::to_string(&summary).expect("plain figures always serialize"));
 }
 
 /// Two lines on how a run was paced: its requests and 429s, then its rate and concurrency.

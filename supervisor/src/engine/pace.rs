@@ -1,6 +1,6 @@
 //! Pacing: how fast the fleet as a whole may send, decided in one place for every worker.
 //!
-//! Three rules, each a small type with the clock passed in, so its arithmetic is tested
+//! Five rules, each a small type with the clock passed in, so its arithmetic is tested
 //! without sleeping:
 //! - **A rate** ([`Meter`], a token bucket): with `--rate`, or once a server announces its limit,
 //!   every request needs a permit, and the supervisor grants them to workers in small batches.

@@ -58,8 +58,7 @@ pub const RECOVERY: Duration = Duration::from_secs(2);
 /// Past where it climbs back to, the rate grows this much slower than CUBIC's symmetric curve
 /// would (5% past it about 8 s on, 30% 14 s on, given up about 31 s on): the limit was found
 /// there, and a fixed window refuses everything past its quota, so probing above it costs
-/// refusals at every step (mockapi's fixed window blind, 40,000 ids: 2.0% of answers refused
-/// at this probe, 2.6% to 3.3% at four times it).
+/// refusals at every step (docs/design.md has the measurements behind the constant).
 pub const PROBE: f64 = 0.0001;
 /// The rate climbs back to this share of the rate it was refused at (or measured at over a
 /// cycle of fleet-wide pauses), and probes past it slowly from there: a limiter that refused
@@ -98,7 +97,7 @@ pub const NOISE_RATIO: f64 = 0.5;
 /// they fell below [`NOISE_RATIO`] of the count the trigger's share would give, by more than a
 /// standard deviation of that count (a Poisson count's, its square root): with a few hundred
 /// requests at the plateau, random refusals fall that far below half by chance in well under
-/// 1% of plateaus, and a limiter's stop.
+/// 1% of plateaus, and a limiter's refusals, which stop below its rate, always do.
 pub fn not_the_rates(trigger: f64, requests: u64, refused: u64) -> bool {
     let expected = trigger * requests as f64;
     let share = refused as f64 / requests.max(1) as f64;
@@ -111,7 +110,7 @@ pub fn not_the_rates(trigger: f64, requests: u64, refused: u64) -> bool {
 /// rate, then seldom looks like one refusing more: over the first few hundred answers of a run,
 /// a true 2% shows 2.5% or 3% by chance often, and backing off from it costs the noise test's
 /// time at 0.7 of a rate measured while the fleet was still starting. A limiter the fleet
-/// overruns refuses far more (nginx refused 35 of a fleet's first 148 requests: 9 are enough).
+/// overruns refuses far more (docs/design.md has the figures).
 pub fn clearly_above(share: f64, requests: u64, refused: u64) -> bool {
     let expected = share * requests as f64;
     refused >= MIN_REFUSED && refused as f64 > expected + CHANCE * expected.sqrt()

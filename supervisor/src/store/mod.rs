@@ -20,17 +20,17 @@
 //! The files, each importing only those listed before it: `error`, `record`, `block`,
 //! `access` (sled names, keys, the panic guard, the metadata file), `segments` (the bodies'
 //! files), `blockref` (a block's entry in sled), `put` (the one durable write), `lock`,
-//! `covered` (the ids a scope covers, and a stored list), `reader`, `messages` (the writer's
+//! `covered` (the ids a scope covers, and a stored list of them), `reader`, `messages` (the writer's
 //! vocabulary), `db` (the open [`Store`]), `gc` (reclaiming dead bytes), `writer` (its thread),
-//! and on top of them `upgrade`, `open`, `scope`, `history`, `merge`, `coverage` and `salvage`.
+//! and on top of them `upgrade`, `open`, `scope`, `history`, `merge`, `gaps` (what a store lacks of its scope) and `salvage`.
 
 mod access;
 pub mod block;
 mod blockref;
-mod coverage;
 mod covered;
 mod db;
 mod error;
+mod gaps;
 mod gc;
 mod history;
 mod lock;
@@ -47,10 +47,10 @@ mod upgrade;
 mod writer;
 
 pub use access::FORMAT;
-pub use coverage::Coverage;
 pub use covered::Covered;
 pub use db::Store;
 pub use error::StoreError;
+pub use gaps::Coverage;
 pub use history::LastRun;
 pub use messages::{WriteAck, WriteCmd};
 pub use reader::Reader;

@@ -1,4 +1,4 @@
-//! What a store lacks of its scope: how many ids have no record, how many failed, and where the
+//! What a store lacks of its scope (beside `covered`, which walks the ids the scope covers): how many ids have no record, how many failed, and where the
 //! first gaps are. Read from the blocks' indexes alone.
 
 use super::access::key;
