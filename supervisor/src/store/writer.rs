@@ -93,6 +93,8 @@ pub fn write_loop(
     let mut next_write = Instant::now() + timing.every;
     loop {
         let cmd = cmds.recv_deadline(next_write);
+        // One reading of the clock per command: what is added and what is written go by it.
+        let now = Instant::now();
         let finish = matches!(cmd, Ok(WriteCmd::Finish) | Err(RecvTimeoutError::Disconnected));
         let added = match cmd {
             Ok(WriteCmd::Put(results)) => results.into_iter().try_for_each(|r| {
@@ -106,7 +108,7 @@ pub fn write_loop(
                     }
                     Outcome::Failed { .. } | Outcome::Unreachable { .. } => d.tally.failed = 1,
                 }
-                pending.add(&writer, r.id, Record::from(r), d, bytes)
+                pending.add(&writer, r.id, Record::from(r), d, bytes, now)
             }),
             Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
                 let tally = Tally { failed: 1, quarantined: 1, ..Tally::default() };
@@ -117,11 +119,11 @@ pub fn write_loop(
                     Record::Failed { attempts: deaths, error: reason, quarantined: true },
                     d,
                     0,
+                    now,
                 )
             }
             Ok(WriteCmd::Finish) | Err(_) => Ok(()),
         };
-        let now = Instant::now();
         let written = added.and_then(|()| {
             if finish || now >= next_write || pending.held >= HOLD_BYTES || pending.ready >= READY_BYTES {
                 next_write = now + timing.every;
@@ -201,6 +203,7 @@ impl Drop for OpenOnExit<'_> {
 }
 
 impl Pending {
+    /// Takes `id`'s result, received at `now` (a block's hold is counted from its first).
     fn add(
         &mut self,
         writer: &Writer,
@@ -208,6 +211,7 @@ impl Pending {
         record: Record,
         d: Durable,
         held: usize,
+        now: Instant,
     ) -> Result<(), StoreError> {
         let (n, offset) = block::locate(id);
         let p = match self.blocks.entry(n) {
@@ -230,7 +234,7 @@ impl Pending {
                     stored,
                     filled,
                     wanted,
-                    since: Instant::now(),
+                    since: now,
                     durable: Durable::default(),
                     held: 0,
                 })
