@@ -16,37 +16,9 @@ import sys
 import time
 
 
-def status(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        return {k: v.strip() for k, v in fields.items()}
-    except OSError:
-        return None
-
-
-def kib(value):
-    return int(value.split()[0]) if value else 0
-
-
-def descendants(root):
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(rest[1]), []).append(int(entry))
-        except (OSError, IndexError):
-            continue
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            out.append(child)
-            todo.append(child)
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import descendants, kib  # noqa: E402
+from benchlib import proc_status as status  # noqa: E402
 
 
 def main():
