@@ -24,7 +24,7 @@ use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
 use ureq::Agent;
 
 use crate::connect::{SharedTls, Stale, TcpConnector};
-use crate::gate::{Gate, Met};
+use crate::gate::{Gate, Met, Place};
 use crate::policy::{parse_retry_after, retryable_status, RetryPolicy};
 use crate::resolve::CachingResolver;
 
@@ -173,7 +173,7 @@ impl Fetcher {
     /// `gate` first; `None` when the gate closes before the id has an answer (the worker is
     /// stopping, and the id stays unreported).
     ///
-    /// `holding` is the thread's place at the gate: it gives it up while it waits to retry, so a
+    /// `place` is the thread's place at the gate: it steps aside while it waits to retry, so a
     /// sleeping retry is not one of the requests in flight the fleet's limit allows.
     pub fn fetch(
         &self,
@@ -181,7 +181,7 @@ impl Fetcher {
         id: u64,
         url: &mut String,
         gate: &Gate,
-        holding: &mut bool,
+        place: &mut Place<'_>,
     ) -> Option<ItemResult> {
         self.url_of(id, url);
         let mut backoff = self.policy.backoff();
@@ -206,7 +206,7 @@ impl Fetcher {
                 // The id's last attempt failed. If the API has just gone down, the fleet's
                 // circuit opens within a moment (it takes the failures of a short window to
                 // tell): the attempt was the outage's, not the id's.
-                gate.release(holding);
+                place.step_aside();
                 outage = gate.circuit_opens_within(OUTAGE_GRACE);
                 if !outage {
                     attempts += 1;
@@ -231,9 +231,9 @@ impl Fetcher {
                     wait.unwrap_or(self.policy.base)
                 }
             };
-            gate.release(holding);
+            place.step_aside();
             std::thread::sleep(pause);
-            if !(outage || gate.retry()) || !gate.rejoin(holding) {
+            if !(outage || gate.retry()) || !place.rejoin() {
                 return None;
             }
         }

@@ -44,10 +44,11 @@ pub fn start(
             std::thread::Builder::new().name(format!("fetch-{n}")).stack_size(FETCH_STACK).spawn(move || {
                 let session = fetcher.session();
                 let mut url = String::with_capacity(128);
-                let mut holding = false;
                 // A place at the gate first, then an id: threads beyond the worker's share
                 // sleep holding nothing, and the ids wait in the queue for a thread at work.
-                while gate.hold(&mut holding) {
+                // The place is given back when the thread ends (dropped).
+                let mut place = gate.place();
+                while place.keep() {
                     let Ok(id) = ids.recv() else { break };
                     if stopping.load(Ordering::Relaxed) {
                         break;
@@ -55,7 +56,7 @@ pub fn start(
                     if !chaos.is_empty() && inject(&chaos, id, &out) {
                         continue;
                     }
-                    let Some(result) = fetcher.fetch(&session, id, &mut url, &gate, &mut holding) else {
+                    let Some(result) = fetcher.fetch(&session, id, &mut url, &gate, &mut place) else {
                         break;
                     };
                     if out.send(Outgoing::Result(result)).is_err() {
@@ -63,7 +64,6 @@ pub fn start(
                         break;
                     }
                 }
-                gate.release(&mut holding);
             })
         })
         .collect()
