@@ -66,7 +66,7 @@ fn damaged_stores_get_one_clear_line_and_salvage_then_a_rerun_completes_them() {
     let (api, dir, store) = setup(&[]);
     let total = 20_000u64;
     let ids = format!("0..{total}");
-    run(&strs(&job_args(&api.url(), &ids, &store))).assert_code(0);
+    Job::new(&api.url(), &ids, &store).run().assert_code(0);
     let cases: Vec<Option<u64>> = (0..12).map(Some).chain([None]).collect();
     let mut detected = 0;
     for at in cases {
@@ -95,12 +95,12 @@ fn damaged_stores_get_one_clear_line_and_salvage_then_a_rerun_completes_them() {
         for args in [vec!["status", "--store", d], vec!["export", "--store", d]] {
             assert_one_clear_line(&run(&args), &format!("{name}: {}", args[0]));
         }
-        let out = run(&strs(&job_args(&api.url(), &ids, &damaged)));
+        let out = Job::new(&api.url(), &ids, &damaged).run();
         assert_one_clear_line(&out, &format!("{name}: run"));
         detected += u32::from(verify.code() == Some(2));
         // The salvaged store plus a rerun is the whole range, each id once with its own body.
         let asked = api.requests();
-        run(&strs(&job_args(&api.url(), &ids, &salvaged))).assert_code(0);
+        Job::new(&api.url(), &ids, &salvaged).run().assert_code(0);
         assert_eq!(
             api.requests() - asked,
             total - recovered,
@@ -114,7 +114,7 @@ fn damaged_stores_get_one_clear_line_and_salvage_then_a_rerun_completes_them() {
 #[test]
 fn a_sound_store_verifies_and_salvage_refuses_an_existing_target() {
     let (api, dir, store) = setup(&[]);
-    run(&strs(&job_args(&api.url(), "0..3000", &store))).assert_code(0);
+    Job::new(&api.url(), "0..3000", &store).run().assert_code(0);
     let out = run(&["verify", "--store", path_str(&store)]);
     out.assert_code(0);
     assert!(

@@ -75,10 +75,10 @@ fn a_store_that_is_not_a_store_is_refused_and_left_alone() {
 #[test]
 fn a_store_of_another_job_is_refused_and_unchanged() {
     let (api, _dir, store) = setup(&[]);
-    run(&strs(&job_args(&api.url(), "0..100", &store))).assert_code(0);
+    Job::new(&api.url(), "0..100", &store).run().assert_code(0);
     let before = export(&store);
     let other = format!("http://{}/other/{{id}}", api.addr);
-    let out = run(&strs(&job_args(&other, "0..200", &store)));
+    let out = Job::new(&other, "0..200", &store).run();
     out.assert_code(2);
     assert!(
         out.stderr.contains(&format!("belongs to the job {}, not {other}", api.url())),

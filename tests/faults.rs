@@ -6,9 +6,7 @@ use crate::util::*;
 fn a_flaky_api_settles_every_id() {
     let (api, _dir, store) =
         setup(&["--error-rate", "0.2", "--drop-rate", "0.05", "--rate-limit", "2500", "--seed", "7"]);
-    let mut args = job_args(&api.url(), "0..6000", &store);
-    set(&mut args, "--max-attempts", "15");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..6000", &store).flag("--max-attempts", "15").run();
     out.assert_code(0);
     assert_complete(&store, 0..6000);
     let stats = api.stats();

@@ -7,7 +7,7 @@ use crate::util::*;
 #[test]
 fn a_complete_run_stores_every_id_once_with_its_own_body() {
     let (api, _dir, store) = setup(&[]);
-    let out = run(&strs(&job_args(&api.url(), "0..20000", &store)));
+    let out = Job::new(&api.url(), "0..20000", &store).run();
     out.assert_code(0);
     assert_eq!(figure(&out, "fetched"), 20_000);
     assert_eq!(figure(&out, "failed"), 0);
@@ -19,7 +19,7 @@ fn a_complete_run_stores_every_id_once_with_its_own_body() {
 fn workers_killed_with_sigkill_mid_run_lose_and_duplicate_nothing() {
     let (api, _dir, store) = setup(&["--latency-ms", "5"]);
     let total = 30_000u64;
-    let running = spawn(&strs(&job_args(&api.url(), "0..30000", &store)));
+    let running = Job::new(&api.url(), "0..30000", &store).spawn();
     let mut kills = 0;
     let mut victims = Vec::new();
     // Kill a worker every 300ms while less than half the ids have been asked for.
@@ -47,9 +47,7 @@ fn workers_killed_with_sigkill_mid_run_lose_and_duplicate_nothing() {
 #[test]
 fn a_worker_binary_that_always_dies_stops_the_run_with_a_clear_error() {
     let (api, _dir, store) = setup(&[]);
-    let mut args = job_args(&api.url(), "0..100", &store);
-    set(&mut args, "--worker-bin", "/bin/false");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..100", &store).flag("--worker-bin", "/bin/false").run();
     out.assert_code(1);
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
@@ -64,7 +62,7 @@ fn a_worker_binary_that_always_dies_stops_the_run_with_a_clear_error() {
 fn a_4xx_is_a_final_answer_stored_as_it_is() {
     let (api, _dir, store) = setup(&[]);
     let url = format!("http://{}/missing/{{id}}", api.addr);
-    run(&strs(&job_args(&url, "0..50", &store))).assert_code(0);
+    Job::new(&url, "0..50", &store).run().assert_code(0);
     let records = export(&store);
     assert_eq!(records.len(), 50);
     for (id, rec) in records.iter().enumerate() {

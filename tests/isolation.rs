@@ -85,10 +85,8 @@ fn workers_run_as_the_user_given() {
     }
     let nobody = nix::unistd::User::from_name("nobody").expect("lookup").expect("nobody exists");
     let (api, _dir, store) = setup(&["--latency-ms", "20"]);
-    let mut args = job_args(&api.url(), "0..100000", &store);
-    set(&mut args, "--user", "nobody");
-    set(&mut args, "--workers", "1");
-    let running = spawn(&strs(&args));
+    let running =
+        Job::new(&api.url(), "0..100000", &store).flag("--user", "nobody").flag("--workers", "1").spawn();
     wait_for("requests", Duration::from_secs(30), || api.requests() > 100);
     let workers = children_of(running.pid());
     assert_eq!(workers.len(), 1);

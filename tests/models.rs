@@ -19,7 +19,7 @@ fn coroutines_fetch_every_id_once_into_the_same_store() {
     assert_complete(&store, 0..3000);
     assert_eq!(api.requests(), 3000);
     // The store is the fleet's: a fleet run on it has nothing left to do.
-    let out = run(&strs(&job_args(&api.url(), "0..3000", &store)));
+    let out = Job::new(&api.url(), "0..3000", &store).run();
     out.assert_code(0);
     assert_eq!(api.requests(), 3000);
 }
@@ -85,9 +85,7 @@ fn what_the_event_loop_does_not_do_is_refused() {
     let out = run(&strs(&async_args("https://127.0.0.1:9/items/{id}", "0..10", &store)));
     out.assert_code(2);
     assert!(out.stderr.contains("http:// URLs only"), "{}", out.stderr);
-    let mut args = job_args(&api.url(), "0..10", &store);
-    set(&mut args, "--chaos", "panic-on=3");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..10", &store).flag("--chaos", "panic-on=3").run();
     out.assert_code(2);
     assert!(out.stderr.contains("panic-on needs --model async"), "{}", out.stderr);
     assert!(!store.exists(), "nothing created");

@@ -165,9 +165,7 @@ fn the_api_gone_for_30_s_and_back_on_its_port_fails_no_id() {
     let addr = proxy.addr.clone();
     let dir = tempdir();
     let store = store_of(&dir);
-    let mut args = job_args(&proxy.url(), "0..3000", &store);
-    set(&mut args, "--rate", "300");
-    let running = spawn(&strs(&args));
+    let running = Job::new(&proxy.url(), "0..3000", &store).flag("--rate", "300").spawn();
     wait_for("1,000 requests", Duration::from_secs(30), || api.requests() >= 1000);
     drop(proxy); // connections refused from here
     let gone = Instant::now();

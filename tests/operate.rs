@@ -17,10 +17,10 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 fn a_long_run_seen_from_outside_progress_metrics_and_live_status() {
     // 1,700 ids at 150 a second: about 11 s, so one plain progress line (every 10 s) is due.
     let (api, _dir, store) = setup(&[]);
-    let mut args = job_args(&api.url(), "0..1700", &store);
-    set(&mut args, "--rate", "150");
-    set(&mut args, "--metrics", "127.0.0.1:0");
-    let running = spawn(&strs(&args));
+    let running = Job::new(&api.url(), "0..1700", &store)
+        .flag("--rate", "150")
+        .flag("--metrics", "127.0.0.1:0")
+        .spawn();
     let pid = running.pid();
     let s = path_str(&store);
     // status on the store the run holds: its live figures, as text and as JSON.
@@ -241,9 +241,7 @@ fn sighup_rereads_the_rate_from_the_config_file_without_losing_anything() {
     let (api, dir, store) = setup(&[]);
     let file = dir.path().join("job.toml");
     std::fs::write(&file, "rate = \"20/s\"\n").expect("writes");
-    let mut args = job_args(&api.url(), "0..300", &store);
-    set(&mut args, "--config", path_str(&file));
-    let running = spawn(&strs(&args));
+    let running = Job::new(&api.url(), "0..300", &store).flag("--config", path_str(&file)).spawn();
     wait_for("the first requests", Duration::from_secs(20), || api.requests() >= 10);
     // A file that no longer parses changes nothing...
     std::fs::write(&file, "rate = \n").expect("writes");

@@ -10,9 +10,8 @@ fn an_outage_fails_no_id_only_probes_reach_the_api_and_full_speed_returns_at_onc
     // After 1,500 requests every answer is 503 (no Retry-After) for 5 s. With 8 attempts and a
     // backoff of at most 200ms, every id in flight would run out of attempts in about a second.
     let (api, _dir, store) = setup(&["--outage-after", "1500", "--outage-secs", "5", "--record"]);
-    let mut args = job_args(&api.url(), "0..4000", &store);
-    set(&mut args, "--rate", "500");
-    let out = spawn(&strs(&args)).wait(Duration::from_secs(60));
+    let out =
+        Job::new(&api.url(), "0..4000", &store).flag("--rate", "500").spawn().wait(Duration::from_secs(60));
     out.assert_code(0);
     assert_complete(&store, 0..4000);
     assert_eq!(figure(&out, "pacing.outages"), 1, "{}", out.stdout);
@@ -40,9 +39,7 @@ fn a_server_gone_and_back_on_its_port_fails_no_id() {
     let addr = first.addr.clone();
     let dir = tempdir();
     let store = dir.path().join("items.sled");
-    let mut args = job_args(&first.url(), "0..3000", &store);
-    set(&mut args, "--rate", "500");
-    let running = spawn(&strs(&args));
+    let running = Job::new(&first.url(), "0..3000", &store).flag("--rate", "500").spawn();
     wait_for("1,000 requests", Duration::from_secs(30), || first.requests() >= 1000);
     drop(first);
     let gone = Instant::now();
@@ -78,8 +75,7 @@ fn faults_at_random_cost_retries_not_pauses_or_a_backed_off_rate() {
         "--seed",
         "7",
     ]);
-    let args = job_args(&api.url(), "0..5000", &store);
-    let out = spawn(&strs(&args)).wait(Duration::from_secs(60));
+    let out = Job::new(&api.url(), "0..5000", &store).spawn().wait(Duration::from_secs(60));
     out.assert_code(0);
     assert_complete(&store, 0..5000);
     assert_eq!(figure(&out, "pacing.pauses"), 0, "{}", out.stdout);
@@ -101,8 +97,7 @@ fn a_quota_used_up_by_another_client_pauses_the_fleet_with_at_most_a_request_per
     // of each window. Midway, another client with the same key spends the rest of a window:
     // answers say remaining 0 until the reset, and the fleet waits for it.
     let (api, _dir, store) = setup(&["--quota", "300", "--quota-window", "2", "--record"]);
-    let args = job_args(&api.url(), "0..700", &store);
-    let running = spawn(&strs(&args));
+    let running = Job::new(&api.url(), "0..700", &store).spawn();
     wait_for("200 requests", Duration::from_secs(30), || api.requests() >= 200);
     let other =
         ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
@@ -177,8 +172,7 @@ fn an_api_that_starts_after_the_run_is_waited_for_and_every_id_fetched() {
     let port = free_port();
     let dir = tempdir();
     let store = dir.path().join("items.sled");
-    let args = job_args(&format!("http://127.0.0.1:{port}/items/{{id}}"), "0..3000", &store);
-    let running = spawn(&strs(&args));
+    let running = Job::new(&format!("http://127.0.0.1:{port}/items/{{id}}"), "0..3000", &store).spawn();
     wait_for("the run to say it waits", Duration::from_secs(5), || {
         live(&store)
             .is_some_and(|l| l["snapshot"]["held_back"].as_str().is_some_and(|h| h.contains("no answer yet")))

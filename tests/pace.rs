@@ -32,10 +32,7 @@ fn limits(out: &Outcome) -> (u64, u64, u64) {
 #[test]
 fn the_fleet_never_sends_more_than_its_rate_and_burst() {
     let (api, _dir, store) = setup(&["--record"]);
-    let mut args = job_args(&api.url(), "0..600", &store);
-    set(&mut args, "--rate", "200");
-    set(&mut args, "--burst", "10");
-    run(&strs(&args)).assert_code(0);
+    Job::new(&api.url(), "0..600", &store).flag("--rate", "200").flag("--burst", "10").run().assert_code(0);
     assert_complete(&store, 0..600);
     let log = api.log();
     assert_eq!(log.len(), 600, "one request per id: no faults here");
@@ -54,9 +51,7 @@ fn a_sporadic_retry_after_is_waited_by_its_request_alone() {
     // Every 1000th request is answered 503 with Retry-After: 1: a server shedding a little
     // load. The request that met it waits its second before its retry; the fleet goes on.
     let (api, _dir, store) = setup(&["--unavailable-every", "1000", "--latency-ms", "20", "--record"]);
-    let mut args = job_args(&api.url(), "0..3000", &store);
-    set(&mut args, "--workers", "4");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..3000", &store).flag("--workers", "4").run();
     out.assert_code(0);
     assert_complete(&store, 0..3000);
     assert_eq!(figure(&out, "pacing.pauses"), 0, "{}", out.stdout);
@@ -79,9 +74,7 @@ fn a_retry_after_among_many_refusals_pauses_every_worker() {
     // Every 4th request is refused: the client as a whole is limited, and a Retry-After met by
     // one worker stops the others too, through the supervisor.
     let (api, _dir, store) = setup(&["--unavailable-every", "4", "--latency-ms", "5", "--record"]);
-    let mut args = job_args(&api.url(), "0..60", &store);
-    set(&mut args, "--max-attempts", "20");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..60", &store).flag("--max-attempts", "20").run();
     out.assert_code(0);
     assert_complete(&store, 0..60);
     assert!(figure(&out, "pacing.pauses") >= 2, "{}", out.stdout);
@@ -110,8 +103,7 @@ fn a_dead_workers_permits_are_not_lost_for_good() {
 #[test]
 fn an_announced_limit_is_kept_to_without_meeting_it() {
     let (api, _dir, store) = setup(&["--rate-limit", "300", "--announce-limit"]);
-    let args = job_args(&api.url(), "0..900", &store);
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..900", &store).run();
     out.assert_code(0);
     assert_complete(&store, 0..900);
     let pacing = &summary(&out)["pacing"];
@@ -183,10 +175,7 @@ fn the_limit_grows_on_a_slow_clean_api_and_a_lone_503_changes_nothing_for_the_fl
     // is answered 503 with Retry-After: 1: one refusal among thousands, which its request
     // waits. The limit is not cut, the rate not backed off, nothing pauses.
     let (api, _dir, store) = setup(&["--latency-ms", "20", "--unavailable-every", "3800"]);
-    let mut args = job_args(&api.url(), "0..4000", &store);
-    set(&mut args, "--workers", "2");
-    set(&mut args, "--threads", "100");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..4000", &store).flag("--workers", "2").flag("--threads", "100").run();
     out.assert_code(0);
     assert_complete(&store, 0..4000);
     let (end, lo, hi) = limits(&out);
@@ -251,10 +240,11 @@ fn a_burst_of_one_with_idle_workers_does_not_stall_the_run() {
     // Regression: 30 ids make one chunk for one of 3 workers, and a burst of 1 is one permit
     // for the fleet. Granted to an idle worker, it was never spent, and the run stalled.
     let (api, _dir, store) = setup(&[]);
-    let mut args = job_args(&api.url(), "0..30", &store);
-    set(&mut args, "--rate", "20");
-    set(&mut args, "--burst", "1");
-    let out = spawn(&strs(&args)).wait(Duration::from_secs(20));
+    let out = Job::new(&api.url(), "0..30", &store)
+        .flag("--rate", "20")
+        .flag("--burst", "1")
+        .spawn()
+        .wait(Duration::from_secs(20));
     out.assert_code(0);
     assert_complete(&store, 0..30);
 }

@@ -53,13 +53,11 @@ fn a_new_store_is_owner_only_whatever_the_umask() {
 #[test]
 fn an_existing_store_keeps_the_modes_its_owner_gave_it() {
     let (api, _dir, store) = setup(&[]);
-    let args = job_args(&api.url(), "0..1000", &store);
-    run(&strs(&args)).assert_code(0);
+    Job::new(&api.url(), "0..1000", &store).run().assert_code(0);
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o750)).expect("chmod");
     let db = store.join("db");
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-    let args = job_args(&api.url(), "0..2000", &store);
-    run(&strs(&args)).assert_code(0);
+    Job::new(&api.url(), "0..2000", &store).run().assert_code(0);
     assert_eq!(std::fs::metadata(&store).expect("stat").permissions().mode() & 0o777, 0o750);
     assert_eq!(std::fs::metadata(&db).expect("stat").permissions().mode() & 0o777, 0o640);
     assert_complete(&store, 0..2000);

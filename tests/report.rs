@@ -8,13 +8,11 @@ fn mixed_store(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let store = dir.join("items.sled");
     let healthy = MockApi::start(&[]);
     let url = healthy.url();
-    run(&strs(&job_args(&url, "0..300", &store))).assert_code(0);
+    Job::new(&url, "0..300", &store).run().assert_code(0);
     let addr = healthy.addr.clone();
     drop(healthy);
     let broken = MockApi::start_on(&addr, &["--error-rate", "1.0"]);
-    let mut args = job_args(&broken.url(), "0..310", &store);
-    set(&mut args, "--max-attempts", "1");
-    run(&strs(&args)).assert_code(3);
+    Job::new(&broken.url(), "0..310", &store).flag("--max-attempts", "1").run().assert_code(3);
     (store, url)
 }
 
@@ -61,10 +59,11 @@ fn export_only_keeps_one_kind_of_record_and_ids_one_range() {
     // Every 10th id is missing (404, an answer but not a success), id 55 kills its workers
     // (quarantined), and about a tenth of the others fail their only attempt (500).
     let (api, dir, store) = setup(&["--missing-every", "10", "--error-rate", "0.1", "--seed", "3"]);
-    let mut args = job_args(&api.url(), "0..200", &store);
-    set(&mut args, "--max-attempts", "1");
-    set(&mut args, "--chaos", "crash-on=55");
-    run(&strs(&args)).assert_code(3);
+    Job::new(&api.url(), "0..200", &store)
+        .flag("--max-attempts", "1")
+        .flag("--chaos", "crash-on=55")
+        .run()
+        .assert_code(3);
     let all = export(&store);
     assert_eq!(all.len(), 200);
     let status = |r: &serde_json::Value| r["status"].as_u64();

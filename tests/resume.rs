@@ -5,16 +5,16 @@ use crate::util::*;
 #[test]
 fn extending_a_range_fetches_only_the_new_ids_and_a_complete_rerun_sends_nothing() {
     let (api, _dir, store) = setup(&[]);
-    run(&strs(&job_args(&api.url(), "0..3000", &store))).assert_code(0);
+    Job::new(&api.url(), "0..3000", &store).run().assert_code(0);
     assert_eq!(api.requests(), 3000);
 
-    let out = run(&strs(&job_args(&api.url(), "0..5000", &store)));
+    let out = Job::new(&api.url(), "0..5000", &store).run();
     out.assert_code(0);
     assert_eq!(api.requests(), 5000, "only the 2000 new ids were asked for");
     assert_eq!(figure(&out, "skipped"), 3000, "{}", out.stdout);
     assert_complete(&store, 0..5000);
 
-    let out = run(&strs(&job_args(&api.url(), "0..5000", &store)));
+    let out = Job::new(&api.url(), "0..5000", &store).run();
     out.assert_code(0);
     assert_eq!(api.requests(), 5000, "a rerun over a complete store sends no request");
     assert_eq!(figure(&out, "fetched"), 0, "{}", out.stdout);
@@ -25,9 +25,7 @@ fn failed_ids_are_stored_with_their_error_and_fetched_again_by_the_next_run() {
     let broken = MockApi::start(&["--error-rate", "1.0"]);
     let dir = tempdir();
     let store = dir.path().join("items.sled");
-    let mut args = job_args(&broken.url(), "0..200", &store);
-    set(&mut args, "--max-attempts", "2");
-    let out = run(&strs(&args));
+    let out = Job::new(&broken.url(), "0..200", &store).flag("--max-attempts", "2").run();
     out.assert_code(3);
     assert_eq!(broken.requests(), 400, "two attempts per id");
     let records = export(&store);
@@ -42,7 +40,7 @@ fn failed_ids_are_stored_with_their_error_and_fetched_again_by_the_next_run() {
     let addr = broken.addr.clone();
     drop(broken);
     let healthy = MockApi::start_on(&addr, &[]);
-    run(&strs(&job_args(&healthy.url(), "0..200", &store))).assert_code(0);
+    Job::new(&healthy.url(), "0..200", &store).run().assert_code(0);
     assert_eq!(healthy.requests(), 200);
     assert_complete(&store, 0..200);
 }

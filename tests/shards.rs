@@ -83,8 +83,7 @@ fn three_shards_fetch_every_id_once_and_merge_into_one_complete_store() {
     assert_complete(&merged, 0..5000);
     assert!(status(&merged).contains("complete  yes"), "{}", status(&merged));
     // The merged store is a whole store of the job: a rerun on it has nothing to fetch.
-    let args = job_args(&api.url(), "0..5000", &merged);
-    let rerun = run(&strs(&args));
+    let rerun = Job::new(&api.url(), "0..5000", &merged).run();
     rerun.assert_code(0);
     assert_eq!(figure(&rerun, "skipped"), 5000);
     assert_eq!(api.requests(), 5000);
@@ -127,9 +126,7 @@ fn shards_are_read_from_a_slurm_array_or_a_kubernetes_indexed_job() {
 #[test]
 fn a_store_refuses_a_run_of_another_shard_and_changes_nothing() {
     let (api, dir, store) = setup(&[]);
-    let mut args = job_args(&api.url(), "0..1000", &store);
-    set(&mut args, "--shard", "0/3");
-    run(&strs(&args)).assert_code(0);
+    Job::new(&api.url(), "0..1000", &store).flag("--shard", "0/3").run().assert_code(0);
     let before = export(&store);
     for (shard, want) in [
         (Some("1/3"), "holds shard 0/3 of its job, not 1/3"),
@@ -148,10 +145,8 @@ fn a_store_refuses_a_run_of_another_shard_and_changes_nothing() {
     assert_eq!(export(&store), before, "refused runs change nothing");
     // A whole store refuses a shard.
     let whole = dir.path().join("whole.sled");
-    run(&strs(&job_args(&api.url(), "0..10", &whole))).assert_code(0);
-    let mut args = job_args(&api.url(), "0..10", &whole);
-    set(&mut args, "--shard", "1/2");
-    let out = run(&strs(&args));
+    Job::new(&api.url(), "0..10", &whole).run().assert_code(0);
+    let out = Job::new(&api.url(), "0..10", &whole).flag("--shard", "1/2").run();
     out.assert_code(2);
     assert!(out.stderr.contains("holds the whole job, not shard 1/2"), "{}", out.stderr);
 }
@@ -175,7 +170,7 @@ fn merge_reports_missing_shards_and_refuses_stores_of_another_job() {
     assert!(out.stdout.contains("not merged   shards 1/3"), "{}", out.stdout);
     assert!(status(&merged).contains("complete  no"));
     let before = api.requests();
-    run(&strs(&job_args(&api.url(), "0..2000", &merged))).assert_code(0);
+    Job::new(&api.url(), "0..2000", &merged).run().assert_code(0);
     assert_eq!(api.requests() - before, missing as u64, "the run fetched exactly the gaps");
     assert_complete(&merged, 0..2000);
     assert!(status(&merged).contains("complete  yes"));
@@ -193,10 +188,9 @@ fn merge_reports_missing_shards_and_refuses_stores_of_another_job() {
 
     // Refusals: exit 2, nothing created.
     let other_job = dir.path().join("other.sled");
-    run(&strs(&job_args(&format!("http://{}/items/{{id}}?v=2", api.addr), "0..2000", &other_job)))
-        .assert_code(0);
+    Job::new(&format!("http://{}/items/{{id}}?v=2", api.addr), "0..2000", &other_job).run().assert_code(0);
     let other_ids = dir.path().join("other-ids.sled");
-    run(&strs(&job_args(&api.url(), "0..2001", &other_ids))).assert_code(0);
+    Job::new(&api.url(), "0..2001", &other_ids).run().assert_code(0);
     let out_path = dir.path().join("refused.sled");
     for (inputs, want) in [
         (vec![stores[0].clone(), other_job.clone()], "is of the job"),

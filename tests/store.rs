@@ -143,15 +143,13 @@ fn blocks_rewritten_by_a_rerun_leave_dead_bytes_that_the_run_reclaims() {
     let broken = MockApi::start(&["--error-rate", "0.5", "--body-bytes", "1000"]);
     let dir = tempdir();
     let store = dir.path().join("items.sled");
-    let mut args = job_args(&broken.url(), "0..20000", &store);
-    set(&mut args, "--max-attempts", "1");
-    run(&strs(&args)).assert_code(3);
+    Job::new(&broken.url(), "0..20000", &store).flag("--max-attempts", "1").run().assert_code(3);
     let first = segments(&store);
     assert_eq!(first.len(), 1, "{first:?}");
     let addr = broken.addr.clone();
     drop(broken);
     let healthy = MockApi::start_on(&addr, &["--body-bytes", "1000"]);
-    let out = run(&strs(&job_args(&healthy.url(), "0..20000", &store)));
+    let out = Job::new(&healthy.url(), "0..20000", &store).run();
     out.assert_code(0);
     assert!(out.stderr.contains("reclaimed"), "{}", out.stderr);
     let after = segments(&store);
@@ -178,9 +176,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 fn results_far_larger_than_the_supervisors_budget_pass_through_it_without_raising_its_memory() {
     // 10,000 bodies of 32 KiB: 320 MiB through a supervisor that holds at most 32 MiB of them.
     let (api, _dir, store) = setup(&["--body-bytes", "32768"]);
-    let mut args = job_args(&api.url(), "0..10000", &store);
-    set(&mut args, "--threads", "32");
-    let running = spawn(&strs(&args));
+    let running = Job::new(&api.url(), "0..10000", &store).flag("--threads", "32").spawn();
     let pid = running.pid();
     let mut peak = 0;
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -10,9 +10,7 @@ use crate::util::*;
 #[test]
 fn a_worker_stopped_with_sigstop_is_detected_killed_and_replaced() {
     let (api, _dir, store) = setup(&["--latency-ms", "2"]);
-    let mut args = job_args(&api.url(), "0..20000", &store);
-    set(&mut args, "--worker-timeout", "2s");
-    let running = spawn(&strs(&args));
+    let running = Job::new(&api.url(), "0..20000", &store).flag("--worker-timeout", "2s").spawn();
     wait_for("workers to start fetching", Duration::from_secs(30), || api.requests() > 500);
     let victim = *children_of(running.pid()).first().expect("a worker");
     signal(victim, Signal::SIGSTOP);
@@ -42,9 +40,7 @@ fn a_hanging_id_is_quarantined_after_its_workers_time_out() {
 #[test]
 fn a_poison_id_is_quarantined_in_a_handful_of_deaths_and_skipped_by_reruns() {
     let (api, _dir, store) = setup(&[]);
-    let mut args = job_args(&api.url(), "0..20000", &store);
-    set(&mut args, "--chaos", "crash-on=777");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..20000", &store).flag("--chaos", "crash-on=777").run();
     out.assert_code(3);
     let deaths = out.stderr.matches("was killed by SIGABRT").count();
     eprintln!("figure: poison id quarantined after {deaths} worker deaths");
@@ -54,8 +50,7 @@ fn a_poison_id_is_quarantined_in_a_handful_of_deaths_and_skipped_by_reruns() {
 
     // A rerun (chaos off) does not fetch it again, and still says the range is not all answered.
     let before = api.requests();
-    let args = job_args(&api.url(), "0..20000", &store);
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..20000", &store).run();
     out.assert_code(3);
     assert_eq!(api.requests(), before, "nothing fetched");
     assert_eq!(figure(&out, "skipped_quarantined"), 1, "{}", out.stdout);
@@ -71,9 +66,7 @@ fn a_poison_id_is_quarantined_in_a_handful_of_deaths_and_skipped_by_reruns() {
 #[test]
 fn workers_killed_every_half_second_lose_nothing_and_quarantine_nothing() {
     let (api, _dir, store) = setup(&["--latency-ms", "2"]);
-    let mut args = job_args(&api.url(), "0..30000", &store);
-    set(&mut args, "--chaos", "kill-every=500ms");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..30000", &store).flag("--chaos", "kill-every=500ms").run();
     out.assert_code(0);
     let kills = figure(&out, "chaos_kills");
     eprintln!("figure: {kills} workers SIGKILLed by kill-every=500ms, 0 ids quarantined");
@@ -94,11 +87,11 @@ fn chaos_kills_make_no_suspect_even_of_ids_held_through_many() {
     // kills every 100 ms among 2 workers: a chaos kill is the supervisor's own doing and counts
     // against no id (before, such ids were retried alone and could be quarantined).
     let (api, _dir, store) = setup(&["--throttle-rate", "0.03"]);
-    let mut args = job_args(&api.url(), "0..6000", &store);
-    set(&mut args, "--workers", "2");
-    set(&mut args, "--rate", "3000");
-    set(&mut args, "--chaos", "kill-every=100ms");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..6000", &store)
+        .flag("--workers", "2")
+        .flag("--rate", "3000")
+        .flag("--chaos", "kill-every=100ms")
+        .run();
     out.assert_code(0);
     let kills = figure(&out, "chaos_kills");
     eprintln!("figure: {kills} workers SIGKILLed by kill-every=100ms");
@@ -148,9 +141,7 @@ fn sigint_stops_gracefully_with_130() {
 fn a_second_signal_stops_at_once() {
     // Every request takes 3 s: a graceful stop would wait for them, up to --grace 20s.
     let (api, _dir, store) = setup(&["--latency-ms", "3000"]);
-    let mut args = job_args(&api.url(), "0..1000", &store);
-    set(&mut args, "--grace", "20s");
-    let running = spawn(&strs(&args));
+    let running = Job::new(&api.url(), "0..1000", &store).flag("--grace", "20s").spawn();
     let pid = running.pid();
     wait_for("requests in flight", Duration::from_secs(30), || api.requests() > 0);
     signal(pid, Signal::SIGTERM);
@@ -196,9 +187,7 @@ fn a_supervisor_killed_with_sigkill_leaves_no_orphans_and_a_rerun_completes() {
 #[test]
 fn a_worker_sending_a_malformed_frame_is_killed_and_its_ids_requeued() {
     let (api, _dir, store) = setup(&[]);
-    let mut args = job_args(&api.url(), "0..5000", &store);
-    set(&mut args, "--chaos", "bad-frame-on=321");
-    let out = run(&strs(&args));
+    let out = Job::new(&api.url(), "0..5000", &store).flag("--chaos", "bad-frame-on=321").run();
     out.assert_code(3);
     assert!(out.stderr.contains("after a protocol error (frame payload does not decode"), "{}", out.stderr);
     assert_complete_but(&store, 0..5000, &[321]);
@@ -225,10 +214,10 @@ fn hostile_workers_are_refused_without_a_panic_or_an_allocation() {
         let dir = tempdir();
         let bin = fake_worker(dir.path(), bytes);
         let store = dir.path().join("items.sled");
-        let mut args = job_args(&api.url(), "0..100", &store);
-        set(&mut args, "--worker-bin", path_str(&bin));
-        set(&mut args, "--workers", "1");
-        let out = run(&strs(&args));
+        let out = Job::new(&api.url(), "0..100", &store)
+            .flag("--worker-bin", path_str(&bin))
+            .flag("--workers", "1")
+            .run();
         out.assert_code(1);
         let last = out.stderr.lines().last().unwrap_or_default();
         assert!(last.contains("died 5 times in a row") && last.contains(want), "{want}: {last}");

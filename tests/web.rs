@@ -37,9 +37,9 @@ fn https_with_a_private_ca_stores_every_body() {
     let dir = tempdir();
     let (api, ca) = tls_api(dir.path());
     let store = dir.path().join("items.sled");
-    let mut args = job_args(&format!("https://{}/items/{{id}}", api.addr), "0..300", &store);
-    set(&mut args, "--ca-cert", path_str(&ca));
-    let out = run(&strs(&args));
+    let out = Job::new(&format!("https://{}/items/{{id}}", api.addr), "0..300", &store)
+        .flag("--ca-cert", path_str(&ca))
+        .run();
     out.assert_code(0);
     assert_complete(&store, 0..300);
 }
@@ -95,9 +95,9 @@ fn a_bad_ca_file_is_one_line_and_exit_2() {
     for (file, want) in
         [(not_pem.as_path(), "no PEM certificate"), (Path::new("/nonexistent/ca.pem"), "No such file")]
     {
-        let mut args = job_args("https://127.0.0.1:9/items/{id}", "0..5", &store);
-        set(&mut args, "--ca-cert", path_str(file));
-        let out = run(&strs(&args));
+        let out = Job::new("https://127.0.0.1:9/items/{id}", "0..5", &store)
+            .flag("--ca-cert", path_str(file))
+            .run();
         out.assert_code(2);
         assert!(out.stderr.contains("--ca-cert") && out.stderr.contains(want), "{}", out.stderr);
         assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
@@ -113,8 +113,7 @@ fn a_bad_ca_file_is_one_line_and_exit_2() {
 fn compressed_bodies_are_stored_decoded() {
     for coding in ["gzip", "br"] {
         let (api, _dir, store) = setup(&["--compress", coding, "--body-bytes", "2048"]);
-        let args = job_args(&api.url(), "0..200", &store);
-        run(&strs(&args)).assert_code(0);
+        Job::new(&api.url(), "0..200", &store).run().assert_code(0);
         let stats = api.stats();
         assert_eq!(stats.compressed, stats.requests, "{coding}: every answer was compressed");
         assert!(stats.requests >= 200);
@@ -136,9 +135,7 @@ fn max_body_counts_decoded_bytes() {
     // 16 KiB of this JSON arrives as about 5 KiB of gzip: under the limit on the wire, over it
     // once decoded, and decoded is what would be stored.
     let (api, _dir, store) = setup(&["--compress", "gzip", "--body-bytes", "16384"]);
-    let mut args = job_args(&api.url(), "0..5", &store);
-    set(&mut args, "--max-body", "8K");
-    run(&strs(&args)).assert_code(3);
+    Job::new(&api.url(), "0..5", &store).flag("--max-body", "8K").run().assert_code(3);
     for rec in export(&store) {
         assert_eq!(rec["error"].as_str(), Some("body exceeds the limit of 8192 bytes"), "{rec}");
     }
@@ -151,7 +148,7 @@ fn a_host_name_url_fetches_every_id_and_a_name_that_does_not_exist_stops_the_run
     let (api, _dir, store) = setup(&[]);
     let url = api.url().replace("127.0.0.1", "localhost");
     assert!(url.starts_with("http://localhost:"), "{url}");
-    run(&strs(&job_args(&url, "0..3000", &store))).assert_code(0);
+    Job::new(&url, "0..3000", &store).run().assert_code(0);
     assert_complete(&store, 0..3000);
     assert_eq!(api.requests(), 3000, "one request per id");
 
@@ -159,8 +156,9 @@ fn a_host_name_url_fetches_every_id_and_a_name_that_does_not_exist_stops_the_run
     // with nothing stored.
     let dir = tempdir();
     let store = dir.path().join("items.sled");
-    let args = job_args("http://no-such-host.invalid:9/items/{id}", "0..50000", &store);
-    let out = spawn(&strs(&args)).wait(std::time::Duration::from_secs(10));
+    let out = Job::new("http://no-such-host.invalid:9/items/{id}", "0..50000", &store)
+        .spawn()
+        .wait(std::time::Duration::from_secs(10));
     out.assert_code(4);
     assert!(out.stderr.contains("no-such-host.invalid does not resolve"), "{}", out.stderr);
     let c = counts(&store);
