@@ -24,6 +24,7 @@ fn bad_flags_exit_2_with_one_line_and_create_nothing() {
         (vec!["--url", ok, "--ids", "0..5", "--store", s, "--io-timeout", "soon"], "not a duration"),
         (vec!["--url", ok, "--ids", "0..5", "--store", s, "--header", "nocolon"], "--header"),
         (vec!["--url", ok, "--ids", "0..5", "--store", s, "--wait-for-api", "soon"], "not a duration"),
+        (vec!["--url", ok, "--ids", "0..5", "--store", s, "--summary", "yaml"], "invalid value 'yaml'"),
         (
             vec!["--url", ok, "--ids", "0..5", "--store", s, "--wait-for-api", "10ms"],
             "--wait-for-api must be at least 1s",
