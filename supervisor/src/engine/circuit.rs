@@ -211,9 +211,11 @@ impl FirstAnswer {
         Some(self.describe(now))
     }
 
-    /// Whether the run has waited `limit` without an answer.
+    /// Whether the run has waited `limit` without an answer, its requests failing (refused,
+    /// timing out: a request still waiting for a slow answer under a long `--io-timeout` is
+    /// not a failure, and the run goes on waiting).
     pub fn waited_out(&self, now: Instant, limit: Duration) -> bool {
-        !self.heard && now.saturating_duration_since(self.since) >= limit
+        !self.heard && self.error.is_some() && now.saturating_duration_since(self.since) >= limit
     }
 
     /// How the latest unanswered request failed, if one has.
@@ -383,6 +385,11 @@ mod tests {
         assert_eq!(
             slow.warning(t0 + WARN_LATEST).as_deref(),
             Some("no answer yet from 10.0.0.1:80 (for 4s)")
+        );
+        // Requests still in flight (a slow answer under a long --io-timeout) are waited for.
+        assert!(
+            !slow.waited_out(t0 + Duration::from_secs(600), Duration::from_secs(60)),
+            "nothing failed yet"
         );
     }
 
