@@ -212,8 +212,6 @@ pub struct AdaptiveRate {
     tested: bool,
     /// When the climb starts: the plateau's end, or its test's if that came first.
     climb_at: Instant,
-    /// How fast it grows past the target (the cubic's constant there).
-    probe: f64,
 }
 
 impl AdaptiveRate {
@@ -221,7 +219,7 @@ impl AdaptiveRate {
     /// answers were refusals).
     pub fn new(measured: f64, trigger: f64, now: Instant) -> AdaptiveRate {
         let peak = measured.max(MIN_RATE / BACKOFF);
-        AdaptiveRate { peak, at: now, trigger, tested: false, climb_at: now + PLATEAU, probe: PROBE }
+        AdaptiveRate { peak, at: now, trigger, tested: false, climb_at: now + PLATEAU }
     }
 
     /// Refusals came at `share` of the answers at `now`, the fleet measured sending
@@ -263,17 +261,13 @@ impl AdaptiveRate {
         self.trigger
     }
 
-    /// A rate the server was measured to take over a cycle of pauses (a fixed window: its
-    /// quota spent at once, refused until the window ends): kept to at [`SETTLE`] of it from
-    /// `now`, with no plateau to test. The measure is low when a pause outlasts the window it
-    /// waited for (a `Retry-After` in whole seconds), so past it the rate grows as CUBIC's
-    /// symmetric curve does, not [`PROBE`]'s: the next refusals, if any, back it off as any
-    /// refusals do, and the climb after that probes slowly.
+    /// A rate the server was measured to take over whole cycles of pauses (a fixed window:
+    /// its quota spent at once, refused until the window ends): kept to at [`SETTLE`] of it
+    /// from `now`, probed past slowly as after a climb, with no plateau to test.
     pub fn settled(taken: f64, trigger: f64, now: Instant) -> AdaptiveRate {
         let peak = taken.max(MIN_RATE / BACKOFF);
         let climb_at = now.checked_sub(RECOVERY).unwrap_or(now);
-        let symmetric = (1.0 - BACKOFF / SETTLE) / RECOVERY.as_secs_f64().powi(3);
-        AdaptiveRate { peak, at: now, trigger, tested: true, climb_at, probe: symmetric }
+        AdaptiveRate { peak, at: now, trigger, tested: true, climb_at }
     }
 
     /// The rate at `now`: [`BACKOFF`] of the peak over the plateau, then
@@ -283,7 +277,7 @@ impl AdaptiveRate {
     pub fn rate(&self, now: Instant) -> f64 {
         let k = RECOVERY.as_secs_f64();
         let t = now.saturating_duration_since(self.climb_at).as_secs_f64();
-        let c = if t < k { (1.0 - BACKOFF / SETTLE) / k.powi(3) } else { self.probe };
+        let c = if t < k { (1.0 - BACKOFF / SETTLE) / k.powi(3) } else { PROBE };
         (SETTLE * self.peak * (1.0 + c * (t - k).powi(3))).max(MIN_RATE)
     }
 
@@ -415,12 +409,11 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_taken_over_a_cycle_of_pauses_is_kept_to_from_at_once_and_grown_past_as_cubic_does() {
+    fn a_rate_taken_over_cycles_of_pauses_is_kept_to_from_at_once_and_probed_past_slowly() {
         let t0 = Instant::now();
         let mut a = AdaptiveRate::settled(2000.0, 0.2, t0);
         assert!((a.rate(t0) - 1900.0).abs() < 1e-6, "0.95 of it, at once");
-        let two = a.rate(t0 + Duration::from_secs(2));
-        assert!(two > 1.2 * 1900.0, "past it as CUBIC grows (a cycle's measure is low): {two}");
+        assert!(a.rate(t0 + Duration::from_secs(4)) < 1950.0, "a slow probe past it");
         assert!(!a.refused(1900.0, 0.05, t0 + HOLD / 2), "a hold after it as after any back-off");
     }
 
