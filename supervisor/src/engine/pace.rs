@@ -260,8 +260,8 @@ pub struct Pacer {
     probe_turn: usize,
     /// Why the fleet is paused, while it is.
     pause_why: Option<String>,
-    /// When the last fleet-wide pause began.
-    last_pause: Option<Instant>,
+    /// When the last fleet-wide pause began, and how long it was.
+    last_pause: Option<(Instant, Duration)>,
     /// The figures so far; the rate and the current limit are filled in when asked.
     figures: Pacing,
 }
@@ -644,16 +644,24 @@ impl Pacer {
     /// whole cycle, the pause included, is the rate it allows: the fleet keeps just under it,
     /// instead of spending each window's quota in a burst and meeting the window's end with
     /// every request in flight.
-    fn settle_on_cycle(&mut self, now: Instant, out: &mut Vec<Command>) {
-        let cycle = self.last_pause.filter(|&at| now.saturating_duration_since(at) <= throttle::WINDOW);
-        self.last_pause = Some(now);
+    fn settle_on_cycle(&mut self, wait: Duration, now: Instant, out: &mut Vec<Command>) {
+        let cycle = self.last_pause.filter(|&(at, _)| now.saturating_duration_since(at) <= throttle::WINDOW);
+        let resumed = self.recent.since();
+        self.last_pause = Some((now, wait));
         if matches!(self.meter, Some((_, RateSource::Given | RateSource::Announced))) {
             return;
         }
-        let Some(from) = cycle else { return };
+        let Some((from, waited)) = cycle else { return };
         let Some((requests, refused)) = self.recent.refusals_since(from, now) else { return };
         let span = now.saturating_duration_since(from).as_secs_f64().max(1e-3);
-        let taken = (requests - refused) as f64 / span;
+        // Over the whole cycle, pause included; but a pause that outlasted the window it waited
+        // for (a Retry-After in whole seconds, counted from the refusal) wasted part of the next,
+        // so the quota taken since the fleet resumed, over the wait that preceded it, is the
+        // window's too: the larger of the two.
+        let over_cycle = (requests - refused) as f64 / span;
+        let since_resume = resumed.and_then(|r| self.recent.refusals_since(r, now));
+        let per_window = since_resume.map_or(0.0, |(n, k)| (n - k) as f64 / waited.as_secs_f64().max(1e-3));
+        let taken = over_cycle.max(per_window);
         let share = refused as f64 / requests as f64;
         let a = AdaptiveRate::settled(taken, share, now);
         let rate = a.rate(now);
@@ -796,7 +804,7 @@ impl Pacer {
         if current.is_some_and(|c| until <= c + Duration::from_millis(100)) {
             return;
         }
-        self.settle_on_cycle(now, out);
+        self.settle_on_cycle(wait, now, out);
         self.figures.pauses += 1;
         self.figures.paused_secs += (until - current.unwrap_or(now)).as_secs_f64();
         self.paused_until = Some(until);

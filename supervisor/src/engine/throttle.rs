@@ -137,6 +137,11 @@ impl Recent {
         }
     }
 
+    /// Since when the send rate is measured: the first report, or the end of the last pause.
+    pub fn since(&self) -> Option<Instant> {
+        self.since
+    }
+
     /// The fleet pauses until `at`: a send rate measured across the pause would be the pause's.
     pub fn resume_at(&mut self, at: Instant) {
         self.since = Some(self.since.map_or(at, |s| s.max(at)));
