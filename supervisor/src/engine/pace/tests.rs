@@ -680,3 +680,31 @@ fn a_limit_with_resets_but_no_window_keeps_to_the_window_the_resets_show() {
     f.pacer.traffic(&minute(1000, 40_000), f.now, &mut out);
     assert_eq!(f.pacer.figures().rate, Some(25.0 * ANNOUNCED_SHARE), "1,000 left for 40 s: never past it");
 }
+
+#[test]
+fn a_fixed_window_that_pauses_the_fleet_again_is_kept_to_at_the_quota_it_took() {
+    // 2,000 a window of a second, each refusal with Retry-After: 1 (counted from the refusal,
+    // so the pause outlasts the window it waited for).
+    let t0 = Instant::now();
+    let mut p = Pacer::new(settings(None, None, None), 2, t0);
+    let mut out = Vec::new();
+    let refused = |requests: u32, throttled: u32| Traffic {
+        requests,
+        throttled,
+        too_many: throttled,
+        wait_ms: Some(1000),
+        statuses: vec![(200, requests - throttled), (429, throttled)],
+        ..Traffic::default()
+    };
+    p.traffic(&refused(100, 50), t0, &mut out);
+    assert_eq!(p.figures().pauses, 1, "half refused: the whole client waits");
+    // The fleet resumes at t0 + 1 s, spends the window's quota at once, and is refused again.
+    p.traffic(&clean(1, 2000), t0 + Duration::from_millis(1200), &mut out);
+    p.traffic(&refused(400, 400), t0 + Duration::from_millis(1250), &mut out);
+    let f = p.figures();
+    assert_eq!(f.pauses, 2);
+    assert_eq!(f.rate_source, Some(RateSource::Adaptive));
+    // Over the whole cycle 2,050 in 1.25 s (1,640/s); the quota since it resumed, over the
+    // second it waited, 2,000: the larger, less 5%.
+    assert_eq!(f.rate, Some(1900.0), "{f:?}");
+}
