@@ -515,6 +515,17 @@ impl Pacer {
                 };
                 self.pause(wait, why, now, out);
             }
+        } else if t.too_many > 0 && self.circuit.is_none() {
+            // 429s that name no wait, as many as would pause the fleet if they named one (a
+            // fixed window answering a bare 429 refuses everything to its end): the client as
+            // a whole is limited too, and waits the shortest window there is.
+            let wait = throttle::UNNAMED_WAIT;
+            if throttle::fleet_wide(wait, false, &self.recent, now) {
+                let share = self.recent.refused_share_since_resume(now).unwrap_or(0.0);
+                let why =
+                    format!("{:.0}% of recent answers refused (429) with no Retry-After", 100.0 * share);
+                self.pause(wait, why, now, out);
+            }
         }
         self.adapt(now, out);
     }

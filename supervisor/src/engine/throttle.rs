@@ -45,6 +45,9 @@ pub const FLEET_SHARE: f64 = 0.10;
 pub const BACKOFF_SHARE: f64 = 0.02;
 /// A server wait this long is not one request's bad luck: the whole client is told to wait.
 pub const LONG_WAIT: Duration = Duration::from_secs(10);
+/// How long the fleet pauses when enough 429s to be the whole client's name no wait: the
+/// shortest window a limiter counts in.
+pub const UNNAMED_WAIT: Duration = Duration::from_secs(1);
 /// At least this many refusals in [`WINDOW`] to back the rate off: a share of 2% is not told
 /// from one refusal among the first fifty answers of a run.
 pub const MIN_REFUSED: u64 = 5;

@@ -708,3 +708,28 @@ fn a_fixed_window_that_pauses_the_fleet_again_is_kept_to_at_the_quota_it_took() 
     // second it waited, 2,000: the larger, less 5%.
     assert_eq!(f.rate, Some(1900.0), "{f:?}");
 }
+
+#[test]
+fn bare_429s_that_would_pause_the_fleet_with_a_retry_after_pause_it_for_a_second() {
+    let t0 = Instant::now();
+    let mut p = Pacer::new(settings(None, None, None), 2, t0);
+    let mut out = Vec::new();
+    let bare = |requests: u32, refused: u32| Traffic {
+        requests,
+        throttled: refused,
+        too_many: refused,
+        statuses: vec![(200, requests - refused), (429, refused)],
+        ..Traffic::default()
+    };
+    p.traffic(&bare(1000, 10), t0, &mut out);
+    assert_eq!(p.figures().pauses, 0, "1% with no wait named: the requests' own backoff");
+    p.traffic(&bare(100, 100), t0 + Duration::from_millis(100), &mut out);
+    assert_eq!(p.figures().pauses, 1, "110 of 1,100: the whole client is limited");
+    assert_eq!(p.paused_until(t0 + Duration::from_millis(100)), Some(t0 + Duration::from_millis(1100)));
+    // 503s with no wait are the circuit's to judge, not a pause's.
+    let mut p = Pacer::new(settings(None, None, None), 2, t0);
+    let unavailable =
+        Traffic { requests: 100, throttled: 100, statuses: vec![(503, 100)], ..Traffic::default() };
+    p.traffic(&unavailable, t0, &mut out);
+    assert_eq!(p.figures().pauses, 0);
+}
