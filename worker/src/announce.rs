@@ -28,14 +28,15 @@ use sfv::{BareItem, Dictionary, List, ListEntry, Parameters, Parser};
 use shared::Announced;
 use ureq::http::HeaderMap;
 
-/// Kong's window suffixes and their lengths in seconds.
-const KONG_WINDOWS: [(&str, u64); 6] = [
-    ("second", 1),
-    ("minute", 60),
-    ("hour", 3_600),
-    ("day", 86_400),
-    ("month", 30 * 86_400),
-    ("year", 365 * 86_400),
+/// Kong's headers of each window (limit, remaining) and its length in seconds. Named in full:
+/// this is read on every answer of a server that sends rate-limit headers.
+const KONG_WINDOWS: [(&str, &str, u64); 6] = [
+    ("x-ratelimit-limit-second", "x-ratelimit-remaining-second", 1),
+    ("x-ratelimit-limit-minute", "x-ratelimit-remaining-minute", 60),
+    ("x-ratelimit-limit-hour", "x-ratelimit-remaining-hour", 3_600),
+    ("x-ratelimit-limit-day", "x-ratelimit-remaining-day", 86_400),
+    ("x-ratelimit-limit-month", "x-ratelimit-remaining-month", 30 * 86_400),
+    ("x-ratelimit-limit-year", "x-ratelimit-remaining-year", 365 * 86_400),
 ];
 
 /// The rate limit the headers announce, if they announce any part of one.
@@ -214,9 +215,9 @@ fn combined(v: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
 fn kong<'h>(get: &impl Fn(&str) -> Option<&'h str>) -> Option<(u64, Option<u64>, u64)> {
     KONG_WINDOWS
         .iter()
-        .filter_map(|&(unit, secs)| {
-            let limit = get(&format!("x-ratelimit-limit-{unit}")).and_then(count)?;
-            let remaining = get(&format!("x-ratelimit-remaining-{unit}")).and_then(count);
+        .filter_map(|&(limit, remaining, secs)| {
+            let limit = get(limit).and_then(count)?;
+            let remaining = get(remaining).and_then(count);
             Some((limit, remaining, secs * 1000))
         })
         .min_by(|a, b| (a.0 as f64 / a.2 as f64).total_cmp(&(b.0 as f64 / b.2 as f64)))

@@ -248,7 +248,7 @@ impl Loop<'_> {
             recv(self.side.acks) -> ack => match ack {
                 Ok(WriteAck::Durable(d)) => Event::Durable(d),
                 Ok(WriteAck::Failed(e)) => Event::Fatal(Error::Store(e)),
-                Ok(WriteAck::Finished) | Err(_) => Event::Fatal(threads::ended_early(&self.side.panics, "the store writer")),
+                Ok(WriteAck::Finished) | Err(_) => Event::Fatal(self.side.writer_gone()),
             },
             recv(plans) -> msg => match msg {
                 Ok(PlanMsg::Chunk { ids, skipped, quarantined }) => Event::Planned { ids, skipped, quarantined },
@@ -324,7 +324,7 @@ impl Loop<'_> {
                 Ok(WriteAck::Durable(d)) => Event::Durable(d),
                 Ok(WriteAck::Finished) => return,
                 Ok(WriteAck::Failed(e)) => Event::Fatal(Error::Store(e)),
-                Err(_) => Event::Fatal(threads::ended_early(&self.side.panics, "the store writer")),
+                Err(_) => Event::Fatal(self.side.writer_gone()),
             };
             let last = matches!(event, Event::Fatal(_));
             // The run is over: the core only counts, and says nothing more to do.

@@ -66,7 +66,8 @@ pub fn start(cfg: &RunConfig, store: &Store, plan_queue: usize) -> Result<StoreS
 }
 
 impl StoreSide {
-    /// Why the writer ended without a word (no `Failed`, no `Finished`): its panic.
+    /// Why the writer ended without a word (no `Failed`, no `Finished`), or could not be
+    /// reached: its panic.
     pub fn writer_gone(&self) -> Error {
         threads::ended_early(&self.panics, "the store writer")
     }

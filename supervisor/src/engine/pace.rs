@@ -481,16 +481,12 @@ impl Pacer {
         let reached = self.circuit.as_ref().is_some_and(|c| c.unreached) && self.first.heard();
         if self.circuit.is_some() && (answered || reached) {
             self.close(now, out);
-        } else if answered {
-            self.answered_once = true;
-        } else if self.circuit.is_none() && (self.answered_once || !self.first.heard()) {
+        } else if !answered && self.circuit.is_none() && (self.answered_once || !self.first.heard()) {
             if let Some((share, failure)) = self.health.down(now) {
                 self.open(share, failure, now, out);
             }
         }
-        if answered {
-            self.answered_once = true;
-        }
+        self.answered_once |= answered;
         self.recent.add(now, u64::from(t.requests), u64::from(t.throttled));
         if let Some(a) = t.announced {
             self.learn(a, now, out);

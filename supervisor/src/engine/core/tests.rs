@@ -947,6 +947,15 @@ fn certificate(id: u64) -> ItemResult {
     }
 }
 
+/// Four requests, every connection refused.
+fn refused_traffic() -> EventKind {
+    EventKind::Traffic(shared::Traffic {
+        requests: 4,
+        unanswered: Some("connection refused".into()),
+        ..Default::default()
+    })
+}
+
 fn answered_traffic(status: u16) -> EventKind {
     EventKind::Traffic(shared::Traffic { requests: 1, statuses: vec![(status, 1)], ..Default::default() })
 }
@@ -986,9 +995,7 @@ fn after_the_api_has_answered_an_unreachable_id_is_that_ids_failure() {
 #[test]
 fn an_api_that_never_answers_is_said_to_within_seconds_and_given_up_after_the_wait() {
     let mut sim = Sim::started(2, 0..40);
-    let refused =
-        shared::Traffic { requests: 4, unanswered: Some("connection refused".into()), ..Default::default() };
-    sim.feed(worker(0, sim.gens[0], EventKind::Traffic(refused)));
+    sim.feed(worker(0, sim.gens[0], refused_traffic()));
     sim.tick(Duration::from_secs(2));
     assert!(sim.logged("no answer yet from 127.0.0.1:9: connection refused (for 2s)"), "{:?}", sim.logs);
     let snapshot = sim.core.snapshot(sim.now + Duration::from_secs(28));
@@ -1013,9 +1020,7 @@ fn an_api_that_never_answers_is_said_to_within_seconds_and_given_up_after_the_wa
 #[test]
 fn an_api_that_answers_late_ends_the_wait() {
     let mut sim = Sim::started(1, 0..8);
-    let refused =
-        shared::Traffic { requests: 4, unanswered: Some("connection refused".into()), ..Default::default() };
-    sim.feed(worker(0, sim.gens[0], EventKind::Traffic(refused)));
+    sim.feed(worker(0, sim.gens[0], refused_traffic()));
     sim.tick(Duration::from_secs(100));
     sim.feed(worker(0, sim.gens[0], answered_traffic(200)));
     sim.tick(Duration::from_secs(100));

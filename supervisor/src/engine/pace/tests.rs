@@ -640,44 +640,47 @@ fn an_api_that_never_answered_holds_attempts_until_it_does_and_a_long_outage_sto
     assert!(last.iter().all(|p| p.metered && !p.circuit_open), "past --outage-max attempts count: {last:?}");
 }
 
+/// One answer announcing `limit` with `remaining` and a reset in `reset_ms`, and no window.
+fn limit_without_window(limit: u64, remaining: u64, reset_ms: u64) -> Traffic {
+    let announced = Announced {
+        limit: Some(limit),
+        window_ms: None,
+        remaining: Some(remaining),
+        reset_ms: Some(reset_ms),
+    };
+    Traffic { requests: 1, announced: Some(announced), ..Traffic::default() }
+}
+
+/// `requests` answered, `refused` of them 429, naming a wait of `wait_ms` or none.
+fn refused_429s(requests: u32, refused: u32, wait_ms: Option<u64>) -> Traffic {
+    Traffic {
+        requests,
+        throttled: refused,
+        too_many: refused,
+        wait_ms,
+        statuses: vec![(200, requests - refused), (429, refused)],
+        ..Traffic::default()
+    }
+}
+
 #[test]
 fn a_limit_with_resets_but_no_window_keeps_to_the_window_the_resets_show() {
     // slowapi, "500/second": resets up to 2 s away (a Redis TTL in whole seconds).
-    let announce = |remaining, reset_ms| Traffic {
-        requests: 1,
-        announced: Some(Announced {
-            limit: Some(500),
-            window_ms: None,
-            remaining: Some(remaining),
-            reset_ms: Some(reset_ms),
-        }),
-        ..Traffic::default()
-    };
     let mut f = Fleet::new(settings(None, None, None), 2);
     let mut out = Vec::new();
     for (remaining, reset) in [(499, 1999), (300, 999), (120, 1400), (499, 1998)] {
-        f.pacer.traffic(&announce(remaining, reset), f.now, &mut out);
+        f.pacer.traffic(&limit_without_window(500, remaining, reset), f.now, &mut out);
         f.now += Duration::from_millis(300);
     }
     assert_eq!(f.pacer.figures().rate, Some(500.0 * ANNOUNCED_SHARE), "a window of a second");
     assert_eq!(f.pacer.figures().rate_source, Some(RateSource::Announced));
     // "3000/minute": resets up to a minute (and a second) away; what remains of the window
     // spread over it when that is less.
-    let minute = |remaining, reset_ms| Traffic {
-        requests: 1,
-        announced: Some(Announced {
-            limit: Some(3000),
-            window_ms: None,
-            remaining: Some(remaining),
-            reset_ms: Some(reset_ms),
-        }),
-        ..Traffic::default()
-    };
     let mut f = Fleet::new(settings(None, None, None), 2);
-    f.pacer.traffic(&minute(3000, 60_000), f.now, &mut out);
+    f.pacer.traffic(&limit_without_window(3000, 3000, 60_000), f.now, &mut out);
     assert_eq!(f.pacer.figures().rate, Some(50.0 * ANNOUNCED_SHARE));
     let mut f = Fleet::new(settings(None, None, None), 2);
-    f.pacer.traffic(&minute(1000, 40_000), f.now, &mut out);
+    f.pacer.traffic(&limit_without_window(3000, 1000, 40_000), f.now, &mut out);
     assert_eq!(f.pacer.figures().rate, Some(25.0 * ANNOUNCED_SHARE), "1,000 left for 40 s: never past it");
 }
 
@@ -688,19 +691,11 @@ fn a_fixed_window_that_pauses_the_fleet_again_is_kept_to_at_the_quota_it_took() 
     let t0 = Instant::now();
     let mut p = Pacer::new(settings(None, None, None), 2, t0);
     let mut out = Vec::new();
-    let refused = |requests: u32, throttled: u32| Traffic {
-        requests,
-        throttled,
-        too_many: throttled,
-        wait_ms: Some(1000),
-        statuses: vec![(200, requests - throttled), (429, throttled)],
-        ..Traffic::default()
-    };
-    p.traffic(&refused(100, 50), t0, &mut out);
+    p.traffic(&refused_429s(100, 50, Some(1000)), t0, &mut out);
     assert_eq!(p.figures().pauses, 1, "half refused: the whole client waits");
     // The fleet resumes at t0 + 1 s, spends the window's quota at once, and is refused again.
     p.traffic(&clean(1, 2000), t0 + Duration::from_millis(1200), &mut out);
-    p.traffic(&refused(400, 400), t0 + Duration::from_millis(1250), &mut out);
+    p.traffic(&refused_429s(400, 400, Some(1000)), t0 + Duration::from_millis(1250), &mut out);
     let f = p.figures();
     assert_eq!(f.pauses, 2);
     assert_eq!(f.rate_source, Some(RateSource::Adaptive));
@@ -714,16 +709,9 @@ fn bare_429s_that_would_pause_the_fleet_with_a_retry_after_pause_it_for_a_second
     let t0 = Instant::now();
     let mut p = Pacer::new(settings(None, None, None), 2, t0);
     let mut out = Vec::new();
-    let bare = |requests: u32, refused: u32| Traffic {
-        requests,
-        throttled: refused,
-        too_many: refused,
-        statuses: vec![(200, requests - refused), (429, refused)],
-        ..Traffic::default()
-    };
-    p.traffic(&bare(1000, 10), t0, &mut out);
+    p.traffic(&refused_429s(1000, 10, None), t0, &mut out);
     assert_eq!(p.figures().pauses, 0, "1% with no wait named: the requests' own backoff");
-    p.traffic(&bare(100, 100), t0 + Duration::from_millis(100), &mut out);
+    p.traffic(&refused_429s(100, 100, None), t0 + Duration::from_millis(100), &mut out);
     assert_eq!(p.figures().pauses, 1, "110 of 1,100: the whole client is limited");
     assert_eq!(p.paused_until(t0 + Duration::from_millis(100)), Some(t0 + Duration::from_millis(1100)));
     // 503s with no wait are the circuit's to judge, not a pause's.
