@@ -13,6 +13,10 @@
 //! `/nolocation/{id}` (a 300 with a body and no `Location`),
 //! `/binary/{id}` (a body that is not UTF-8). `/items/...` counts in `/stats`; these do not.
 //!
+//! Key echo, for keyed jobs: `/keys/{key}` and `/search?q={key}` answer `{"key": …}` with the key
+//! decoded as servers decode a path segment and a form-encoded query parameter (counted in
+//! `/stats` as requests).
+//!
 //! `--compress` encodes item bodies as real servers do (br or gzip, when `Accept-Encoding` offers it);
 //! `--tls-cert`/`--tls-key` serve HTTPS (rustls).
 //!

@@ -415,6 +415,20 @@ fn compress(coding: Coding, body: &str) -> Option<(&'static str, Vec<u8>)> {
     }
 }
 
+/// The key a key-echo route was asked for, decoded as a server decodes it: `/keys/{key}` (one
+/// path segment, percent-decoded) or `/search?q={key}` (a form-encoded query parameter).
+fn echoed_key(path: &str, query: Option<&str>) -> Option<String> {
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|k| k.into_owned());
+    if let Some(segment) = path.strip_prefix("/keys/") {
+        return decode(segment);
+    }
+    if path == "/search" {
+        let q = query?.split('&').find_map(|pair| pair.strip_prefix("q="))?;
+        return decode(&q.replace('+', " "));
+    }
+    None
+}
+
 async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Dropped> {
     let path = req.uri().path();
     if let Some(r) = hostile(path) {
@@ -429,6 +443,14 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
         let mut r = text(StatusCode::OK, body.expect("plain numbers always serialize"));
         r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
         return Ok(r);
+    }
+    if let Some(key) = echoed_key(path, req.uri().query()) {
+        state.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if !state.faults.latency.is_zero() {
+            tokio::time::sleep(state.faults.latency).await;
+        }
+        let body = serde_json::json!({ "key": key }).to_string();
+        return Ok(text(StatusCode::OK, body));
     }
     let Some(id) = path.strip_prefix("/items/").and_then(|s| s.parse::<u64>().ok()) else {
         return Ok(text(StatusCode::NOT_FOUND, "not found\n"));

@@ -22,7 +22,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,10 +34,12 @@ pub enum ToWorker {
         /// What to fetch and how (boxed: it is sent once, and keeps the enum small).
         job: Box<JobSpec>,
     },
-    /// Fetch these ids (sorted, distinct) and report each exactly once.
+    /// Fetch these items (ids sorted, distinct) and report each exactly once.
     Assign {
-        /// The ids to fetch.
+        /// The ids to fetch (in a keyed job, the keys' ordinals in the store).
         ids: Vec<u64>,
+        /// In a keyed job, the key of each id, in the same order; empty otherwise.
+        keys: Vec<String>,
     },
     /// How this worker may send from now on: see [`Pace`].
     Pace(Pace),
@@ -69,7 +71,8 @@ pub struct Pace {
 /// through the pipe, never through argv or the environment; `Debug` redacts their values.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
-    /// URL with `{id}` where the id goes, e.g. `http://127.0.0.1:8080/items/{id}`.
+    /// URL with `{id}` or `{key}` where the item goes, e.g. `http://127.0.0.1:8080/items/{id}`
+    /// (see [`crate::template`]).
     pub url_template: String,
     /// Fetch threads in the worker.
     pub threads: u32,

@@ -85,7 +85,7 @@ fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
     let mut w = FrameWriter::new(Vec::new());
     w.write(&ToWorker::Hello { version: 1, job: Box::new(job) }).expect("encodes");
     out.push(std::mem::take(w.get_mut()));
-    w.write(&ToWorker::Assign { ids: (0..rng.u64(1..50)).collect() }).expect("encodes");
+    w.write(&ToWorker::Assign { ids: (0..rng.u64(1..50)).collect(), keys: Vec::new() }).expect("encodes");
     out.push(std::mem::take(w.get_mut()));
     w.write(&FromWorker::Hello(WorkerHello { version: 1, pid: 42 })).expect("encodes");
     out.push(std::mem::take(w.get_mut()));

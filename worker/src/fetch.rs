@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use shared::{ItemResult, JobSpec, Outcome, TlsTrust, Unreachable};
+use shared::{ItemResult, JobSpec, Outcome, TlsTrust, Unreachable, UrlTemplate};
 use ureq::config::Config;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
@@ -98,7 +98,7 @@ pub struct Fetcher {
     /// Input and output buffer sizes of a connection.
     buffers: (usize, usize),
     /// The template cut at each `{id}`: the id goes between consecutive parts.
-    url_parts: Vec<String>,
+    template: UrlTemplate,
     headers: Vec<(String, String)>,
     max_body: u64,
     policy: RetryPolicy,
@@ -138,7 +138,10 @@ impl Fetcher {
             resolver: CachingResolver::new(Duration::from_millis(job.dns_ttl_ms)),
             tls: SharedTls::default(),
             buffers: (INPUT_BUFFER, output),
-            url_parts: job.url_template.split("{id}").map(str::to_owned).collect(),
+            template: UrlTemplate::parse(&job.url_template).unwrap_or_else(|_| {
+                // The supervisor checked it; a template it let through renders as it is.
+                UrlTemplate::parse("{key:raw}").expect("a valid template")
+            }),
             headers: job.headers.clone(),
             max_body: job.max_body,
             policy: RetryPolicy::of(job),
@@ -155,18 +158,10 @@ impl Fetcher {
         Session { agent: Agent::with_parts(self.config.clone(), connector, self.resolver.clone()), stale }
     }
 
-    /// The URL of `id`, built in `url` (reused, so the steady state does not allocate).
-    pub fn url_of<'u>(&self, id: u64, url: &'u mut String) -> &'u str {
-        url.clear();
-        let mut digits = [0u8; 20];
-        let id = itoa(id, &mut digits);
-        for (n, part) in self.url_parts.iter().enumerate() {
-            if n > 0 {
-                url.push_str(id);
-            }
-            url.push_str(part);
-        }
-        url
+    /// The URL of `id` (whose key is `key` in a keyed job), built in `url` (reused, so the
+    /// steady state does not allocate).
+    pub fn url_of<'u>(&self, id: u64, key: &str, url: &'u mut String) -> &'u str {
+        self.template.render(id, key, url)
     }
 
     /// Fetches `id` until it has a final answer or runs out of attempts. Every attempt passes
@@ -179,11 +174,12 @@ impl Fetcher {
         &self,
         session: &Session,
         id: u64,
+        key: &str,
         url: &mut String,
         gate: &Gate,
         place: &mut Place<'_>,
     ) -> Option<ItemResult> {
-        self.url_of(id, url);
+        self.url_of(id, key, url);
         let mut backoff = self.policy.backoff();
         // Requests made for the id, and of them those that count against its attempts: one
         // that met the fleet's open circuit (the API was down) does not.
@@ -317,8 +313,10 @@ impl Fetcher {
 /// Room for the request head: the URL with the longest id, the headers, ureq's own; at least
 /// 4 KiB (ureq's default: 128 KiB).
 fn request_head_room(job: &JobSpec) -> usize {
+    // An id is at most 20 digits; a key at most MAX_KEY_BYTES, three times that encoded.
     let ids = job.url_template.matches("{id}").count();
-    let url = job.url_template.len() + ids * 20;
+    let keys = job.url_template.matches("{key").count();
+    let url = job.url_template.len() + ids * 20 + keys * 3 * shared::template::MAX_KEY_BYTES;
     let headers: usize = job.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
     let head = url + headers + job.user_agent.len() + 512;
     head.next_power_of_two().max(4 << 10)
@@ -445,26 +443,15 @@ fn one_line(e: &ureq::Error) -> String {
     e.to_string().replace('\n', " ")
 }
 
-/// Formats `n` in decimal into `buf` without allocating.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// Checks a URL template: `{id}` or `{key}` in it (see [`shared::template`]), and with an item
+/// put in, an absolute http(s) URL. A template that begins with `{key:raw}` is the key's own
+/// URL: only the keys can say whether it is one.
+pub fn check_url_template(template: &str) -> Result<UrlTemplate, String> {
+    let parsed = UrlTemplate::parse(template).map_err(|e| format!("`{template}`: {e}"))?;
+    if parsed.starts_with_raw_key() {
+        return Ok(parsed);
     }
-    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
-}
-
-/// Checks a URL template: `{id}` present, and with an id put in, an absolute http(s) URL.
-pub fn check_url_template(template: &str) -> Result<(), String> {
-    if !template.contains("{id}") {
-        return Err(format!("`{template}` has no {{id}} in it"));
-    }
-    let url = template.replace("{id}", "0");
+    let url = parsed.render(0, "k", &mut String::new()).to_owned();
     let uri: ureq::http::Uri = url.parse().map_err(|e| format!("`{template}` is not a valid URL ({e})"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
@@ -473,7 +460,7 @@ pub fn check_url_template(template: &str) -> Result<(), String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("`{template}` has no host"));
     }
-    Ok(())
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -481,17 +468,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_id_placeholder_is_filled() {
+    fn every_placeholder_is_filled() {
         let f = Fetcher::new(&JobSpec::minimal("http://127.0.0.1:1/a/{id}/b?id={id}&x=1"));
         let mut url = String::new();
-        assert_eq!(f.url_of(42, &mut url), "http://127.0.0.1:1/a/42/b?id=42&x=1");
-        assert_eq!(f.url_of(7, &mut url), "http://127.0.0.1:1/a/7/b?id=7&x=1");
+        assert_eq!(f.url_of(42, "", &mut url), "http://127.0.0.1:1/a/42/b?id=42&x=1");
+        assert_eq!(f.url_of(7, "", &mut url), "http://127.0.0.1:1/a/7/b?id=7&x=1");
+        let f = Fetcher::new(&JobSpec::minimal("http://127.0.0.1:1/users/{key}"));
+        assert_eq!(f.url_of(7, "a b/c", &mut url), "http://127.0.0.1:1/users/a%20b%2Fc");
     }
 
     #[test]
-    fn itoa_matches_display() {
-        for n in [0, 7, 10, 999_999, u64::MAX] {
-            assert_eq!(itoa(n, &mut [0; 20]), n.to_string());
+    fn templates_are_checked() {
+        assert!(check_url_template("http://h/{id}").is_ok());
+        assert!(check_url_template("https://h/u/{key}?x={key}").is_ok());
+        assert!(check_url_template("{key:raw}").is_ok());
+        for bad in ["http://h/x", "ftp://h/{id}", "http:///{key}", "http://h/{id}/{key}", "/items/{id}"] {
+            assert!(check_url_template(bad).is_err(), "{bad} should be refused");
         }
     }
 }

@@ -105,7 +105,7 @@ pub fn serve() -> Result<(), LinkError> {
 
     // The supervisor never has more than max_in_flight ids outstanding here, so this queue
     // never fills and reading the next assignment never waits on the fetch threads.
-    let (ids_tx, ids_rx) = crossbeam_channel::bounded::<u64>(job.max_in_flight.max(1) as usize);
+    let (ids_tx, ids_rx) = crossbeam_channel::bounded::<(u64, String)>(job.max_in_flight.max(1) as usize);
     let fetcher = Arc::new(Fetcher::new(&job));
     let stopping = Arc::new(AtomicBool::new(false));
     let chaos = Arc::new(job.chaos.clone());
@@ -152,14 +152,15 @@ pub fn serve() -> Result<(), LinkError> {
 
 fn read_loop(
     reader: &mut FrameReader<impl std::io::Read>,
-    ids: &Sender<u64>,
+    ids: &Sender<(u64, String)>,
     gate: &Gate,
 ) -> Result<(), LinkError> {
     while let Some(msg) = reader.read::<ToWorker>().map_err(LinkError::Read)? {
         match msg {
-            ToWorker::Assign { ids: batch } => {
+            ToWorker::Assign { ids: batch, keys } => {
+                let mut keys = keys.into_iter();
                 for id in batch {
-                    if ids.send(id).is_err() {
+                    if ids.send((id, keys.next().unwrap_or_default())).is_err() {
                         return Ok(());
                     }
                 }

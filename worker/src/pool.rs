@@ -33,7 +33,7 @@ pub const FETCH_STACK: usize = 512 << 10;
 pub fn start(
     threads: u32,
     shared: Shared,
-    ids: Receiver<u64>,
+    ids: Receiver<(u64, String)>,
     out: Sender<Outgoing>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..threads.max(1))
@@ -49,14 +49,14 @@ pub fn start(
                 // The place is given back when the thread ends (dropped).
                 let mut place = gate.place();
                 while place.keep() {
-                    let Ok(id) = ids.recv() else { break };
+                    let Ok((id, key)) = ids.recv() else { break };
                     if stopping.load(Ordering::Relaxed) {
                         break;
                     }
                     if !chaos.is_empty() && inject(&chaos, id, &out) {
                         continue;
                     }
-                    let Some(result) = fetcher.fetch(&session, id, &mut url, &gate, &mut place) else {
+                    let Some(result) = fetcher.fetch(&session, id, &key, &mut url, &gate, &mut place) else {
                         break;
                     };
                     if out.send(Outgoing::Result(result)).is_err() {

@@ -125,7 +125,8 @@ pub enum Command {
 /// Flags of a run.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// URL of one item, with `{id}` where the id goes.
+    /// URL of one item, with `{id}` where the id goes, or `{key}` (percent-encoded for where it
+    /// stands) or `{key:raw}` (as it is) where the key goes. Any other brace is literal.
     #[arg(long, env = "FLOTA_URL", value_name = "TEMPLATE")]
     pub url: Option<String>,
     /// Ids to fetch: `A..B` (B excluded) or `A..=B`.
@@ -135,6 +136,19 @@ pub struct RunArgs {
     /// an id listed twice is fetched once. For APIs whose ids are not a range.
     #[arg(long, env = "FLOTA_IDS_FILE", value_name = "FILE")]
     pub ids_file: Option<PathBuf>,
+    /// Keys to fetch, one a line (`-`: stdin), each exactly as written: any UTF-8 without CR or
+    /// NUL, up to 2000 bytes; no comments, no trimming; empty lines skipped, a key listed twice
+    /// fetched once. The URL names it `{key}`. The store keeps the keys: a rerun fetches only
+    /// keys it has no answer for.
+    #[arg(long, env = "FLOTA_KEYS", value_name = "FILE")]
+    pub keys: Option<PathBuf>,
+    /// With --keys: the file is a CSV with a header line, and the keys are this column.
+    #[arg(long, env = "FLOTA_KEYS_COLUMN", value_name = "NAME")]
+    pub keys_column: Option<String>,
+    /// With --keys: the file is JSON Lines, and the keys are this field of each object (a
+    /// string, or a number as written).
+    #[arg(long, env = "FLOTA_KEYS_FIELD", value_name = "NAME")]
+    pub keys_field: Option<String>,
     /// Take only part I of N of the ids (I counts from 0): blocks of 256 ids dealt round-robin,
     /// so N supervisors with 0/N .. N-1/N fetch every id exactly once, each into its own store;
     /// `supervisor merge` joins the stores. Read from a Slurm job array or (with --shards) a

@@ -7,7 +7,8 @@ use shared::{JobSpec, HEARTBEAT_EVERY};
 
 use super::flags::{RunArgs, Tuning};
 use crate::job::{
-    shard_from_env, Ids, Listed, Model, PaceSettings, RunConfig, Scope, Shard, WorkerLimits, MAX_BODY_LIMIT,
+    read_keys, shard_from_env, Ids, KeyFormat, KeySource, Keyed, Keys, Listed, Model, PaceSettings,
+    RunConfig, Scope, Shard, WorkerLimits, MAX_BODY_LIMIT,
 };
 
 /// Retries a minute the fleet may always make, whatever its retry budget, shared among the
@@ -19,7 +20,8 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     let (store, t) = (args.store.clone(), &args.tuning);
     let url =
         args.url.as_deref().ok_or("--url is required (e.g. --url 'http://127.0.0.1:8080/items/{id}')")?;
-    worker::fetch::check_url_template(url).map_err(|e| format!("--url: {e}"))?;
+    let template = worker::fetch::check_url_template(url).map_err(|e| format!("--url: {e}"))?;
+    check_items(args, &template)?;
     let (shard, shard_from) = shard(args.shard, args.shards, |k| std::env::var(k).ok())?;
     let workers = within("--workers", t.workers, 1, 1024)?;
     let threads = within("--threads", t.threads, 1, 4096)?;
@@ -41,14 +43,26 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     let tls = tls(t)?;
     let user_agent = user_agent(&t.user_agent)?;
     check_model(t, url)?;
+    if t.model == Model::Async && args.keys.is_some() {
+        return Err(
+            "--model async fetches ids only (its keys would need the fleet's key table): use --model fleet"
+                .into(),
+        );
+    }
     // Last, as a list on stdin can be read only once.
-    let (ids, listed) = match (&args.ids, &args.ids_file) {
-        (Some(range), _) => (Ids::Range(range.parse().map_err(|e| format!("--ids: {e}"))?), None),
-        (None, Some(file)) => {
+    let (ids, listed, keys) = match (&args.ids, &args.ids_file, &args.keys) {
+        (Some(range), ..) => (Ids::Range(range.parse().map_err(|e| format!("--ids: {e}"))?), None, None),
+        (None, Some(file), _) => {
             let (ids, source) = read_ids_file(file)?;
-            (Ids::Listed(Listed::of(&ids, source)), Some(ids))
+            (Ids::Listed(Listed::of(&ids, source)), Some(ids), None)
         }
-        (None, None) => return Err("--ids or --ids-file is required (e.g. --ids 0..1000000)".into()),
+        (None, None, Some(file)) => {
+            let keys = read_keys_file(file, key_format(args))?;
+            // The store counts and digests the distinct keys when it takes them.
+            let keyed = Keyed { count: keys.lines, digest: 0, held: 0, source: keys.source.label.clone() };
+            (Ids::Keys(keyed), None, Some(keys))
+        }
+        (None, None, None) => return Err("--ids or --ids-file is required (e.g. --ids 0..1000000)".into()),
     };
     // Each worker holds two chunks, and enough ids to keep every thread busy.
     let max_in_flight = (2 * chunk_size).max(chunk_size + 2 * threads);
@@ -57,6 +71,7 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
         scope: Scope { ids, shard },
         shard_from,
         listed: std::sync::Mutex::new(listed),
+        keys,
         store,
         workers,
         chunk_size,
@@ -136,6 +151,68 @@ fn shard(
         ),
         None => Ok((None, None)),
     }
+}
+
+/// How the items are named: `{id}` with `--ids`/`--ids-file`, `{key}` with `--keys`, never both.
+fn check_items(args: &RunArgs, template: &shared::UrlTemplate) -> Result<(), String> {
+    let ids_given = args.ids.is_some() || args.ids_file.is_some();
+    if ids_given && args.keys.is_some() {
+        let ids = if args.ids.is_some() { "--ids" } else { "--ids-file" };
+        return Err(format!("{ids} and --keys are two ways to name the items: give one"));
+    }
+    if args.keys_column.is_some() && args.keys_field.is_some() {
+        return Err(
+            "--keys-column (a CSV) and --keys-field (JSON Lines) are two layouts of --keys: give one".into(),
+        );
+    }
+    if args.keys.is_none() {
+        if args.keys_column.is_some() || args.keys_field.is_some() {
+            let flag = if args.keys_column.is_some() { "--keys-column" } else { "--keys-field" };
+            return Err(format!("{flag} says where the keys are in --keys FILE: give --keys"));
+        }
+        if template.has_key() {
+            return Err("--url has {key}: give the keys with --keys FILE (or write {id} for --ids)".into());
+        }
+    } else if template.has_id() {
+        return Err("--keys names the items by key: write {key} in --url where the key goes, not {id}".into());
+    }
+    Ok(())
+}
+
+/// The layout `--keys-column` or `--keys-field` gives the keys file.
+fn key_format(args: &RunArgs) -> KeyFormat {
+    match (&args.keys_column, &args.keys_field) {
+        (Some(c), _) => KeyFormat::CsvColumn(c.clone()),
+        (None, Some(f)) => KeyFormat::JsonField(f.clone()),
+        (None, None) => KeyFormat::Lines,
+    }
+}
+
+/// Checks a `--keys` file (`-`: stdin, first copied to a temporary file) line by line, holding
+/// none of it: a bad line is named by its number before anything is created.
+fn read_keys_file(file: &std::path::Path, format: KeyFormat) -> Result<Keys, String> {
+    let stdin = file.as_os_str() == "-";
+    let label = if stdin { "stdin".to_owned() } else { file.display().to_string() };
+    let in_file = |e: String| format!("--keys {label}: {e}");
+    let (path, spool) = if stdin {
+        let mut spool =
+            tempfile::NamedTempFile::new().map_err(|e| in_file(format!("cannot copy it: {e}")))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut spool).map_err(|e| in_file(e.to_string()))?;
+        let spool = spool.into_temp_path();
+        (spool.to_path_buf(), Some(spool))
+    } else {
+        (file.to_owned(), None)
+    };
+    let source = KeySource { path, format, label: label.clone() };
+    let mut lines = 0u64;
+    for key in read_keys(&source).map_err(|e| in_file(e.to_string()))? {
+        key.map_err(|e| in_file(e.to_string()))?;
+        lines += 1;
+    }
+    if lines == 0 {
+        return Err(in_file("holds no key".into()));
+    }
+    Ok(Keys { source, lines, spool })
 }
 
 /// Reads an `--ids-file` (`-`: stdin): one id per line, blank lines and `#` comments skipped.
@@ -401,6 +478,9 @@ mod tests {
             url: url.map(str::to_owned),
             ids: ids.map(str::to_owned),
             ids_file: None,
+            keys: None,
+            keys_column: None,
+            keys_field: None,
             shard: None,
             shards: None,
             store: "s.sled".into(),

@@ -81,6 +81,9 @@ pub fn run(args: DemoArgs, watch: Watch) -> Result<i32, Error> {
         url: Some(placeholder.to_owned()),
         ids: Some(format!("0..{}", args.items)),
         ids_file: None,
+        keys: None,
+        keys_column: None,
+        keys_field: None,
         shard: None,
         shards: None,
         store,
@@ -99,7 +102,7 @@ pub fn run(args: DemoArgs, watch: Watch) -> Result<i32, Error> {
         args.latency_ms,
         thousands(args.items)
     );
-    let (r, _) = run::execute(&cfg, &watch, None)?;
+    let (r, _) = run::execute(&mut cfg, &watch, None)?;
     drop(mock);
     summary::print(&cfg, &r);
     Ok(run::exit_code(&r))

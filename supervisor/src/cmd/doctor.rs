@@ -61,11 +61,18 @@ pub fn salvage(args: &SalvageArgs) -> Result<i32, Error> {
 /// `supervisor upgrade --store S`.
 pub fn upgrade(args: &UpgradeArgs) -> Result<i32, Error> {
     match Store::upgrade_in_place(&args.store)? {
-        Some(blocks) => println!(
-            "upgraded  {} to format {}: {} blocks moved out of sled into segments",
+        Some(("2", blocks)) => println!(
+            "upgraded  {} from format 2 to format {}: {} blocks moved out of sled into segments",
             args.store.display(),
             crate::store::FORMAT,
             thousands(blocks)
+        ),
+        Some((from, _)) => println!(
+            "upgraded  {} from format {from} to format {}: its blocks are read as they are, and written in \
+             format {} as their ids are next written",
+            args.store.display(),
+            crate::store::FORMAT,
+            crate::store::FORMAT
         ),
         None => println!("current   {} is already format {}", args.store.display(), crate::store::FORMAT),
     }

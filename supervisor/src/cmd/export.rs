@@ -39,7 +39,7 @@ struct CsvRow<'a> {
 
 fn row(id: u64, record: &Record) -> Row<'_> {
     match record {
-        Record::Answer { attempts, status, body } => {
+        Record::Answer { attempts, status, body, .. } => {
             let text = std::str::from_utf8(body).ok();
             Row {
                 id,

@@ -11,13 +11,14 @@ use crate::cli::{self, Command, RunArgs, SummaryFormat};
 use crate::drive::{coroutines, dispatch, Reload, Watch};
 use crate::engine::{Error, Figures};
 use crate::fleet::Spawner;
-use crate::job::{Model, RunConfig};
+use crate::job::{Ids, Model, RunConfig};
 use crate::store::{LastRun, Store};
+use crate::util::thousands;
 use crate::watch::metrics::{self, Metrics};
 
 /// `supervisor --url … --ids …`.
 pub fn run_command(args: RunArgs, watch: Watch) -> Result<i32, Error> {
-    let cfg = cli::run_config(&args).map_err(Error::Usage)?;
+    let mut cfg = cli::run_config(&args).map_err(Error::Usage)?;
     let metrics = match args.metrics {
         Some(addr) => {
             let m = Metrics::new(cfg.workers as usize);
@@ -27,7 +28,7 @@ pub fn run_command(args: RunArgs, watch: Watch) -> Result<i32, Error> {
         }
         None => None,
     };
-    let (report, last) = execute(&cfg, &watch, metrics)?;
+    let (report, last) = execute(&mut cfg, &watch, metrics)?;
     match args.summary {
         SummaryFormat::Text => summary::print(&cfg, &report),
         SummaryFormat::Json => summary::print_json(&cfg, &report, &last),
@@ -47,15 +48,39 @@ pub fn exit_code(report: &Figures) -> i32 {
 }
 
 /// Opens the store and runs the job; records the run's figures in the store, and returns them
-/// (as the engine counted them, and as the store keeps them).
+/// (as the engine counted them, and as the store keeps them). A keyed job's scope is the
+/// store's count of its keys from then on.
 pub fn execute(
-    cfg: &RunConfig,
+    cfg: &mut RunConfig,
     watch: &Watch,
     metrics: Option<std::sync::Arc<Metrics>>,
 ) -> Result<(Figures, LastRun), Error> {
     let store = Store::open_for_job(&cfg.store, &cfg.job.url_template)?;
     let listed = cfg.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-    store.adopt_scope(&cfg.scope, listed)?;
+    match &cfg.keys {
+        Some(keys) => {
+            let started = std::time::Instant::now();
+            let adopted = store.adopt_keys(&keys.source, cfg.scope.shard)?;
+            log::info!(
+                "--keys {}: {} keys ({} new to the store, {} lines repeating a key), {} of them this store's, \
+                 planned in {:.2} s",
+                adopted.keyed.source,
+                thousands(adopted.keyed.count),
+                thousands(adopted.new),
+                thousands(adopted.repeated),
+                thousands(adopted.keyed.held),
+                started.elapsed().as_secs_f64()
+            );
+            cfg.scope.ids = Ids::Keys(adopted.keyed);
+        }
+        None => {
+            let mut ids = listed.into_iter().flatten().map(Ok);
+            let listed: Option<&mut dyn Iterator<Item = _>> =
+                if matches!(cfg.scope.ids, Ids::Listed(_)) { Some(&mut ids) } else { None };
+            store.adopt_scope(&cfg.scope, listed)?;
+        }
+    }
+    let cfg = &*cfg;
     let (bin, self_exec) = match &cfg.worker_bin {
         Some(bin) => (bin.clone(), false),
         // The running executable itself, even if its file was replaced since it started.

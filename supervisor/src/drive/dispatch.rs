@@ -29,7 +29,7 @@ use crate::engine::{
 };
 use crate::fleet::{threads, Spawner, WorkerProc};
 use crate::job::RunConfig;
-use crate::store::{self, WriteAck, WriteCmd};
+use crate::store::{self, KeyNames, WriteAck, WriteCmd};
 use crate::util::Budget;
 use crate::watch::{LiveFile, Metrics, Notifier, Progress};
 
@@ -79,7 +79,14 @@ pub fn run(
     let mut l = Loop {
         core: Core::new(Settings::of(cfg), Instant::now(), fastrand::Rng::new()),
         reload: watch.reload.as_ref(),
-        workers: Workers::new(spawner, cfg.job.clone(), events_tx, side.panic_tx.clone(), side.held.clone()),
+        workers: Workers::new(
+            spawner,
+            cfg.job.clone(),
+            events_tx,
+            side.panic_tx.clone(),
+            side.held.clone(),
+            if cfg.keys.is_some() { store.key_names()? } else { None },
+        ),
         side: &side,
         feedback: VecDeque::new(),
         counted: false,
@@ -278,8 +285,9 @@ impl Loop<'_> {
         match command {
             Command::Spawn { slot, gen } => self.feedback.push_back(self.workers.spawn(slot, gen)),
             Command::Assign { slot, gen, ids } => {
-                if let Err(ids) = self.workers.assign(slot, gen, ids) {
+                if let Err((ids, error)) = self.workers.assign(slot, gen, ids) {
                     self.feedback.push_back(Event::Unsent { slot, gen, ids });
+                    self.feedback.extend(error.map(Event::Fatal));
                 }
             }
             Command::Pace { slot, gen, pace } => self.workers.tell(slot, gen, ToWorker::Pace(pace)),
@@ -348,6 +356,8 @@ struct Workers {
     procs: Vec<Option<(u64, WorkerProc)>>,
     /// Why the supervisor killed a worker, until its end is seen.
     killed: HashMap<(usize, u64), KillReason>,
+    /// A keyed job's keys, by ordinal: each assignment carries its ids' keys.
+    keys: Option<KeyNames>,
 }
 
 impl Workers {
@@ -357,8 +367,9 @@ impl Workers {
         events: Sender<FleetEvent>,
         panics: Sender<Error>,
         held: Arc<Budget>,
+        keys: Option<KeyNames>,
     ) -> Workers {
-        Workers { spawner, job, events, panics, held, procs: Vec::new(), killed: HashMap::new() }
+        Workers { spawner, job, events, panics, held, procs: Vec::new(), killed: HashMap::new(), keys }
     }
 
     fn get(&mut self, slot: usize, gen: u64) -> Option<&mut WorkerProc> {
@@ -386,12 +397,20 @@ impl Workers {
         }
     }
 
-    /// Gives the ids back when the worker's stdin is closed: it never received them.
-    fn assign(&mut self, slot: usize, gen: u64, ids: Vec<u64>) -> Result<(), Vec<u64>> {
-        let Some(proc) = self.get(slot, gen) else { return Err(ids) };
-        match proc.send(ToWorker::Assign { ids }) {
+    /// Gives the ids back when the worker's stdin is closed: it never received them; or, with
+    /// the error, when their keys cannot be read.
+    fn assign(&mut self, slot: usize, gen: u64, ids: Vec<u64>) -> Result<(), (Vec<u64>, Option<Error>)> {
+        let keys = match self.keys.as_mut() {
+            None => Vec::new(),
+            Some(names) => match ids.iter().map(|&o| names.key(o).map(str::to_owned)).collect() {
+                Ok(keys) => keys,
+                Err(e) => return Err((ids, Some(Error::Store(e)))),
+            },
+        };
+        let Some(proc) = self.get(slot, gen) else { return Err((ids, None)) };
+        match proc.send(ToWorker::Assign { ids, keys }) {
             Ok(()) => Ok(()),
-            Err(ToWorker::Assign { ids }) => Err(ids),
+            Err(ToWorker::Assign { ids, .. }) => Err((ids, None)),
             Err(_) => unreachable!("an Assign comes back as it was sent"),
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shared::{JobSpec, WorkerChaos};
 
+use super::keys::KeySource;
 use super::pace::PaceSettings;
 use super::scope::Scope;
 
@@ -50,6 +51,8 @@ pub struct RunConfig {
     pub shard_from: Option<&'static str>,
     /// An `--ids-file`'s ids, sorted and distinct, until the store takes them.
     pub listed: std::sync::Mutex<Option<Vec<u64>>>,
+    /// A keyed job's keys (`--keys`), checked; the store gives them ordinals.
+    pub keys: Option<Keys>,
     /// The store path.
     pub store: PathBuf,
     /// Worker processes.
@@ -84,6 +87,17 @@ impl RunConfig {
     pub fn chaos(&self) -> Chaos {
         Chaos { worker: self.job.chaos.clone(), kill_every: self.kill_every, panic_on: self.panic_on.clone() }
     }
+}
+
+/// A keyed job's keys, checked.
+#[derive(Debug)]
+pub struct Keys {
+    /// Where they are read from.
+    pub source: KeySource,
+    /// Non-empty lines (or records) read, repeats included.
+    pub lines: u64,
+    /// Standard input, copied to a file (keys are read more than once); removed when dropped.
+    pub spool: Option<tempfile::TempPath>,
 }
 
 /// Limits and identity applied to each worker process.

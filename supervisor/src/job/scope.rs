@@ -1,5 +1,6 @@
-//! What a job covers: a range of ids or a list of them (`--ids-file`), and the shard of them one
-//! store holds. The store records it (`store::scope`); `status`, `merge` and a rerun compare it.
+//! What a job covers: a range of ids, a list of them (`--ids-file`) or of keys (`--keys`), and the
+//! shard of them one store holds. The store records it (`store::scope`); `status`, `merge` and a
+//! rerun compare it.
 
 use std::fmt;
 
@@ -22,7 +23,32 @@ pub enum Ids {
     Range(IdRange),
     /// `--ids-file`: a list, summarised (the store keeps the ids themselves).
     Listed(Listed),
+    /// `--keys`: a list of keys, summarised (the store keeps the keys, and the ordinals it
+    /// gave them).
+    Keys(Keyed),
 }
+
+/// A list of keys, summarised.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Keyed {
+    /// Distinct keys listed (in every shard).
+    pub count: u64,
+    /// A hash of the keys' sorted fingerprints: two lists are the same job when count and
+    /// digest agree, whatever their order.
+    pub digest: u64,
+    /// Of them, those this store's shard holds.
+    pub held: u64,
+    /// Where they were read from (a path, or `stdin`).
+    pub source: String,
+}
+
+/// Folds a fingerprint (in sorted order) into a list's digest, from [`DIGEST_SEED`].
+pub fn fold_digest(digest: u64, fp: u128) -> u64 {
+    splitmix(splitmix(digest ^ (fp >> 64) as u64) ^ fp as u64)
+}
+
+/// Where a digest starts.
+pub const DIGEST_SEED: u64 = 0x0066_6c6f_7461_u64;
 
 /// A list of ids, summarised.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,7 +68,7 @@ pub struct Listed {
 impl Listed {
     /// The summary of `ids` (sorted, distinct, not empty) read from `source`.
     pub fn of(ids: &[u64], source: String) -> Listed {
-        let digest = ids.iter().fold(0x0066_6c6f_7461_u64, |h, &id| splitmix(h ^ id));
+        let digest = ids.iter().fold(DIGEST_SEED, |h, &id| splitmix(h ^ id));
         Listed {
             count: ids.len() as u64,
             first: ids.first().copied().unwrap_or(0),
@@ -66,6 +92,7 @@ impl Ids {
         match (self, other) {
             (Ids::Range(a), Ids::Range(b)) => a == b,
             (Ids::Listed(a), Ids::Listed(b)) => (a.count, a.digest) == (b.count, b.digest),
+            (Ids::Keys(a), Ids::Keys(b)) => (a.count, a.digest) == (b.count, b.digest),
             _ => false,
         }
     }
@@ -78,6 +105,7 @@ impl fmt::Display for Ids {
             Ids::Listed(l) => {
                 write!(f, "{} ids listed in {} ({}..={})", thousands(l.count), l.source, l.first, l.last)
             }
+            Ids::Keys(k) => write!(f, "{} keys listed in {}", thousands(k.count), k.source),
         }
     }
 }
@@ -87,7 +115,7 @@ impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.ids {
             Ids::Range(r) => write!(f, "ids {r}")?,
-            Ids::Listed(_) => write!(f, "the {}", self.ids)?,
+            Ids::Listed(_) | Ids::Keys(_) => write!(f, "the {}", self.ids)?,
         }
         match self.shard {
             Some(s) => write!(f, ", shard {s}"),

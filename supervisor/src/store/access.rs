@@ -11,8 +11,10 @@ use crate::util::panics;
 
 /// The store format this build writes. Format 1 kept one sled key per id; format 2 a block of
 /// 256 ids per sled key, bodies and all; format 3 keeps the blocks in segment files and only
-/// their entries in sled. A format-2 store is upgraded in place when it is opened.
-pub const FORMAT: &str = "3";
+/// their entries in sled; format 4 adds keys (a key table beside the segments: `keys`) and each
+/// answer's fetch time and validators. A format-2 or format-3 store is upgraded in place when
+/// it is opened.
+pub const FORMAT: &str = "4";
 /// The lock file's name in the store directory.
 pub const LOCK_FILE: &str = "flota.lock";
 /// The job and format again, outside sled, for `salvage` when sled has lost them.

@@ -5,12 +5,20 @@
 //! hundred (docs/design.md has the measurements behind both bounds). A block is:
 //!
 //! ```text
-//! magic "FLB2" | block number u64 LE | count u16 LE | length u32 LE (of the whole block)
+//! magic "FLB4" | block number u64 LE | count u16 LE | length u32 LE (of the whole block)
 //!              | crc32 u32 LE (of every other byte of the block)
-//! index: count × (offset u16 LE, kind u8, status u16 LE)     sorted by offset, distinct
+//! index: count × (offset u16 LE, kind u8, status u16 LE, fetched u32 LE, fresh until u32 LE)
+//!                                                            sorted by offset, distinct
 //! payload: raw length u32 LE | zstd frame (level 1) of, per record in index order:
-//!          attempts varint | length varint | body (answer) or error text (failed, quarantined)
+//!          attempts varint | ETag: length varint, bytes | Last-Modified: length varint, bytes
+//!          | length varint | body (answer) or error text (failed, quarantined)
 //! ```
+//!
+//! Format 4's block ("FLB4") is format 3's ("FLB2") with what a refresh needs: when each answer
+//! was fetched and until when its server called it fresh (Unix seconds, in the index, so a
+//! refresh plans without decompressing a body), and its validators (in the payload). A format-3
+//! block is read as it is, with all of that unknown (zero, empty); blocks are rewritten as FLB4
+//! when their ids are next written.
 //!
 //! The index is small and uncompressed, so planning a rerun and counting read no body. The
 //! payload of a whole block is compressed together, so what records share (JSON keys, a
@@ -22,15 +30,18 @@ use std::collections::BTreeMap;
 
 pub use crate::job::{first_id, locate, BLOCK_IDS};
 
-use super::record::Record;
+use super::record::{Fetched, Record};
 
-const MAGIC: &[u8; 4] = b"FLB2";
+const MAGIC: &[u8; 4] = b"FLB4";
+/// Format 3's blocks, read as they are.
+const MAGIC_3: &[u8; 4] = b"FLB2";
 /// zstd's fastest level: about three times smaller than the records for JSON bodies, at a
 /// small fraction of a core.
 const ZSTD_LEVEL: i32 = 1;
 const HEADER: usize = 22;
 const CRC_AT: usize = 18;
-const INDEX_ENTRY: usize = 5;
+const INDEX_ENTRY: usize = 13;
+const INDEX_ENTRY_3: usize = 5;
 
 /// What kind of record an index entry is.
 pub const KIND_ANSWER: u8 = 1;
@@ -59,11 +70,17 @@ pub struct Entry {
     pub kind: u8,
     /// The HTTP status of an answer; 0 otherwise.
     pub status: u16,
+    /// When an answer was fetched (Unix seconds); 0: unknown.
+    pub fetched: u32,
+    /// Until when its server said it is fresh (Unix seconds); 0: it did not say.
+    pub fresh_until: u32,
 }
 
 /// A block's index, checked, without its payload decompressed.
 pub struct Index<'a> {
     raw: &'a [u8],
+    /// Format 3's block: short entries, no validators.
+    old: bool,
 }
 
 impl<'a> Index<'a> {
@@ -80,25 +97,38 @@ impl<'a> Index<'a> {
             return Err(BlockError::Malformed("it names another block"));
         }
         let count = usize::from(u16::from_le_bytes([value[12], value[13]]));
-        let raw = value
-            .get(HEADER..HEADER + count * INDEX_ENTRY)
-            .ok_or(BlockError::Malformed("index cut short"))?;
-        Ok(Index { raw })
+        let old = &value[..4] == MAGIC_3;
+        let entry = if old { INDEX_ENTRY_3 } else { INDEX_ENTRY };
+        let raw =
+            value.get(HEADER..HEADER + count * entry).ok_or(BlockError::Malformed("index cut short"))?;
+        Ok(Index { raw, old })
     }
 
     /// The entries, in offset order.
     pub fn entries(&self) -> impl Iterator<Item = Entry> + 'a {
-        self.raw.chunks_exact(INDEX_ENTRY).map(|e| Entry {
-            offset: u16::from_le_bytes([e[0], e[1]]),
-            kind: e[2],
-            status: u16::from_le_bytes([e[3], e[4]]),
+        let (old, size) = (self.old, if self.old { INDEX_ENTRY_3 } else { INDEX_ENTRY });
+        self.raw.chunks_exact(size).map(move |e| {
+            let word = |at: usize| {
+                if old {
+                    0
+                } else {
+                    u32::from_le_bytes(e[at..at + 4].try_into().expect("4 bytes"))
+                }
+            };
+            Entry {
+                offset: u16::from_le_bytes([e[0], e[1]]),
+                kind: e[2],
+                status: u16::from_le_bytes([e[3], e[4]]),
+                fetched: word(5),
+                fresh_until: word(9),
+            }
         })
     }
 }
 
 /// The block number and length a block's header claims, unchecked.
 fn header(bytes: &[u8]) -> Option<(u64, usize)> {
-    if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+    if bytes.len() < HEADER || (&bytes[..4] != MAGIC && &bytes[..4] != MAGIC_3) {
         return None;
     }
     let n = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
@@ -112,7 +142,7 @@ fn header(bytes: &[u8]) -> Option<(u64, usize)> {
 pub fn scan(bytes: &[u8]) -> Vec<(u64, Vec<(u16, Record)>)> {
     let mut found = Vec::new();
     let mut at = 0;
-    while let Some(i) = find(&bytes[at..], MAGIC) {
+    while let Some(i) = find_block(&bytes[at..]) {
         let start = at + i;
         let candidate = &bytes[start..];
         match header(candidate) {
@@ -130,8 +160,9 @@ pub fn scan(bytes: &[u8]) -> Vec<(u64, Vec<(u16, Record)>)> {
     found
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where the next block magic (of either format) is.
+fn find_block(hay: &[u8]) -> Option<usize> {
+    hay.windows(4).position(|w| w == MAGIC || w == MAGIC_3)
 }
 
 /// Decodes every record of block `n`, in offset order.
@@ -150,11 +181,20 @@ pub fn decode(value: &[u8], n: u64) -> Result<Vec<(u16, Record)>, BlockError> {
     for e in index.entries() {
         let attempts =
             u32::try_from(varint(&data, &mut at)?).map_err(|_| BlockError::Malformed("attempts"))?;
-        let len = usize::try_from(varint(&data, &mut at)?).map_err(|_| BlockError::Malformed("length"))?;
-        let bytes = data.get(at..at.saturating_add(len)).ok_or(BlockError::Malformed("record cut short"))?;
-        at += len;
+        let (etag, last_modified) = if index.old {
+            (String::new(), String::new())
+        } else {
+            let mut text = || bytes(&data, &mut at).map(|b| String::from_utf8_lossy(b).into_owned());
+            (text()?, text()?)
+        };
+        let bytes = bytes(&data, &mut at)?;
         let record = match e.kind {
-            KIND_ANSWER => Record::Answer { attempts, status: e.status, body: bytes.to_vec() },
+            KIND_ANSWER => Record::Answer {
+                attempts,
+                status: e.status,
+                body: bytes.to_vec(),
+                fetched: Fetched { at: e.fetched, fresh_until: e.fresh_until, etag, last_modified },
+            },
             KIND_FAILED | KIND_QUARANTINED => Record::Failed {
                 attempts,
                 error: String::from_utf8_lossy(bytes).into_owned(),
@@ -168,6 +208,14 @@ pub fn decode(value: &[u8], n: u64) -> Result<Vec<(u16, Record)>, BlockError> {
         return Err(BlockError::Malformed("trailing bytes"));
     }
     Ok(out)
+}
+
+/// A length-prefixed run of bytes at `at`.
+fn bytes<'d>(data: &'d [u8], at: &mut usize) -> Result<&'d [u8], BlockError> {
+    let len = usize::try_from(varint(data, at)?).map_err(|_| BlockError::Malformed("length"))?;
+    let bytes = data.get(*at..at.saturating_add(len)).ok_or(BlockError::Malformed("record cut short"))?;
+    *at += len;
+    Ok(bytes)
 }
 
 /// Encodes records (offset → record) as block `n`.
@@ -203,22 +251,27 @@ impl Encoder {
         let (index, data) = (&mut self.index, &mut self.data);
         index.clear();
         data.clear();
+        let none = Fetched::default();
         for (&offset, record) in records {
-            let (kind, status, attempts, bytes) = match record {
-                Record::Answer { attempts, status, body } => {
-                    (KIND_ANSWER, *status, *attempts, body.as_slice())
+            let (kind, status, attempts, fetched, bytes) = match record {
+                Record::Answer { attempts, status, body, fetched } => {
+                    (KIND_ANSWER, *status, *attempts, fetched, body.as_slice())
                 }
                 Record::Failed { attempts, error, quarantined } => {
                     let kind = if *quarantined { KIND_QUARANTINED } else { KIND_FAILED };
-                    (kind, 0, *attempts, error.as_bytes())
+                    (kind, 0, *attempts, &none, error.as_bytes())
                 }
             };
             index.extend_from_slice(&offset.to_le_bytes());
             index.push(kind);
             index.extend_from_slice(&status.to_le_bytes());
+            index.extend_from_slice(&fetched.at.to_le_bytes());
+            index.extend_from_slice(&fetched.fresh_until.to_le_bytes());
             put_varint(data, u64::from(attempts));
-            put_varint(data, bytes.len() as u64);
-            data.extend_from_slice(bytes);
+            for b in [fetched.etag.as_bytes(), fetched.last_modified.as_bytes(), bytes] {
+                put_varint(data, b.len() as u64);
+                data.extend_from_slice(b);
+            }
         }
         self.packed.clear();
         self.packed.reserve(zstd::zstd_safe::compress_bound(data.len()));
@@ -288,8 +341,21 @@ mod tests {
 
     fn sample() -> BTreeMap<u16, Record> {
         BTreeMap::from([
-            (0, Record::Answer { attempts: 1, status: 200, body: b"{\"id\":0}".to_vec() }),
-            (7, Record::Answer { attempts: 300, status: 404, body: Vec::new() }),
+            (
+                0,
+                Record::Answer {
+                    attempts: 1,
+                    status: 200,
+                    body: b"{\"id\":0}".to_vec(),
+                    fetched: Fetched {
+                        at: 1_800_000_000,
+                        fresh_until: 1_800_000_060,
+                        etag: "\"v1\"".into(),
+                        last_modified: "Sun, 06 Dec 2026 15:00:00 GMT".into(),
+                    },
+                },
+            ),
+            (7, Record::Answer { attempts: 300, status: 404, body: Vec::new(), fetched: Fetched::default() }),
             (
                 8,
                 Record::Failed {
@@ -319,10 +385,16 @@ mod tests {
         assert_eq!(
             entries,
             vec![
-                Entry { offset: 0, kind: KIND_ANSWER, status: 200 },
-                Entry { offset: 7, kind: KIND_ANSWER, status: 404 },
-                Entry { offset: 8, kind: KIND_FAILED, status: 0 },
-                Entry { offset: 255, kind: KIND_QUARANTINED, status: 0 },
+                Entry {
+                    offset: 0,
+                    kind: KIND_ANSWER,
+                    status: 200,
+                    fetched: 1_800_000_000,
+                    fresh_until: 1_800_000_060
+                },
+                Entry { offset: 7, kind: KIND_ANSWER, status: 404, fetched: 0, fresh_until: 0 },
+                Entry { offset: 8, kind: KIND_FAILED, status: 0, fetched: 0, fresh_until: 0 },
+                Entry { offset: 255, kind: KIND_QUARANTINED, status: 0, fetched: 0, fresh_until: 0 },
             ]
         );
     }
@@ -345,7 +417,10 @@ mod tests {
             format!("{{\"id\":{i},\"name\":\"item-{i}\",\"price\":{},\"tags\":[\"a\",\"b\"]}}", i * 7)
         };
         let records: BTreeMap<u16, Record> = (0..BLOCK_IDS as u16)
-            .map(|i| (i, Record::Answer { attempts: 1, status: 200, body: body(i.into()).into_bytes() }))
+            .map(|i| {
+                let body = body(i.into()).into_bytes();
+                (i, Record::Answer { attempts: 1, status: 200, body, fetched: Fetched::default() })
+            })
             .collect();
         let raw: usize = (0..BLOCK_IDS).map(|i| body(i).len()).sum();
         let stored = encode(0, &records).len();

@@ -1,13 +1,19 @@
-//! What sled keeps of a block in format 3: which of its ids have a record, which an HTTP answer,
-//! which are quarantined, how many answers are 2xx, and where the block's bytes are in the
-//! segments. 126 bytes, whatever the bodies: the planner, the counter, `status` and `coverage`
-//! read only these, and sled's memory stays small however large the store grows.
+//! What sled keeps of a block: which of its ids have a record, which an HTTP answer, which are
+//! quarantined, how many answers are 2xx, when its oldest and newest answers were fetched, and
+//! where the block's bytes are in the segments. 134 bytes, whatever the bodies: the planner, the
+//! counter, `status` and `coverage` read only these, and sled's memory stays small however large
+//! the store grows.
 //!
 //! ```text
-//! magic "FLR3" | recorded, answered, quarantined: 3 × 256-bit mask (32 bytes each)
+//! magic "FLR4" | recorded, answered, quarantined: 3 × 256-bit mask (32 bytes each)
 //!              | 2xx count u16 LE | segment u32 LE | offset u64 LE | length u32 LE
-//!              | crc32 u32 LE of the block's bytes | crc32 u32 LE of everything before it
+//!              | crc32 u32 LE of the block's bytes
+//!              | oldest, newest answer's fetch time: 2 × u32 LE (Unix seconds; 0: unknown)
+//!              | crc32 u32 LE of everything before it
 //! ```
+//!
+//! Format 3's entry ("FLR3", 126 bytes) is the same without the fetch times, and is read as it
+//! is (times unknown) until its block is next written.
 
 use std::path::Path;
 
@@ -17,9 +23,12 @@ use super::error::StoreError;
 use super::segments::SegmentReader;
 use crate::job::{mask_len, mask_set, Mask};
 
-const MAGIC: &[u8; 4] = b"FLR3";
+const MAGIC: &[u8; 4] = b"FLR4";
+const MAGIC_3: &[u8; 4] = b"FLR3";
 /// The encoded length of a [`BlockRef`].
-pub const REF_LEN: usize = 4 + 3 * 32 + 2 + 4 + 8 + 4 + 4 + 4;
+pub const REF_LEN: usize = 4 + 3 * 32 + 2 + 4 + 8 + 4 + 4 + 8 + 4;
+/// A format-3 entry's length.
+const REF_LEN_3: usize = REF_LEN - 8;
 
 /// Which ids of a block have a record, and of which kind.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +56,10 @@ pub struct BlockRef {
     pub len: u32,
     /// The CRC-32 of the block's bytes.
     pub crc: u32,
+    /// When its oldest answer was fetched (Unix seconds); 0: unknown, or no answer.
+    pub oldest: u32,
+    /// When its newest answer was fetched.
+    pub newest: u32,
 }
 
 impl BlockRef {
@@ -55,6 +68,7 @@ impl BlockRef {
         let index = Index::parse(bytes, n)?;
         let base = block::first_id(n);
         let (mut kinds, mut success) = (Kinds::default(), 0u16);
+        let (mut oldest, mut newest) = (u32::MAX, 0);
         for e in index.entries() {
             let id = base + u64::from(e.offset);
             mask_set(&mut kinds.recorded, id);
@@ -62,13 +76,15 @@ impl BlockRef {
                 KIND_ANSWER => {
                     mask_set(&mut kinds.answered, id);
                     success += u16::from((200..300).contains(&e.status));
+                    (oldest, newest) = (oldest.min(e.fetched), newest.max(e.fetched));
                 }
                 KIND_QUARANTINED => mask_set(&mut kinds.quarantined, id),
                 _ => {}
             }
         }
         let len = u32::try_from(bytes.len()).map_err(|_| BlockError::Malformed("block over 4 GiB"))?;
-        Ok(BlockRef { kinds, success, segment, offset, len, crc: crc32fast::hash(bytes) })
+        let oldest = if oldest == u32::MAX { 0 } else { oldest };
+        Ok(BlockRef { kinds, success, segment, offset, len, crc: crc32fast::hash(bytes), oldest, newest })
     }
 
     /// Ids with a record.
@@ -95,6 +111,8 @@ impl BlockRef {
         put(&self.offset.to_le_bytes());
         put(&self.len.to_le_bytes());
         put(&self.crc.to_le_bytes());
+        put(&self.oldest.to_le_bytes());
+        put(&self.newest.to_le_bytes());
         let own = crc32fast::hash(&out[..REF_LEN - 4]);
         out[REF_LEN - 4..].copy_from_slice(&own.to_le_bytes());
         out
@@ -102,11 +120,16 @@ impl BlockRef {
 
     /// Reads the entry sled keeps; damage is an error.
     pub fn decode(bytes: &[u8]) -> Result<BlockRef, BlockError> {
-        if bytes.len() != REF_LEN || &bytes[..4] != MAGIC {
+        let len = match &bytes[..4.min(bytes.len())] {
+            m if m == MAGIC => REF_LEN,
+            m if m == MAGIC_3 => REF_LEN_3,
+            _ => return Err(BlockError::Malformed("not a block entry")),
+        };
+        if bytes.len() != len {
             return Err(BlockError::Malformed("not a block entry"));
         }
-        let own = u32::from_le_bytes(bytes[REF_LEN - 4..].try_into().expect("4 bytes"));
-        if crc32fast::hash(&bytes[..REF_LEN - 4]) != own {
+        let own = u32::from_le_bytes(bytes[len - 4..].try_into().expect("4 bytes"));
+        if crc32fast::hash(&bytes[..len - 4]) != own {
             return Err(BlockError::Checksum);
         }
         let mut at = 4;
@@ -126,9 +149,15 @@ impl BlockRef {
         let success = u16::from_le_bytes(take(2).try_into().expect("2 bytes"));
         let segment = u32::from_le_bytes(take(4).try_into().expect("4 bytes"));
         let offset = u64::from_le_bytes(take(8).try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(take(4).try_into().expect("4 bytes"));
+        let block_len = u32::from_le_bytes(take(4).try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(take(4).try_into().expect("4 bytes"));
-        Ok(BlockRef { kinds, success, segment, offset, len, crc })
+        let (oldest, newest) = if len == REF_LEN {
+            let mut word = || u32::from_le_bytes(take(4).try_into().expect("4 bytes"));
+            (word(), word())
+        } else {
+            (0, 0)
+        };
+        Ok(BlockRef { kinds, success, segment, offset, len: block_len, crc, oldest, newest })
     }
 
     /// Reads the entry of block `n` of the store at `path`; damage is a [`StoreError::Corrupt`].
@@ -152,13 +181,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::store::record::Record;
+    use crate::store::record::{Fetched, Record};
 
     #[test]
     fn an_entry_reads_back_as_written_and_damage_is_seen() {
         let mut records = BTreeMap::new();
-        records.insert(0, Record::Answer { attempts: 1, status: 200, body: b"a".to_vec() });
-        records.insert(7, Record::Answer { attempts: 2, status: 404, body: b"b".to_vec() });
+        let at = |t: u32| Fetched { at: t, ..Fetched::default() };
+        records.insert(0, Record::Answer { attempts: 1, status: 200, body: b"a".to_vec(), fetched: at(900) });
+        records.insert(7, Record::Answer { attempts: 2, status: 404, body: b"b".to_vec(), fetched: at(800) });
         records.insert(9, Record::Failed { attempts: 8, error: "HTTP 503".into(), quarantined: false });
         records
             .insert(255, Record::Failed { attempts: 2, error: "quarantined: x".into(), quarantined: true });
@@ -169,6 +199,7 @@ mod tests {
             (4, 1, 2, 1)
         );
         assert_eq!((r.segment, r.offset, r.len as usize), (12, 4096, bytes.len()));
+        assert_eq!((r.oldest, r.newest), (800, 900));
         let encoded = r.encode();
         assert_eq!(BlockRef::decode(&encoded), Ok(r));
         let mut flipped = encoded;

@@ -117,7 +117,7 @@ impl Covered {
                 let shard = self.scope.shard.unwrap_or(Shard { index: 0, count: 1 });
                 Box::new(shard.blocks(first, last).map(move |n| Ok((n, range_mask(n, *r)))))
             }
-            (Ids::Listed(_), Some(tree)) => Box::new(
+            (Ids::Listed(_) | Ids::Keys(_), Some(tree)) => Box::new(
                 tree.iter()
                     .flat_map(|kv| {
                         let masks = guard(&self.path, || {
@@ -131,7 +131,7 @@ impl Covered {
                     })
                     .filter(|r| r.as_ref().map_or(true, |(n, _)| self.owns(*n))),
             ),
-            (Ids::Listed(_), None) => Box::new(std::iter::empty()),
+            (Ids::Listed(_) | Ids::Keys(_), None) => Box::new(std::iter::empty()),
         }
     }
 
@@ -144,14 +144,14 @@ impl Covered {
             (Ids::Range(r), _) => Ok(range_mask(n, *r)),
             // A chunk never splits a block: the block is in the last chunk that starts before
             // its end, or in none.
-            (Ids::Listed(_), Some(tree)) => guard(&self.path, || {
+            (Ids::Listed(_) | Ids::Keys(_), Some(tree)) => guard(&self.path, || {
                 let end = block::first_id(n).saturating_add(block::BLOCK_IDS - 1);
                 let Some(kv) = tree.range(..=key(end)).next_back() else { return Ok([0; 4]) };
                 let (k, v) = kv?;
                 let masks = chunk_masks(&self.path, &k, &v)?;
                 Ok(masks.into_iter().find(|&(b, _)| b == n).map_or([0; 4], |(_, m)| m))
             }),
-            (Ids::Listed(_), None) => Ok([0; 4]),
+            (Ids::Listed(_) | Ids::Keys(_), None) => Ok([0; 4]),
         }
     }
 
@@ -162,6 +162,8 @@ impl Covered {
             (Ids::Range(r), Some(s)) => Ok(s.ids_in(*r)),
             (Ids::Listed(l), None) => Ok(l.count),
             (Ids::Listed(_), Some(_)) => self.blocks().map(|b| b.map(|(_, m)| mask_len(&m))).sum(),
+            // A shard's store holds only its own keys' ordinals.
+            (Ids::Keys(k), _) => Ok(k.held),
         }
     }
 }

@@ -121,11 +121,13 @@ impl Store {
         StoreError::Damaged { path: self.path.clone(), detail: detail.to_owned() }
     }
 
-    /// The store's format, if this build reads it: [`FORMAT`], or `"2"` (to be upgraded).
+    /// The store's format, if this build reads it: [`FORMAT`], or `"2"` or `"3"` (to be
+    /// upgraded).
     pub(super) fn format(&self) -> Result<&'static str, StoreError> {
         match self.guard(|| Ok(self.db.get("format")?))? {
             Some(f) if f == FORMAT.as_bytes() => Ok(FORMAT),
             Some(f) if f == b"2" => Ok("2"),
+            Some(f) if f == b"3" => Ok("3"),
             Some(f) => Err(StoreError::Format {
                 path: self.path.clone(),
                 found: String::from_utf8_lossy(&f).into_owned(),

@@ -39,8 +39,8 @@ pub enum StoreError {
     },
     /// The store's format is not one this build reads.
     #[error(
-        "store {path} has format {found}, this build reads formats 2 (upgrading it in place) and 3 (stores \
-         of format 1 were made by flota before its block layout: export them with that version, or start a \
+        "store {path} has format {found}, this build reads formats 2 and 3 (upgrading them in place) and 4 \
+         (stores of format 1 were made by flota before its block layout: export them with that version, or start a \
          new store; a later format was written by a newer flota)"
     )]
     Format {
@@ -116,6 +116,23 @@ pub enum StoreError {
         stored: Option<Shard>,
         /// The shard of the run; `None`: the whole job.
         given: Option<Shard>,
+    },
+    /// The keys file could not be read (it changed since it was checked).
+    #[error("--keys {source_label}: {error}")]
+    Keys {
+        /// The file, or `stdin`.
+        source_label: String,
+        /// What went wrong.
+        error: crate::job::KeyError,
+    },
+    /// The key table's files could not be read or written.
+    #[error("store {path}: its key table: {source}")]
+    KeyTable {
+        /// The store.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The last run's figures do not decode.
     #[error("the last run's figures are unreadable ({0})")]

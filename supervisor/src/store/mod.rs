@@ -1,7 +1,7 @@
 //! The store: one sled database, written only by the supervisor. The only module that imports
 //! sled.
 //!
-//! Layout (format 3): the default tree holds metadata (`format`, `job.url`, `run.last`); the
+//! Layout (format 4): the default tree holds metadata (`format`, `job.url`, `run.last`); the
 //! `refs` tree maps each block number (id / 256), as 8 big-endian bytes so scans come out in id
 //! order, to a 126-byte entry: which of its ids have which kind of record, and where the block
 //! is. The block itself (the records of those 256 ids, compressed and checksummed: see [`block`])
@@ -22,7 +22,9 @@
 //! files), `blockref` (a block's entry in sled), `put` (the one durable write), `lock`,
 //! `covered` (the ids a scope covers, and a stored list of them), `reader`, `messages` (the writer's
 //! vocabulary), `db` (the open [`Store`]), `gc` (reclaiming dead bytes), `writer` (its thread),
-//! and on top of them `upgrade`, `open`, `scope`, `history`, `merge`, `gaps` (what a store lacks of its scope) and `salvage`.
+//! `keysort` (sorting on disk), and on top of them `upgrade`, `open`, `scope`, `keys` (the key
+//! table: a keyed job's keys and their ordinals), `history`, `merge`, `gaps` (what a store lacks
+//! of its scope) and `salvage`.
 
 mod access;
 pub mod block;
@@ -33,6 +35,8 @@ mod error;
 mod gaps;
 mod gc;
 mod history;
+mod keys;
+mod keysort;
 mod lock;
 pub mod merge;
 mod messages;
@@ -52,6 +56,8 @@ pub use db::Store;
 pub use error::StoreError;
 pub use gaps::Coverage;
 pub use history::LastRun;
+pub use keys::{Adopted, KeyNames};
+pub use keysort::Sorted;
 pub use messages::{WriteAck, WriteCmd};
 pub use reader::Reader;
 pub use record::{Counts, Record};

@@ -65,16 +65,17 @@ impl Store {
     }
 
     /// `supervisor upgrade`: upgrades the store at `path` to the current format if it is older;
-    /// returns how many blocks moved (`None`: it was current).
-    pub fn upgrade_in_place(path: &Path) -> Result<Option<u64>, StoreError> {
+    /// returns the format it was and how many blocks moved (`None`: it was current).
+    pub fn upgrade_in_place(path: &Path) -> Result<Option<(&'static str, u64)>, StoreError> {
         Self::check_is_store(path)?;
         let store = Self::open(path)?;
-        let moved = match store.format()? {
-            "2" => Some(store.upgrade()?),
+        let upgraded = match store.format()? {
+            "2" => Some(("2", store.upgrade()?)),
+            "3" => Some(("3", store.upgrade_from_3().map(|()| 0)?)),
             _ => None,
         };
         store.ready()?;
-        Ok(moved)
+        Ok(upgraded)
     }
 
     /// The checks of an open store: its format (upgrading a format-2 store, finishing a killed
@@ -83,6 +84,10 @@ impl Store {
         match self.format()? {
             "2" => {
                 self.upgrade()?;
+            }
+            "3" => {
+                self.drop_format2_tree()?;
+                self.upgrade_from_3()?;
             }
             _ => self.drop_format2_tree()?,
         }

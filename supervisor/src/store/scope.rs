@@ -4,11 +4,45 @@
 //! The record is the store's: `status` tells from it whether the job is complete, `merge` checks
 //! that shard stores belong to one job, and a run of another shard is refused.
 
-use super::access::{key, read_meta};
+use super::access::{guard, key, read_meta};
 use super::covered::{listed_chunks, Covered, LISTED_TREE};
 use super::db::Store;
 use super::error::StoreError;
-use crate::job::{Ids, Scope};
+use crate::job::{Ids, Scope, Shard, BLOCK_IDS};
+
+/// Writes sorted, distinct ids into a list's tree as they come, in chunks that never split a
+/// block (see [`super::covered`]): the list is never held whole.
+fn write_listed(
+    path: &std::path::Path,
+    tree: &sled::Tree,
+    ids: &mut dyn Iterator<Item = Result<u64, StoreError>>,
+) -> Result<(), StoreError> {
+    const CHUNK: usize = 4096;
+    let mut pending: Vec<u64> = Vec::with_capacity(CHUNK + BLOCK_IDS as usize);
+    let mut batch = sled::Batch::default();
+    let mut batched = 0;
+    let mut emit = |pending: &mut Vec<u64>, last: bool| -> Result<(), StoreError> {
+        for (first, value) in listed_chunks(pending) {
+            batch.insert(&key(first), value);
+            batched += 1;
+        }
+        pending.clear();
+        if batched >= 64 || last {
+            let b = std::mem::take(&mut batch);
+            batched = 0;
+            guard(path, || Ok(tree.apply_batch(b)?))?;
+        }
+        Ok(())
+    };
+    for id in ids {
+        let id = id?;
+        if pending.len() >= CHUNK && pending.last().is_some_and(|&l| l / BLOCK_IDS != id / BLOCK_IDS) {
+            emit(&mut pending, false)?;
+        }
+        pending.push(id);
+    }
+    emit(&mut pending, true)
+}
 
 /// The metadata key of the scope (JSON).
 const SCOPE_KEY: &str = "job.scope";
@@ -22,37 +56,43 @@ impl Store {
             .map_err(|e| self.damaged(&format!("its scope is unreadable ({e})")))
     }
 
-    /// Takes on a run's scope. A store of another shard is refused, as is a whole store for a
-    /// shard and a shard's store for a whole run; then the scope is recorded, and a list's ids
-    /// (`listed`, sorted and distinct) are written when they differ from the stored ones.
-    pub fn adopt_scope(&self, scope: &Scope, listed: Option<Vec<u64>>) -> Result<(), StoreError> {
+    /// Refuses a run of `shard` on a store of another (a whole store for a shard, a shard's
+    /// store for a whole run), unless the store is new.
+    pub(super) fn check_shard(&self, shard: Option<Shard>) -> Result<(), StoreError> {
         let stored = self.scope()?;
         let fresh = stored.is_none() && self.guard(|| Ok(self.refs.is_empty()))?;
         // A store from before scopes were recorded was never a shard's.
         let stored_shard = stored.as_ref().and_then(|s| s.shard);
-        if !fresh && stored_shard != scope.shard {
+        if !fresh && stored_shard != shard {
             return Err(StoreError::ShardMismatch {
                 path: self.path.clone(),
                 stored: stored_shard,
-                given: scope.shard,
+                given: shard,
             });
         }
+        Ok(())
+    }
+
+    /// Takes on a run's scope. A store of another shard is refused ([`Store::check_shard`]);
+    /// then the scope is recorded, and a list's ids (`listed`, sorted and distinct: ids, or
+    /// keys' ordinals) are written when the list differs from the stored one.
+    pub fn adopt_scope(
+        &self,
+        scope: &Scope,
+        listed: Option<&mut dyn Iterator<Item = Result<u64, StoreError>>>,
+    ) -> Result<(), StoreError> {
+        self.check_shard(scope.shard)?;
+        let stored = self.scope()?;
         let json = serde_json::to_vec(scope).expect("plain fields always serialize");
+        let tree = self.guard(|| Ok(self.db.open_tree(LISTED_TREE)?))?;
+        // The same list again is not written again (a salvaged store lost its list).
+        let same_list =
+            stored.as_ref().is_some_and(|s| s.ids.same(&scope.ids)) && !self.guard(|| Ok(tree.is_empty()))?;
+        if let (Some(ids), false) = (listed, same_list) {
+            self.guard(|| Ok(tree.clear()?))?;
+            write_listed(&self.path, &tree, ids)?;
+        }
         self.guard(|| {
-            let tree = self.db.open_tree(LISTED_TREE)?;
-            // The same list again is not written again (a salvaged store lost its list).
-            let same_list = stored.as_ref().is_some_and(|s| s.ids.same(&scope.ids)) && !tree.is_empty();
-            if let (Some(ids), false) = (listed, same_list) {
-                tree.clear()?;
-                let mut batch = sled::Batch::default();
-                for (written, (first, value)) in listed_chunks(&ids).enumerate() {
-                    batch.insert(&key(first), value);
-                    if written % 64 == 63 {
-                        tree.apply_batch(std::mem::take(&mut batch))?;
-                    }
-                }
-                tree.apply_batch(batch)?;
-            }
             self.db.insert(SCOPE_KEY, json)?;
             self.db.flush()?;
             Ok(())
@@ -67,7 +107,7 @@ impl Store {
         let scope =
             self.scope()?.ok_or_else(|| self.damaged("it records no scope (which ids the job covers)"))?;
         let listed = match scope.ids {
-            Ids::Listed(_) => Some(self.guard(|| Ok(self.db.open_tree(LISTED_TREE)?))?),
+            Ids::Listed(_) | Ids::Keys(_) => Some(self.guard(|| Ok(self.db.open_tree(LISTED_TREE)?))?),
             Ids::Range(_) => None,
         };
         Ok(Covered { scope, listed, path: self.path.clone() })

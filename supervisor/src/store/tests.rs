@@ -95,7 +95,11 @@ fn results_arriving_over_many_flushes_merge_into_their_blocks_and_a_newer_record
     for (n, (id, record)) in records.iter().enumerate() {
         assert_eq!(*id, 1000 + n as u64, "in id order");
         let status = if *id == 1080 { 201 } else { 200 };
-        assert_eq!(*record, Record::Answer { attempts: 2, status, body: id.to_string().into_bytes() });
+        let Record::Answer { attempts, status: stored, body, fetched } = record else {
+            panic!("{id}: {record:?}")
+        };
+        assert_eq!((*attempts, *stored, body.as_slice()), (2, status, id.to_string().as_bytes()));
+        assert!(fetched.at > 1_700_000_000, "{id}: fetched at {}", fetched.at);
     }
     assert_eq!(store.refs.len(), 2);
     let mut settled = Vec::new();
@@ -194,7 +198,7 @@ fn a_store_of_the_old_format_is_refused_naming_both_formats() {
     }
     let err = Store::open_for_job(&path, "http://a/{id}").err().expect("refused");
     assert!(
-        err.to_string().contains("has format 1, this build reads formats 2 (upgrading it in place) and 3"),
+        err.to_string().contains("has format 1, this build reads formats 2 and 3 (upgrading them in place) and 4"),
         "{err}"
     );
     assert!(err.is_usage(), "exit 2");

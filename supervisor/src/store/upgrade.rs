@@ -1,5 +1,10 @@
-//! Format 2 to format 3, in place, when a store is first opened by a build that writes format 3
-//! (any command that opens it, or `supervisor upgrade --store S` to do it alone).
+//! Older formats to format 4, in place, when a store is first opened by a build that writes
+//! format 4 (any command that opens it, or `supervisor upgrade --store S` to do it alone).
+//!
+//! Format 3 to 4 moves nothing: format 4 reads format 3's blocks and entries as they are (their
+//! fetch times unknown) and writes each block in format 4 when its ids are next written, and
+//! the key table is made when a keyed job first runs. The switch is one sled insert, flushed:
+//! a kill leaves a store that opens as format 3 or as format 4.
 //!
 //! Format 2 kept whole blocks in sled's `blocks` tree; format 3 keeps them in segments and their
 //! entries in `refs`. The upgrade copies every block's bytes as they are (no decompression) into
@@ -20,7 +25,27 @@ use super::segments::{self, Appender};
 const ABORT_ENV: &str = "FLOTA_CHAOS_UPGRADE_ABORT";
 
 impl Store {
-    /// Upgrades this format-2 store to format 3. Returns how many blocks it moved.
+    /// Upgrades this format-3 store to format 4.
+    pub(super) fn upgrade_from_3(&self) -> Result<(), StoreError> {
+        log::info!("store {}: upgrading from format 3 to {FORMAT} (keys, fetch times)", self.path.display());
+        self.switch_format()
+    }
+
+    /// Says the store is [`FORMAT`] from now on: in sled (the switch), then in the metadata file.
+    fn switch_format(&self) -> Result<(), StoreError> {
+        self.guard(|| {
+            self.db.insert("format", FORMAT.as_bytes())?;
+            self.db.flush()?;
+            Ok(())
+        })?;
+        if let Some(mut meta) = read_meta(&self.path) {
+            meta.format = FORMAT.to_owned();
+            self.write_meta(&meta)?;
+        }
+        Ok(())
+    }
+
+    /// Upgrades this format-2 store to the current format. Returns how many blocks it moved.
     pub(super) fn upgrade(&self) -> Result<u64, StoreError> {
         log::info!("store {}: upgrading from format 2 to {FORMAT} (bodies out of sled)", self.path.display());
         self.clear_half_upgrade()?;
@@ -40,16 +65,8 @@ impl Store {
         if abort_at.is_some_and(|at| moved >= at) {
             std::process::abort();
         }
-        // The switch: from here on the store is format 3.
-        self.guard(|| {
-            self.db.insert("format", FORMAT.as_bytes())?;
-            self.db.flush()?;
-            Ok(())
-        })?;
-        if let Some(mut meta) = read_meta(&self.path) {
-            meta.format = FORMAT.to_owned();
-            self.write_meta(&meta)?;
-        }
+        // The switch: from here on the store is the current format.
+        self.switch_format()?;
         if abort_after.as_deref() == Some("switched") {
             std::process::abort();
         }

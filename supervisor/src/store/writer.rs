@@ -108,7 +108,7 @@ pub fn write_loop(
                     }
                     Outcome::Failed { .. } | Outcome::Unreachable { .. } => d.tally.failed = 1,
                 }
-                pending.add(&writer, r.id, Record::from(r), d, bytes, now)
+                pending.add(&writer, r.id, Record::of(r, unix_now()), d, bytes, now)
             }),
             Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
                 let tally = Tally { failed: 1, quarantined: 1, ..Tally::default() };
@@ -301,4 +301,10 @@ impl Pending {
         durable.flush = Some(started.elapsed());
         Ok(Some((durable, held)))
     }
+}
+
+/// The wall clock in Unix seconds, as a record's fetch time.
+fn unix_now() -> u32 {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    u32::try_from(secs).unwrap_or(u32::MAX)
 }
