@@ -12,6 +12,7 @@ mod faults;
 mod fleet;
 mod hostile;
 mod isolation;
+mod keys;
 mod layers;
 mod models;
 mod network;

@@ -1,7 +1,7 @@
-//! The store's format 3 for real: bodies in segment files, sled as the index. A supervisor
-//! SIGKILLed at random moments loses nothing; a format-2 store made by the release before is
-//! upgraded in place, also when the upgrade itself is killed; rewritten blocks' dead bytes are
-//! reclaimed.
+//! The store's format for real: bodies in segment files, sled as the index. A supervisor
+//! SIGKILLed at random moments loses nothing; format-2 and format-3 stores made by the releases
+//! before are upgraded in place, also when the upgrade itself is killed; rewritten blocks' dead
+//! bytes are reclaimed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -53,7 +53,11 @@ fn a_format2_store_of_the_release_before_is_upgraded_in_place_and_reads_the_same
     assert!(segments(&store).is_empty(), "format 2 has no segments");
     let out = run(&["upgrade", "--store", path_str(&store)]);
     out.assert_code(0);
-    assert!(out.stdout.contains("to format 3: 79 blocks moved out of sled into segments"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("from format 2 to format 4: 79 blocks moved out of sled into segments"),
+        "{}",
+        out.stdout
+    );
     assert!(!segments(&store).is_empty());
     assert_eq!(export_text(&store), before, "every record as the release before exported it");
     let status = run(&["status", "--store", path_str(&store)]);
@@ -66,7 +70,7 @@ fn a_format2_store_of_the_release_before_is_upgraded_in_place_and_reads_the_same
     run(&["verify", "--store", path_str(&store)]).assert_code(0);
     let again = run(&["upgrade", "--store", path_str(&store)]);
     again.assert_code(0);
-    assert!(again.stdout.contains("is already format 3"), "{}", again.stdout);
+    assert!(again.stdout.contains("is already format 4"), "{}", again.stdout);
 
     // Any command that opens a format-2 store upgrades it on the way.
     let (_dir, store, before) = fixture();
@@ -74,8 +78,72 @@ fn a_format2_store_of_the_release_before_is_upgraded_in_place_and_reads_the_same
     assert!(!segments(&store).is_empty(), "export upgraded it");
 }
 
+/// A format-3 store made by the release before format 4 (`tests/fixtures/format3`, whose README
+/// says how), copied into a temporary directory, with that release's export of it.
+fn fixture3(name: &str, export: &str) -> (tempfile::TempDir, PathBuf, String) {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/format3");
+    let dir = tempdir();
+    let store = dir.path().join(name);
+    copy_dir(&here.join(name), &store);
+    let export = std::fs::read_to_string(here.join(export)).expect("the fixture's export");
+    (dir, store, export)
+}
+
+fn format_of(store: &Path) -> String {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join("flota.meta")).expect("meta"))
+            .expect("JSON");
+    meta["format"].as_str().expect("a format").to_owned()
+}
+
 #[test]
-fn an_upgrade_killed_midway_leaves_a_store_that_opens_as_format_2_or_3() {
+fn a_format3_store_of_the_release_before_is_upgraded_in_place_reads_the_same_and_takes_new_records() {
+    let (_dir, store, before) = fixture3("format3.sled", "export.jsonl");
+    assert_eq!(format_of(&store), "3");
+    let out = run(&["upgrade", "--store", path_str(&store)]);
+    out.assert_code(0);
+    assert!(out.stdout.contains("from format 3 to format 4"), "{}", out.stdout);
+    assert_eq!(format_of(&store), "4");
+    assert_eq!(export_text(&store), before, "every record as the release before exported it");
+    run(&["verify", "--store", path_str(&store)]).assert_code(0);
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout_of(&["status", "--store", path_str(&store), "--json"])).expect("JSON");
+    assert_eq!(status["counts"]["answered"].as_u64(), Some(19_860), "{status}");
+    assert_eq!(status["counts"]["failed"].as_u64(), Some(140), "{status}");
+
+    // A run retries its failures: their blocks are written in format 4 beside format-3 ones.
+    // (The fixture's job names the port it was made on.)
+    let api = MockApi::start_on("127.0.0.1:18111", &[]);
+    let out =
+        Job::new("http://127.0.0.1:18111/items/{id}", "0..20000", &store).switch("--retry-quarantined").run();
+    out.assert_code(0);
+    assert_eq!(figure(&out, "answered"), 140, "the failures, and nothing else");
+    assert_eq!(api.requests(), 140);
+    drop(api);
+    let after = export(&store);
+    assert_eq!(after.len(), 20_000, "every id once");
+    for (old, new) in before.lines().zip(&after) {
+        let old: serde_json::Value = serde_json::from_str(old).expect("JSON");
+        if old.get("error").is_some() {
+            let id = old["id"].as_u64().expect("an id");
+            assert_eq!(new["status"].as_u64(), Some(200), "{new}");
+            assert_eq!(new["body"].as_str(), Some(mockapi::body_for(id).as_str()), "{new}");
+        } else {
+            assert_eq!(&old, new, "a record the release before stored is as it was");
+        }
+    }
+    run(&["verify", "--store", path_str(&store)]).assert_code(0);
+
+    // A list's store too: the same records, its list still its scope.
+    let (_dir, listed, before) = fixture3("listed3.sled", "listed-export.jsonl");
+    assert_eq!(export_text(&listed), before);
+    assert_eq!(format_of(&listed), "4", "export upgraded it");
+    let status = stdout_of(&["status", "--store", path_str(&listed)]);
+    assert!(status.contains("267 ids listed"), "{status}");
+}
+
+#[test]
+fn an_upgrade_killed_midway_leaves_a_store_that_opens_as_format_2_or_4() {
     // After 64 of its 79 blocks (format 2 still), and right after the switch (format 3, the old
     // tree not yet dropped).
     for at in ["64", "switched"] {
@@ -90,7 +158,7 @@ fn an_upgrade_killed_midway_leaves_a_store_that_opens_as_format_2_or_3() {
             killed.stderr
         );
         let meta = std::fs::read_to_string(store.join("flota.meta")).expect("meta");
-        let expected = if at == "64" { "\"format\":\"2\"" } else { "\"format\":\"3\"" };
+        let expected = if at == "64" { "\"format\":\"2\"" } else { "\"format\":\"4\"" };
         assert!(meta.contains(expected), "killed at {at}: {meta}");
         assert_eq!(export_text(&store), before, "killed at {at}, then opened: every record as before");
         run(&["verify", "--store", path_str(&store)]).assert_code(0);

@@ -413,6 +413,20 @@ impl Job {
         self
     }
 
+    /// Adds a flag that takes no value.
+    pub fn switch(mut self, name: &str) -> Job {
+        self.args.push(name.to_owned());
+        self
+    }
+
+    /// `url`'s keys listed in `keys` into `store`, with [`job_args`]'s flags.
+    pub fn keyed(url: &str, keys: &Path, store: &Path) -> Job {
+        let mut args = job_args(url, "0..1", store);
+        let at = args.iter().position(|a| a == "--ids").expect("job_args has --ids");
+        args.splice(at..at + 2, ["--keys".to_owned(), path_str(keys).to_owned()]);
+        Job { args }
+    }
+
     /// Starts it.
     pub fn spawn(&self) -> Running {
         spawn(&strs(&self.args))

@@ -316,6 +316,10 @@ pub struct ExportArgs {
     /// Only the ids of this range: `A..B` or `A..=B`.
     #[arg(long, value_name = "RANGE", value_parser = parse_ids)]
     pub ids: Option<IdRange>,
+    /// Of a keyed store, only the keys listed in this file (one a line, as `--keys` reads it;
+    /// `-`: stdin).
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
 }
 
 /// Which records `export --only` writes.

@@ -7,8 +7,8 @@ use shared::{JobSpec, HEARTBEAT_EVERY};
 
 use super::flags::{RunArgs, Tuning};
 use crate::job::{
-    read_keys, shard_from_env, Ids, KeyFormat, KeySource, Keyed, Keys, Listed, Model, PaceSettings,
-    RunConfig, Scope, Shard, WorkerLimits, MAX_BODY_LIMIT,
+    read_keys, shard_from_env, spool_stdin, Ids, KeyFormat, KeySource, Keyed, Keys, Listed, Model,
+    PaceSettings, RunConfig, Scope, Shard, WorkerLimits, MAX_BODY_LIMIT,
 };
 
 /// Retries a minute the fleet may always make, whatever its retry budget, shared among the
@@ -195,10 +195,7 @@ fn read_keys_file(file: &std::path::Path, format: KeyFormat) -> Result<Keys, Str
     let label = if stdin { "stdin".to_owned() } else { file.display().to_string() };
     let in_file = |e: String| format!("--keys {label}: {e}");
     let (path, spool) = if stdin {
-        let mut spool =
-            tempfile::NamedTempFile::new().map_err(|e| in_file(format!("cannot copy it: {e}")))?;
-        std::io::copy(&mut std::io::stdin().lock(), &mut spool).map_err(|e| in_file(e.to_string()))?;
-        let spool = spool.into_temp_path();
+        let spool = spool_stdin().map_err(|e| in_file(format!("cannot copy it: {e}")))?;
         (spool.to_path_buf(), Some(spool))
     } else {
         (file.to_owned(), None)
@@ -212,7 +209,7 @@ fn read_keys_file(file: &std::path::Path, format: KeyFormat) -> Result<Keys, Str
     if lines == 0 {
         return Err(in_file("holds no key".into()));
     }
-    Ok(Keys { source, lines, spool })
+    Ok(Keys { source, lines, _spool: spool })
 }
 
 /// Reads an `--ids-file` (`-`: stdin): one id per line, blank lines and `#` comments skipped.

@@ -2,7 +2,9 @@
 //!
 //! A body that is valid UTF-8 is written as text (`body`); any other body is written as base64
 //! (`body_base64`), never mangled. A failed id has `"status": null` and its `error`. `--only`
-//! keeps one kind of record, `--ids` one range (only its blocks are read).
+//! keeps one kind of record, `--ids` one range (only its blocks are read). A keyed store's
+//! records name their `key` instead of an id (in the order its keys were first listed), and
+//! `--keys FILE` keeps those of the keys listed.
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -12,11 +14,16 @@ use serde::Serialize;
 
 use crate::cli::{ExportArgs, Format, Only};
 use crate::engine::Error;
+use crate::job::{spool_stdin, Ids, KeyFormat, KeySource};
 use crate::store::{Record, Store, StoreError};
+use crate::util::thousands;
 
 #[derive(Serialize)]
 struct Row<'a> {
-    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
     status: Option<u16>,
     attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,12 +44,25 @@ struct CsvRow<'a> {
     error: Option<&'a str>,
 }
 
-fn row(id: u64, record: &Record) -> Row<'_> {
+#[derive(Serialize)]
+struct CsvKeyRow<'a> {
+    key: &'a str,
+    status: Option<u16>,
+    attempts: u32,
+    body: Option<&'a str>,
+    body_base64: Option<String>,
+    error: Option<&'a str>,
+}
+
+/// The row of the record of `id`, or of `key` in a keyed store.
+fn row<'a>(id: u64, key: Option<&'a str>, record: &'a Record) -> Row<'a> {
+    let id = if key.is_some() { None } else { Some(id) };
     match record {
         Record::Answer { attempts, status, body, .. } => {
             let text = std::str::from_utf8(body).ok();
             Row {
                 id,
+                key,
                 status: Some(*status),
                 attempts: *attempts,
                 body: text,
@@ -50,9 +70,15 @@ fn row(id: u64, record: &Record) -> Row<'_> {
                 error: None,
             }
         }
-        Record::Failed { attempts, error, .. } => {
-            Row { id, status: None, attempts: *attempts, body: None, body_base64: None, error: Some(error) }
-        }
+        Record::Failed { attempts, error, .. } => Row {
+            id,
+            key,
+            status: None,
+            attempts: *attempts,
+            body: None,
+            body_base64: None,
+            error: Some(error),
+        },
     }
 }
 
@@ -100,14 +126,27 @@ fn wanted(only: Option<Only>, record: &Record) -> bool {
 /// Writes the records `args` asks for to `out`.
 fn write_records(store: &Store, args: &ExportArgs, out: impl Write) -> Result<(), ExportError> {
     let (from, to) = args.ids.map_or((0, u64::MAX), |r| (r.start, r.end - 1));
-    let records =
-        store.records_in(from, to).filter(|r| r.as_ref().map_or(true, |(_, rec)| wanted(args.only, rec)));
+    let mut names = store.key_names()?;
+    let mut listed = match &args.keys {
+        Some(file) => Some(listed_ordinals(store, file)?.peekable()),
+        None => None,
+    };
+    let records = store.records_in(from, to).filter(|r| {
+        let Ok((ordinal, record)) = r else { return true };
+        let Some(listed) = listed.as_mut() else { return wanted(args.only, record) };
+        while listed.next_if(|o| o < ordinal).is_some() {}
+        listed.peek() == Some(ordinal) && wanted(args.only, record)
+    });
     match args.format {
         Format::Jsonl => {
             let mut out = BufWriter::with_capacity(1 << 20, out);
             for rec in records {
                 let (id, record) = rec?;
-                serde_json::to_writer(&mut out, &row(id, &record)).map_err(io::Error::from)?;
+                let key = match names.as_mut() {
+                    Some(n) => Some(n.key(id)?),
+                    None => None,
+                };
+                serde_json::to_writer(&mut out, &row(id, key, &record)).map_err(io::Error::from)?;
                 out.write_all(b"\n")?;
             }
             Ok(out.flush()?)
@@ -116,20 +155,49 @@ fn write_records(store: &Store, args: &ExportArgs, out: impl Write) -> Result<()
             let mut w = csv::Writer::from_writer(out);
             for rec in records {
                 let (id, record) = rec?;
-                let r = row(id, &record);
-                let csv_row = CsvRow {
-                    id: r.id,
-                    status: r.status,
-                    attempts: r.attempts,
-                    body: r.body,
-                    body_base64: r.body_base64,
-                    error: r.error,
+                let key = match names.as_mut() {
+                    Some(n) => Some(n.key(id)?),
+                    None => None,
                 };
-                w.serialize(csv_row).map_err(csv_io_error)?;
+                let r = row(id, key, &record);
+                let written = match r.key {
+                    Some(key) => w.serialize(CsvKeyRow {
+                        key,
+                        status: r.status,
+                        attempts: r.attempts,
+                        body: r.body,
+                        body_base64: r.body_base64,
+                        error: r.error,
+                    }),
+                    None => w.serialize(CsvRow {
+                        id,
+                        status: r.status,
+                        attempts: r.attempts,
+                        body: r.body,
+                        body_base64: r.body_base64,
+                        error: r.error,
+                    }),
+                };
+                written.map_err(csv_io_error)?;
             }
             Ok(w.flush()?)
         }
     }
+}
+
+/// The ordinals of the keys `file` lists that the store has, in order (an unreadable one ends
+/// the export with its error).
+fn listed_ordinals(store: &Store, file: &Path) -> Result<impl Iterator<Item = u64>, ExportError> {
+    let stdin = file.as_os_str() == "-";
+    let label = if stdin { "stdin".to_owned() } else { file.display().to_string() };
+    let spool = if stdin { Some(spool_stdin().map_err(ExportError::Write)?) } else { None };
+    let path = spool.as_ref().map_or_else(|| file.to_owned(), |s| s.to_path_buf());
+    let source = KeySource { path, format: KeyFormat::Lines, label: label.clone() };
+    let (ordinals, unknown) = store.ordinals_of(&source)?;
+    if unknown > 0 {
+        log::warn!("--keys {label}: {} keys are not in the store", thousands(unknown));
+    }
+    Ok(ordinals.map_while(Result::ok))
 }
 
 fn csv_io_error(e: csv::Error) -> io::Error {
@@ -142,6 +210,13 @@ fn csv_io_error(e: csv::Error) -> io::Error {
 /// `supervisor export --store S [--format jsonl|csv] [--output F]`.
 pub fn run(args: &ExportArgs) -> Result<i32, Error> {
     let store = Store::open_existing(&args.store)?;
+    let keyed = matches!(store.scope()?.map(|s| s.ids), Some(Ids::Keys(_)));
+    if keyed && args.ids.is_some() {
+        return Err(Error::Usage("--ids: this store's items are keys: choose them with --keys FILE".into()));
+    }
+    if !keyed && args.keys.is_some() {
+        return Err(Error::Usage("--keys: this store's items are ids: choose them with --ids A..B".into()));
+    }
     match &args.output {
         None => match write_records(&store, args, io::stdout().lock()) {
             // A reader that stopped reading (`| head`) is not an error.

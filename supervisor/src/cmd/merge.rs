@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::summary::coverage_lines;
 use crate::cli::MergeArgs;
 use crate::engine::Error;
-use crate::job::{Ids, Scope, Shard};
+use crate::job::{Ids, Keyed, Scope, Shard};
 use crate::store::{Store, StoreError};
 use crate::util::thousands;
 
@@ -27,11 +27,23 @@ pub fn run(args: &MergeArgs) -> Result<i32, Error> {
     }
     let inputs = open_inputs(&args.inputs)?;
     let (url, scope) = job_of(&inputs)?;
+    if let Ids::Keys(_) = scope.ids {
+        check_key_shards(&inputs)?;
+    }
     let out = Store::open_for_job(&args.out, &url)?;
     let whole = Scope { ids: scope.ids.clone(), shard: None };
-    out.adopt_scope(&whole, None)?;
-    if matches!(whole.ids, Ids::Listed(_)) {
-        out.copy_listed_from(&inputs[0].store)?;
+    match &whole.ids {
+        Ids::Keys(k) => {
+            let held = inputs.iter().map(|i| if let Ids::Keys(k) = &i.scope.ids { k.held } else { 0 }).sum();
+            let whole = Scope { ids: Ids::Keys(Keyed { held, ..k.clone() }), shard: None };
+            let stores: Vec<&Store> = inputs.iter().map(|i| &i.store).collect();
+            out.adopt_merged_keys(&whole, &stores)?;
+        }
+        Ids::Listed(_) => {
+            out.adopt_scope(&whole, None)?;
+            out.copy_listed_from(&inputs[0].store)?;
+        }
+        Ids::Range(_) => out.adopt_scope(&whole, None)?,
     }
     println!(
         "merge: {} stores of the job {url}, ids {}, into {}",
@@ -140,6 +152,28 @@ fn job_of(inputs: &[Input]) -> Result<(String, Scope), Error> {
 fn mismatch(input: &Input, other: &Input, theirs: String, ours: String) -> Error {
     let (path, first) = (input.path.display(), other.path.display());
     Error::Usage(format!("cannot merge {path} with {first}: {path} {theirs}, {first} {ours}"))
+}
+
+/// A keyed job's stores merge as shards of one cut, each once: each gave its keys ordinals in
+/// its own blocks, and a whole store (or a shard twice) would put two keys at one ordinal.
+fn check_key_shards(inputs: &[Input]) -> Result<(), Error> {
+    let mut seen: Vec<Shard> = Vec::new();
+    for input in inputs {
+        let Some(shard) = input.scope.shard else {
+            return Err(Error::Usage(format!(
+                "{} holds a whole keyed job: keyed stores merge as the shards of one cut (--shard I/N), each once",
+                input.path.display()
+            )));
+        };
+        if seen.contains(&shard) {
+            return Err(Error::Usage(format!(
+                "shard {shard} is given twice: a keyed job's shards merge each once (their keys' ordinals would \
+                 collide)"
+            )));
+        }
+        seen.push(shard);
+    }
+    Ok(())
 }
 
 /// The shards of the inputs' cut that no input holds (none when a whole store is among them).

@@ -97,7 +97,7 @@ pub struct Keys {
     /// Non-empty lines (or records) read, repeats included.
     pub lines: u64,
     /// Standard input, copied to a file (keys are read more than once); removed when dropped.
-    pub spool: Option<tempfile::TempPath>,
+    pub _spool: Option<tempfile::TempPath>,
 }
 
 /// Limits and identity applied to each worker process.

@@ -39,6 +39,14 @@ pub struct KeySource {
     pub label: String,
 }
 
+/// Copies standard input to a temporary file, removed when the path is dropped: keys are read
+/// more than once, and stdin only once.
+pub fn spool_stdin() -> std::io::Result<tempfile::TempPath> {
+    let mut spool = tempfile::NamedTempFile::new()?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut spool)?;
+    Ok(spool.into_temp_path())
+}
+
 /// A key's fingerprint: its identity.
 pub fn fingerprint(key: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(key.as_bytes())
@@ -113,10 +121,11 @@ pub enum KeyError {
     Csv(String),
 }
 
+/// A file's keys as they are read: each with its line (or record) number.
+pub type Keys = Box<dyn Iterator<Item = Result<(u64, String), KeyError>>>;
+
 /// Reads the keys of `source`: each with its line (or record) number, empty keys skipped.
-pub fn read_keys(
-    source: &KeySource,
-) -> Result<Box<dyn Iterator<Item = Result<(u64, String), KeyError>>>, KeyError> {
+pub fn read_keys(source: &KeySource) -> Result<Keys, KeyError> {
     let file = std::fs::File::open(&source.path)?;
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
     Ok(match &source.format {
@@ -178,10 +187,7 @@ fn lines(mut reader: impl BufRead) -> impl Iterator<Item = Result<(u64, String),
     })
 }
 
-fn csv_column(
-    reader: impl Read + 'static,
-    name: &str,
-) -> Result<Box<dyn Iterator<Item = Result<(u64, String), KeyError>>>, KeyError> {
+fn csv_column(reader: impl Read + 'static, name: &str) -> Result<Keys, KeyError> {
     let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(reader);
     let headers = csv.headers().map_err(csv_error)?.clone();
     let column = headers.iter().position(|h| h == name).ok_or_else(|| {
@@ -316,7 +322,8 @@ mod tests {
 
     #[test]
     fn a_shard_s_ordinals_stay_in_its_blocks() {
-        let s = Some(Shard { index: 1, count: 3 });
+        let shard = Shard { index: 1, count: 3 };
+        let s = Some(shard);
         assert_eq!(first_ordinal_from(0, s), 256);
         assert_eq!(next_ordinal(256, s), 257);
         assert_eq!(next_ordinal(511, s), 4 * 256);
@@ -324,7 +331,7 @@ mod tests {
         assert_eq!(next_ordinal(9, None), 10);
         let mut o = first_ordinal_from(0, s);
         for _ in 0..2000 {
-            assert!(s.expect("a shard").owns_block(o / BLOCK_IDS));
+            assert!(shard.owns_block(o / BLOCK_IDS));
             o = next_ordinal(o, s);
         }
     }

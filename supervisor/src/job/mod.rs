@@ -16,7 +16,8 @@ pub use ids::{
     shard_from_env, IdRange, Mask, Shard, BLOCK_IDS,
 };
 pub use keys::{
-    fingerprint, first_ordinal_from, in_shard, next_ordinal, read_keys, KeyError, KeyFormat, KeySource,
+    fingerprint, first_ordinal_from, in_shard, next_ordinal, read_keys, spool_stdin, KeyError, KeyFormat,
+    KeySource,
 };
 pub use pace::{PaceSettings, RateSource};
 pub use scope::{fold_digest, Ids, Keyed, Listed, Scope, DIGEST_SEED};

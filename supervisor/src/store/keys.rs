@@ -25,6 +25,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::block::put_varint;
 use super::db::Store;
 use super::error::StoreError;
 use super::keysort::{Sorted, Sorter};
@@ -216,10 +217,30 @@ impl Store {
         }))
     }
 
+    /// Takes on the keys of `inputs`, the stores of a keyed job's shards (for `merge`): their
+    /// key tables, and `scope` with the union of their keys' ordinals (shards' keys live in
+    /// their own blocks, so no two inputs share an ordinal).
+    pub fn adopt_merged_keys(&self, scope: &crate::job::Scope, inputs: &[&Store]) -> Result<(), StoreError> {
+        let io = self.key_io();
+        let scratch = tempfile::tempdir_in(&self.path).map_err(&io)?;
+        let mut ordinals = Sorter::<u64>::new(scratch.path());
+        for input in inputs {
+            self.merge_keys_from(input)?;
+            for block in input.covered()?.blocks() {
+                let (n, mask) = block?;
+                for o in crate::job::mask_ids(n, mask) {
+                    ordinals.push(o).map_err(&io)?;
+                }
+            }
+        }
+        let mut sorted = ordinals.sorted().map_err(&io)?.map(|r| r.map_err(&io));
+        self.adopt_scope(scope, Some(&mut sorted))
+    }
+
     /// Copies `input`'s key table into this store's (for `merge`): its names block by block,
     /// at the same block numbers (shards' keys live in their own blocks), and its rows merged
     /// into the table.
-    pub fn merge_keys_from(&self, input: &Store) -> Result<(), StoreError> {
+    fn merge_keys_from(&self, input: &Store) -> Result<(), StoreError> {
         let Some(theirs) = input.next_ordinal()? else { return Ok(()) };
         let ours = self.next_ordinal()?;
         let dir = self.keys_dir();
@@ -297,14 +318,6 @@ impl KeyNames {
             .map(Some)
             .ok_or_else(|| damaged(format!("the keys of block {n} are malformed")))
     }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 fn varint(data: &[u8], at: &mut usize) -> Option<u64> {

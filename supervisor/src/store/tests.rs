@@ -198,7 +198,8 @@ fn a_store_of_the_old_format_is_refused_naming_both_formats() {
     }
     let err = Store::open_for_job(&path, "http://a/{id}").err().expect("refused");
     assert!(
-        err.to_string().contains("has format 1, this build reads formats 2 and 3 (upgrading them in place) and 4"),
+        err.to_string()
+            .contains("has format 1, this build reads formats 2 and 3 (upgrading them in place) and 4"),
         "{err}"
     );
     assert!(err.is_usage(), "exit 2");
