@@ -267,3 +267,21 @@ fn three_shards_of_a_300k_key_list_in_shuffled_orders_merge_into_every_key_once(
     refused.assert_code(2);
     assert!(refused.stderr.contains("merge as the shards of one cut"), "{}", refused.stderr);
 }
+
+#[test]
+fn a_salvaged_keyed_store_keeps_its_keys_and_a_rerun_sends_nothing() {
+    let api = MockApi::start(&[]);
+    let dir = tempdir();
+    let url = format!("http://{}/keys/{{key}}", api.addr);
+    let keys: Vec<String> = (0..2_000).map(|i| format!("k/{i} é")).collect();
+    let file = write_keys(dir.path(), "keys.txt", &keys);
+    let store = dir.path().join("keys.sled");
+    Job::keyed(&url, &file, &store).run().assert_code(0);
+    let saved = dir.path().join("saved.sled");
+    run(&["salvage", "--store", path_str(&store), "--into", path_str(&saved)]).assert_code(0);
+    assert_eq!(echoed(&saved), echoed(&store), "every key with its own answer");
+    let again = Job::keyed(&url, &file, &saved).run();
+    again.assert_code(0);
+    assert_eq!(figure(&again, "pacing.requests"), 0);
+    assert_eq!(api.requests(), 2_000);
+}

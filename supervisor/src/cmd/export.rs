@@ -217,6 +217,12 @@ pub fn run(args: &ExportArgs) -> Result<i32, Error> {
     if !keyed && args.keys.is_some() {
         return Err(Error::Usage("--keys: this store's items are ids: choose them with --ids A..B".into()));
     }
+    if keyed && store.key_names()?.is_none() {
+        return Err(Error::Store(StoreError::Damaged {
+            path: args.store.clone(),
+            detail: "it is a keyed job's store and its key table is gone".into(),
+        }));
+    }
     match &args.output {
         None => match write_records(&store, args, io::stdout().lock()) {
             // A reader that stopped reading (`| head`) is not an error.

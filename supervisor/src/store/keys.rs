@@ -217,6 +217,27 @@ impl Store {
         }))
     }
 
+    /// Copies the key table of the store at `from` as its files are (for `salvage`: it lives
+    /// outside sled, and each block of names checks itself), committing the ordinals its table
+    /// names. Nothing to do for a store without one.
+    pub fn salvage_keys_from(&self, from: &Path) -> Result<(), StoreError> {
+        let (theirs, ours) = (from.join(DIR), self.keys_dir());
+        if !theirs.join(TABLE).is_file() {
+            return Ok(());
+        }
+        let io = self.key_io();
+        std::fs::create_dir_all(&ours).map_err(&io)?;
+        for name in [NAMES, INDEX, TABLE] {
+            std::fs::copy(theirs.join(name), ours.join(name)).map_err(&io)?;
+            File::open(ours.join(name)).and_then(|f| f.sync_all()).map_err(&io)?;
+        }
+        let mut next = 0;
+        for row in TableReader::open(&ours.join(TABLE), u64::MAX).map_err(&io)?.rows() {
+            next = next.max(row.map_err(&io)?.1 + 1);
+        }
+        self.commit_next(next)
+    }
+
     /// Takes on the keys of `inputs`, the stores of a keyed job's shards (for `merge`): their
     /// key tables, and `scope` with the union of their keys' ordinals (shards' keys live in
     /// their own blocks, so no two inputs share an ordinal).

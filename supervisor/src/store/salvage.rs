@@ -274,8 +274,10 @@ pub fn salvage(path: &Path, into: &Path) -> Result<Salvaged, StoreError> {
         });
     };
     let store = Store::open_for_job(into, &job)?;
+    // A keyed store's key table, as its files are: its records are nothing without it.
+    store.salvage_keys_from(path)?;
     // The scope, so the new store stays its shard's; a list's ids are not recovered (a rerun
-    // with the same --ids-file records them again).
+    // with the same --ids-file or --keys records them again).
     if let Some(scope) = read_meta(path).and_then(|m| m.scope) {
         store.adopt_scope(&scope, None)?;
     }
