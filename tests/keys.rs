@@ -28,6 +28,9 @@ const AWKWARD: &[&str] = &[
     "a=b&c=d#e",
     "~-._",
     "{braces}",
+    ".",
+    "..",
+    "tab\there",
 ];
 
 fn write_keys(dir: &Path, name: &str, keys: &[String]) -> std::path::PathBuf {

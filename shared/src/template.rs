@@ -6,7 +6,8 @@
 //! escaping. A `{key}` is encoded so that the server decodes exactly the key: every byte but the
 //! unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`) becomes `%XX`, in the path (a `/`
 //! in a key is `%2F`, one path segment) as in the query (`&`, `=`, `+`, `#` encoded; a space is
-//! `%20`, which form decoders read as a space too).
+//! `%20`, which form decoders read as a space too). A key that is `.` or `..` is written `%2E` or
+//! `%2E%2E`, as such a path segment would otherwise be removed by servers that normalise paths.
 //!
 //! The template is parsed once (the supervisor checks it, each worker renders with it) and
 //! rendered into a reused buffer, so the steady state allocates nothing.
@@ -129,6 +130,9 @@ impl UrlTemplate {
                     let mut digits = [0u8; 20];
                     out.push_str(itoa(id, &mut digits));
                 }
+                // A path segment of "." or ".." is removed by normalising servers (and
+                // proxies): encoded, it is a name like any other.
+                Part::Key if key == "." || key == ".." => key.chars().for_each(|_| out.push_str("%2E")),
                 Part::Key => out.extend(percent_encoding::utf8_percent_encode(key, NOT_UNRESERVED)),
                 Part::RawKey => out.push_str(key),
             }
@@ -178,6 +182,8 @@ mod tests {
         );
         assert_eq!(render(t, 0, "é🙂"), "http://h/users/%C3%A9%F0%9F%99%82?q=%C3%A9%F0%9F%99%82");
         assert_eq!(render(t, 0, "a-b.c_d~e"), "http://h/users/a-b.c_d~e?q=a-b.c_d~e");
+        assert_eq!(render(t, 0, ".."), "http://h/users/%2E%2E?q=%2E%2E");
+        assert_eq!(render(t, 0, "."), "http://h/users/%2E?q=%2E");
         assert_eq!(render("{key:raw}", 0, "http://h/a b/c"), "http://h/a b/c");
         assert_eq!(render("http://h/{key:raw}.json", 0, "a/b"), "http://h/a/b.json");
     }

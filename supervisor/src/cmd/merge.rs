@@ -45,12 +45,7 @@ pub fn run(args: &MergeArgs) -> Result<i32, Error> {
         }
         Ids::Range(_) => out.adopt_scope(&whole, None)?,
     }
-    println!(
-        "merge: {} stores of the job {url}, ids {}, into {}",
-        inputs.len(),
-        whole.ids,
-        args.out.display()
-    );
+    println!("merge: {} stores of the job {url}, {}, into {}", inputs.len(), whole, args.out.display());
     let (mut records, mut overlaps, mut first_overlap) = (0, 0, None::<u64>);
     for Input { path, store, scope } in &inputs {
         let m = out.merge_from(store)?;
@@ -76,7 +71,7 @@ pub fn run(args: &MergeArgs) -> Result<i32, Error> {
         ),
     }
     let missing_shards = missing_shards(&inputs);
-    for (label, line) in coverage_lines(&coverage) {
+    for (label, line) in coverage_lines(&coverage, matches!(whole.ids, Ids::Keys(_))) {
         println!("  {label:<12} {line}");
     }
     if !missing_shards.is_empty() {

@@ -6,7 +6,7 @@ use std::time::UNIX_EPOCH;
 use super::summary::{coverage_lines, pacing_lines};
 use crate::cli::StatusArgs;
 use crate::engine::Error;
-use crate::job::{IdRange, Scope};
+use crate::job::{IdRange, Ids, Scope};
 use crate::store::{Counts, Coverage, LastRun, Store, StoreError};
 use crate::util::thousands;
 use crate::watch::live::{self, Live};
@@ -56,16 +56,21 @@ pub fn run(args: &StatusArgs) -> Result<i32, Error> {
     let counts = store.counts()?;
     println!("store     {}", args.store.display());
     println!("job       {}", store.job()?.unwrap_or_default());
+    let items = if scope.as_ref().is_some_and(|s| matches!(s.ids, Ids::Keys(_))) { "keys" } else { "ids" };
     println!(
-        "answered  {} ids ({} with a 2xx status)",
+        "answered  {} {items} ({} with a 2xx status)",
         thousands(counts.answered),
         thousands(counts.success)
     );
-    println!("failed    {} ids ({} quarantined)", thousands(counts.failed), thousands(counts.quarantined));
+    println!(
+        "failed    {} {items} ({} quarantined)",
+        thousands(counts.failed),
+        thousands(counts.quarantined)
+    );
     match (&scope, &coverage) {
         (Some(scope), Some(c)) => {
             println!("covers    {scope}");
-            for (label, line) in coverage_lines(c) {
+            for (label, line) in coverage_lines(c, matches!(scope.ids, Ids::Keys(_))) {
                 println!("{label:<9} {line}");
             }
         }

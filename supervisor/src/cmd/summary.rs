@@ -128,19 +128,25 @@ pub fn pacing_lines(p: &Pacing) -> [String; 2] {
 }
 
 /// The lines that say how complete a store is, label and text: its gaps, then its failures.
-pub fn coverage_lines(c: &Coverage) -> Vec<(&'static str, String)> {
+/// A keyed store's gaps are not named (they are ordinals: a run with its list fetches them).
+pub fn coverage_lines(c: &Coverage, keyed: bool) -> Vec<(&'static str, String)> {
+    let items = if keyed { "keys" } else { "ids" };
     let mut lines = Vec::new();
     if c.complete() {
-        lines.push(("complete", format!("yes: each of its {} ids has a record", thousands(c.total))));
+        lines.push(("complete", format!("yes: each of its {} {items} has a record", thousands(c.total))));
     } else {
-        let gaps: Vec<String> = c.first_gaps.iter().map(IdRange::to_string).collect();
+        let gaps = if keyed {
+            "a run with its --keys list fetches them".to_owned()
+        } else {
+            let gaps: Vec<String> = c.first_gaps.iter().map(IdRange::to_string).collect();
+            format!("the first gaps: {}", gaps.join(", "))
+        };
         lines.push((
             "complete",
             format!(
-                "no: {} of its {} ids have no record (the first gaps: {})",
+                "no: {} of its {} {items} have no record ({gaps})",
                 thousands(c.missing),
-                thousands(c.total),
-                gaps.join(", ")
+                thousands(c.total)
             ),
         ));
     }
@@ -148,7 +154,7 @@ pub fn coverage_lines(c: &Coverage) -> Vec<(&'static str, String)> {
         lines.push((
             "unanswered",
             format!(
-                "{} ids have a record but no HTTP answer (`export --only failed` lists them; a run retries them)",
+                "{} {items} have a record but no HTTP answer (`export --only failed` lists them; a run retries them)",
                 thousands(c.failed)
             ),
         ));

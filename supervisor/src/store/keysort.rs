@@ -14,7 +14,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// Bytes of records sorted in memory at once.
-const RUN_BYTES: usize = 8 << 20;
+const RUN_BYTES: usize = 4 << 20;
 
 /// A record of fixed size, ordered as it sorts.
 pub trait Fixed: Ord + Copy {
