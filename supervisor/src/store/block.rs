@@ -7,18 +7,23 @@
 //! ```text
 //! magic "FLB4" | block number u64 LE | count u16 LE | length u32 LE (of the whole block)
 //!              | crc32 u32 LE (of every other byte of the block)
-//! index: count × (offset u16 LE, kind u8, status u16 LE, fetched u32 LE, fresh until u32 LE)
-//!                                                            sorted by offset, distinct
-//! payload: raw length u32 LE | zstd frame (level 1) of, per record in index order:
-//!          attempts varint | ETag: length varint, bytes | Last-Modified: length varint, bytes
-//!          | length varint | body (answer) or error text (failed, quarantined)
+//!              | oldest, newest answer's fetch time u32 LE (Unix seconds; 0: unknown)
+//! index: count × (offset u16 LE, kind u8, status u16 LE)       sorted by offset, distinct
+//! payload: raw length u32 LE | zstd frame (level 1) of
+//!          per record in index order: attempts varint | fetched − oldest varint
+//!            | fresh until − fetched + 1 varint (0: not said) | ETag length varint
+//!            | Last-Modified length varint | length varint
+//!          then per record: ETag | Last-Modified | body (answer) or error text (failed)
 //! ```
 //!
-//! Format 4's block ("FLB4") is format 3's ("FLB2") with what a refresh needs: when each answer
-//! was fetched and until when its server called it fresh (Unix seconds, in the index, so a
-//! refresh plans without decompressing a body), and its validators (in the payload). A format-3
-//! block is read as it is, with all of that unknown (zero, empty); blocks are rewritten as FLB4
-//! when their ids are next written.
+//! Format 4's block ("FLB4") is format 3's ("FLB2", 22-byte header, per record attempts, length,
+//! bytes) with what a refresh needs: when each answer was fetched, until when its server called
+//! it fresh, and its validators. They are in the compressed payload, its small fields before the
+//! bodies, where they cost about a byte a record (a block's answers mostly share their second);
+//! in the index they cost 8 bytes a record uncompressed, twice the bytes of a small body's whole
+//! record. The header's oldest and newest fetch time let a refresh by age pass over a block
+//! without decompressing it. A format-3 block is read as it is, with all of that unknown (zero,
+//! empty); blocks are rewritten as FLB4 when their ids are next written.
 //!
 //! The index is small and uncompressed, so planning a rerun and counting read no body. The
 //! payload of a whole block is compressed together, so what records share (JSON keys, a
@@ -38,10 +43,11 @@ const MAGIC_3: &[u8; 4] = b"FLB2";
 /// zstd's fastest level: about three times smaller than the records for JSON bodies, at a
 /// small fraction of a core.
 const ZSTD_LEVEL: i32 = 1;
-const HEADER: usize = 22;
+/// Format 3's header; format 4's adds the fetch times after it.
+const HEADER_3: usize = 22;
+const HEADER: usize = 30;
 const CRC_AT: usize = 18;
-const INDEX_ENTRY: usize = 13;
-const INDEX_ENTRY_3: usize = 5;
+const INDEX_ENTRY: usize = 5;
 
 /// What kind of record an index entry is.
 pub const KIND_ANSWER: u8 = 1;
@@ -70,17 +76,15 @@ pub struct Entry {
     pub kind: u8,
     /// The HTTP status of an answer; 0 otherwise.
     pub status: u16,
-    /// When an answer was fetched (Unix seconds); 0: unknown.
-    pub fetched: u32,
-    /// Until when its server said it is fresh (Unix seconds); 0: it did not say.
-    pub fresh_until: u32,
 }
 
 /// A block's index, checked, without its payload decompressed.
 pub struct Index<'a> {
     raw: &'a [u8],
-    /// Format 3's block: short entries, no validators.
+    /// Format 3's block: no fetch times, no validators.
     old: bool,
+    /// Its oldest and newest answer's fetch time (Unix seconds; 0: unknown).
+    pub fetched: (u32, u32),
 }
 
 impl<'a> Index<'a> {
@@ -90,7 +94,7 @@ impl<'a> Index<'a> {
         if len != value.len() {
             return Err(BlockError::Malformed("its length does not match"));
         }
-        if checksum(value) != u32::from_le_bytes(value[CRC_AT..HEADER].try_into().expect("4 bytes")) {
+        if checksum(value) != u32::from_le_bytes(value[CRC_AT..HEADER_3].try_into().expect("4 bytes")) {
             return Err(BlockError::Checksum);
         }
         if block != n {
@@ -98,37 +102,37 @@ impl<'a> Index<'a> {
         }
         let count = usize::from(u16::from_le_bytes([value[12], value[13]]));
         let old = &value[..4] == MAGIC_3;
-        let entry = if old { INDEX_ENTRY_3 } else { INDEX_ENTRY };
+        let start = if old { HEADER_3 } else { HEADER };
+        let fetched = if old {
+            (0, 0)
+        } else {
+            let word = |at: usize| u32::from_le_bytes(value[at..at + 4].try_into().expect("4 bytes"));
+            (word(HEADER_3), word(HEADER_3 + 4))
+        };
         let raw =
-            value.get(HEADER..HEADER + count * entry).ok_or(BlockError::Malformed("index cut short"))?;
-        Ok(Index { raw, old })
+            value.get(start..start + count * INDEX_ENTRY).ok_or(BlockError::Malformed("index cut short"))?;
+        Ok(Index { raw, old, fetched })
     }
 
     /// The entries, in offset order.
     pub fn entries(&self) -> impl Iterator<Item = Entry> + 'a {
-        let (old, size) = (self.old, if self.old { INDEX_ENTRY_3 } else { INDEX_ENTRY });
-        self.raw.chunks_exact(size).map(move |e| {
-            let word = |at: usize| {
-                if old {
-                    0
-                } else {
-                    u32::from_le_bytes(e[at..at + 4].try_into().expect("4 bytes"))
-                }
-            };
-            Entry {
-                offset: u16::from_le_bytes([e[0], e[1]]),
-                kind: e[2],
-                status: u16::from_le_bytes([e[3], e[4]]),
-                fetched: word(5),
-                fresh_until: word(9),
-            }
+        self.raw.chunks_exact(INDEX_ENTRY).map(|e| Entry {
+            offset: u16::from_le_bytes([e[0], e[1]]),
+            kind: e[2],
+            status: u16::from_le_bytes([e[3], e[4]]),
         })
+    }
+
+    /// Where the payload starts in the block.
+    fn payload_at(&self) -> usize {
+        (if self.old { HEADER_3 } else { HEADER }) + self.raw.len()
     }
 }
 
 /// The block number and length a block's header claims, unchecked.
 fn header(bytes: &[u8]) -> Option<(u64, usize)> {
-    if bytes.len() < HEADER || (&bytes[..4] != MAGIC && &bytes[..4] != MAGIC_3) {
+    let header = if bytes.get(..4) == Some(MAGIC_3) { HEADER_3 } else { HEADER };
+    if bytes.len() < header || (&bytes[..4] != MAGIC && &bytes[..4] != MAGIC_3) {
         return None;
     }
     let n = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
@@ -146,7 +150,7 @@ pub fn scan(bytes: &[u8]) -> Vec<(u64, Vec<(u16, Record)>)> {
         let start = at + i;
         let candidate = &bytes[start..];
         match header(candidate) {
-            Some((n, len)) if len >= HEADER && len <= candidate.len() => {
+            Some((n, len)) if len >= HEADER_3 && len <= candidate.len() => {
                 if let Ok(records) = decode(&candidate[..len], n) {
                     found.push((n, records));
                     at = start + len;
@@ -168,7 +172,7 @@ fn find_block(hay: &[u8]) -> Option<usize> {
 /// Decodes every record of block `n`, in offset order.
 pub fn decode(value: &[u8], n: u64) -> Result<Vec<(u16, Record)>, BlockError> {
     let index = Index::parse(value, n)?;
-    let payload = &value[HEADER + index.raw.len()..];
+    let payload = &value[index.payload_at()..];
     let raw_len = payload.get(..4).ok_or(BlockError::Malformed("payload cut short"))?;
     let raw_len = u32::from_le_bytes(raw_len.try_into().expect("4 bytes")) as usize;
     let data =
@@ -176,33 +180,33 @@ pub fn decode(value: &[u8], n: u64) -> Result<Vec<(u16, Record)>, BlockError> {
     if data.len() != raw_len {
         return Err(BlockError::Malformed("payload length"));
     }
+    let records = if index.old { decode_3(&index, &data)? } else { decode_4(&index, &data)? };
+    Ok(records)
+}
+
+fn record(e: Entry, attempts: u64, fetched: Fetched, bytes: &[u8]) -> Result<Record, BlockError> {
+    let attempts = u32::try_from(attempts).map_err(|_| BlockError::Malformed("attempts"))?;
+    Ok(match e.kind {
+        KIND_ANSWER => Record::Answer { attempts, status: e.status, body: bytes.to_vec(), fetched },
+        KIND_FAILED | KIND_QUARANTINED => Record::Failed {
+            attempts,
+            error: String::from_utf8_lossy(bytes).into_owned(),
+            quarantined: e.kind == KIND_QUARANTINED,
+        },
+        _ => return Err(BlockError::Malformed("unknown record kind")),
+    })
+}
+
+/// Format 3's payload: per record, attempts, length, bytes.
+fn decode_3(index: &Index<'_>, data: &[u8]) -> Result<Vec<(u16, Record)>, BlockError> {
     let mut at = 0;
     let mut out = Vec::with_capacity(index.raw.len() / INDEX_ENTRY);
     for e in index.entries() {
-        let attempts =
-            u32::try_from(varint(&data, &mut at)?).map_err(|_| BlockError::Malformed("attempts"))?;
-        let (etag, last_modified) = if index.old {
-            (String::new(), String::new())
-        } else {
-            let mut text = || bytes(&data, &mut at).map(|b| String::from_utf8_lossy(b).into_owned());
-            (text()?, text()?)
-        };
-        let bytes = bytes(&data, &mut at)?;
-        let record = match e.kind {
-            KIND_ANSWER => Record::Answer {
-                attempts,
-                status: e.status,
-                body: bytes.to_vec(),
-                fetched: Fetched { at: e.fetched, fresh_until: e.fresh_until, etag, last_modified },
-            },
-            KIND_FAILED | KIND_QUARANTINED => Record::Failed {
-                attempts,
-                error: String::from_utf8_lossy(bytes).into_owned(),
-                quarantined: e.kind == KIND_QUARANTINED,
-            },
-            _ => return Err(BlockError::Malformed("unknown record kind")),
-        };
-        out.push((e.offset, record));
+        let attempts = varint(data, &mut at)?;
+        let len = length(varint(data, &mut at)?)?;
+        let bytes = data.get(at..at.saturating_add(len)).ok_or(BlockError::Malformed("record cut short"))?;
+        at += len;
+        out.push((e.offset, record(e, attempts, Fetched::default(), bytes)?));
     }
     if at != data.len() {
         return Err(BlockError::Malformed("trailing bytes"));
@@ -210,12 +214,45 @@ pub fn decode(value: &[u8], n: u64) -> Result<Vec<(u16, Record)>, BlockError> {
     Ok(out)
 }
 
-/// A length-prefixed run of bytes at `at`.
-fn bytes<'d>(data: &'d [u8], at: &mut usize) -> Result<&'d [u8], BlockError> {
-    let len = usize::try_from(varint(data, at)?).map_err(|_| BlockError::Malformed("length"))?;
-    let bytes = data.get(*at..at.saturating_add(len)).ok_or(BlockError::Malformed("record cut short"))?;
-    *at += len;
-    Ok(bytes)
+/// Format 4's payload: every record's small fields, then every record's bytes.
+fn decode_4(index: &Index<'_>, data: &[u8]) -> Result<Vec<(u16, Record)>, BlockError> {
+    let mut at = 0;
+    let count = index.raw.len() / INDEX_ENTRY;
+    let mut fields = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut f = [0u64; 6];
+        for v in &mut f {
+            *v = varint(data, &mut at)?;
+        }
+        fields.push(f);
+    }
+    let oldest = u64::from(index.fetched.0);
+    let mut out = Vec::with_capacity(count);
+    for (e, [attempts, since, fresh, etag, modified, len]) in index.entries().zip(fields) {
+        let mut take = |len: u64| -> Result<&[u8], BlockError> {
+            let len = length(len)?;
+            let bytes =
+                data.get(at..at.saturating_add(len)).ok_or(BlockError::Malformed("record cut short"))?;
+            at += len;
+            Ok(bytes)
+        };
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let (etag, last_modified) = (text(take(etag)?), text(take(modified)?));
+        let bytes = take(len)?;
+        let time = |v: u64| u32::try_from(v).map_err(|_| BlockError::Malformed("a fetch time"));
+        let fetched_at = time(oldest + since)?;
+        let fresh_until = if fresh == 0 { 0 } else { time(u64::from(fetched_at) + fresh - 1)? };
+        let fetched = Fetched { at: fetched_at, fresh_until, etag, last_modified };
+        out.push((e.offset, record(e, attempts, fetched, bytes)?));
+    }
+    if at != data.len() {
+        return Err(BlockError::Malformed("trailing bytes"));
+    }
+    Ok(out)
+}
+
+fn length(v: u64) -> Result<usize, BlockError> {
+    usize::try_from(v).map_err(|_| BlockError::Malformed("length"))
 }
 
 /// Encodes records (offset → record) as block `n`.
@@ -252,24 +289,37 @@ impl Encoder {
         index.clear();
         data.clear();
         let none = Fetched::default();
+        let answers = || {
+            records.values().filter_map(|r| {
+                if let Record::Answer { fetched, .. } = r {
+                    Some(fetched.at)
+                } else {
+                    None
+                }
+            })
+        };
+        let (oldest, newest) = (answers().min().unwrap_or(0), answers().max().unwrap_or(0));
         for (&offset, record) in records {
-            let (kind, status, attempts, fetched, bytes) = match record {
-                Record::Answer { attempts, status, body, fetched } => {
-                    (KIND_ANSWER, *status, *attempts, fetched, body.as_slice())
-                }
-                Record::Failed { attempts, error, quarantined } => {
-                    let kind = if *quarantined { KIND_QUARANTINED } else { KIND_FAILED };
-                    (kind, 0, *attempts, &none, error.as_bytes())
-                }
-            };
+            let (kind, status, attempts, fetched, bytes) = fields(record, &none);
             index.extend_from_slice(&offset.to_le_bytes());
             index.push(kind);
             index.extend_from_slice(&status.to_le_bytes());
-            index.extend_from_slice(&fetched.at.to_le_bytes());
-            index.extend_from_slice(&fetched.fresh_until.to_le_bytes());
-            put_varint(data, u64::from(attempts));
+            let fresh =
+                if fetched.fresh_until == 0 { 0 } else { fetched.fresh_until.saturating_sub(fetched.at) + 1 };
+            for v in [
+                u64::from(attempts),
+                u64::from(fetched.at.saturating_sub(oldest)),
+                u64::from(fresh),
+                fetched.etag.len() as u64,
+                fetched.last_modified.len() as u64,
+                bytes.len() as u64,
+            ] {
+                put_varint(data, v);
+            }
+        }
+        for record in records.values() {
+            let (_, _, _, fetched, bytes) = fields(record, &none);
             for b in [fetched.etag.as_bytes(), fetched.last_modified.as_bytes(), bytes] {
-                put_varint(data, b.len() as u64);
                 data.extend_from_slice(b);
             }
         }
@@ -284,6 +334,8 @@ impl Encoder {
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&count.to_le_bytes());
         out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&oldest.to_le_bytes());
+        out.extend_from_slice(&newest.to_le_bytes());
         out.extend_from_slice(index);
         out.extend_from_slice(
             &u32::try_from(data.len()).expect("a block's records fit in 4 GiB").to_le_bytes(),
@@ -292,7 +344,7 @@ impl Encoder {
         let len = u32::try_from(out.len()).expect("a block fits in 4 GiB");
         out[14..18].copy_from_slice(&len.to_le_bytes());
         let crc = checksum(&out);
-        out[CRC_AT..HEADER].copy_from_slice(&crc.to_le_bytes());
+        out[CRC_AT..HEADER_3].copy_from_slice(&crc.to_le_bytes());
         // A block of big bodies leaves big buffers: keep them for the next only if modest.
         for buf in [&mut self.data, &mut self.packed] {
             if buf.capacity() > KEEP_CAPACITY {
@@ -303,6 +355,19 @@ impl Encoder {
     }
 }
 
+/// A record's kind, status, attempts, fetch and bytes (`none` for a failure's fetch).
+fn fields<'r>(record: &'r Record, none: &'r Fetched) -> (u8, u16, u32, &'r Fetched, &'r [u8]) {
+    match record {
+        Record::Answer { attempts, status, body, fetched } => {
+            (KIND_ANSWER, *status, *attempts, fetched, body)
+        }
+        Record::Failed { attempts, error, quarantined } => {
+            let kind = if *quarantined { KIND_QUARANTINED } else { KIND_FAILED };
+            (kind, 0, *attempts, none, error.as_bytes())
+        }
+    }
+}
+
 /// Encoding buffers up to this size are kept for the next block.
 const KEEP_CAPACITY: usize = 4 << 20;
 
@@ -310,7 +375,7 @@ const KEEP_CAPACITY: usize = 4 << 20;
 fn checksum(value: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&value[..CRC_AT]);
-    h.update(&value[HEADER..]);
+    h.update(&value[HEADER_3..]);
     h.finalize()
 }
 
@@ -386,16 +451,10 @@ mod tests {
         assert_eq!(
             entries,
             vec![
-                Entry {
-                    offset: 0,
-                    kind: KIND_ANSWER,
-                    status: 200,
-                    fetched: 1_800_000_000,
-                    fresh_until: 1_800_000_060
-                },
-                Entry { offset: 7, kind: KIND_ANSWER, status: 404, fetched: 0, fresh_until: 0 },
-                Entry { offset: 8, kind: KIND_FAILED, status: 0, fetched: 0, fresh_until: 0 },
-                Entry { offset: 255, kind: KIND_QUARANTINED, status: 0, fetched: 0, fresh_until: 0 },
+                Entry { offset: 0, kind: KIND_ANSWER, status: 200 },
+                Entry { offset: 7, kind: KIND_ANSWER, status: 404 },
+                Entry { offset: 8, kind: KIND_FAILED, status: 0 },
+                Entry { offset: 255, kind: KIND_QUARANTINED, status: 0 },
             ]
         );
     }

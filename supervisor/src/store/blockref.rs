@@ -68,7 +68,6 @@ impl BlockRef {
         let index = Index::parse(bytes, n)?;
         let base = block::first_id(n);
         let (mut kinds, mut success) = (Kinds::default(), 0u16);
-        let (mut oldest, mut newest) = (u32::MAX, 0);
         for e in index.entries() {
             let id = base + u64::from(e.offset);
             mask_set(&mut kinds.recorded, id);
@@ -76,14 +75,13 @@ impl BlockRef {
                 KIND_ANSWER => {
                     mask_set(&mut kinds.answered, id);
                     success += u16::from((200..300).contains(&e.status));
-                    (oldest, newest) = (oldest.min(e.fetched), newest.max(e.fetched));
                 }
                 KIND_QUARANTINED => mask_set(&mut kinds.quarantined, id),
                 _ => {}
             }
         }
         let len = u32::try_from(bytes.len()).map_err(|_| BlockError::Malformed("block over 4 GiB"))?;
-        let oldest = if oldest == u32::MAX { 0 } else { oldest };
+        let (oldest, newest) = index.fetched;
         Ok(BlockRef { kinds, success, segment, offset, len, crc: crc32fast::hash(bytes), oldest, newest })
     }
 
