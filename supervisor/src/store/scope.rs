@@ -11,7 +11,11 @@ use super::error::StoreError;
 use crate::job::{Ids, Scope, Shard, BLOCK_IDS};
 
 /// Writes sorted, distinct ids into a list's tree as they come, in chunks that never split a
-/// block (see [`super::covered`]): the list is never held whole.
+/// block (see [`super::covered`]): the list is never held whole. The tree is brought to the new
+/// list in place: a chunk already stored as it is is not written again, and stored chunks the
+/// new list lacks are removed. A list with keys appended rewrites only its last chunks (sled's
+/// memory grows with what is written: rewriting all 2,442 chunks of a 10M-key list cost the
+/// supervisor a VmHWM of 55.6 to 61.9 MiB, against 40 to 52 MiB for the rerun that writes none).
 fn write_listed(
     path: &std::path::Path,
     tree: &sled::Tree,
@@ -21,12 +25,34 @@ fn write_listed(
     let mut pending: Vec<u64> = Vec::with_capacity(CHUNK + BLOCK_IDS as usize);
     let mut batch = sled::Batch::default();
     let mut batched = 0;
+    // The key after the last chunk written: stored keys before it are settled.
+    let mut from: Vec<u8> = Vec::new();
     let mut emit = |pending: &mut Vec<u64>, last: bool| -> Result<(), StoreError> {
         for (first, value) in listed_chunks(pending) {
-            batch.insert(&key(first), value);
-            batched += 1;
+            let k = key(first);
+            guard(path, || {
+                for stale in tree.range(from.as_slice()..k.as_slice()).keys() {
+                    batch.remove(stale?);
+                    batched += 1;
+                }
+                if tree.get(k)?.as_deref() != Some(value.as_slice()) {
+                    batch.insert(&k, value);
+                    batched += 1;
+                }
+                Ok(())
+            })?;
+            from = (first + 1).to_be_bytes().to_vec();
         }
         pending.clear();
+        if last {
+            guard(path, || {
+                for stale in tree.range(from.as_slice()..).keys() {
+                    batch.remove(stale?);
+                    batched += 1;
+                }
+                Ok(())
+            })?;
+        }
         if batched >= 64 || last {
             let b = std::mem::take(&mut batch);
             batched = 0;
@@ -89,7 +115,6 @@ impl Store {
         let same_list =
             stored.as_ref().is_some_and(|s| s.ids.same(&scope.ids)) && !self.guard(|| Ok(tree.is_empty()))?;
         if let (Some(ids), false) = (listed, same_list) {
-            self.guard(|| Ok(tree.clear()?))?;
             write_listed(&self.path, &tree, ids)?;
         }
         self.guard(|| {

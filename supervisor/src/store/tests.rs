@@ -262,3 +262,30 @@ fn a_store_refuses_another_job_and_a_second_holder() {
     assert!(matches!(Store::open_existing(&dir.path().join("nope")), Err(StoreError::Missing(_))));
     assert!(!dir.path().join("nope").exists(), "a missing store is not created");
 }
+
+#[test]
+fn a_stored_list_is_brought_to_a_new_list_in_place_appended_shrunk_or_changed() {
+    use crate::job::{mask_ids, Ids, Listed, Scope};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_for_job(&dir.path().join("s.sled"), "http://a/{id}").expect("opens");
+    let lists: Vec<Vec<u64>> = vec![
+        (0..10_000).map(|i| i * 3).collect(),
+        (0..10_000).map(|i| i * 3).chain(40_000..40_100).collect(),
+        (5..50).collect(),
+        (0..20_000).map(|i| i * 2 + 1).collect(),
+    ];
+    for ids in lists {
+        let scope = Scope { ids: Ids::Listed(Listed::of(&ids, "x".into())), shard: None };
+        let mut it = ids.iter().map(|&i| Ok(i));
+        store.adopt_scope(&scope, Some(&mut it)).expect("adopts");
+        let covered = store.covered().expect("covered");
+        let back: Vec<u64> = covered
+            .blocks()
+            .flat_map(|b| {
+                let (n, m) = b.expect("reads");
+                mask_ids(n, m)
+            })
+            .collect();
+        assert_eq!(back, ids);
+    }
+}
