@@ -200,7 +200,6 @@ fn bad_keys_input_is_refused_in_one_line_and_creates_nothing() {
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "\n\n").expect("writes");
     let store = dir.path().join("never.sled");
-    let s = path_str(&store);
     let (g, k) = (path_str(&good), "http://127.0.0.1:9/u/{key}");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--url", k, "--ids", "0..5"], "--url has {key}: give the keys with --keys"),
@@ -217,16 +216,7 @@ fn bad_keys_input_is_refused_in_one_line_and_creates_nothing() {
         (vec!["--url", "http://127.0.0.1:9/u/{key:path}", "--keys", g], "{key:path}` is not a placeholder"),
         (vec!["--url", k, "--keys", g, "--model", "async"], "--model async fetches ids only"),
     ];
-    for (flags, expected) in cases {
-        let mut args = flags.clone();
-        args.extend(["--store", s]);
-        let out = run(&args);
-        out.assert_code(2);
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{flags:?}: one line: {}", out.stderr);
-        assert!(lines[0].contains(expected), "{flags:?}: {}", out.stderr);
-        assert!(!store.exists(), "{flags:?} created the store");
-    }
+    assert_refused_in_one_line(&cases, &store);
 }
 
 #[test]

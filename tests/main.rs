@@ -21,6 +21,7 @@ mod outage;
 mod pace;
 mod private;
 mod report;
+mod requests;
 mod resume;
 mod shards;
 mod store;

@@ -395,6 +395,22 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// Runs each case's flags with `--store store` and asserts exit 2, one line on stderr holding
+/// the case's text, and no store made.
+#[track_caller]
+pub fn assert_refused_in_one_line(cases: &[(Vec<&str>, &str)], store: &Path) {
+    for (flags, expected) in cases {
+        let mut args = flags.clone();
+        args.extend(["--store", path_str(store)]);
+        let out = run(&args);
+        out.assert_code(2);
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{flags:?}: one line: {}", out.stderr);
+        assert!(lines[0].contains(expected), "{flags:?}: {}", out.stderr);
+        assert!(!store.exists(), "{flags:?} created the store");
+    }
+}
+
 /// A run of the supervisor built flag by flag (after ripgrep's `TestCommand`): [`job_args`]'s
 /// flags, then the test's own.
 pub struct Job {

@@ -15,7 +15,8 @@
 //!
 //! Key echo, for keyed jobs: `/keys/{key}` and `/search?q={key}` answer `{"key": …}` with the key
 //! decoded as servers decode a path segment and a form-encoded query parameter (counted in
-//! `/stats` as requests).
+//! `/stats` as requests). `/echo` answers any request with its method, content type, `X-Item`
+//! header and body, as JSON.
 //!
 //! `--compress` encodes item bodies as real servers do (br or gzip, when `Accept-Encoding` offers it);
 //! `--tls-cert`/`--tls-key` serve HTTPS (rustls).

@@ -444,6 +444,24 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
         r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
         return Ok(r);
     }
+    if path == "/echo" {
+        // What a POST (or any request) sent: its method, content type, a header, and its body.
+        state.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let method = req.method().to_string();
+        // As bytes: a header may carry UTF-8 (obs-text), which `to_str` refuses.
+        let header =
+            |name: &str| req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let (content_type, item) = (header("content-type"), header("x-item"));
+        let body =
+            http_body_util::BodyExt::collect(req.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+        let echo = serde_json::json!({
+            "method": method,
+            "content_type": content_type,
+            "x_item": item,
+            "body": String::from_utf8_lossy(&body),
+        });
+        return Ok(text(StatusCode::OK, echo.to_string()));
+    }
     if let Some(key) = echoed_key(path, req.uri().query()) {
         state.counters.requests.fetch_add(1, Ordering::Relaxed);
         if !state.faults.latency.is_zero() {

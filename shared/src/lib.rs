@@ -17,7 +17,7 @@ pub use protocol::{
     Unreachable, WorkerChaos, WorkerHello, HEARTBEAT_EVERY, LATENCY_BUCKETS, PROTOCOL_VERSION,
     RETRY_BUDGET_WINDOW, TRAFFIC_EVERY,
 };
-pub use template::{TemplateError, UrlTemplate};
+pub use template::{Encoding, Template, TemplateError, UrlTemplate};
 
 /// Formats an error and its causes on one line, `what: why: deeper why`: how both binaries say
 /// an error to a person.

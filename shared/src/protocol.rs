@@ -22,7 +22,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,8 +102,16 @@ pub struct JobSpec {
     /// Retries a minute this worker may always make, whatever the budget (its share of the
     /// fleet's floor).
     pub retry_floor_per_min: u32,
-    /// Extra request headers, name and value.
+    /// Extra request headers, name and value (a value may hold `{id}` or `{key}`, written as
+    /// it is).
     pub headers: Vec<(String, String)>,
+    /// The request's method (`GET`, `POST`, ...).
+    pub method: String,
+    /// The request's body, a template (`{id}`, `{key}` written for [`JobSpec::content_type`]:
+    /// see [`crate::template::Encoding`]); `None`: no body.
+    pub body: Option<String>,
+    /// The body's `Content-Type`.
+    pub content_type: Option<String>,
     /// The `User-Agent` header of every request.
     pub user_agent: String,
     /// How https URLs are trusted.
@@ -140,6 +148,9 @@ impl JobSpec {
             retry_budget_pct: None,
             retry_floor_per_min: 0,
             headers: Vec::new(),
+            method: "GET".to_owned(),
+            body: None,
+            content_type: None,
             user_agent: String::new(),
             tls: TlsTrust::default(),
             chaos: WorkerChaos::default(),
@@ -166,6 +177,9 @@ impl std::fmt::Debug for JobSpec {
             .field("retry_budget_pct", &self.retry_budget_pct)
             .field("retry_floor_per_min", &self.retry_floor_per_min)
             .field("headers", &headers)
+            .field("method", &self.method)
+            .field("body", &self.body)
+            .field("content_type", &self.content_type)
             .field("user_agent", &self.user_agent)
             .field("tls", &self.tls)
             .field("chaos", &self.chaos)

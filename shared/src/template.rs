@@ -21,6 +21,20 @@ pub const MAX_KEY_BYTES: usize = 2000;
 /// Every byte but RFC 3986's unreserved characters is percent-encoded.
 const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
+/// How a key is written where a template puts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// In a URL: percent-encoded (all but the unreserved characters).
+    Url,
+    /// In a JSON body: as the content of a JSON string (quotes, backslashes and control
+    /// characters escaped), so `"{key}"` is a JSON string whatever the key.
+    Json,
+    /// In a form body (`application/x-www-form-urlencoded`): percent-encoded, as in a URL.
+    Form,
+    /// In a header or a body of another type: as it is (a key holds no CR, LF or NUL).
+    Raw,
+}
+
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -46,15 +60,31 @@ pub enum TemplateError {
     Both,
 }
 
-/// A parsed URL template.
+/// A parsed template: of a URL, a header's value or a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrlTemplate {
+pub struct Template {
     parts: Vec<Part>,
+    encoding: Encoding,
 }
 
-impl UrlTemplate {
-    /// Parses `template`, which must hold `{id}` or `{key}` (or `{key:raw}`), not both.
-    pub fn parse(template: &str) -> Result<UrlTemplate, TemplateError> {
+/// A URL's template.
+pub type UrlTemplate = Template;
+
+impl Template {
+    /// Parses the URL template `template`, which must hold `{id}` or `{key}` (or `{key:raw}`),
+    /// not both.
+    pub fn parse(template: &str) -> Result<Template, TemplateError> {
+        let t = Self::parse_as(template, Encoding::Url)?;
+        match (t.has_id(), t.has_key()) {
+            (false, false) => Err(TemplateError::NoPlaceholder),
+            (true, true) => Err(TemplateError::Both),
+            _ => Ok(t),
+        }
+    }
+
+    /// Parses `template`, whose keys are written as `encoding` says; it may hold no
+    /// placeholder.
+    pub fn parse_as(template: &str, encoding: Encoding) -> Result<Template, TemplateError> {
         let mut parts = Vec::new();
         let mut text = String::new();
         let mut rest = template;
@@ -86,12 +116,7 @@ impl UrlTemplate {
         if !text.is_empty() {
             parts.push(Part::Text(text));
         }
-        let t = UrlTemplate { parts };
-        match (t.has_id(), t.has_key()) {
-            (false, false) => Err(TemplateError::NoPlaceholder),
-            (true, true) => Err(TemplateError::Both),
-            _ => Ok(t),
-        }
+        Ok(Template { parts, encoding })
     }
 
     /// Whether items are integer ids (`{id}`).
@@ -120,7 +145,17 @@ impl UrlTemplate {
         self.parts.iter().map(|p| if let Part::Text(t) = p { t.len() } else { 0 }).sum()
     }
 
-    /// The URL of the item `id` (with `key`, for a keyed job), written into `out`.
+    /// `text` as it is, with no placeholder.
+    pub fn literal(text: &str) -> Template {
+        Template { parts: vec![Part::Text(text.to_owned())], encoding: Encoding::Raw }
+    }
+
+    /// Whether it is only text.
+    pub fn is_constant(&self) -> bool {
+        self.placeholders() == 0
+    }
+
+    /// The template for the item `id` (with `key`, for a keyed job), written into `out`.
     pub fn render<'o>(&self, id: u64, key: &str, out: &'o mut String) -> &'o str {
         out.clear();
         for part in &self.parts {
@@ -130,15 +165,43 @@ impl UrlTemplate {
                     let mut digits = [0u8; 20];
                     out.push_str(itoa(id, &mut digits));
                 }
-                // A path segment of "." or ".." is removed by normalising servers (and
-                // proxies): encoded, it is a name like any other.
-                Part::Key if key == "." || key == ".." => key.chars().for_each(|_| out.push_str("%2E")),
-                Part::Key => out.extend(percent_encoding::utf8_percent_encode(key, NOT_UNRESERVED)),
+                Part::Key => match self.encoding {
+                    // A path segment of "." or ".." is removed by normalising servers (and
+                    // proxies): encoded, it is a name like any other.
+                    Encoding::Url if key == "." || key == ".." => {
+                        key.chars().for_each(|_| out.push_str("%2E"))
+                    }
+                    Encoding::Url | Encoding::Form => {
+                        out.extend(percent_encoding::utf8_percent_encode(key, NOT_UNRESERVED));
+                    }
+                    Encoding::Json => json_escape(key, out),
+                    Encoding::Raw => out.push_str(key),
+                },
                 Part::RawKey => out.push_str(key),
             }
         }
         out
     }
+}
+
+/// How a body of `content_type` writes its keys: JSON string content for any JSON type
+/// (`application/json`, `application/graphql-response+json`, `...+json`), form-encoded for
+/// `application/x-www-form-urlencoded`, as they are otherwise.
+pub fn body_encoding(content_type: &str) -> Encoding {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Encoding::Json
+    } else if essence == "application/x-www-form-urlencoded" {
+        Encoding::Form
+    } else {
+        Encoding::Raw
+    }
+}
+
+/// `s` as the content of a JSON string (serde_json's escaping, without its quotes).
+fn json_escape(s: &str, out: &mut String) {
+    let quoted = serde_json::to_string(s).expect("a string always serializes");
+    out.push_str(&quoted[1..quoted.len() - 1]);
 }
 
 /// `n` in decimal, without allocating.
@@ -186,6 +249,25 @@ mod tests {
         assert_eq!(render(t, 0, "."), "http://h/users/%2E?q=%2E");
         assert_eq!(render("{key:raw}", 0, "http://h/a b/c"), "http://h/a b/c");
         assert_eq!(render("http://h/{key:raw}.json", 0, "a/b"), "http://h/a/b.json");
+    }
+
+    #[test]
+    fn keys_in_a_json_body_are_json_string_content_and_braces_stay_literal() {
+        let body = r#"{"query":"query($k: ID!){ user(key: $k){ key } }","variables":{"k":"{key}","n":{id}}}"#;
+        let t = Template::parse_as(body, Encoding::Json).expect("parses");
+        for key in ["plain", "quo\"te", "back\\slash", "tab\tnew\nline", "emoji🙂 é", "\u{1}"] {
+            let text = t.render(7, key, &mut String::new()).to_owned();
+            let v: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{key:?}: {e}: {text}"));
+            assert_eq!(v["variables"]["k"].as_str(), Some(key), "{text}");
+            assert_eq!(v["variables"]["n"].as_u64(), Some(7));
+            assert!(v["query"].as_str().expect("query").contains("{ user(key: $k){ key } }"));
+        }
+        let form = Template::parse_as("name={key}&x=1", Encoding::Form).expect("parses");
+        assert_eq!(form.render(0, "a b&c=d", &mut String::new()), "name=a%20b%26c%3Dd&x=1");
+        let raw = Template::parse_as("Bearer {key}", Encoding::Raw).expect("parses");
+        assert_eq!(raw.render(0, "a b", &mut String::new()), "Bearer a b");
+        assert!(Template::parse_as("no placeholder", Encoding::Json).expect("parses").is_constant());
     }
 
     #[test]

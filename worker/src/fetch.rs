@@ -17,7 +17,8 @@
 
 use std::time::Duration;
 
-use shared::{ItemResult, JobSpec, Outcome, TlsTrust, Unreachable, UrlTemplate};
+use shared::template::{body_encoding, MAX_KEY_BYTES};
+use shared::{Encoding, ItemResult, JobSpec, Outcome, Template, TlsTrust, Unreachable, UrlTemplate};
 use ureq::config::Config;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
@@ -97,11 +98,26 @@ pub struct Fetcher {
     tls: SharedTls,
     /// Input and output buffer sizes of a connection.
     buffers: (usize, usize),
-    /// The template cut at each `{id}`: the id goes between consecutive parts.
+    /// The URL's template.
     template: UrlTemplate,
-    headers: Vec<(String, String)>,
+    /// Headers, each a template of its value (most are constant).
+    headers: Vec<(String, Template)>,
+    method: ureq::http::Method,
+    /// The body's template and its content type.
+    body: Option<(Template, String)>,
     max_body: u64,
     policy: RetryPolicy,
+}
+
+/// A fetch thread's buffers for the request of one item, reused from item to item.
+#[derive(Default)]
+pub struct Scratch {
+    /// The URL.
+    pub url: String,
+    /// The body, when the job has one.
+    body: String,
+    /// The headers' values, in the job's order.
+    headers: Vec<String>,
 }
 
 /// One fetch thread's agent, and what its connections say about a failed request.
@@ -138,11 +154,24 @@ impl Fetcher {
             resolver: CachingResolver::new(Duration::from_millis(job.dns_ttl_ms)),
             tls: SharedTls::default(),
             buffers: (INPUT_BUFFER, output),
-            template: UrlTemplate::parse(&job.url_template).unwrap_or_else(|_| {
-                // The supervisor checked it; a template it let through renders as it is.
-                UrlTemplate::parse("{key:raw}").expect("a valid template")
+            // The supervisor checked it (the item may be named in the body instead); one it let
+            // through is sent as it is.
+            template: Template::parse_as(&job.url_template, Encoding::Url)
+                .unwrap_or_else(|_| Template::literal(&job.url_template)),
+            headers: job
+                .headers
+                .iter()
+                // The supervisor checked them: one it let through is sent as it is.
+                .map(|(n, v)| {
+                    (n.clone(), Template::parse_as(v, Encoding::Raw).unwrap_or_else(|_| Template::literal(v)))
+                })
+                .collect(),
+            method: ureq::http::Method::from_bytes(job.method.as_bytes()).unwrap_or(ureq::http::Method::GET),
+            body: job.body.as_ref().map(|b| {
+                let ct = job.content_type.clone().unwrap_or_else(|| "application/json".to_owned());
+                let t = Template::parse_as(b, body_encoding(&ct)).unwrap_or_else(|_| Template::literal(b));
+                (t, ct)
             }),
-            headers: job.headers.clone(),
             max_body: job.max_body,
             policy: RetryPolicy::of(job),
         }
@@ -164,6 +193,18 @@ impl Fetcher {
         self.template.render(id, key, url)
     }
 
+    /// The request for `id` (and `key`), written into `scratch`.
+    fn render(&self, id: u64, key: &str, scratch: &mut Scratch) {
+        self.template.render(id, key, &mut scratch.url);
+        if let Some((body, _)) = &self.body {
+            body.render(id, key, &mut scratch.body);
+        }
+        scratch.headers.resize_with(self.headers.len(), String::new);
+        for ((_, t), out) in self.headers.iter().zip(&mut scratch.headers) {
+            t.render(id, key, out);
+        }
+    }
+
     /// Fetches `id` until it has a final answer or runs out of attempts. Every attempt passes
     /// `gate` first; `None` when the gate closes before the id has an answer (the worker is
     /// stopping, and the id stays unreported).
@@ -175,11 +216,11 @@ impl Fetcher {
         session: &Session,
         id: u64,
         key: &str,
-        url: &mut String,
+        scratch: &mut Scratch,
         gate: &Gate,
         place: &mut Place<'_>,
     ) -> Option<ItemResult> {
-        self.url_of(id, key, url);
+        self.render(id, key, scratch);
         let mut backoff = self.policy.backoff();
         // Requests made for the id, and of them those that count against its attempts: one
         // that met the fleet's open circuit (the API was down) does not.
@@ -187,7 +228,7 @@ impl Fetcher {
         loop {
             let ticket = gate.enter(requests == 0)?;
             requests += 1;
-            let (attempt, mut met) = self.attempt(session, url);
+            let (attempt, mut met) = self.attempt(session, scratch);
             // The gate tells the supervisor of a server's wait at once (it decides whether the
             // fleet pauses); a limit announced used up pauses this worker there and then.
             met.wait = met.wait.map(|w| w.min(self.policy.retry_after_max));
@@ -239,18 +280,26 @@ impl Fetcher {
     fn request(
         &self,
         session: &Session,
-        url: &str,
+        scratch: &Scratch,
         follow_redirects: bool,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let url = scratch.url.as_str();
         let mut resends = 0;
         loop {
-            let mut req = session.agent.get(url);
-            for (name, value) in &self.headers {
-                req = req.header(name.as_str(), value.as_str());
-            }
             session.stale.take(); // what an earlier request left says nothing of this one
-            let result =
-                if follow_redirects { req.call() } else { req.config().max_redirects(0).build().call() };
+            let result = if self.method == ureq::http::Method::GET && self.body.is_none() {
+                let mut req = session.agent.get(url);
+                for ((name, _), value) in self.headers.iter().zip(&scratch.headers) {
+                    req = req.header(name.as_str(), value.as_str());
+                }
+                if follow_redirects {
+                    req.call()
+                } else {
+                    req.config().max_redirects(0).build().call()
+                }
+            } else {
+                self.send(session, scratch, follow_redirects)
+            };
             match result {
                 Err(e) if session.stale.take() && resends < STALE_RESENDS => {
                     resends += 1;
@@ -261,14 +310,42 @@ impl Fetcher {
         }
     }
 
-    fn attempt(&self, session: &Session, url: &str) -> (Attempt, Met) {
-        let mut resp = match self.request(session, url, true) {
+    /// A request of another method than GET, or with a body, through the `http` crate's
+    /// request (ureq's builder types a body by method).
+    fn send(
+        &self,
+        session: &Session,
+        scratch: &Scratch,
+        follow_redirects: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let mut req = ureq::http::Request::builder().method(self.method.clone()).uri(scratch.url.as_str());
+        for ((name, _), value) in self.headers.iter().zip(&scratch.headers) {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        let body: &[u8] = match &self.body {
+            Some((_, content_type)) => {
+                req = req.header("content-type", content_type.as_str());
+                scratch.body.as_bytes()
+            }
+            None => &[],
+        };
+        let req = req.body(body)?;
+        if follow_redirects {
+            session.agent.run(req)
+        } else {
+            session.agent.run(session.agent.configure_request(req).max_redirects(0).build())
+        }
+    }
+
+    fn attempt(&self, session: &Session, scratch: &Scratch) -> (Attempt, Met) {
+        let url = scratch.url.as_str();
+        let mut resp = match self.request(session, scratch, true) {
             Ok(resp) => resp,
             // A 3xx without a Location header is the server's final answer, not a protocol
             // error: asked again without following redirects, it is stored with its status and
             // body. (ureq reports it only as an error, so this costs one more request.)
             Err(ureq::Error::Protocol(ureq_proto::Error::NoLocationHeader)) => {
-                match self.request(session, url, false) {
+                match self.request(session, scratch, false) {
                     Ok(resp) => resp,
                     Err(e) => return unanswered(e, url),
                 }
@@ -314,10 +391,10 @@ impl Fetcher {
 /// 4 KiB (ureq's default: 128 KiB).
 fn request_head_room(job: &JobSpec) -> usize {
     // An id is at most 20 digits; a key at most MAX_KEY_BYTES, three times that encoded.
-    let ids = job.url_template.matches("{id}").count();
-    let keys = job.url_template.matches("{key").count();
-    let url = job.url_template.len() + ids * 20 + keys * 3 * shared::template::MAX_KEY_BYTES;
-    let headers: usize = job.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let room =
+        |t: &str| t.len() + t.matches("{id}").count() * 20 + t.matches("{key").count() * 3 * MAX_KEY_BYTES;
+    let url = room(&job.url_template);
+    let headers: usize = job.headers.iter().map(|(n, v)| n.len() + room(v) + 4).sum::<usize>() + 64;
     let head = url + headers + job.user_agent.len() + 512;
     head.next_power_of_two().max(4 << 10)
 }
@@ -443,11 +520,12 @@ fn one_line(e: &ureq::Error) -> String {
     e.to_string().replace('\n', " ")
 }
 
-/// Checks a URL template: `{id}` or `{key}` in it (see [`shared::template`]), and with an item
-/// put in, an absolute http(s) URL. A template that begins with `{key:raw}` is the key's own
-/// URL: only the keys can say whether it is one.
+/// Checks a URL template (see [`shared::template`]): with an item put in, an absolute http(s)
+/// URL. A template that begins with `{key:raw}` is the key's own URL: only the keys can say
+/// whether it is one. Whether the job's items are named somewhere is the caller's to check (a
+/// POST's body may name them instead).
 pub fn check_url_template(template: &str) -> Result<UrlTemplate, String> {
-    let parsed = UrlTemplate::parse(template).map_err(|e| format!("`{template}`: {e}"))?;
+    let parsed = Template::parse_as(template, Encoding::Url).map_err(|e| format!("`{template}`: {e}"))?;
     if parsed.starts_with_raw_key() {
         return Ok(parsed);
     }
@@ -482,7 +560,8 @@ mod tests {
         assert!(check_url_template("http://h/{id}").is_ok());
         assert!(check_url_template("https://h/u/{key}?x={key}").is_ok());
         assert!(check_url_template("{key:raw}").is_ok());
-        for bad in ["http://h/x", "ftp://h/{id}", "http:///{key}", "http://h/{id}/{key}", "/items/{id}"] {
+        assert!(check_url_template("http://h/graphql").is_ok(), "a POST's body may name the item");
+        for bad in ["ftp://h/{id}", "http:///{key}", "http://h/{key:path}", "/items/{id}"] {
             assert!(check_url_template(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use shared::WorkerChaos;
 
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, Scratch};
 use crate::gate::Gate;
 use crate::outbox::Outgoing;
 
@@ -43,7 +43,7 @@ pub fn start(
             let (ids, out) = (ids.clone(), out.clone());
             std::thread::Builder::new().name(format!("fetch-{n}")).stack_size(FETCH_STACK).spawn(move || {
                 let session = fetcher.session();
-                let mut url = String::with_capacity(128);
+                let mut scratch = Scratch::default();
                 // A place at the gate first, then an id: threads beyond the worker's share
                 // sleep holding nothing, and the ids wait in the queue for a thread at work.
                 // The place is given back when the thread ends (dropped).
@@ -56,7 +56,8 @@ pub fn start(
                     if !chaos.is_empty() && inject(&chaos, id, &out) {
                         continue;
                     }
-                    let Some(result) = fetcher.fetch(&session, id, &key, &mut url, &gate, &mut place) else {
+                    let Some(result) = fetcher.fetch(&session, id, &key, &mut scratch, &gate, &mut place)
+                    else {
                         break;
                     };
                     if out.send(Outgoing::Result(result)).is_err() {

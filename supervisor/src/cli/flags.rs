@@ -149,6 +149,21 @@ pub struct RunArgs {
     /// string, or a number as written).
     #[arg(long, env = "FLOTA_KEYS_FIELD", value_name = "NAME")]
     pub keys_field: Option<String>,
+    /// The request's method: GET, POST, PUT, PATCH, DELETE, HEAD, ... (a fetch may be any
+    /// read; it is retried as a GET is).
+    #[arg(long, env = "FLOTA_METHOD", value_name = "METHOD", default_value = "GET")]
+    pub method: String,
+    /// The request's body, a template: `{id}`, `{key}` are written for its content type (JSON
+    /// string content in JSON, form-encoded in a form); any other brace is literal, so a GraphQL
+    /// query needs no escaping.
+    #[arg(long, env = "FLOTA_BODY", value_name = "TEMPLATE")]
+    pub body: Option<String>,
+    /// The request's body template, from a file.
+    #[arg(long, env = "FLOTA_BODY_FILE", value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+    /// The body's Content-Type (with --body or --body-file) [default: application/json].
+    #[arg(long, env = "FLOTA_CONTENT_TYPE", value_name = "TYPE")]
+    pub content_type: Option<String>,
     /// Take only part I of N of the ids (I counts from 0): blocks of 256 ids dealt round-robin,
     /// so N supervisors with 0/N .. N-1/N fetch every id exactly once, each into its own store;
     /// `supervisor merge` joins the stores. Read from a Slurm job array or (with --shards) a

@@ -21,7 +21,7 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     let url =
         args.url.as_deref().ok_or("--url is required (e.g. --url 'http://127.0.0.1:8080/items/{id}')")?;
     let template = worker::fetch::check_url_template(url).map_err(|e| format!("--url: {e}"))?;
-    check_items(args, &template)?;
+    let request = request(args)?;
     let (shard, shard_from) = shard(args.shard, args.shards, |k| std::env::var(k).ok())?;
     let workers = within("--workers", t.workers, 1, 1024)?;
     let threads = within("--threads", t.threads, 1, 4096)?;
@@ -33,6 +33,7 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     check_timeouts(t)?;
     check_worker_memory(t, threads)?;
     let headers = headers(t)?;
+    check_items(args, &template, &request, &headers)?;
     // Coroutines are not bounded by threads: --concurrency may go past workers x threads, its
     // default with either model.
     let ceiling = if t.model == Model::Async { (workers * threads).max(1 << 16) } else { workers * threads };
@@ -43,6 +44,11 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     let tls = tls(t)?;
     let user_agent = user_agent(&t.user_agent)?;
     check_model(t, url)?;
+    if t.model == Model::Async && (request.method != "GET" || request.body.is_some()) {
+        return Err(
+            "--model async sends GET without a body: use --model fleet for --method and --body".into()
+        );
+    }
     if t.model == Model::Async && args.keys.is_some() {
         return Err(
             "--model async fetches ids only (its keys would need the fleet's key table): use --model fleet"
@@ -99,6 +105,9 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             retry_budget_pct: t.retry_budget.0,
             retry_floor_per_min: (RETRY_FLOOR_PER_MIN / workers).max(6),
             headers,
+            method: request.method,
+            body: request.body,
+            content_type: request.content_type,
             user_agent,
             tls,
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
@@ -153,8 +162,84 @@ fn shard(
     }
 }
 
-/// How the items are named: `{id}` with `--ids`/`--ids-file`, `{key}` with `--keys`, never both.
-fn check_items(args: &RunArgs, template: &shared::UrlTemplate) -> Result<(), String> {
+/// A run's request beyond its URL: method, body, content type, checked.
+struct Request {
+    method: String,
+    body: Option<String>,
+    content_type: Option<String>,
+}
+
+/// The largest body template (`--body-file`).
+const MAX_BODY_TEMPLATE: u64 = 1 << 20;
+
+/// `--method`, `--body` or `--body-file`, `--content-type`.
+fn request(args: &RunArgs) -> Result<Request, String> {
+    let method = args.method.to_ascii_uppercase();
+    // RFC 9110's token.
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if method.is_empty() || !method.chars().all(token) {
+        return Err(format!("--method `{}` is not an HTTP method (GET, POST, PUT, ...)", args.method));
+    }
+    let body = match (&args.body, &args.body_file) {
+        (Some(_), Some(_)) => {
+            return Err("--body and --body-file are two ways to give the body: give one".into())
+        }
+        (Some(b), None) => Some(b.clone()),
+        (None, Some(file)) => {
+            let in_file = |e: String| format!("--body-file {}: {e}", file.display());
+            let len = std::fs::metadata(file).map_err(|e| in_file(e.to_string()))?.len();
+            if len > MAX_BODY_TEMPLATE {
+                return Err(in_file(format!("{len} bytes; a body template is at most 1 MiB")));
+            }
+            Some(std::fs::read_to_string(file).map_err(|e| in_file(e.to_string()))?)
+        }
+        (None, None) => None,
+    };
+    let content_type = match (&body, &args.content_type) {
+        (None, Some(_)) => {
+            return Err("--content-type says what the body is: give --body or --body-file".into())
+        }
+        (None, None) => None,
+        (Some(_), Some(ct)) if ct.contains(['\r', '\n']) || ct.trim().is_empty() => {
+            return Err(format!("--content-type {ct:?} is not a media type"))
+        }
+        (Some(_), Some(ct)) => Some(ct.trim().to_owned()),
+        (Some(_), None) => Some("application/json".to_owned()),
+    };
+    if let Some(b) = &body {
+        let encoding = shared::template::body_encoding(content_type.as_deref().unwrap_or_default());
+        shared::Template::parse_as(b, encoding).map_err(|e| format!("--body: {e}"))?;
+    }
+    Ok(Request { method, body, content_type })
+}
+
+/// How the items are named: `{id}` with `--ids`/`--ids-file`, `{key}` with `--keys`, never both;
+/// in the URL, the body or a header, at least once.
+fn check_items(
+    args: &RunArgs,
+    url: &shared::UrlTemplate,
+    request: &Request,
+    headers: &[(String, String)],
+) -> Result<(), String> {
+    let mut templates = vec![url.clone()];
+    if let Some(b) = &request.body {
+        templates
+            .push(shared::Template::parse_as(b, shared::Encoding::Raw).map_err(|e| format!("--body: {e}"))?);
+    }
+    for (name, value) in headers {
+        let t = shared::Template::parse_as(value, shared::Encoding::Raw)
+            .map_err(|e| format!("--header {name}: {e}"))?;
+        templates.push(t);
+    }
+    let has_id = templates.iter().any(shared::Template::has_id);
+    let has_key = templates.iter().any(shared::Template::has_key);
+    if has_id && has_key {
+        return Err("the request has both {id} and {key}: a job's items are ids or keys, not both".into());
+    }
+    if !has_id && !has_key {
+        let where_ = if request.body.is_some() { "--url or --body" } else { "--url" };
+        return Err(format!("{where_} has no {{id}} or {{key}} in it: every item would be the same request"));
+    }
     let ids_given = args.ids.is_some() || args.ids_file.is_some();
     if ids_given && args.keys.is_some() {
         let ids = if args.ids.is_some() { "--ids" } else { "--ids-file" };
@@ -170,10 +255,10 @@ fn check_items(args: &RunArgs, template: &shared::UrlTemplate) -> Result<(), Str
             let flag = if args.keys_column.is_some() { "--keys-column" } else { "--keys-field" };
             return Err(format!("{flag} says where the keys are in --keys FILE: give --keys"));
         }
-        if template.has_key() {
+        if has_key {
             return Err("--url has {key}: give the keys with --keys FILE (or write {id} for --ids)".into());
         }
-    } else if template.has_id() {
+    } else if has_id {
         return Err("--keys names the items by key: write {key} in --url where the key goes, not {id}".into());
     }
     Ok(())
@@ -478,6 +563,10 @@ mod tests {
             keys: None,
             keys_column: None,
             keys_field: None,
+            method: "GET".into(),
+            body: None,
+            body_file: None,
+            content_type: None,
             shard: None,
             shards: None,
             store: "s.sled".into(),

@@ -55,7 +55,7 @@ pub fn execute(
     watch: &Watch,
     metrics: Option<std::sync::Arc<Metrics>>,
 ) -> Result<(Figures, LastRun), Error> {
-    let store = Store::open_for_job(&cfg.store, &cfg.job.url_template)?;
+    let store = Store::open_for_job(&cfg.store, &cfg.job_identity())?;
     let listed = cfg.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     match &cfg.keys {
         Some(keys) => {

@@ -83,6 +83,22 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// What a store belongs to: the URL template alone for a GET without a body (as stores
+    /// made before request templates recorded it), else the method, URL, content type and
+    /// body template.
+    pub fn job_identity(&self) -> String {
+        let job = &self.job;
+        match (&job.body, job.method.as_str()) {
+            (None, "GET") => job.url_template.clone(),
+            (None, method) => format!("{method} {}", job.url_template),
+            (Some(body), method) => format!(
+                "{method} {} ({}) {body}",
+                job.url_template,
+                job.content_type.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+
     /// The faults injected into this run, as `--chaos` gave them.
     pub fn chaos(&self) -> Chaos {
         Chaos { worker: self.job.chaos.clone(), kill_every: self.kill_every, panic_on: self.panic_on.clone() }
