@@ -168,10 +168,14 @@ fn the_api_gone_for_30_s_and_back_on_its_port_fails_no_id() {
     let running = Job::new(&proxy.url(), "0..3000", &store).flag("--rate", "300").spawn();
     wait_for("1,000 requests", Duration::from_secs(30), || api.requests() >= 1000);
     drop(proxy); // connections refused from here
+                 // The port is held, not listened on, while the API is gone: another test's server once took
+                 // it in those 30 s, and its answers were stored as this API's.
+    let held = hold_port(&addr);
     let gone = Instant::now();
     while gone.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
     }
+    drop(held);
     let _back = FaultProxy::start_on(&addr, &api.addr, &[]);
     let out = running.wait(Duration::from_secs(90));
     out.assert_code(0);
@@ -184,4 +188,18 @@ fn the_api_gone_for_30_s_and_back_on_its_port_fails_no_id() {
     // probe a second for 30 s.
     let sent = figure(&out, "pacing.requests");
     assert!(sent <= 3000 + 300, "{sent} requests for 3,000 ids through a 30 s outage");
+}
+
+/// Holds a loopback port without listening on it: connections to it are refused, and no other
+/// process can take it until the descriptor is dropped.
+fn hold_port(addr: &str) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).expect("a socket");
+    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    let at: std::net::SocketAddrV4 = addr.parse().expect("an IPv4 address");
+    bind(fd.as_raw_fd(), &SockaddrIn::from(at)).expect("binds the port");
+    fd
 }
