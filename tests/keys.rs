@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -277,4 +278,41 @@ fn a_salvaged_keyed_store_keeps_its_keys_and_a_rerun_sends_nothing() {
     again.assert_code(0);
     assert_eq!(figure(&again, "pacing.requests"), 0);
     assert_eq!(api.requests(), 2_000);
+}
+
+#[test]
+fn a_keyed_run_killed_while_it_plans_or_fetches_loses_nothing_and_the_rerun_completes() {
+    let api = MockApi::start(&[]);
+    let dir = tempdir();
+    let url = format!("http://{}/keys/{{key}}", api.addr);
+    let store = dir.path().join("keys.sled");
+    let mut keys: Vec<String> =
+        (0..400_000u64).map(|i| format!("key-{:x}-{i}", i.wrapping_mul(0x9e37_79b9))).collect();
+    let mut rng = fastrand::Rng::with_seed(34);
+    let mut killed = 0;
+    for round in 0..5 {
+        // The list grows between kills: new keys are appended to a table a kill may have left
+        // half written (names and rows past its commit point).
+        keys.extend((0..20_000).map(|i| format!("round{round}-{i}")));
+        let file = write_keys(dir.path(), "keys.txt", &keys);
+        let running = Job::keyed(&url, &file, &store).spawn();
+        // The first two while it reads and plans the list (0.3 s for 400,000 keys here), the
+        // others while it fetches.
+        let ms = if round < 2 { rng.u64(30..350) } else { rng.u64(400..1500) };
+        let at = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < at && !is_dead(running.pid()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if running.kill().code().is_none() {
+            killed += 1;
+        }
+    }
+    assert!(killed >= 3, "only {killed} runs were killed before they ended");
+    let file = write_keys(dir.path(), "keys.txt", &keys);
+    let out = Job::keyed(&url, &file, &store).run();
+    out.assert_code(0);
+    let echoed = echoed(&store);
+    assert_eq!(echoed.len(), keys.len(), "every key once");
+    assert!(keys.iter().all(|k| echoed.get(k) == Some(k)), "each key's own answer");
+    run(&["verify", "--store", path_str(&store)]).assert_code(0);
 }
