@@ -289,7 +289,7 @@ fn a_keyed_run_killed_while_it_plans_or_fetches_loses_nothing_and_the_rerun_comp
     let mut keys: Vec<String> =
         (0..400_000u64).map(|i| format!("key-{:x}-{i}", i.wrapping_mul(0x9e37_79b9))).collect();
     let mut rng = fastrand::Rng::with_seed(34);
-    let mut killed = 0;
+    let (mut killed, mut ended) = (0, Vec::new());
     for round in 0..5 {
         // The list grows between kills: new keys are appended to a table a kill may have left
         // half written (names and rows past its commit point).
@@ -303,11 +303,21 @@ fn a_keyed_run_killed_while_it_plans_or_fetches_loses_nothing_and_the_rerun_comp
         while Instant::now() < at && !is_dead(running.pid()) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if running.kill().code().is_none() {
-            killed += 1;
+        let workers = children_of(running.pid());
+        let out = running.kill();
+        match out.code() {
+            None => killed += 1,
+            Some(code) => {
+                ended.push(format!("exit {code}: {}", out.stderr.lines().last().unwrap_or_default()))
+            }
         }
+        // The next run opens the store once the killed one's workers are gone (they hold
+        // nothing of it, but a run that finds them there could be refused by a busy machine).
+        wait_for("the killed supervisor's workers to go", Duration::from_secs(10), || {
+            workers.iter().all(|&w| is_dead(w))
+        });
     }
-    assert!(killed >= 3, "only {killed} runs were killed before they ended");
+    assert!(killed >= 3, "only {killed} runs were killed before they ended: {ended:?}");
     let file = write_keys(dir.path(), "keys.txt", &keys);
     let out = Job::keyed(&url, &file, &store).run();
     out.assert_code(0);

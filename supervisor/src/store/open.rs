@@ -57,8 +57,12 @@ impl Store {
                 });
             }
             Some(_) => store.ready()?,
-            // A store that had files but no metadata lost it: never start it afresh.
-            None if !fresh => return Err(store.damaged("its metadata (the job, the format) is gone")),
+            // A store that had files but no metadata lost it: never start it afresh, unless it
+            // holds nothing (a run killed as it created the store, before its metadata was
+            // flushed, left sled's files and no record).
+            None if !fresh && !store.holds_nothing()? => {
+                return Err(store.damaged("its metadata (the job, the format) is gone"))
+            }
             None => store.initialise(url_template)?,
         }
         Ok(store)
@@ -92,6 +96,14 @@ impl Store {
             _ => self.drop_format2_tree()?,
         }
         self.check_manifest()
+    }
+
+    /// Whether the store holds no record, no segment byte and no key: nothing a fresh start
+    /// would lose.
+    fn holds_nothing(&self) -> Result<bool, StoreError> {
+        let no_refs = self.guard(|| Ok(self.refs.is_empty()))?;
+        let no_bytes = super::segments::list(&self.path)?.iter().all(|&(_, len)| len == 0);
+        Ok(no_refs && no_bytes && !self.path.join("keys").exists())
     }
 
     fn check_is_store(path: &Path) -> Result<(), StoreError> {

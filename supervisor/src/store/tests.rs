@@ -289,3 +289,23 @@ fn a_stored_list_is_brought_to_a_new_list_in_place_appended_shrunk_or_changed() 
         assert_eq!(back, ids);
     }
 }
+
+#[test]
+fn a_store_killed_as_it_was_created_starts_afresh_and_one_that_lost_its_metadata_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // sled's files, made before the first metadata was flushed: nothing in them.
+    let path = dir.path().join("new.sled");
+    drop(sled::open(&path).expect("sled opens"));
+    let store = Store::open_for_job(&path, "http://a/{id}").expect("an empty store starts afresh");
+    assert_eq!(store.job().expect("reads").as_deref(), Some("http://a/{id}"));
+    drop(store);
+    // Records, and no metadata: damaged, never started afresh.
+    let path = dir.path().join("lost.sled");
+    let store = Store::open_for_job(&path, "http://a/{id}").expect("opens");
+    write_in_flushes(&store, vec![vec![answer(5, 200, "5")]]);
+    store.db.remove("job.url").expect("removes");
+    store.db.flush().expect("flushes");
+    drop(store);
+    let err = Store::open_for_job(&path, "http://a/{id}").err().expect("refused");
+    assert!(err.to_string().contains("its metadata (the job, the format) is gone"), "{err}");
+}
