@@ -140,11 +140,6 @@ impl Template {
         self.parts.iter().filter(|p| !matches!(p, Part::Text(_))).count()
     }
 
-    /// The template's literal length.
-    pub fn text_len(&self) -> usize {
-        self.parts.iter().map(|p| if let Part::Text(t) = p { t.len() } else { 0 }).sum()
-    }
-
     /// `text` as it is, with no placeholder.
     pub fn literal(text: &str) -> Template {
         Template { parts: vec![Part::Text(text.to_owned())], encoding: Encoding::Raw }
@@ -153,6 +148,15 @@ impl Template {
     /// Whether it is only text.
     pub fn is_constant(&self) -> bool {
         self.placeholders() == 0
+    }
+
+    /// Its text, when it holds no placeholder: what every item's rendering would be.
+    pub fn as_text(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [Part::Text(t)] => Some(t),
+            _ => None,
+        }
     }
 
     /// The template for the item `id` (with `key`, for a keyed job), written into `out`.
@@ -267,7 +271,10 @@ mod tests {
         assert_eq!(form.render(0, "a b&c=d", &mut String::new()), "name=a%20b%26c%3Dd&x=1");
         let raw = Template::parse_as("Bearer {key}", Encoding::Raw).expect("parses");
         assert_eq!(raw.render(0, "a b", &mut String::new()), "Bearer a b");
-        assert!(Template::parse_as("no placeholder", Encoding::Json).expect("parses").is_constant());
+        let constant = Template::parse_as("no placeholder", Encoding::Json).expect("parses");
+        assert!(constant.is_constant());
+        assert_eq!(constant.as_text(), Some("no placeholder"));
+        assert_eq!(raw.as_text(), None);
     }
 
     #[test]

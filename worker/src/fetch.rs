@@ -187,13 +187,8 @@ impl Fetcher {
         Session { agent: Agent::with_parts(self.config.clone(), connector, self.resolver.clone()), stale }
     }
 
-    /// The URL of `id` (whose key is `key` in a keyed job), built in `url` (reused, so the
-    /// steady state does not allocate).
-    pub fn url_of<'u>(&self, id: u64, key: &str, url: &'u mut String) -> &'u str {
-        self.template.render(id, key, url)
-    }
-
-    /// The request for `id` (and `key`), written into `scratch`.
+    /// The request for `id` (and `key`), written into `scratch` (reused, so the steady state
+    /// does not allocate). A constant header is not copied: [`Fetcher::headers_of`] lends it.
     fn render(&self, id: u64, key: &str, scratch: &mut Scratch) {
         self.template.render(id, key, &mut scratch.url);
         if let Some((body, _)) = &self.body {
@@ -201,8 +196,19 @@ impl Fetcher {
         }
         scratch.headers.resize_with(self.headers.len(), String::new);
         for ((_, t), out) in self.headers.iter().zip(&mut scratch.headers) {
-            t.render(id, key, out);
+            if t.as_text().is_none() {
+                t.render(id, key, out);
+            }
         }
+    }
+
+    /// The request's headers, name and value: a constant one as the job gave it, one naming
+    /// the item as [`Fetcher::render`] wrote it.
+    fn headers_of<'a>(&'a self, scratch: &'a Scratch) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.headers
+            .iter()
+            .zip(&scratch.headers)
+            .map(|((name, t), value)| (name.as_str(), t.as_text().unwrap_or(value)))
     }
 
     /// Fetches `id` until it has a final answer or runs out of attempts. Every attempt passes
@@ -289,8 +295,8 @@ impl Fetcher {
             session.stale.take(); // what an earlier request left says nothing of this one
             let result = if self.method == ureq::http::Method::GET && self.body.is_none() {
                 let mut req = session.agent.get(url);
-                for ((name, _), value) in self.headers.iter().zip(&scratch.headers) {
-                    req = req.header(name.as_str(), value.as_str());
+                for (name, value) in self.headers_of(scratch) {
+                    req = req.header(name, value);
                 }
                 if follow_redirects {
                     req.call()
@@ -319,8 +325,8 @@ impl Fetcher {
         follow_redirects: bool,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
         let mut req = ureq::http::Request::builder().method(self.method.clone()).uri(scratch.url.as_str());
-        for ((name, _), value) in self.headers.iter().zip(&scratch.headers) {
-            req = req.header(name.as_str(), value.as_str());
+        for (name, value) in self.headers_of(scratch) {
+            req = req.header(name, value);
         }
         let body: &[u8] = match &self.body {
             Some((_, content_type)) => {
@@ -547,12 +553,22 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_filled() {
+        let url_of = |f: &Fetcher, id, key| {
+            let mut scratch = Scratch::default();
+            f.render(id, key, &mut scratch);
+            scratch.url
+        };
         let f = Fetcher::new(&JobSpec::minimal("http://127.0.0.1:1/a/{id}/b?id={id}&x=1"));
-        let mut url = String::new();
-        assert_eq!(f.url_of(42, "", &mut url), "http://127.0.0.1:1/a/42/b?id=42&x=1");
-        assert_eq!(f.url_of(7, "", &mut url), "http://127.0.0.1:1/a/7/b?id=7&x=1");
-        let f = Fetcher::new(&JobSpec::minimal("http://127.0.0.1:1/users/{key}"));
-        assert_eq!(f.url_of(7, "a b/c", &mut url), "http://127.0.0.1:1/users/a%20b%2Fc");
+        assert_eq!(url_of(&f, 42, ""), "http://127.0.0.1:1/a/42/b?id=42&x=1");
+        assert_eq!(url_of(&f, 7, ""), "http://127.0.0.1:1/a/7/b?id=7&x=1");
+        let mut job = JobSpec::minimal("http://127.0.0.1:1/users/{key}");
+        job.headers = vec![("A".into(), "fixed".into()), ("X-Item".into(), "{key}".into())];
+        let f = Fetcher::new(&job);
+        let mut scratch = Scratch::default();
+        f.render(7, "a b/c", &mut scratch);
+        assert_eq!(scratch.url, "http://127.0.0.1:1/users/a%20b%2Fc");
+        let headers: Vec<(&str, &str)> = f.headers_of(&scratch).collect();
+        assert_eq!(headers, vec![("A", "fixed"), ("X-Item", "a b/c")]);
     }
 
     #[test]

@@ -191,6 +191,31 @@ pub struct RunArgs {
     pub tuning: Tuning,
 }
 
+impl RunArgs {
+    /// A GET of `url` over the ids `ids` into `store`, every other flag of the job unset: the
+    /// demo's run, and the tests'.
+    pub fn of_ids(url: Option<String>, ids: Option<String>, store: PathBuf, tuning: Tuning) -> RunArgs {
+        RunArgs {
+            url,
+            ids,
+            ids_file: None,
+            keys: None,
+            keys_column: None,
+            keys_field: None,
+            method: "GET".into(),
+            body: None,
+            body_file: None,
+            content_type: None,
+            shard: None,
+            shards: None,
+            store,
+            metrics: None,
+            summary: SummaryFormat::Text,
+            tuning,
+        }
+    }
+}
+
 /// Flags shared by a run and the demo.
 #[derive(Debug, Clone, Args)]
 pub struct Tuning {

@@ -556,24 +556,7 @@ mod tests {
     }
 
     fn args(url: Option<&str>, ids: Option<&str>, tuning: Tuning) -> RunArgs {
-        RunArgs {
-            url: url.map(str::to_owned),
-            ids: ids.map(str::to_owned),
-            ids_file: None,
-            keys: None,
-            keys_column: None,
-            keys_field: None,
-            method: "GET".into(),
-            body: None,
-            body_file: None,
-            content_type: None,
-            shard: None,
-            shards: None,
-            store: "s.sled".into(),
-            metrics: None,
-            summary: super::super::flags::SummaryFormat::Text,
-            tuning,
-        }
+        RunArgs::of_ids(url.map(str::to_owned), ids.map(str::to_owned), "s.sled".into(), tuning)
     }
 
     #[test]

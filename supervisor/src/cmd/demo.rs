@@ -77,24 +77,12 @@ pub fn run(args: DemoArgs, watch: Watch) -> Result<i32, Error> {
     let listen = recorded_listen_addr(&store).unwrap_or_else(|| "127.0.0.1:0".to_owned());
     // Validate before starting anything; the real address is known once mockapi runs.
     let placeholder = "http://127.0.0.1:1/items/{id}";
-    let mut cfg = cli::run_config(&RunArgs {
-        url: Some(placeholder.to_owned()),
-        ids: Some(format!("0..{}", args.items)),
-        ids_file: None,
-        keys: None,
-        keys_column: None,
-        keys_field: None,
-        method: "GET".into(),
-        body: None,
-        body_file: None,
-        content_type: None,
-        shard: None,
-        shards: None,
+    let mut cfg = cli::run_config(&RunArgs::of_ids(
+        Some(placeholder.to_owned()),
+        Some(format!("0..{}", args.items)),
         store,
-        metrics: None,
-        summary: crate::cli::SummaryFormat::Text,
-        tuning: args.tuning.clone(),
-    })
+        args.tuning.clone(),
+    ))
     .map_err(Error::Usage)?;
     // The demo is one machine's job, even inside a Slurm array.
     (cfg.scope.shard, cfg.shard_from) = (None, None);

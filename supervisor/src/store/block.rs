@@ -19,9 +19,9 @@
 //! Format 4's block ("FLB4") is format 3's ("FLB2", 22-byte header, per record attempts, length,
 //! bytes) with what a refresh needs: when each answer was fetched, until when its server called
 //! it fresh, and its validators. They are in the compressed payload, its small fields before the
-//! bodies, where they cost about a byte a record (a block's answers mostly share their second);
-//! in the index they cost 8 bytes a record uncompressed, twice the bytes of a small body's whole
-//! record. The header's oldest and newest fetch time let a refresh by age pass over a block
+//! bodies, where format 4 costs 0.2 bytes a record more than format 3 (6.1 against 5.9 bytes of
+//! segments an item, 1M small bodies from nginx: a block's answers mostly share their second);
+//! in the index the times cost 8 bytes a record uncompressed (14.0 bytes an item). The header's oldest and newest fetch time let a refresh by age pass over a block
 //! without decompressing it. A format-3 block is read as it is, with all of that unknown (zero,
 //! empty); blocks are rewritten as FLB4 when their ids are next written.
 //!

@@ -112,7 +112,9 @@ impl Store {
         }
         let new = fresh.len;
         let held = known.len + new;
-        let next_after = if new > 0 { self.append_keys(source, fresh, next, shard)? } else { next };
+        if new > 0 {
+            self.append_keys(source, fresh, next, shard)?;
+        }
 
         // The scope: the known ordinals (sorted), then the new ones, all past them.
         let known = known.sorted().map_err(&io)?.map(|r| r.map_err(&io));
@@ -125,19 +127,18 @@ impl Store {
         let keyed = Keyed { count, digest, held, source: source.label.clone() };
         let scope = crate::job::Scope { ids: crate::job::Ids::Keys(keyed.clone()), shard };
         self.adopt_scope(&scope, Some(&mut known.chain(&mut fresh_ordinals)))?;
-        debug_assert!(next_after >= next);
         Ok(Adopted { keyed, new, repeated: lines - count.min(lines) })
     }
 
     /// Appends the new keys (`fresh`: place in the list and fingerprint) with ordinals from
-    /// `next`, merges their rows into the table, and commits; returns the next ordinal.
+    /// `next`, merges their rows into the table, and commits the next ordinal.
     fn append_keys(
         &self,
         source: &KeySource,
         fresh: Sorter<(u64, u128)>,
         next: u64,
         shard: Option<Shard>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(), StoreError> {
         let dir = self.keys_dir();
         let io = self.key_io();
         let keys_error = |error| StoreError::Keys { source_label: source.label.clone(), error };
@@ -163,8 +164,7 @@ impl Store {
         names.finish().map_err(&io)?;
         let rows = rows.sorted().map_err(&io)?;
         rewrite_table(&dir, next, rows).map_err(&io)?;
-        self.commit_next(ordinal)?;
-        Ok(ordinal)
+        self.commit_next(ordinal)
     }
 
     fn commit_next(&self, next: u64) -> Result<(), StoreError> {
