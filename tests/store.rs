@@ -98,7 +98,7 @@ fn format_of(store: &Path) -> String {
 
 #[test]
 fn a_format3_store_of_the_release_before_is_upgraded_in_place_reads_the_same_and_takes_new_records() {
-    let (_dir, store, before) = fixture3("format3.sled", "export.jsonl");
+    let (_dir, store, before) = fixture3("store", "export.jsonl");
     assert_eq!(format_of(&store), "3");
     let out = run(&["upgrade", "--store", path_str(&store)]);
     out.assert_code(0);
@@ -135,7 +135,7 @@ fn a_format3_store_of_the_release_before_is_upgraded_in_place_reads_the_same_and
     run(&["verify", "--store", path_str(&store)]).assert_code(0);
 
     // A list's store too: the same records, its list still its scope.
-    let (_dir, listed, before) = fixture3("listed3.sled", "listed-export.jsonl");
+    let (_dir, listed, before) = fixture3("listed", "listed-export.jsonl");
     assert_eq!(export_text(&listed), before);
     assert_eq!(format_of(&listed), "4", "export upgraded it");
     let status = stdout_of(&["status", "--store", path_str(&listed)]);
