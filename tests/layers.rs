@@ -14,12 +14,13 @@ use std::path::{Path, PathBuf};
 /// The supervisor's layers, top first, each with the layers it may import (its own included:
 /// within a layer only circles are forbidden). `""` is the crate root, `lib.rs`.
 const SUPERVISOR: &[(&str, &[&str])] = &[
-    ("", &["", "cmd", "cli", "drive", "watch", "fleet", "engine", "store", "job", "util"]),
-    ("cmd", &["cmd", "cli", "drive", "watch", "fleet", "engine", "store", "job", "util"]),
+    ("", &["", "cmd", "cli", "drive", "watch", "fleet", "auth", "engine", "store", "job", "util"]),
+    ("cmd", &["cmd", "cli", "drive", "watch", "fleet", "auth", "engine", "store", "job", "util"]),
     ("cli", &["cli", "job", "util"]),
-    ("drive", &["drive", "watch", "fleet", "engine", "store", "job", "util"]),
+    ("drive", &["drive", "watch", "fleet", "auth", "engine", "store", "job", "util"]),
     ("watch", &["watch", "engine", "job", "util"]),
     ("fleet", &["fleet", "engine", "job", "util"]),
+    ("auth", &["auth", "job", "util"]),
     ("engine", &["engine", "store", "job", "util"]),
     ("store", &["store", "job", "util"]),
     ("job", &["job", "util"]),
@@ -35,10 +36,17 @@ const SUPERVISOR_CRATES: &[(&str, &[&str])] =
 /// they all hand each other and what fetching is made of (the retry policy, rate-limit headers,
 /// the resolver).
 const WORKER: &[(&str, &[&str])] = &[
-    ("", &["", "link", "pool", "fetch", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
-    ("link", &["link", "pool", "fetch", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
-    ("pool", &["pool", "fetch", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
-    ("fetch", &["fetch", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
+    (
+        "",
+        &["", "link", "pool", "fetch", "auth", "gate", "announce", "outbox", "policy", "resolve", "connect"],
+    ),
+    (
+        "link",
+        &["link", "pool", "fetch", "auth", "gate", "announce", "outbox", "policy", "resolve", "connect"],
+    ),
+    ("pool", &["pool", "fetch", "auth", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
+    ("fetch", &["fetch", "auth", "gate", "announce", "outbox", "policy", "resolve", "connect"]),
+    ("auth", &["auth", "outbox"]),
     ("gate", &["gate", "outbox", "policy"]),
     ("announce", &["announce"]),
     ("outbox", &["outbox"]),

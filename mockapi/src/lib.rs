@@ -18,6 +18,11 @@
 //! `/stats` as requests). `/echo` answers any request with its method, content type, `X-Item`
 //! header and body, as JSON.
 //!
+//! Credentials ([`auth`]): with `--token-lifetime`, `--static-token` or `--refresh-token`, the
+//! item and key routes answer 401 without a valid bearer token; `POST /oauth/token` issues
+//! tokens that expire (client credentials, or a rotating refresh token), `--revoke-after N`
+//! revokes every token after the N-th item request. `/stats` counts tokens issued and 401s.
+//!
 //! `--compress` encodes item bodies as real servers do (br or gzip, when `Accept-Encoding` offers it);
 //! `--tls-cert`/`--tls-key` serve HTTPS (rustls).
 //!
@@ -27,6 +32,7 @@
 //! Built on hyper 1, tokio and tokio-rustls: no HTTP or TLS of our own.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod proxy;
 mod server;
 
@@ -107,6 +113,25 @@ pub struct Args {
     /// Seed of the fault decisions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Item routes need a bearer token, and `POST /oauth/token` issues ones that last this
+    /// many seconds (the client-credentials grant, or the refresh-token grant).
+    #[arg(long, value_name = "SECS")]
+    pub token_lifetime: Option<f64>,
+    /// The OAuth 2.0 client the token endpoint knows.
+    #[arg(long, default_value = "flota")]
+    pub client_id: String,
+    /// Its secret.
+    #[arg(long, default_value = "s3cret")]
+    pub client_secret: String,
+    /// A bearer token item routes take, that never expires (until --revoke-after).
+    #[arg(long, value_name = "TOKEN")]
+    pub static_token: Option<String>,
+    /// A refresh token the token endpoint takes once (it answers with the next one).
+    #[arg(long, value_name = "TOKEN", requires = "token_lifetime")]
+    pub refresh_token: Option<String>,
+    /// After the N-th item request, every token issued so far and the static token are revoked.
+    #[arg(long, value_name = "N")]
+    pub revoke_after: Option<u64>,
     /// Runtime threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -199,6 +224,14 @@ pub fn run(args: Args) -> i32 {
         unavailable_rate: args.unavailable_rate,
         outage: args.outage_after.zip(args.outage_secs.map(std::time::Duration::from_secs_f64)),
         quota: args.quota.map(|n| (n, args.quota_window.max(1))),
+        auth: (args.token_lifetime.is_some() || args.static_token.is_some()).then(|| auth::AuthConfig {
+            lifetime: args.token_lifetime.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
+            client_id: args.client_id.clone(),
+            client_secret: args.client_secret.clone(),
+            static_token: args.static_token.clone(),
+            refresh_token: args.refresh_token.clone(),
+            revoke_after: args.revoke_after,
+        }),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => match tls_config(cert, key) {

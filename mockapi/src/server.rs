@@ -57,6 +57,8 @@ pub struct Faults {
     /// A quota of this many item requests per window of this many seconds, announced in
     /// `X-RateLimit-*` headers; beyond it, 429 with a `Retry-After` to the window's end.
     pub quota: Option<(u32, u64)>,
+    /// Not a fault: item routes need a bearer token ([`crate::auth`]).
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 /// How a rate limit is announced.
@@ -114,6 +116,12 @@ pub struct Stats {
     /// Item answers sent compressed (`--compress`).
     #[serde(default)]
     pub compressed: u64,
+    /// Access tokens `POST /oauth/token` issued.
+    #[serde(default)]
+    pub tokens_issued: u64,
+    /// Item and key requests answered 401 (no valid token).
+    #[serde(default)]
+    pub unauthorized: u64,
 }
 
 #[derive(Default)]
@@ -137,6 +145,8 @@ impl Counters {
             dropped: self.dropped.load(Ordering::Relaxed),
             unavailable: self.unavailable.load(Ordering::Relaxed),
             compressed: self.compressed.load(Ordering::Relaxed),
+            tokens_issued: 0,
+            unauthorized: 0,
         }
     }
 }
@@ -156,6 +166,7 @@ struct State {
     /// When the outage began, in milliseconds since start, plus one; 0 before it.
     outage_began: AtomicU64,
     log: Mutex<Vec<Logged>>,
+    guard: Option<crate::auth::Guard>,
 }
 
 enum Verdict {
@@ -436,13 +447,46 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Resul
     }
     if path == "/stats" || path == "/log" {
         let body = if path == "/stats" {
-            serde_json::to_string(&state.counters.snapshot())
+            let mut stats = state.counters.snapshot();
+            if let Some(g) = &state.guard {
+                stats.tokens_issued = g.issued.load(Ordering::Relaxed);
+                stats.unauthorized = g.refused.load(Ordering::Relaxed);
+            }
+            serde_json::to_string(&stats)
         } else {
             serde_json::to_string(&*state.log.lock().unwrap_or_else(|p| p.into_inner()))
         };
         let mut r = text(StatusCode::OK, body.expect("plain numbers always serialize"));
         r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
         return Ok(r);
+    }
+    if path == "/oauth/token" {
+        if let Some(g) = &state.guard {
+            let header = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let form = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let (status, body) = g.token(header.as_deref(), &String::from_utf8_lossy(&form));
+            let mut r = text(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), body);
+            r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
+            r.headers_mut().insert("cache-control", "no-store".parse().expect("valid header"));
+            return Ok(r);
+        }
+    }
+    let guarded =
+        path.starts_with("/items/") || path.starts_with("/keys/") || path == "/search" || path == "/echo";
+    if let Some(g) = state.guard.as_ref().filter(|_| guarded) {
+        let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        // Counted as the item routes count their requests, so --revoke-after N is the N-th.
+        let nth = state.counters.requests.load(Ordering::Relaxed) + 1;
+        if !g.admits(header, nth) {
+            state.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let mut r = text(StatusCode::UNAUTHORIZED, r#"{"error":"invalid_token"}"#);
+            let challenge = "Bearer error=\"invalid_token\"".parse().expect("valid header");
+            r.headers_mut().insert("www-authenticate", challenge);
+            return Ok(r);
+        }
     }
     if path == "/echo" {
         // What a POST (or any request) sent: its method, content type, a header, and its body.
@@ -618,7 +662,6 @@ impl Server {
         let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
-            faults,
             counters: Counters::default(),
             seen: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             started: Instant::now(),
@@ -626,6 +669,8 @@ impl Server {
             quota_window: AtomicU64::new(0),
             outage_began: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            guard: faults.auth.clone().map(crate::auth::Guard::new),
+            faults,
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         runtime.spawn(serve(listener, state, tls.map(tokio_rustls::TlsAcceptor::from), rx));

@@ -251,6 +251,23 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_round_trips_and_its_debug_shows_no_secret() {
+        let msg = crate::ToWorker::Credential(crate::Credential {
+            generation: 2,
+            header: "Authorization".into(),
+            value: crate::Secret("Bearer s3cret-token".into()),
+            expires_in_ms: Some(4000),
+        });
+        let mut w = FrameWriter::new(Vec::new());
+        w.write(&msg).expect("encodes");
+        let bytes = w.into_inner();
+        let mut r = FrameReader::new(&bytes[..], MAX_FRAME_LEN);
+        assert_eq!(r.read::<crate::ToWorker>().expect("reads"), Some(msg.clone()));
+        let shown = format!("{msg:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
     fn frames_round_trip_and_end_cleanly() {
         let msgs = vec![
             FromWorker::Hello(WorkerHello { version: PROTOCOL_VERSION, pid: 7 }),
@@ -274,6 +291,7 @@ mod tests {
                 sending: 17,
                 unanswered: Some("connection refused".into()),
             }),
+            FromWorker::Refused { generation: 3, proven: true },
         ];
         let bytes = encode_frames(&msgs);
         let mut r = FrameReader::new(&bytes[..], MAX_FRAME_LEN);

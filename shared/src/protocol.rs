@@ -6,6 +6,13 @@
 //! [`HEARTBEAT_EVERY`]. The supervisor ends a session by closing the worker's stdin: the worker finishes the
 //! ids it holds, reports them, and exits 0.
 //!
+//! Credentials: when the job's credential comes from a source (a helper, a token endpoint),
+//! the supervisor sends a [`ToWorker::Credential`] right after the hello and each time it has a
+//! newer one. A request answered 401 is never an item's answer: the worker says
+//! [`FromWorker::Refused`] (once per credential), holds the item until a newer credential
+//! comes, and sends it again without counting an attempt; the supervisor either has one or
+//! stops the run.
+//!
 //! Variants are only ever appended, and any change to a message's shape bumps
 //! [`PROTOCOL_VERSION`].
 
@@ -22,7 +29,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +58,34 @@ pub enum ToWorker {
         /// How long, in milliseconds, from when the worker reads this.
         ms: u64,
     },
+    /// Send every request from now on with this credential (newer than any before).
+    Credential(Credential),
+}
+
+/// A credential the supervisor obtained, as a worker sends it: one header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// Counts up from 1 with every credential of a run; a worker's [`FromWorker::Refused`]
+    /// names the one a 401 met. (0 stands for the job's own headers.)
+    pub generation: u64,
+    /// The header it goes in (`Authorization`).
+    pub header: String,
+    /// The header's value (`Bearer ...`).
+    pub value: Secret,
+    /// How long it is good for, in milliseconds from when the worker reads this; `None`: until
+    /// refused. Past it, the worker waits for a newer one rather than send.
+    pub expires_in_ms: Option<u64>,
+}
+
+/// A secret (a token, a header's value): its `Debug` says only that it is there, so no log
+/// line of a message that carries one can show it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// The limits a worker sends under; the supervisor sends them after the hello and whenever
@@ -114,6 +149,9 @@ pub struct JobSpec {
     pub content_type: Option<String>,
     /// The `User-Agent` header of every request.
     pub user_agent: String,
+    /// The job's credential comes from a source the supervisor holds: requests wait for its
+    /// [`ToWorker::Credential`] and are sent with it.
+    pub credential_source: bool,
     /// How https URLs are trusted.
     pub tls: TlsTrust,
     /// Faults to inject, for tests and teaching; empty unless asked for.
@@ -152,6 +190,7 @@ impl JobSpec {
             body: None,
             content_type: None,
             user_agent: String::new(),
+            credential_source: false,
             tls: TlsTrust::default(),
             chaos: WorkerChaos::default(),
         }
@@ -181,6 +220,7 @@ impl std::fmt::Debug for JobSpec {
             .field("body", &self.body)
             .field("content_type", &self.content_type)
             .field("user_agent", &self.user_agent)
+            .field("credential_source", &self.credential_source)
             .field("tls", &self.tls)
             .field("chaos", &self.chaos)
             .finish()
@@ -228,6 +268,15 @@ pub enum FromWorker {
     /// What its requests met since the last report: sent every [`TRAFFIC_EVERY`] while it
     /// sends, and at once when a server asks the fleet to wait or announces a new limit.
     Traffic(Traffic),
+    /// A request sent with this credential was answered 401 (once per credential): its item
+    /// waits for a newer one.
+    Refused {
+        /// The credential's [`Credential::generation`] (0: the job's own headers).
+        generation: u64,
+        /// Whether this worker had any other answer with it first: a credential the API took
+        /// before is one that expired or was revoked, not one it never took.
+        proven: bool,
+    },
 }
 
 /// Whether an answer with `status` is a failure of the API, not of the id and not a refusal:

@@ -68,6 +68,7 @@ fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
         body: Some("{\"k\":\"{key}\"}".into()),
         content_type: Some("application/json".into()),
         user_agent: "flota/0.1.0".into(),
+        credential_source: false,
         tls: shared::TlsTrust { extra_roots: vec![vec![0x30, 0x82]], insecure: false },
         chaos: Default::default(),
     };

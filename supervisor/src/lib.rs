@@ -11,6 +11,7 @@
 //! | `drive` | the runtimes: the fleet's loop, the async model, the planner, signals |
 //! | `watch` | progress, systemd notify, the live file, metrics: they read, never change |
 //! | `fleet` | spawning workers, pipes, reaping, helper threads |
+//! | `auth` | the run's credential: its source, renewed ahead of expiry and on a 401 |
 //! | `engine` | the decision core, the pacer, poison ids, events, commands, errors, figures |
 //! | `store` | the only sled user |
 //! | `job` | the job's vocabulary: ids and blocks, scope, run config, pace settings, figures |
@@ -19,10 +20,12 @@
 //! Nothing but [`main`] is public: the modules are the binary's rooms, not an API.
 //!
 //! Exit codes: 0 every id has an HTTP answer; 3 finished, some ids failed; 4 the API cannot be
-//! reached as written, or never answered (nothing stored); 2 bad invocation (flags, or an
+//! reached as written, or never answered (nothing stored); 5 the API refuses the run's
+//! credentials, or none can be had (nothing stored as a 401); 2 bad invocation (flags, or an
 //! unusable, mismatched or busy store); 1 any other fatal error.
 #![deny(unsafe_code)]
 
+mod auth;
 mod cli;
 mod cmd;
 mod drive;

@@ -7,7 +7,8 @@
 //! return; shared by 256 threads, most of them idle at the gate, it was a walk of hundreds and
 //! a contended lock per request. A request that fails on a kept connection before any byte of
 //! its answer came (the server closed it while it was idle) is sent again at once on a new one,
-//! not counted as an attempt ([`crate::connect`]). What is retried: connection errors, timeouts, 408, 429 and 5xx. What is final: any other
+//! not counted as an attempt ([`crate::connect`]). A 401 is no answer either: the request waits
+//! for a newer credential and is sent again, not counted as an attempt ([`crate::auth`]). What is retried: connection errors, timeouts, 408, 429 and 5xx. What is final: any other
 //! HTTP answer (stored with its status and body; a 3xx without a `Location` is such an answer),
 //! and errors no retry can fix (a body over the limit, a redirect loop, a malformed URL).
 //!
@@ -15,6 +16,7 @@
 //! `--io-timeout` in all, however the bytes trickle), and as many per read and per write, so
 //! that the transport keeps one socket timeout from request to request ([`crate::connect`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shared::template::{body_encoding, MAX_KEY_BYTES};
@@ -24,6 +26,7 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
 use ureq::Agent;
 
+use crate::auth::{Credentials, Held};
 use crate::connect::{SharedTls, Stale, TcpConnector};
 use crate::gate::{Gate, Met, Place};
 use crate::policy::{parse_retry_after, retryable_status, RetryPolicy};
@@ -32,7 +35,7 @@ use crate::resolve::CachingResolver;
 /// How https servers are trusted: the system's roots (as `SSL_CERT_FILE` and `SSL_CERT_DIR`
 /// point, else the distribution's bundle) plus `--ca-cert`'s; Mozilla's roots, built in, when
 /// the system has none (a bare container). Roots are loaded only for an https job.
-fn tls_config(trust: &TlsTrust, url_template: &str) -> TlsConfig {
+pub fn tls_config(trust: &TlsTrust, url_template: &str) -> TlsConfig {
     let builder = TlsConfig::builder();
     if trust.insecure {
         return builder.disable_verification(true).build();
@@ -72,7 +75,11 @@ pub fn ca_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 /// One attempt's result: final, or worth another try.
 enum Attempt {
     Final(Outcome),
-    Retry { error: String },
+    Retry {
+        error: String,
+    },
+    /// Answered 401: the credential it was sent with is refused.
+    Refused,
 }
 
 /// Room for a response head and what comes with it, per connection (ureq's default: 128 KiB).
@@ -107,6 +114,8 @@ pub struct Fetcher {
     body: Option<(Template, String)>,
     max_body: u64,
     policy: RetryPolicy,
+    /// The credential every request is sent with, besides the job's headers.
+    credentials: Arc<Credentials>,
 }
 
 /// A fetch thread's buffers for the request of one item, reused from item to item.
@@ -118,6 +127,8 @@ pub struct Scratch {
     body: String,
     /// The headers' values, in the job's order.
     headers: Vec<String>,
+    /// The credential the thread sends with.
+    credential: Option<Arc<Held>>,
 }
 
 /// One fetch thread's agent, and what its connections say about a failed request.
@@ -127,8 +138,8 @@ pub struct Session {
 }
 
 impl Fetcher {
-    /// What every session of `job` shares.
-    pub fn new(job: &JobSpec) -> Self {
+    /// What every session of `job` shares; its requests are sent with `credentials`.
+    pub fn new(job: &JobSpec, credentials: Arc<Credentials>) -> Self {
         let io = Some(Duration::from_millis(job.io_timeout_ms));
         let output = request_head_room(job);
         let config = Agent::config_builder()
@@ -174,6 +185,7 @@ impl Fetcher {
             }),
             max_body: job.max_body,
             policy: RetryPolicy::of(job),
+            credentials,
         }
     }
 
@@ -203,12 +215,14 @@ impl Fetcher {
     }
 
     /// The request's headers, name and value: a constant one as the job gave it, one naming
-    /// the item as [`Fetcher::render`] wrote it.
+    /// the item as [`Fetcher::render`] wrote it, then the credential's.
     fn headers_of<'a>(&'a self, scratch: &'a Scratch) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let credential = scratch.credential.as_ref().and_then(|c| c.header.as_ref());
         self.headers
             .iter()
             .zip(&scratch.headers)
             .map(|((name, t), value)| (name.as_str(), t.as_text().unwrap_or(value)))
+            .chain(credential.map(|(name, value)| (name.as_str(), value.as_str())))
     }
 
     /// Fetches `id` until it has a final answer or runs out of attempts. Every attempt passes
@@ -231,18 +245,39 @@ impl Fetcher {
         // Requests made for the id, and of them those that count against its attempts: one
         // that met the fleet's open circuit (the API was down) does not.
         let (mut requests, mut attempts) = (0, 0);
+        // Requests sent again after a 401 with a newer credential: not the id's attempts.
+        let mut replays = 0;
         loop {
+            if !self.credentials.ready(&mut scratch.credential) {
+                return None;
+            }
             let ticket = gate.enter(requests == 0)?;
             requests += 1;
             let (attempt, mut met) = self.attempt(session, scratch);
+            let credential = scratch.credential.clone().expect("ready gave one");
+            if met.status.is_some_and(|s| s != 401) {
+                credential.proven();
+            }
             // The gate tells the supervisor of a server's wait at once (it decides whether the
             // fleet pauses); a limit announced used up pauses this worker there and then.
             met.wait = met.wait.map(|w| w.min(self.policy.retry_after_max));
             let wait = met.wait;
             let mut outage = gate.leave(ticket, met);
             let error = match attempt {
-                Attempt::Final(outcome) => return Some(ItemResult { id, attempts: requests, outcome }),
+                Attempt::Final(outcome) => {
+                    return Some(ItemResult { id, attempts: requests - replays, outcome })
+                }
                 Attempt::Retry { error } => error,
+                Attempt::Refused => {
+                    replays += 1;
+                    // Not the id's attempt, and not in flight while it waits.
+                    log::debug!("id {id}: refused with credential {}", credential.generation);
+                    place.step_aside();
+                    if !self.credentials.refused(&credential) || !place.rejoin() {
+                        return None;
+                    }
+                    continue;
+                }
             };
             let backoff_wait = if outage { None } else { backoff.next() };
             if !outage && backoff_wait.is_none() {
@@ -255,7 +290,8 @@ impl Fetcher {
                     attempts += 1;
                     let plural = if attempts == 1 { "" } else { "s" };
                     let error = format!("gave up after {attempts} attempt{plural}: {error}");
-                    return Some(ItemResult { id, attempts: requests, outcome: Outcome::Failed { error } });
+                    let outcome = Outcome::Failed { error };
+                    return Some(ItemResult { id, attempts: requests - replays, outcome });
                 }
             }
             let pause = match backoff_wait {
@@ -375,6 +411,10 @@ impl Fetcher {
             used_up: used_up.is_some(),
             unanswered: None,
         };
+        if status == 401 {
+            let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
+            return (Attempt::Refused, met);
+        }
         if retryable_status(status) {
             // Read (a bounded amount of) the body so the connection can be reused.
             let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
@@ -558,12 +598,13 @@ mod tests {
             f.render(id, key, &mut scratch);
             scratch.url
         };
-        let f = Fetcher::new(&JobSpec::minimal("http://127.0.0.1:1/a/{id}/b?id={id}&x=1"));
+        let creds = || Arc::new(Credentials::new(false, crossbeam_channel::unbounded().0));
+        let f = Fetcher::new(&JobSpec::minimal("http://127.0.0.1:1/a/{id}/b?id={id}&x=1"), creds());
         assert_eq!(url_of(&f, 42, ""), "http://127.0.0.1:1/a/42/b?id=42&x=1");
         assert_eq!(url_of(&f, 7, ""), "http://127.0.0.1:1/a/7/b?id=7&x=1");
         let mut job = JobSpec::minimal("http://127.0.0.1:1/users/{key}");
         job.headers = vec![("A".into(), "fixed".into()), ("X-Item".into(), "{key}".into())];
-        let f = Fetcher::new(&job);
+        let f = Fetcher::new(&job, creds());
         let mut scratch = Scratch::default();
         f.render(7, "a b/c", &mut scratch);
         assert_eq!(scratch.url, "http://127.0.0.1:1/users/a%20b%2Fc");

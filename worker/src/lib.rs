@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod announce;
+pub mod auth;
 pub mod connect;
 pub mod fetch;
 pub mod gate;

@@ -19,6 +19,7 @@ use shared::{
     PROTOCOL_VERSION, TRAFFIC_EVERY,
 };
 
+use crate::auth::Credentials;
 use crate::fetch::Fetcher;
 use crate::gate::Gate;
 use crate::outbox::Outgoing;
@@ -106,7 +107,8 @@ pub fn serve() -> Result<(), LinkError> {
     // The supervisor never has more than max_in_flight ids outstanding here, so this queue
     // never fills and reading the next assignment never waits on the fetch threads.
     let (ids_tx, ids_rx) = crossbeam_channel::bounded::<(u64, String)>(job.max_in_flight.max(1) as usize);
-    let fetcher = Arc::new(Fetcher::new(&job));
+    let credentials = Arc::new(Credentials::new(job.credential_source, out_tx.clone()));
+    let fetcher = Arc::new(Fetcher::new(&job, credentials.clone()));
     let stopping = Arc::new(AtomicBool::new(false));
     let chaos = Arc::new(job.chaos.clone());
     // Every thread is started before the hello: a worker that cannot start them never says
@@ -129,19 +131,20 @@ pub fn serve() -> Result<(), LinkError> {
     };
     drop(out_tx);
 
-    let read_result = read_loop(&mut reader, &ids_tx, &gate);
+    let read_result = read_loop(&mut reader, &ids_tx, &gate, &credentials);
     // End of stdin: the supervisor is done with us (it holds nothing else here at the end of a
     // run) or is stopping. Either way, finish the requests in hand, report them, and leave the
     // ids not yet started: the supervisor knows they were never reported.
     stopping.store(true, Ordering::Relaxed);
     gate.close();
+    credentials.close();
     drop(ids_tx);
     // A panicked thread would have lost results: never take that for success.
     let fetch_panicked = threads.into_iter().map(|t| t.join()).fold(false, |any, r| any | r.is_err());
     alive.store(false, Ordering::Relaxed);
     reporter.thread().unpark();
     let _ = reporter.join();
-    drop(gate); // its sender too: the writer ends once every sender is gone
+    drop((gate, credentials)); // their senders too: the writer ends once every sender is gone
     let write_result = writer.join().unwrap_or(Err(LinkError::Panicked("link-writer")));
     read_result?;
     if fetch_panicked {
@@ -154,6 +157,7 @@ fn read_loop(
     reader: &mut FrameReader<impl std::io::Read>,
     ids: &Sender<(u64, String)>,
     gate: &Gate,
+    credentials: &Credentials,
 ) -> Result<(), LinkError> {
     while let Some(msg) = reader.read::<ToWorker>().map_err(LinkError::Read)? {
         match msg {
@@ -168,6 +172,7 @@ fn read_loop(
             ToWorker::Pace(pace) => gate.set_pace(pace),
             ToWorker::Permits(n) => gate.grant(n),
             ToWorker::Pause { ms } => gate.pause(Duration::from_millis(ms)),
+            ToWorker::Credential(c) => credentials.set(c),
             ToWorker::Hello { .. } => return Err(LinkError::Protocol("a second hello")),
         }
     }

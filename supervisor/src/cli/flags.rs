@@ -186,9 +186,58 @@ pub struct RunArgs {
     /// its last run: answered, failed, retries, pacing.requests, ...).
     #[arg(long, env = "FLOTA_SUMMARY", value_enum, default_value_t = SummaryFormat::Text)]
     pub summary: SummaryFormat,
+    /// Where the credential comes from, when it expires.
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// How the job is run.
     #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// Credentials that expire: a source the supervisor renews them from, ahead of expiry and on
+/// a 401, for the whole fleet. One source at most; its credential goes in `Authorization:
+/// Bearer`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AuthArgs {
+    /// A credential helper, run with `sh -c`, printing on stdout a bare token (no expiry: renewed
+    /// when refused), an OAuth 2.0 token answer (`{"access_token": ..., "expires_in": SECS}`: curl
+    /// to a token endpoint will do), or kubectl's ExecCredential (`status.token`,
+    /// `status.expirationTimestamp`). A helper that fails at the start stops the run (exit 5).
+    #[arg(long, env = "FLOTA_AUTH_COMMAND", value_name = "CMD")]
+    pub auth_command: Option<String>,
+    /// An OAuth 2.0 token endpoint: the client-credentials grant (with --oauth2-client-id and a
+    /// secret from --oauth2-client-secret-file or FLOTA_OAUTH2_CLIENT_SECRET), or the
+    /// refresh-token grant with --oauth2-refresh-token-file.
+    #[arg(long, env = "FLOTA_OAUTH2_TOKEN_URL", value_name = "URL")]
+    pub oauth2_token_url: Option<String>,
+    /// The OAuth 2.0 client's id.
+    #[arg(long, env = "FLOTA_OAUTH2_CLIENT_ID", value_name = "ID")]
+    pub oauth2_client_id: Option<String>,
+    /// A file holding the client's secret (its first line), kept out of the process list;
+    /// or set FLOTA_OAUTH2_CLIENT_SECRET.
+    #[arg(long, env = "FLOTA_OAUTH2_CLIENT_SECRET_FILE", value_name = "FILE")]
+    pub oauth2_client_secret_file: Option<PathBuf>,
+    /// The scope to ask for (space-separated, as the server names them).
+    #[arg(long, env = "FLOTA_OAUTH2_SCOPE", value_name = "SCOPE")]
+    pub oauth2_scope: Option<String>,
+    /// How the client authenticates to the token endpoint: basic (HTTP Basic, as RFC 6749
+    /// prefers: client_secret_basic) or body (in the form: client_secret_post) [default: basic].
+    #[arg(long, env = "FLOTA_OAUTH2_CLIENT_AUTH", value_enum, value_name = "HOW")]
+    pub oauth2_client_auth: Option<ClientAuthFlag>,
+    /// A file holding a refresh token: the refresh-token grant instead of client credentials.
+    /// A token the server rotates is written back to it (atomically, mode 0600) before the
+    /// access token it came with is used.
+    #[arg(long, env = "FLOTA_OAUTH2_REFRESH_TOKEN_FILE", value_name = "FILE")]
+    pub oauth2_refresh_token_file: Option<PathBuf>,
+}
+
+/// `--oauth2-client-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientAuthFlag {
+    /// HTTP Basic (client_secret_basic).
+    Basic,
+    /// In the form body (client_secret_post).
+    Body,
 }
 
 impl RunArgs {
@@ -211,6 +260,7 @@ impl RunArgs {
             store,
             metrics: None,
             summary: SummaryFormat::Text,
+            auth: AuthArgs::default(),
             tuning,
         }
     }

@@ -185,14 +185,24 @@ impl Parsed {
             let shown = if values.is_empty() { "-".to_owned() } else { values.join(", ") };
             out.push((long.to_owned(), shown, from));
         }
+        // The client's secret has no flag (a flag would show it in the process list).
+        if std::env::var_os("FLOTA_OAUTH2_CLIENT_SECRET").is_some() {
+            let row = ("oauth2-client-secret".to_owned(), "<redacted>".to_owned());
+            out.push((row.0, row.1, "env FLOTA_OAUTH2_CLIENT_SECRET".to_owned()));
+        }
         out
     }
 }
 
-/// A header's value is a secret (a token, a cookie): only its name is shown.
+/// A header's value is a secret (a token, a cookie): only its name is shown. A credential
+/// helper's command line may carry one too (`curl -u id:secret`): only its program is shown.
 fn redact(flag: &str, value: &str) -> String {
     match (flag, value.split_once(':')) {
         ("header", Some((name, _))) => format!("{name}: <redacted>"),
+        ("auth-command", _) => match value.split_whitespace().next() {
+            Some(program) if program != value.trim() => format!("{program} <arguments redacted>"),
+            _ => value.to_owned(),
+        },
         _ => value.to_owned(),
     }
 }

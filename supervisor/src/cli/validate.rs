@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use shared::{JobSpec, HEARTBEAT_EVERY};
 
-use super::flags::{RunArgs, Tuning};
+use super::flags::{AuthArgs, ClientAuthFlag, RunArgs, Tuning};
 use crate::job::{
-    read_keys, shard_from_env, spool_stdin, Ids, KeyFormat, KeySource, Keyed, Keys, Listed, Model,
-    PaceSettings, RunConfig, Scope, Shard, WorkerLimits, MAX_BODY_LIMIT,
+    read_keys, shard_from_env, spool_stdin, ClientAuth, CredentialSource, Ids, KeyFormat, KeySource, Keyed,
+    Keys, Listed, Model, OAuth2Client, PaceSettings, RunConfig, Scope, Shard, WorkerLimits, MAX_BODY_LIMIT,
 };
 
 /// Retries a minute the fleet may always make, whatever its retry budget, shared among the
@@ -34,6 +34,21 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     check_worker_memory(t, threads)?;
     let headers = headers(t)?;
     check_items(args, &template, &request, &headers)?;
+    let credentials = credentials(&args.auth, |k| std::env::var(k).ok())?;
+    if let Some(source) = &credentials {
+        if let Some((name, _)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
+            return Err(format!(
+                "--header {name} and {} both give the Authorization header: give one",
+                source.describe()
+            ));
+        }
+        if t.model == Model::Async {
+            return Err(
+                "--model async sends the job's headers only: use --model fleet for credentials that renew"
+                    .into(),
+            );
+        }
+    }
     // Coroutines are not bounded by threads: --concurrency may go past workers x threads, its
     // default with either model.
     let ceiling = if t.model == Model::Async { (workers * threads).max(1 << 16) } else { workers * threads };
@@ -72,6 +87,7 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     };
     // Each worker holds two chunks, and enough ids to keep every thread busy.
     let max_in_flight = (2 * chunk_size).max(chunk_size + 2 * threads);
+    let credential_source = credentials.is_some();
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     Ok(RunConfig {
         scope: Scope { ids, shard },
@@ -87,10 +103,12 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
         grace: t.grace,
         retry_quarantined: t.retry_quarantined,
         kill_every: t.chaos.as_ref().and_then(|c| c.kill_every),
+        credentials,
         pace,
         model: t.model,
         panic_on: t.chaos.as_ref().map(|c| c.panic_on.clone()).unwrap_or_default(),
         job: JobSpec {
+            credential_source,
             url_template: url.to_owned(),
             threads,
             max_in_flight,
@@ -113,6 +131,105 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             chaos: t.chaos.as_ref().map(|c| c.worker.clone()).unwrap_or_default(),
         },
     })
+}
+
+/// The run's credential source, if it has one: `--auth-command`, or the `--oauth2-*` flags
+/// (the client's secret from its file, or `FLOTA_OAUTH2_CLIENT_SECRET` as `env` reads it).
+fn credentials(
+    a: &AuthArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<CredentialSource>, String> {
+    let oauth2 = a.oauth2_token_url.is_some()
+        || a.oauth2_client_id.is_some()
+        || a.oauth2_client_secret_file.is_some()
+        || a.oauth2_scope.is_some()
+        || a.oauth2_client_auth.is_some()
+        || a.oauth2_refresh_token_file.is_some();
+    if let Some(cmd) = &a.auth_command {
+        if oauth2 {
+            return Err("--auth-command and --oauth2-* are two credential sources: give one".into());
+        }
+        if cmd.trim().is_empty() {
+            return Err("--auth-command is empty: give the helper to run".into());
+        }
+        return Ok(Some(CredentialSource::Command(cmd.clone())));
+    }
+    if !oauth2 {
+        return Ok(None);
+    }
+    let token_url =
+        a.oauth2_token_url.as_deref().ok_or("--oauth2-* needs --oauth2-token-url (the token endpoint)")?;
+    let uri: ureq::http::Uri =
+        token_url.parse().map_err(|_| format!("--oauth2-token-url `{token_url}` is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!("--oauth2-token-url `{token_url}` is not an http:// or https:// URL"));
+    }
+    let client_id = a.oauth2_client_id.clone().ok_or("--oauth2-token-url needs --oauth2-client-id")?;
+    if client_id.is_empty() || client_id.chars().any(char::is_control) {
+        return Err("--oauth2-client-id must be a non-empty name without control characters".into());
+    }
+    let secret = match (&a.oauth2_client_secret_file, env("FLOTA_OAUTH2_CLIENT_SECRET")) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "--oauth2-client-secret-file and FLOTA_OAUTH2_CLIENT_SECRET both give the secret: give one"
+                    .into(),
+            )
+        }
+        (Some(file), None) => Some(secret_file(file)?),
+        (None, Some(secret)) if secret.is_empty() => return Err("FLOTA_OAUTH2_CLIENT_SECRET is empty".into()),
+        (None, secret) => secret,
+    };
+    if let Some(file) = &a.oauth2_refresh_token_file {
+        refresh_token_file(file)
+            .map_err(|e| format!("--oauth2-refresh-token-file {}: {e}", file.display()))?;
+    } else if secret.is_none() {
+        return Err(
+            "the client-credentials grant needs the client's secret: --oauth2-client-secret-file FILE or \
+                    FLOTA_OAUTH2_CLIENT_SECRET"
+                .into(),
+        );
+    }
+    if a.oauth2_client_auth.is_some() && secret.is_none() {
+        return Err("--oauth2-client-auth says how the secret is sent, and there is none".into());
+    }
+    if a.oauth2_scope.as_deref().is_some_and(|s| s.trim().is_empty() || s.chars().any(char::is_control)) {
+        return Err("--oauth2-scope must be scope names separated by spaces".into());
+    }
+    Ok(Some(CredentialSource::OAuth2(OAuth2Client {
+        token_url: token_url.to_owned(),
+        client_id,
+        secret: secret.map(shared::Secret),
+        scope: a.oauth2_scope.clone(),
+        client_auth: match a.oauth2_client_auth {
+            Some(ClientAuthFlag::Body) => ClientAuth::Body,
+            Some(ClientAuthFlag::Basic) | None => ClientAuth::Basic,
+        },
+        refresh_token_file: a.oauth2_refresh_token_file.clone(),
+    })))
+}
+
+/// A refresh token's file: a token on its first line, in a directory flota may write (a
+/// rotated token replaces the file by a rename).
+fn refresh_token_file(file: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    if text.lines().next().unwrap_or_default().trim().is_empty() {
+        return Err("holds no refresh token (its first line is empty)".into());
+    }
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).map_err(|e| {
+        format!("its directory is not writable ({e}), and a rotated token is written back there")
+    })
+}
+
+/// The client's secret: the first line of `file`, not empty.
+fn secret_file(file: &std::path::Path) -> Result<String, String> {
+    let in_file = |e: String| format!("--oauth2-client-secret-file {}: {e}", file.display());
+    let text = std::fs::read_to_string(file).map_err(|e| in_file(e.to_string()))?;
+    let secret = text.lines().next().unwrap_or_default().trim_end();
+    if secret.is_empty() {
+        return Err(in_file("holds no secret (its first line is empty)".into()));
+    }
+    Ok(secret.to_owned())
 }
 
 /// What `--model async` does not do: it is a single event loop for comparing models, not a

@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{at, bounded, never, select, tick, unbounded, Receiver, Sender};
-use shared::{JobSpec, ToWorker};
+use shared::{Credential, JobSpec, ToWorker};
 use signal_hook::consts::SIGHUP;
 
 use super::plan::PlanMsg;
 use super::signals::SignalFeed;
 use super::store_side::{self, StoreSide};
 use super::{Reload, Watch};
+use crate::auth::{Keeper, News};
 use crate::engine::{
     Command, Core, Ended, Error, Event, EventKind, Figures, FleetEvent, KillReason, Settings,
 };
@@ -87,6 +88,14 @@ pub fn run(
             side.held.clone(),
             if cfg.keys.is_some() { store.key_names()? } else { None },
         ),
+        keeper: match &cfg.credentials {
+            Some(source) => {
+                Some(Keeper::start(source.clone(), super::token_agent(cfg)).map_err(Error::Thread)?)
+            }
+            None => None,
+        },
+        api: cfg.pace.api.clone(),
+        header_sent: cfg.job.headers.iter().any(|(name, _)| is_credential_header(name)),
         side: &side,
         feedback: VecDeque::new(),
         counted: false,
@@ -96,9 +105,15 @@ pub fn run(
             live: LiveFile::new(&cfg.store, cfg.scope.to_string(), cfg.job.url_template.clone()),
             metrics,
             range: total,
+            credential_wait: None,
         },
     };
-    let sources = Sources { events: events_rx, signals: signals.rx.clone(), counted: count_rx };
+    let sources = Sources {
+        events: events_rx,
+        signals: signals.rx.clone(),
+        counted: count_rx,
+        credentials: l.keeper.as_ref().map_or_else(never, |k| k.news.clone()),
+    };
     l.run(&sources);
     l.watchers.notify.stopping();
     l.watchers.progress.finish();
@@ -107,6 +122,9 @@ pub fn run(
     let flushed = l.core.flushed();
     let mut report = l.core.conclude().map_err(|e| store_side::as_run_error(e, &cfg.store, flushed))?;
     report.wall = started.elapsed();
+    if let Some(k) = &l.keeper {
+        log::debug!("credentials obtained: {}", k.issued.load(std::sync::atomic::Ordering::Relaxed));
+    }
     if report.dropped_results > 0 {
         log::warn!("dropped {} results for ids their worker did not hold", report.dropped_results);
     }
@@ -118,6 +136,8 @@ struct Sources {
     events: Receiver<FleetEvent>,
     signals: Receiver<i32>,
     counted: Receiver<u64>,
+    /// The credential keeper's news (never, without a source).
+    credentials: Receiver<News>,
 }
 
 /// Everything that watches the run from outside: progress, systemd, the live status file,
@@ -129,11 +149,16 @@ struct Watchers {
     metrics: Option<Arc<Metrics>>,
     /// Ids in the range.
     range: u64,
+    /// Why the fleet waits for a credential, while it does.
+    credential_wait: Option<String>,
 }
 
 impl Watchers {
     fn tick(&mut self, core: &Core, held: usize, now: Instant) {
-        let snapshot = core.snapshot(now);
+        let mut snapshot = core.snapshot(now);
+        if let Some(why) = &self.credential_wait {
+            snapshot.held_back = Some(why.clone());
+        }
         let line = self.progress.update(&snapshot, now);
         self.notify.tick(&snapshot, &line, core.fleet_up(), now);
         self.live.tick(&snapshot, &line, now);
@@ -179,6 +204,12 @@ struct Loop<'w> {
     /// Whether the counter has said (or ended).
     counted: bool,
     workers: Workers,
+    /// The credential's keeper, when it comes from a source.
+    keeper: Option<Keeper>,
+    /// The API's `host:port`, for errors.
+    api: String,
+    /// Whether the job's own headers carry a credential (`Authorization` and the like).
+    header_sent: bool,
     /// The store writer, the planner, and the helpers' panics.
     side: &'w StoreSide,
     /// Outcomes of commands, fed to the core before the next outside event.
@@ -247,11 +278,26 @@ impl Loop<'_> {
         select! {
             recv(s.events) -> ev => {
                 let ev = ev.expect("the loop holds a sender");
-                if matches!(ev.kind, EventKind::Gone { .. }) {
-                    self.workers.gone(ev.slot, ev.gen);
+                match ev.kind {
+                    EventKind::Gone { .. } => self.workers.gone(ev.slot, ev.gen),
+                    EventKind::Refused { generation, proven } => self.refused(generation, proven),
+                    _ => {}
                 }
                 Event::Worker(ev)
             }
+            recv(s.credentials) -> news => match news {
+                Ok(News::Fresh(credential, expires)) => {
+                    self.watchers.credential_wait = None;
+                    self.workers.credential(credential, expires);
+                    Event::Wake
+                }
+                Ok(News::Waiting(why)) => {
+                    self.watchers.credential_wait = Some(why);
+                    Event::Wake
+                }
+                Ok(News::Fatal(why)) => Event::Fatal(Error::Credentials(why)),
+                Err(_) => Event::Fatal(Error::Internal("the credential keeper ended".into())),
+            },
             recv(self.side.acks) -> ack => match ack {
                 Ok(WriteAck::Durable(d)) => Event::Durable(d),
                 Ok(WriteAck::Failed(e)) => Event::Fatal(Error::Store(e)),
@@ -278,6 +324,22 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+
+    /// A worker met a 401 with credential `generation`: the keeper obtains a newer one, or,
+    /// with the job's own headers, nothing can mend it and the run stops.
+    fn refused(&mut self, generation: u64, proven: bool) {
+        if let Some(k) = &self.keeper {
+            return k.refused(generation, proven);
+        }
+        let why = if self.header_sent {
+            "the credentials the job's headers carry are refused (expired or revoked?): renew them, or give \
+             --auth-command or --oauth2-token-url to renew them during the run"
+        } else {
+            "it asks for credentials: give --header, --auth-command or --oauth2-token-url"
+        };
+        let error = Error::Unauthorized { api: self.api.clone(), why: why.to_owned() };
+        self.feedback.push_back(Event::Fatal(error));
     }
 
     /// Does what the core said. Returns whether the run is over.
@@ -358,6 +420,9 @@ struct Workers {
     killed: HashMap<(usize, u64), KillReason>,
     /// A keyed job's keys, by ordinal: each assignment carries its ids' keys.
     keys: Option<KeyNames>,
+    /// The newest credential, and when it runs out: every worker has it, a new one from its
+    /// hello on.
+    credential: Option<(Credential, Option<Instant>)>,
 }
 
 impl Workers {
@@ -369,7 +434,17 @@ impl Workers {
         held: Arc<Budget>,
         keys: Option<KeyNames>,
     ) -> Workers {
-        Workers { spawner, job, events, panics, held, procs: Vec::new(), killed: HashMap::new(), keys }
+        Workers {
+            spawner,
+            job,
+            events,
+            panics,
+            held,
+            procs: Vec::new(),
+            killed: HashMap::new(),
+            keys,
+            credential: None,
+        }
     }
 
     fn get(&mut self, slot: usize, gen: u64) -> Option<&mut WorkerProc> {
@@ -384,8 +459,11 @@ impl Workers {
             self.procs.resize_with(slot + 1, || None);
         }
         match self.spawner.spawn(slot, gen, &self.job, self.events.clone(), &self.panics, self.held.clone()) {
-            Ok(proc) => {
+            Ok(mut proc) => {
                 let pid = proc.pid;
+                if let Some(c) = self.credential_now() {
+                    let _ = proc.send(ToWorker::Credential(c));
+                }
                 self.procs[slot] = Some((gen, proc));
                 Event::Spawned { slot, gen, pid }
             }
@@ -423,6 +501,25 @@ impl Workers {
         }
     }
 
+    /// A newer credential: to every worker now, and to every one started from now on.
+    fn credential(&mut self, credential: Credential, expires: Option<Instant>) {
+        self.credential = Some((credential, expires));
+        let Some(c) = self.credential_now() else { return };
+        for (_, proc) in self.procs.iter_mut().flatten() {
+            let _ = proc.send(ToWorker::Credential(c.clone()));
+        }
+    }
+
+    /// The credential as a worker is sent it now: its lifetime counted from now.
+    fn credential_now(&self) -> Option<Credential> {
+        let (c, expires) = self.credential.as_ref()?;
+        let left = expires.map(|at| at.saturating_duration_since(Instant::now()));
+        Some(Credential {
+            expires_in_ms: left.map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
+            ..c.clone()
+        })
+    }
+
     fn close(&mut self, slot: usize, gen: u64) {
         if let Some(proc) = self.get(slot, gen) {
             proc.close();
@@ -445,4 +542,12 @@ impl Workers {
             self.procs[slot] = None;
         }
     }
+}
+
+/// Whether a request header carries a credential: `Authorization`, an API key, a cookie.
+fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "authorization"
+        || name == "cookie"
+        || ["key", "token", "auth", "secret"].iter().any(|w| name.contains(w))
 }

@@ -28,3 +28,21 @@ pub struct Watch {
     /// What a SIGHUP rereads; `None`: it rereads nothing.
     pub reload: Option<Reload>,
 }
+
+/// The agent the credential keeper asks a token endpoint with: trusting what the workers trust
+/// (`--ca-cert`, `--insecure`), within the keeper's timeout, redirects not followed (a token
+/// request is not sent on to another host).
+fn token_agent(cfg: &crate::job::RunConfig) -> ureq::Agent {
+    let url = match &cfg.credentials {
+        Some(crate::job::CredentialSource::OAuth2(c)) => c.token_url.as_str(),
+        _ => "",
+    };
+    ureq::Agent::config_builder()
+        .timeout_global(Some(crate::auth::OBTAIN_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(cfg.job.user_agent.as_str())
+        .tls_config(worker::fetch::tls_config(&cfg.job.tls, url))
+        .build()
+        .new_agent()
+}

@@ -392,7 +392,8 @@ impl Core {
             EventKind::Results(results) => self.on_results(slot, gen, results, now),
             EventKind::Spent(n) => self.pacer.spent(slot, gen, n, now, &mut self.out),
             EventKind::Traffic(t) => self.pacer.traffic(&t, now, &mut self.out),
-            EventKind::Hello | EventKind::Heartbeat | EventKind::Gone { .. } => {}
+            // A refusal is the dispatcher's to act on (the credentials are not the core's).
+            EventKind::Hello | EventKind::Heartbeat | EventKind::Refused { .. } | EventKind::Gone { .. } => {}
         }
     }
 

@@ -49,6 +49,18 @@ pub enum Error {
         /// How long the run waited.
         waited: std::time::Duration,
     },
+    /// No credential can be had from the run's source (`--auth-command`, `--oauth2-*`), or
+    /// the API refuses the ones it gives.
+    #[error("cannot get a credential the API takes: {0}; nothing was stored for the ids held back, and the same command resumes once this is fixed")]
+    Credentials(String),
+    /// The API answered 401 to the job's own credentials (`--header`), or to none.
+    #[error("{api} answered 401 Unauthorized: {why}; nothing was stored as a 401, and the same command resumes with credentials it takes")]
+    Unauthorized {
+        /// The API's `host:port`.
+        api: String,
+        /// What was sent, and what to do.
+        why: String,
+    },
     /// Workers cannot be started at all.
     #[error("cannot start worker {}", bin.display())]
     Spawn {
@@ -114,12 +126,13 @@ pub enum Error {
 impl Error {
     /// The process exit code for this error: 2 for a bad invocation (flags, or an unusable,
     /// mismatched or busy store), 4 for an API that cannot be reached as written or never
-    /// answered, 1 for anything else.
+    /// answered, 5 for credentials the API refuses or that cannot be had, 1 for anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Metrics { .. } => 2,
             Error::Store(e) if e.is_usage() => 2,
             Error::Unreachable { .. } | Error::NoAnswer { .. } => 4,
+            Error::Credentials(_) | Error::Unauthorized { .. } => 5,
             _ => 1,
         }
     }

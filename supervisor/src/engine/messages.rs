@@ -216,6 +216,14 @@ pub enum EventKind {
     Spent(u32),
     /// What its requests met.
     Traffic(shared::Traffic),
+    /// A request it sent with this credential was answered 401 (see
+    /// [`shared::FromWorker::Refused`]).
+    Refused {
+        /// The credential's generation (0: the job's own headers).
+        generation: u64,
+        /// It had another answer with that credential first.
+        proven: bool,
+    },
     /// The worker has ended and been reaped. `fault` is set when it was killed for breaking the
     /// protocol.
     Gone {

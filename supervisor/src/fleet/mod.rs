@@ -264,6 +264,7 @@ fn read_worker(
             Ok(FromWorker::Heartbeat) => EventKind::Heartbeat,
             Ok(FromWorker::Spent(n)) => EventKind::Spent(n),
             Ok(FromWorker::Traffic(t)) => EventKind::Traffic(t),
+            Ok(FromWorker::Refused { generation, proven }) => EventKind::Refused { generation, proven },
             Err(e) => break Some(ProtocolFault::Frame(e.to_string())),
         };
         if !send(kind) {

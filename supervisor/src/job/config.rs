@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shared::{JobSpec, WorkerChaos};
 
+use super::auth::CredentialSource;
 use super::keys::KeySource;
 use super::pace::PaceSettings;
 use super::scope::Scope;
@@ -78,6 +79,8 @@ pub struct RunConfig {
     pub model: Model,
     /// With `--model async`: panic the task fetching these ids (`--chaos panic-on`).
     pub panic_on: Vec<u64>,
+    /// Where the credential comes from, when it is not a constant header.
+    pub credentials: Option<CredentialSource>,
     /// What each worker is told.
     pub job: JobSpec,
 }

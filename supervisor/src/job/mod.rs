@@ -2,6 +2,7 @@
 //! covers, a validated run's settings, pace settings, and the run's figures. Plain data and pure
 //! functions; it imports only `util`.
 
+mod auth;
 mod config;
 mod figures;
 mod ids;
@@ -9,6 +10,7 @@ mod keys;
 mod pace;
 mod scope;
 
+pub use auth::{ClientAuth, CredentialSource, OAuth2Client};
 pub use config::{Chaos, Keys, Model, RunConfig, WorkerLimits, MAX_BODY_LIMIT};
 pub use figures::{Durable, Pacing, Tally};
 pub use ids::{
