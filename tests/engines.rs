@@ -31,7 +31,7 @@ fn engine(program: &str, test: &str, install: &str) -> Option<PathBuf> {
     found
 }
 
-fn skip(test: &str, why: &str) {
+pub(crate) fn skip(test: &str, why: &str) {
     if std::env::var("FLOTA_ENGINES").as_deref() == Ok("required") {
         panic!("{test}: {why}, and FLOTA_ENGINES=required");
     }

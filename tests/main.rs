@@ -4,6 +4,7 @@
 //! `supervisor` binary first), a module per area, helpers in `util`. Every test is bounded in
 //! time and cleans up every process it started.
 
+mod auth;
 mod care;
 mod cli;
 mod connections;

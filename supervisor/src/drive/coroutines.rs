@@ -122,7 +122,9 @@ async fn event_loop(
             });
             ids_of.insert(handle.id(), id);
             while let Some(done) = tasks.try_join_next_with_id() {
-                settle(done, &mut ids_of, &mut batch, &mut requests);
+                if settle(done, &mut ids_of, &mut batch, &mut requests) {
+                    return unauthorized(cfg, &writes, batch);
+                }
             }
             if batch.len() >= BATCH {
                 report.pace.requests = requests;
@@ -137,7 +139,9 @@ async fn event_loop(
         }
     }
     while let Some(done) = tasks.join_next_with_id().await {
-        settle(done, &mut ids_of, &mut batch, &mut requests);
+        if settle(done, &mut ids_of, &mut batch, &mut requests) {
+            return unauthorized(cfg, &writes, batch);
+        }
     }
     report.pace.requests = requests;
     let _ = writes.put(batch);
@@ -162,13 +166,22 @@ impl Writes<'_> {
 /// The store writer has ended.
 struct WriterGone;
 
-/// A finished task's result, or for a task that panicked, its id stored as failed.
+/// A 401: never an item's answer. The model sends the job's own headers only, which nothing
+/// can renew, so the run stops (what was answered before is stored).
+fn unauthorized(cfg: &RunConfig, writes: &Writes<'_>, batch: Vec<ItemResult>) -> Result<(), Error> {
+    let _ = writes.put(batch);
+    let why = "the job's headers carry no credential it takes (none, expired or revoked)".to_owned();
+    Err(Error::Unauthorized { api: cfg.pace.api.clone(), why })
+}
+
+/// A finished task's result, or for a task that panicked, its id stored as failed. Returns
+/// whether it was a 401 (then it is not kept).
 fn settle(
     done: Result<(tokio::task::Id, ItemResult), tokio::task::JoinError>,
     ids_of: &mut HashMap<tokio::task::Id, u64>,
     batch: &mut Vec<ItemResult>,
     requests: &mut u64,
-) {
+) -> bool {
     let (task, result) = match done {
         Ok((task, result)) => (task, result),
         Err(e) => {
@@ -186,7 +199,11 @@ fn settle(
     };
     ids_of.remove(&task);
     *requests += u64::from(result.attempts);
+    if matches!(result.outcome, Outcome::Response { status: 401, .. }) {
+        return true;
+    }
     batch.push(result);
+    false
 }
 
 /// What every task needs: the client, the URL parts, the policy.
