@@ -118,6 +118,37 @@ fn a_helper_may_print_a_bare_token_met_expired_or_a_token_answer_renewed_ahead()
 }
 
 #[test]
+fn renewals_that_fail_hold_the_fleet_and_say_so_until_one_comes() {
+    let (api, dir, store) = setup(&["--token-lifetime", "2", "--latency-ms", "20"]);
+    let down = dir.path().join("down");
+    // The endpoint's answers through a helper that fails while `down` exists.
+    let helper = format!("[ -e {} ] && exit 1; {}", down.display(), token_helper(dir.path(), &api, true));
+    let running = Job::new(&api.url(), "0..12000", &store)
+        .flag("--concurrency", "16")
+        .flag("--auth-command", &helper)
+        .spawn();
+    wait_for("answers", Duration::from_secs(20), || api.stats().ok > 500);
+    std::fs::write(&down, "").expect("writes");
+    let held_back = || -> String {
+        let out = run(&["status", "--store", path_str(&store), "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        status["live"]["snapshot"]["held_back"].as_str().unwrap_or_default().to_owned()
+    };
+    wait_for("the fleet to wait", Duration::from_secs(10), || {
+        held_back().contains("waiting for a credential")
+    });
+    // While it waits, nothing is sent: no request spent on a credential that ran out.
+    let waiting = api.stats().requests;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(api.stats().requests, waiting, "requests sent while the fleet waits");
+    std::fs::remove_file(&down).expect("removes");
+    let out = running.wait(RUN_DEADLINE);
+    out.assert_code(0);
+    assert_complete(&store, 0..12_000);
+    assert_eq!(figure(&out, "retries"), 0);
+}
+
+#[test]
 fn a_rotated_refresh_token_is_written_back_and_the_next_run_uses_it() {
     use std::os::unix::fs::PermissionsExt;
     let (api, dir, store) =
