@@ -29,7 +29,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// The version of this protocol. Both sides put it first in their `Hello` and refuse a peer
 /// that speaks another.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,9 @@ pub enum ToWorker {
         ids: Vec<u64>,
         /// In a keyed job, the key of each id, in the same order; empty otherwise.
         keys: Vec<String>,
+        /// In a refresh, what each id's stored answer was validated by, in the same order: the
+        /// request is conditional; empty otherwise.
+        conditions: Vec<Condition>,
     },
     /// How this worker may send from now on: see [`Pace`].
     Pace(Pace),
@@ -60,6 +63,35 @@ pub enum ToWorker {
     },
     /// Send every request from now on with this credential (newer than any before).
     Credential(Credential),
+}
+
+/// What a stored answer can be validated by: a request carrying it is conditional
+/// (`If-None-Match`, `If-Modified-Since`), and a `304 Not Modified` keeps the stored body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    /// Its `ETag`; empty: none.
+    pub etag: String,
+    /// Its `Last-Modified`; empty: none.
+    pub last_modified: String,
+}
+
+impl Condition {
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_empty() && self.last_modified.is_empty()
+    }
+}
+
+/// What an answer said of itself that a later refresh needs (RFC 9111, RFC 9110 8.8).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validators {
+    /// Its `ETag`, as sent; empty: none.
+    pub etag: String,
+    /// Its `Last-Modified`, as sent; empty: none.
+    pub last_modified: String,
+    /// For how many seconds from now the server says it stays fresh (`Cache-Control: max-age`
+    /// less `Age`, or `Expires` less `Date`); `None`: it did not say.
+    pub fresh_for: Option<u32>,
 }
 
 /// A credential the supervisor obtained, as a worker sends it: one header.
@@ -384,7 +416,8 @@ impl ItemResult {
     pub fn held_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + match &self.outcome {
-                Outcome::Response { body, .. } => body.len(),
+                Outcome::Response { body, validators, .. } => body.len() + validators.etag.len() + validators.last_modified.len(),
+                Outcome::Unchanged { validators } => validators.etag.len() + validators.last_modified.len(),
                 Outcome::Failed { error } | Outcome::Unreachable { error, .. } => error.len(),
             }
     }
@@ -406,6 +439,13 @@ pub enum Outcome {
         /// sequence element by element, which was the supervisor's largest cost after zstd).
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
+        /// What it said of itself, for a later refresh.
+        validators: Validators,
+    },
+    /// `304 Not Modified` to a conditional request: the stored answer stands.
+    Unchanged {
+        /// What the 304 said of it (new validators, a new freshness), if anything.
+        validators: Validators,
     },
     /// Every attempt failed, or the answer could not be taken (too large, redirect loop).
     Failed {

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::template::{body_encoding, MAX_KEY_BYTES};
-use shared::{Encoding, ItemResult, JobSpec, Outcome, Template, TlsTrust, Unreachable, UrlTemplate};
+use shared::{
+    Condition, Encoding, ItemResult, JobSpec, Outcome, Template, TlsTrust, Unreachable, UrlTemplate, Validators,
+};
 use ureq::config::Config;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
@@ -129,6 +131,8 @@ pub struct Scratch {
     headers: Vec<String>,
     /// The credential the thread sends with.
     credential: Option<Arc<Held>>,
+    /// In a refresh, what the item's stored answer is validated by: the request is conditional.
+    pub condition: Condition,
 }
 
 /// One fetch thread's agent, and what its connections say about a failed request.
@@ -218,11 +222,14 @@ impl Fetcher {
     /// the item as [`Fetcher::render`] wrote it, then the credential's.
     fn headers_of<'a>(&'a self, scratch: &'a Scratch) -> impl Iterator<Item = (&'a str, &'a str)> {
         let credential = scratch.credential.as_ref().and_then(|c| c.header.as_ref());
+        let c = &scratch.condition;
+        let conditional = [("if-none-match", c.etag.as_str()), ("if-modified-since", c.last_modified.as_str())];
         self.headers
             .iter()
             .zip(&scratch.headers)
             .map(|((name, t), value)| (name.as_str(), t.as_text().unwrap_or(value)))
             .chain(credential.map(|(name, value)| (name.as_str(), value.as_str())))
+            .chain(conditional.into_iter().filter(|(_, v)| !v.is_empty()))
     }
 
     /// Fetches `id` until it has a final answer or runs out of attempts. Every attempt passes
@@ -411,6 +418,10 @@ impl Fetcher {
             used_up: used_up.is_some(),
             unanswered: None,
         };
+        if status == 304 && !scratch.condition.is_empty() {
+            let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
+            return (Attempt::Final(Outcome::Unchanged { validators: validators(resp.headers()) }), met);
+        }
         if status == 401 {
             let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
             return (Attempt::Refused, met);
@@ -423,10 +434,11 @@ impl Fetcher {
         // As ureq's read_to_vec, but what came before an error is counted: a body cut off says
         // how much of it came.
         let length = content_length(resp.headers());
+        let validators = validators(resp.headers());
         let mut body = Vec::with_capacity(length.unwrap_or(0).min(self.max_body).min(1 << 20) as usize);
         let mut reader = resp.body_mut().with_config().limit(self.max_body).reader();
         let attempt = match std::io::Read::read_to_end(&mut reader, &mut body) {
-            Ok(_) => Attempt::Final(Outcome::Response { status, body }),
+            Ok(_) => Attempt::Final(Outcome::Response { status, body, validators }),
             Err(e) => body_error(ureq::Error::from(e), url, body.len(), length),
         };
         (attempt, met)
@@ -522,6 +534,39 @@ fn classify_error(e: ureq::Error, url: &str) -> Attempt {
             Attempt::Final(Outcome::Failed { error: format!("TLS: {why}") })
         }
         other => Attempt::Retry { error: one_line(&other) },
+    }
+}
+
+/// What an answer says of itself that a refresh needs: its validators, and for how long it is
+/// fresh (RFC 9111 4.2.1: `Cache-Control: max-age` over `Expires`, less its `Age`; `no-cache` or
+/// `no-store`: not fresh at all).
+fn validators(headers: &ureq::http::HeaderMap) -> Validators {
+    let text = |name: &str| {
+        headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned()).unwrap_or_default()
+    };
+    let cache_control = text("cache-control").to_ascii_lowercase();
+    let directives: Vec<&str> = cache_control.split(',').map(str::trim).collect();
+    let age: u64 = text("age").parse().unwrap_or(0);
+    let lifetime = if directives.iter().any(|d| *d == "no-cache" || *d == "no-store") {
+        Some(0)
+    } else if let Some(max_age) = directives.iter().find_map(|d| d.strip_prefix("max-age=")) {
+        max_age.trim_matches('"').parse::<u64>().ok()
+    } else {
+        let date = |name: &str| httpdate::parse_http_date(&text(name)).ok();
+        match (date("expires"), date("date")) {
+            (Some(expires), Some(date)) => Some(expires.duration_since(date).map_or(0, |d| d.as_secs())),
+            (Some(expires), None) => {
+                Some(expires.duration_since(std::time::SystemTime::now()).map_or(0, |d| d.as_secs()))
+            }
+            // An Expires that does not parse is in the past (RFC 9111 5.3).
+            (None, _) if headers.contains_key("expires") => Some(0),
+            (None, _) => None,
+        }
+    };
+    Validators {
+        etag: text("etag"),
+        last_modified: text("last-modified"),
+        fresh_for: lifetime.map(|l| u32::try_from(l.saturating_sub(age)).unwrap_or(u32::MAX)),
     }
 }
 

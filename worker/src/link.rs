@@ -23,6 +23,7 @@ use crate::auth::Credentials;
 use crate::fetch::Fetcher;
 use crate::gate::Gate;
 use crate::outbox::Outgoing;
+use crate::pool::Item;
 
 /// A results frame holds at most this many results...
 const BATCH_MAX_ITEMS: usize = 1024;
@@ -106,7 +107,7 @@ pub fn serve() -> Result<(), LinkError> {
 
     // The supervisor never has more than max_in_flight ids outstanding here, so this queue
     // never fills and reading the next assignment never waits on the fetch threads.
-    let (ids_tx, ids_rx) = crossbeam_channel::bounded::<(u64, String)>(job.max_in_flight.max(1) as usize);
+    let (ids_tx, ids_rx) = crossbeam_channel::bounded::<Item>(job.max_in_flight.max(1) as usize);
     let credentials = Arc::new(Credentials::new(job.credential_source, out_tx.clone()));
     let fetcher = Arc::new(Fetcher::new(&job, credentials.clone()));
     let stopping = Arc::new(AtomicBool::new(false));
@@ -155,16 +156,17 @@ pub fn serve() -> Result<(), LinkError> {
 
 fn read_loop(
     reader: &mut FrameReader<impl std::io::Read>,
-    ids: &Sender<(u64, String)>,
+    ids: &Sender<Item>,
     gate: &Gate,
     credentials: &Credentials,
 ) -> Result<(), LinkError> {
     while let Some(msg) = reader.read::<ToWorker>().map_err(LinkError::Read)? {
         match msg {
-            ToWorker::Assign { ids: batch, keys } => {
-                let mut keys = keys.into_iter();
+            ToWorker::Assign { ids: batch, keys, conditions } => {
+                let (mut keys, mut conditions) = (keys.into_iter(), conditions.into_iter());
                 for id in batch {
-                    if ids.send((id, keys.next().unwrap_or_default())).is_err() {
+                    let item = (id, keys.next().unwrap_or_default(), conditions.next().unwrap_or_default());
+                    if ids.send(item).is_err() {
                         return Ok(());
                     }
                 }

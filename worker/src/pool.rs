@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
-use shared::WorkerChaos;
+use shared::{Condition, WorkerChaos};
 
 use crate::fetch::{Fetcher, Scratch};
 use crate::gate::Gate;
@@ -23,6 +23,10 @@ pub struct Shared {
     pub stopping: Arc<AtomicBool>,
 }
 
+/// An item to fetch: its id, its key (in a keyed job), and in a refresh what its stored answer
+/// is validated by.
+pub type Item = (u64, String, Condition);
+
 /// Stack of a fetch thread. Rust's default (2 MiB) would make a thousand threads need 2 GiB of
 /// address space, the worker's whole default limit; a blocking HTTP(S) call needs far less.
 pub const FETCH_STACK: usize = 512 << 10;
@@ -33,7 +37,7 @@ pub const FETCH_STACK: usize = 512 << 10;
 pub fn start(
     threads: u32,
     shared: Shared,
-    ids: Receiver<(u64, String)>,
+    ids: Receiver<Item>,
     out: Sender<Outgoing>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..threads.max(1))
@@ -49,13 +53,14 @@ pub fn start(
                 // The place is given back when the thread ends (dropped).
                 let mut place = gate.place();
                 while place.keep() {
-                    let Ok((id, key)) = ids.recv() else { break };
+                    let Ok((id, key, condition)) = ids.recv() else { break };
                     if stopping.load(Ordering::Relaxed) {
                         break;
                     }
                     if !chaos.is_empty() && inject(&chaos, id, &out) {
                         continue;
                     }
+                    scratch.condition = condition;
                     let Some(result) = fetcher.fetch(&session, id, &key, &mut scratch, &gate, &mut place)
                     else {
                         break;

@@ -186,6 +186,16 @@ pub struct RunArgs {
     /// its last run: answered, failed, retries, pacing.requests, ...).
     #[arg(long, env = "FLOTA_SUMMARY", value_enum, default_value_t = SummaryFormat::Text)]
     pub summary: SummaryFormat,
+    /// Fetch again stored answers fetched more than AGE ago (`0s`: every answer of the job),
+    /// or `stale`: those the server's own freshness says have expired (Cache-Control max-age,
+    /// Expires; else a tenth of the age its Last-Modified gave it). Conditional when the
+    /// answer had an ETag or a Last-Modified: a 304 keeps the stored body. A refetch that fails
+    /// keeps the stored answer.
+    #[arg(long, env = "FLOTA_REFRESH", value_name = "AGE|stale")]
+    pub refresh: Option<String>,
+    /// Fetch again stored answers of these statuses, comma-separated: `404,410`, `4xx`, `403`.
+    #[arg(long, env = "FLOTA_REFETCH_STATUS", value_name = "LIST")]
+    pub refetch_status: Option<String>,
     /// Where the credential comes from, when it expires.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -260,6 +270,8 @@ impl RunArgs {
             store,
             metrics: None,
             summary: SummaryFormat::Text,
+            refresh: None,
+            refetch_status: None,
             auth: AuthArgs::default(),
             tuning,
         }

@@ -35,6 +35,10 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     let headers = headers(t)?;
     check_items(args, &template, &request, &headers)?;
     let credentials = credentials(&args.auth, |k| std::env::var(k).ok())?;
+    let refetch = refetch(args.refresh.as_deref(), args.refetch_status.as_deref(), unix_now())?;
+    if !refetch.is_empty() && t.model == Model::Async {
+        return Err("--model async fetches what is missing only: use --model fleet for --refresh and --refetch-status".into());
+    }
     if let Some(source) = &credentials {
         if let Some((name, _)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
             return Err(format!(
@@ -104,6 +108,7 @@ pub fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
         retry_quarantined: t.retry_quarantined,
         kill_every: t.chaos.as_ref().and_then(|c| c.kill_every),
         credentials,
+        refetch,
         pace,
         model: t.model,
         panic_on: t.chaos.as_ref().map(|c| c.panic_on.clone()).unwrap_or_default(),
@@ -219,6 +224,47 @@ fn refresh_token_file(file: &std::path::Path) -> Result<(), String> {
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).map_err(|e| {
         format!("its directory is not writable ({e}), and a rotated token is written back there")
     })
+}
+
+/// What `--refresh` and `--refetch-status` ask to fetch again, at `now` (Unix seconds).
+fn refetch(refresh: Option<&str>, statuses: Option<&str>, now: u32) -> Result<crate::job::Refetch, String> {
+    let mut r = crate::job::Refetch::default();
+    match refresh.map(str::trim) {
+        None => {}
+        Some("stale") => r.stale_at = Some(now),
+        Some(age) => {
+            let age = super::parse::parse_duration(age)
+                .map_err(|e| format!("--refresh: {e}, or `stale`"))?;
+            let secs = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+            r.fetched_before = Some(if secs == 0 { u32::MAX } else { now.saturating_sub(secs) });
+        }
+    }
+    if let Some(list) = statuses {
+        for item in list.split(',').map(str::trim) {
+            let bad = || format!("--refetch-status: `{item}` is not a status (404) or a class (4xx)");
+            let range = match item.strip_suffix("xx") {
+                Some(class) => {
+                    let c: u16 = class.parse().map_err(|_| bad())?;
+                    (c * 100, c * 100 + 99)
+                }
+                None => {
+                    let s: u16 = item.parse().map_err(|_| bad())?;
+                    (s, s)
+                }
+            };
+            if !(100..=599).contains(&range.0) || !(100..=599).contains(&range.1) {
+                return Err(bad());
+            }
+            r.statuses.push(range);
+        }
+    }
+    Ok(r)
+}
+
+/// The wall clock in Unix seconds.
+fn unix_now() -> u32 {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
 /// The client's secret: the first line of `file`, not empty.

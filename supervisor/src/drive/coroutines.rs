@@ -286,7 +286,11 @@ impl Job {
             return Ok(None);
         }
         match body {
-            Ok(body) => Ok(Some(Outcome::Response { status, body: body.to_bytes().to_vec() })),
+            Ok(body) => Ok(Some(Outcome::Response {
+                status,
+                body: body.to_bytes().to_vec(),
+                validators: shared::Validators::default(),
+            })),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(Some(Outcome::Failed {
                 error: format!("body exceeds the limit of {} bytes", self.max_body),
             })),

@@ -67,7 +67,8 @@ pub fn run(
     let total = side.covered.total()?;
     // The total to fetch, counted beside the planner so the first request does not wait for it.
     let (count_tx, count_rx) = bounded::<u64>(1);
-    let (mut counter, covered, retry_q) = (store.reader(), side.covered.clone(), cfg.retry_quarantined);
+    let (mut counter, covered, retry_q) =
+        (store.reader().refetching(cfg.refetch.clone()), side.covered.clone(), cfg.retry_quarantined);
     threads::spawn("counter".into(), &side.panic_tx, move || {
         match counter.count_settled(&covered, retry_q) {
             Ok(settled) => {
@@ -87,6 +88,7 @@ pub fn run(
             side.panic_tx.clone(),
             side.held.clone(),
             if cfg.keys.is_some() { store.key_names()? } else { None },
+            (!cfg.refetch.is_empty()).then(|| store.reader()),
         ),
         keeper: match &cfg.credentials {
             Some(source) => {
@@ -420,6 +422,8 @@ struct Workers {
     killed: HashMap<(usize, u64), KillReason>,
     /// A keyed job's keys, by ordinal: each assignment carries its ids' keys.
     keys: Option<KeyNames>,
+    /// In a refresh, the store's blocks, for what each id's stored answer is validated by.
+    conditions: Option<store::Reader>,
     /// The newest credential, and when it runs out: every worker has it, a new one from its
     /// hello on.
     credential: Option<(Credential, Option<Instant>)>,
@@ -433,6 +437,7 @@ impl Workers {
         panics: Sender<Error>,
         held: Arc<Budget>,
         keys: Option<KeyNames>,
+        conditions: Option<store::Reader>,
     ) -> Workers {
         Workers {
             spawner,
@@ -443,6 +448,7 @@ impl Workers {
             procs: Vec::new(),
             killed: HashMap::new(),
             keys,
+            conditions,
             credential: None,
         }
     }
@@ -485,8 +491,13 @@ impl Workers {
                 Err(e) => return Err((ids, Some(Error::Store(e)))),
             },
         };
+        let conditions = match self.conditions.as_mut().map(|r| r.conditions(&ids)) {
+            None => Vec::new(),
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err((ids, Some(Error::Store(e)))),
+        };
         let Some(proc) = self.get(slot, gen) else { return Err((ids, None)) };
-        match proc.send(ToWorker::Assign { ids, keys }) {
+        match proc.send(ToWorker::Assign { ids, keys, conditions }) {
             Ok(()) => Ok(()),
             Err(ToWorker::Assign { ids, .. }) => Err((ids, None)),
             Err(_) => unreachable!("an Assign comes back as it was sent"),

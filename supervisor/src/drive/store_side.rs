@@ -59,7 +59,7 @@ pub fn start(cfg: &RunConfig, store: &Store, plan_queue: usize) -> Result<StoreS
     })
     .map_err(Error::Thread)?;
     let (reader, to_plan, chunk, retry_q) =
-        (store.reader(), covered.clone(), cfg.chunk_size as usize, cfg.retry_quarantined);
+        (store.reader().refetching(cfg.refetch.clone()), covered.clone(), cfg.chunk_size as usize, cfg.retry_quarantined);
     threads::spawn("planner".into(), &panic_tx, move || plan(reader, &to_plan, chunk, retry_q, &plan_tx))
         .map_err(Error::Thread)?;
     Ok(StoreSide { writes, acks, plans, panics, panic_tx, held, covered })

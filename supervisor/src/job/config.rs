@@ -81,6 +81,8 @@ pub struct RunConfig {
     pub panic_on: Vec<u64>,
     /// Where the credential comes from, when it is not a constant header.
     pub credentials: Option<CredentialSource>,
+    /// Stored answers to fetch again.
+    pub refetch: Refetch,
     /// What each worker is told.
     pub job: JobSpec,
 }
@@ -137,4 +139,55 @@ pub enum Model {
     Fleet,
     /// Coroutines on one thread's event loop, in the supervisor's process.
     Async,
+}
+
+/// Which stored answers a run fetches again (`--refresh`, `--refetch-status`); failures are
+/// fetched again by every run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refetch {
+    /// Answers fetched before this Unix second (`--refresh AGE`: the run's start less AGE;
+    /// `--refresh 0s`: every answer).
+    pub fetched_before: Option<u32>,
+    /// Answers no longer fresh at this Unix second, by what the server said (`--refresh stale`).
+    pub stale_at: Option<u32>,
+    /// Answers of these statuses, each an inclusive range (`--refetch-status 404,410,5xx`).
+    pub statuses: Vec<(u16, u16)>,
+}
+
+impl Refetch {
+    /// Whether it asks for anything.
+    pub fn is_empty(&self) -> bool {
+        self.fetched_before.is_none() && self.stale_at.is_none() && self.statuses.is_empty()
+    }
+
+    /// Whether it fetches again an answer of `status`, fetched at `at` and fresh until
+    /// `fresh_until` (0: the server did not say) with this `Last-Modified`. Without a stated
+    /// freshness, an answer with a `Last-Modified` is fresh for a tenth of its age when fetched
+    /// (RFC 9111 4.2.2's heuristic, as browsers and requests-cache apply it); one without either
+    /// is stale.
+    pub fn wants(&self, status: u16, at: u32, fresh_until: u32, last_modified: &str) -> bool {
+        if self.statuses.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
+            return true;
+        }
+        if self.fetched_before.is_some_and(|before| at < before) {
+            return true;
+        }
+        let Some(now) = self.stale_at else { return false };
+        let until = if fresh_until > 0 {
+            fresh_until
+        } else {
+            let modified = httpdate_secs(last_modified);
+            match modified {
+                Some(m) if m < at => at + (at - m) / 10,
+                _ => return true,
+            }
+        };
+        until <= now
+    }
+}
+
+/// An HTTP date (RFC 9110 5.6.7) in Unix seconds.
+fn httpdate_secs(text: &str) -> Option<u32> {
+    let t = httpdate::parse_http_date(text).ok()?;
+    u32::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs()).ok()
 }

@@ -31,6 +31,17 @@ pub struct Tally {
     /// Workers started again after one ended.
     #[serde(default)]
     pub restarts: u64,
+    /// Of the answered, answers fetched again that had not changed: a `304 Not Modified`, or
+    /// the same status and body byte for byte.
+    #[serde(default)]
+    pub unchanged: u64,
+    /// Of the answered, answers fetched again that had changed.
+    #[serde(default)]
+    pub changed: u64,
+    /// Answers fetched again whose refetch failed: the stored answer was kept (not counted
+    /// as failed).
+    #[serde(default)]
+    pub kept: u64,
 }
 
 impl Tally {
@@ -47,6 +58,9 @@ impl Tally {
         self.retries += other.retries;
         self.skipped += other.skipped;
         self.restarts += other.restarts;
+        self.unchanged += other.unchanged;
+        self.changed += other.changed;
+        self.kept += other.kept;
     }
 }
 

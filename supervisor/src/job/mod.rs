@@ -11,7 +11,7 @@ mod pace;
 mod scope;
 
 pub use auth::{ClientAuth, CredentialSource, OAuth2Client};
-pub use config::{Chaos, Keys, Model, RunConfig, WorkerLimits, MAX_BODY_LIMIT};
+pub use config::{Chaos, Keys, Model, Refetch, RunConfig, WorkerLimits, MAX_BODY_LIMIT};
 pub use figures::{Durable, Pacing, Tally};
 pub use ids::{
     first_id, locate, mask_and, mask_ids, mask_len, mask_minus, mask_set, range_mask, rechunk,

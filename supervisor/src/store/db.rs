@@ -18,6 +18,7 @@ use super::put::Sink;
 use super::reader::Reader;
 use super::record::{Counts, Record};
 use super::segments::{Appender, SegmentReader};
+use crate::job::Refetch;
 use crate::util::panics;
 
 /// The writer thread's handle on the store.
@@ -146,7 +147,13 @@ impl Store {
 
     /// A read handle for the planner thread.
     pub fn reader(&self) -> Reader {
-        Reader { path: self.path.clone(), refs: self.refs.clone(), cached: None }
+        Reader {
+            path: self.path.clone(),
+            refs: self.refs.clone(),
+            cached: None,
+            refetch: Refetch::default(),
+            segments: SegmentReader::new(&self.path),
+        }
     }
 
     /// Every record in id order. A damaged block ends the iteration with its error.

@@ -1,6 +1,6 @@
 //! One id's stored record, and the counts `status` shows over a whole store.
 
-use shared::{ItemResult, Outcome};
+use shared::{ItemResult, Outcome, Validators};
 
 /// One id's stored record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,18 +55,92 @@ pub struct Counts {
     pub quarantined: u64,
 }
 
-impl Record {
-    /// The record of a worker's result, stored at `now` (Unix seconds).
-    pub fn of(r: ItemResult, now: u32) -> Record {
-        match r.outcome {
-            Outcome::Response { status, body } => Record::Answer {
-                attempts: r.attempts,
-                status,
-                body,
-                fetched: Fetched { at: now, ..Fetched::default() },
-            },
+impl Fetched {
+    /// Fetched at `now` (Unix seconds), with what the answer said of itself.
+    pub fn at(now: u32, v: Validators) -> Fetched {
+        Fetched {
+            at: now,
+            fresh_until: v.fresh_for.map_or(0, |f| now.saturating_add(f)),
+            etag: v.etag,
+            last_modified: v.last_modified,
+        }
+    }
+}
+
+/// A result as the writer holds it until its block is written: a record to store, or a
+/// `304 Not Modified` that renews the stored answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// Stored as it is (unless it is a failure and an answer is stored: see [`Incoming::settle`]).
+    Record(Record),
+    /// The stored answer stands, fetched anew.
+    Unchanged {
+        /// Attempts made.
+        attempts: u32,
+        /// When, and what the 304 said.
+        fetched: Fetched,
+    },
+}
+
+/// What settling an incoming result against the stored record came to, for the run's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// A first answer or failure, or one replacing a failure.
+    New,
+    /// An answer fetched again, the same as the stored one (a 304, or the same status and body).
+    Unchanged,
+    /// An answer fetched again, different.
+    Changed,
+    /// A refetch that failed: the stored answer stays.
+    Kept,
+    /// A 304 with no stored answer to keep: stored as a failure.
+    Orphan,
+}
+
+impl Incoming {
+    /// The result of a worker, received at `now` (Unix seconds).
+    pub fn of(r: ItemResult, now: u32) -> Incoming {
+        let attempts = r.attempts;
+        Incoming::Record(match r.outcome {
+            Outcome::Response { status, body, validators } => {
+                Record::Answer { attempts, status, body, fetched: Fetched::at(now, validators) }
+            }
+            Outcome::Unchanged { validators } => {
+                return Incoming::Unchanged { attempts, fetched: Fetched::at(now, validators) }
+            }
             Outcome::Failed { error } | Outcome::Unreachable { error, .. } => {
-                Record::Failed { attempts: r.attempts, error, quarantined: false }
+                Record::Failed { attempts, error, quarantined: false }
+            }
+        })
+    }
+
+    /// The record to store, given the one stored: a good answer is never replaced by a
+    /// failure, and a 304 renews the stored answer's fetch time (and validators, when it brings
+    /// new ones) and keeps its body.
+    pub fn settle(self, stored: Option<Record>) -> (Record, Settled) {
+        match (self, stored) {
+            (Incoming::Record(Record::Failed { .. }), Some(old @ Record::Answer { .. })) => (old, Settled::Kept),
+            (Incoming::Record(new @ Record::Answer { .. }), Some(old @ Record::Answer { .. })) => {
+                let same = match (&new, &old) {
+                    (Record::Answer { status: s1, body: b1, .. }, Record::Answer { status: s2, body: b2, .. }) => {
+                        s1 == s2 && b1 == b2
+                    }
+                    _ => false,
+                };
+                (new, if same { Settled::Unchanged } else { Settled::Changed })
+            }
+            (Incoming::Record(new), _) => (new, Settled::New),
+            (Incoming::Unchanged { attempts, fetched }, Some(Record::Answer { status, body, fetched: was, .. })) => {
+                let fetched = Fetched {
+                    etag: if fetched.etag.is_empty() { was.etag } else { fetched.etag },
+                    last_modified: if fetched.last_modified.is_empty() { was.last_modified } else { fetched.last_modified },
+                    ..fetched
+                };
+                (Record::Answer { attempts, status, body, fetched }, Settled::Unchanged)
+            }
+            (Incoming::Unchanged { attempts, .. }, _) => {
+                let error = "304 Not Modified, and no stored answer to keep".to_owned();
+                (Record::Failed { attempts, error, quarantined: false }, Settled::Orphan)
             }
         }
     }

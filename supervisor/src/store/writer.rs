@@ -36,7 +36,7 @@ use super::error::StoreError;
 use super::gc;
 use super::messages::{WriteAck, WriteCmd};
 use super::put::Sink;
-use super::record::Record;
+use super::record::{Incoming, Record, Settled};
 use super::segments::{Appender, SegmentReader};
 use crate::job::{mask_ids, mask_len, Durable, Tally};
 use crate::util::Budget;
@@ -106,21 +106,17 @@ pub fn write_loop(
                         d.tally.answered = 1;
                         d.success = u64::from((200..300).contains(status));
                     }
+                    // Its status is the stored answer's: counted when the block is written.
+                    Outcome::Unchanged { .. } => d.tally.answered = 1,
                     Outcome::Failed { .. } | Outcome::Unreachable { .. } => d.tally.failed = 1,
                 }
-                pending.add(&writer, r.id, Record::of(r, unix_now()), d, bytes, now)
+                pending.add(&writer, r.id, Incoming::of(r, unix_now()), d, bytes, now)
             }),
             Ok(WriteCmd::Quarantine { id, deaths, reason }) => {
                 let tally = Tally { failed: 1, quarantined: 1, ..Tally::default() };
                 let d = Durable { tally, ..Durable::default() };
-                pending.add(
-                    &writer,
-                    id,
-                    Record::Failed { attempts: deaths, error: reason, quarantined: true },
-                    d,
-                    0,
-                    now,
-                )
+                let record = Record::Failed { attempts: deaths, error: reason, quarantined: true };
+                pending.add(&writer, id, Incoming::Record(record), d, 0, now)
             }
             Ok(WriteCmd::Finish) | Err(_) => Ok(()),
         };
@@ -177,7 +173,7 @@ struct Pending {
 }
 
 struct PendingBlock {
-    records: BTreeMap<u16, Record>,
+    records: BTreeMap<u16, Incoming>,
     /// The block's entry as stored when its first pending result arrived (the writer is its
     /// only writer, so it is still so when the block is written).
     old: Option<BlockRef>,
@@ -208,7 +204,7 @@ impl Pending {
         &mut self,
         writer: &Writer,
         id: u64,
-        record: Record,
+        record: Incoming,
         d: Durable,
         held: usize,
         now: Instant,
@@ -280,16 +276,21 @@ impl Pending {
         // Every complete block is due.
         self.ready = 0;
         for n in due {
-            let p = self.blocks.remove(&n).expect("listed above");
-            let mut records = p.records;
+            let mut p = self.blocks.remove(&n).expect("listed above");
             self.held -= p.held;
-            if let Some(old) = &p.old {
-                let bytes = old.load(segments, &writer.path, n)?;
-                for (offset, record) in
-                    block::decode(&bytes, n).map_err(|why| corrupt(&writer.path, n, why))?
-                {
-                    records.entry(offset).or_insert(record);
+            let mut records: BTreeMap<u16, Record> = match &p.old {
+                Some(old) => {
+                    let bytes = old.load(segments, &writer.path, n)?;
+                    block::decode(&bytes, n).map_err(|why| corrupt(&writer.path, n, why))?.into_iter().collect()
                 }
+                None => BTreeMap::new(),
+            };
+            for (offset, incoming) in std::mem::take(&mut p.records) {
+                let quarantine = matches!(incoming, Incoming::Record(Record::Failed { quarantined: true, .. }));
+                let renewal = matches!(incoming, Incoming::Unchanged { .. });
+                let (record, settled) = incoming.settle(records.remove(&offset));
+                count(&mut p.durable, settled, &record, quarantine, renewal);
+                records.insert(offset, record);
             }
             sink.append(n, &self.encoder.encode(n, &records))?;
             let new_records = (p.filled - p.stored.len()) as u64;
@@ -300,6 +301,34 @@ impl Pending {
         sink.commit()?;
         durable.flush = Some(started.elapsed());
         Ok(Some((durable, held)))
+    }
+}
+
+/// Corrects a block's counts, made as its results came, for what settling one against the
+/// stored record came to (`quarantine`: the result was a quarantine; `renewal`: a 304).
+fn count(d: &mut Durable, settled: Settled, record: &Record, quarantine: bool, renewal: bool) {
+    let t = &mut d.tally;
+    match settled {
+        Settled::New => {}
+        Settled::Changed => t.changed += 1,
+        Settled::Unchanged => {
+            t.unchanged += 1;
+            // A 304's status is the stored answer's; an answer's own was counted as it came.
+            if let (true, Record::Answer { status, .. }) = (renewal, record) {
+                d.success += u64::from((200..300).contains(status));
+            }
+        }
+        Settled::Kept => {
+            t.failed = t.failed.saturating_sub(1);
+            if quarantine {
+                t.quarantined = t.quarantined.saturating_sub(1);
+            }
+            t.kept += 1;
+        }
+        Settled::Orphan => {
+            t.answered = t.answered.saturating_sub(1);
+            t.failed += 1;
+        }
     }
 }
 
