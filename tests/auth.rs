@@ -371,16 +371,6 @@ fn with<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// A server process, killed when dropped.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Authlib's server, `scripts/servers/oauth_items.py` (Flask), on a free port; `None` after
 /// naming the skip when Flask and Authlib are not installed.
 fn authlib_server(test: &str) -> Option<(Server, String)> {

@@ -21,6 +21,7 @@ mod operate;
 mod outage;
 mod pace;
 mod private;
+mod refresh;
 mod report;
 mod requests;
 mod resume;

@@ -530,3 +530,13 @@ pub fn assert_complete_but(store: &Path, range: std::ops::Range<u64>, quarantine
         }
     }
 }
+
+/// A server process a test started (not mockapi), killed when dropped.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -216,7 +216,11 @@ mod tests {
                     id,
                     attempts: 1,
                     outcome: if id % 2 == 0 {
-                        Outcome::Response { status: 200, body: format!("{{\"id\":{id}}}").into_bytes() }
+                        Outcome::Response {
+                            status: 200,
+                            body: format!("{{\"id\":{id}}}").into_bytes(),
+                            validators: Default::default(),
+                        }
                     } else {
                         Outcome::Failed { error: format!("boom {id}") }
                     },
@@ -241,7 +245,7 @@ mod tests {
             Response { status: u16, body: Vec<u8> },
         }
         let body = (0..=255u8).chain(0..40).collect::<Vec<u8>>();
-        let now = Outcome::Response { status: 200, body: body.clone() };
+        let now = Outcome::Response { status: 200, body: body.clone(), validators: Default::default() };
         let before = Before::Response { status: 200, body: body.clone() };
         let encoded = bincode::serde::encode_to_vec(&now, config()).expect("encodes");
         assert_eq!(encoded, bincode::serde::encode_to_vec(&before, config()).expect("encodes"));
@@ -386,7 +390,7 @@ mod tests {
         fn result_batches_round_trip(ids in proptest::collection::vec(any::<u64>(), 0..64),
                                      status in 100u16..600, body in proptest::collection::vec(any::<u8>(), 0..64)) {
             let msg = FromWorker::Results(ids.iter().map(|&id| ItemResult {
-                id, attempts: 3, outcome: Outcome::Response { status, body: body.clone() } }).collect());
+                id, attempts: 3, outcome: Outcome::Response { status, body: body.clone(), validators: Default::default() } }).collect());
             let bytes = encode_frames(std::slice::from_ref(&msg));
             let back = FrameReader::new(&bytes[..], MAX_FRAME_LEN).read::<FromWorker>().expect("decodes");
             prop_assert_eq!(back, Some(msg));

@@ -13,9 +13,9 @@ pub mod template;
 
 pub use frame::{FrameError, FrameReader, FrameWriter};
 pub use protocol::{
-    api_failure, Announced, Condition, Credential, FromWorker, ItemResult, JobSpec, Outcome, Pace, Secret, TlsTrust,
-    ToWorker, Traffic, Unreachable, Validators, WorkerChaos, WorkerHello, HEARTBEAT_EVERY, LATENCY_BUCKETS,
-    PROTOCOL_VERSION, RETRY_BUDGET_WINDOW, TRAFFIC_EVERY,
+    api_failure, Announced, Condition, Credential, FromWorker, ItemResult, JobSpec, Outcome, Pace, Secret,
+    TlsTrust, ToWorker, Traffic, Unreachable, Validators, WorkerChaos, WorkerHello, HEARTBEAT_EVERY,
+    LATENCY_BUCKETS, PROTOCOL_VERSION, RETRY_BUDGET_WINDOW, TRAFFIC_EVERY,
 };
 pub use template::{Encoding, Template, TemplateError, UrlTemplate};
 

@@ -416,7 +416,9 @@ impl ItemResult {
     pub fn held_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + match &self.outcome {
-                Outcome::Response { body, validators, .. } => body.len() + validators.etag.len() + validators.last_modified.len(),
+                Outcome::Response { body, validators, .. } => {
+                    body.len() + validators.etag.len() + validators.last_modified.len()
+                }
                 Outcome::Unchanged { validators } => validators.etag.len() + validators.last_modified.len(),
                 Outcome::Failed { error } | Outcome::Unreachable { error, .. } => error.len(),
             }

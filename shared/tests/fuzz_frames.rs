@@ -80,7 +80,11 @@ fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
                 outcome: if i % 3 == 0 {
                     Outcome::Failed { error: "HTTP 503".into() }
                 } else {
-                    Outcome::Response { status: 200, body: vec![b'x'; rng.usize(0..64)] }
+                    Outcome::Response {
+                        status: 200,
+                        body: vec![b'x'; rng.usize(0..64)],
+                        validators: Default::default(),
+                    }
                 },
             })
             .collect(),
@@ -89,7 +93,12 @@ fn seeds(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
     let mut w = FrameWriter::new(Vec::new());
     w.write(&ToWorker::Hello { version: 1, job: Box::new(job) }).expect("encodes");
     out.push(std::mem::take(w.get_mut()));
-    w.write(&ToWorker::Assign { ids: (0..rng.u64(1..50)).collect(), keys: Vec::new() }).expect("encodes");
+    w.write(&ToWorker::Assign {
+        ids: (0..rng.u64(1..50)).collect(),
+        keys: Vec::new(),
+        conditions: Vec::new(),
+    })
+    .expect("encodes");
     out.push(std::mem::take(w.get_mut()));
     w.write(&FromWorker::Hello(WorkerHello { version: 1, pid: 42 })).expect("encodes");
     out.push(std::mem::take(w.get_mut()));

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use shared::template::{body_encoding, MAX_KEY_BYTES};
 use shared::{
-    Condition, Encoding, ItemResult, JobSpec, Outcome, Template, TlsTrust, Unreachable, UrlTemplate, Validators,
+    Condition, Encoding, ItemResult, JobSpec, Outcome, Template, TlsTrust, Unreachable, UrlTemplate,
+    Validators,
 };
 use ureq::config::Config;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
@@ -223,7 +224,8 @@ impl Fetcher {
     fn headers_of<'a>(&'a self, scratch: &'a Scratch) -> impl Iterator<Item = (&'a str, &'a str)> {
         let credential = scratch.credential.as_ref().and_then(|c| c.header.as_ref());
         let c = &scratch.condition;
-        let conditional = [("if-none-match", c.etag.as_str()), ("if-modified-since", c.last_modified.as_str())];
+        let conditional =
+            [("if-none-match", c.etag.as_str()), ("if-modified-since", c.last_modified.as_str())];
         self.headers
             .iter()
             .zip(&scratch.headers)
@@ -655,6 +657,27 @@ mod tests {
         assert_eq!(scratch.url, "http://127.0.0.1:1/users/a%20b%2Fc");
         let headers: Vec<(&str, &str)> = f.headers_of(&scratch).collect();
         assert_eq!(headers, vec![("A", "fixed"), ("X-Item", "a b/c")]);
+    }
+
+    #[test]
+    fn an_answer_says_its_validators_and_freshness() {
+        let of = |pairs: &[(&'static str, &str)]| {
+            let mut h = ureq::http::HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, value.parse().expect("a header value"));
+            }
+            validators(&h)
+        };
+        let v = of(&[("etag", "\"abc\""), ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert_eq!(
+            (v.etag.as_str(), v.last_modified.as_str(), v.fresh_for),
+            ("\"abc\"", "Sun, 06 Nov 1994 08:49:37 GMT", None)
+        );
+        assert_eq!(of(&[("cache-control", "public, max-age=600"), ("age", "100")]).fresh_for, Some(500));
+        assert_eq!(of(&[("cache-control", "no-cache, max-age=600")]).fresh_for, Some(0));
+        let (date, expires) = ("Sun, 06 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 1994 08:59:37 GMT");
+        assert_eq!(of(&[("date", date), ("expires", expires)]).fresh_for, Some(600));
+        assert_eq!(of(&[("expires", "0")]).fresh_for, Some(0), "an Expires that does not parse is past");
     }
 
     #[test]

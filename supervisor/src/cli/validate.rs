@@ -233,8 +233,7 @@ fn refetch(refresh: Option<&str>, statuses: Option<&str>, now: u32) -> Result<cr
         None => {}
         Some("stale") => r.stale_at = Some(now),
         Some(age) => {
-            let age = super::parse::parse_duration(age)
-                .map_err(|e| format!("--refresh: {e}, or `stale`"))?;
+            let age = super::parse::parse_duration(age).map_err(|e| format!("--refresh: {e}, or `stale`"))?;
             let secs = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
             r.fetched_before = Some(if secs == 0 { u32::MAX } else { now.saturating_sub(secs) });
         }

@@ -25,6 +25,17 @@ pub fn print(cfg: &RunConfig, r: &Figures) {
         thousands(r.tally.failed),
         thousands(r.tally.skipped)
     );
+    let t = &r.tally;
+    if t.unchanged + t.changed + t.kept > 0 {
+        println!(
+            "  refreshed {}: unchanged {}   changed {}   new {}   failed, answer kept {}",
+            thousands(t.unchanged + t.changed + t.kept),
+            thousands(t.unchanged),
+            thousands(t.changed),
+            thousands(r.new_records),
+            thousands(t.kept)
+        );
+    }
     if r.skipped_quarantined > 0 {
         println!(
             "  skipped   {} ids quarantined by an earlier run (--retry-quarantined fetches them)",

@@ -58,8 +58,12 @@ pub fn start(cfg: &RunConfig, store: &Store, plan_queue: usize) -> Result<StoreS
         store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx, given)
     })
     .map_err(Error::Thread)?;
-    let (reader, to_plan, chunk, retry_q) =
-        (store.reader().refetching(cfg.refetch.clone()), covered.clone(), cfg.chunk_size as usize, cfg.retry_quarantined);
+    let (reader, to_plan, chunk, retry_q) = (
+        store.reader().refetching(cfg.refetch.clone()),
+        covered.clone(),
+        cfg.chunk_size as usize,
+        cfg.retry_quarantined,
+    );
     threads::spawn("planner".into(), &panic_tx, move || plan(reader, &to_plan, chunk, retry_q, &plan_tx))
         .map_err(Error::Thread)?;
     Ok(StoreSide { writes, acks, plans, panics, panic_tx, held, covered })

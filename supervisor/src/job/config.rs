@@ -191,3 +191,29 @@ fn httpdate_secs(text: &str) -> Option<u32> {
     let t = httpdate::parse_http_date(text).ok()?;
     u32::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs()).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refetch_asks_again_by_age_freshness_and_status() {
+        let by_age = Refetch { fetched_before: Some(1000), ..Refetch::default() };
+        assert!(by_age.wants(200, 999, 0, "") && !by_age.wants(200, 1000, 0, ""));
+        let stale = Refetch { stale_at: Some(1000), ..Refetch::default() };
+        assert!(stale.wants(200, 900, 1000, ""), "fresh until now: stale");
+        assert!(!stale.wants(200, 900, 1001, ""), "still fresh");
+        assert!(stale.wants(200, 900, 0, ""), "no freshness, no Last-Modified: stale");
+        // Heuristic: a tenth of its age when fetched. Modified 5000 s before a fetch at 900
+        // (Unix 1970), fresh for 500 s.
+        let modified = httpdate::fmt_http_date(std::time::UNIX_EPOCH);
+        let heuristic = Refetch { stale_at: Some(5000 + 400), ..Refetch::default() };
+        assert!(!heuristic.wants(200, 5000, 0, &modified));
+        let later = Refetch { stale_at: Some(5000 + 500), ..Refetch::default() };
+        assert!(later.wants(200, 5000, 0, &modified));
+        let statuses = Refetch { statuses: vec![(404, 404), (500, 599)], ..Refetch::default() };
+        assert!(
+            statuses.wants(404, 0, 0, "") && statuses.wants(503, 0, 0, "") && !statuses.wants(200, 0, 0, "")
+        );
+    }
+}

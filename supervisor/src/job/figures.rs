@@ -45,9 +45,10 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Ids stored: answered or failed.
+    /// Ids settled in the store by this run: answered, failed, or refetched in vain with
+    /// their answer kept.
     pub fn stored(&self) -> u64 {
-        self.answered + self.failed
+        self.answered + self.failed + self.kept
     }
 
     /// Adds `other`'s counts to these.

@@ -61,9 +61,14 @@ impl Reader {
                 let mut found = std::collections::HashMap::new();
                 if let Some(r) = self.entry(n)? {
                     let bytes = r.load(&mut self.segments, &self.path, n)?;
-                    for (offset, record) in block::decode(&bytes, n).map_err(|why| corrupt(&self.path, n, why))? {
+                    for (offset, record) in
+                        block::decode(&bytes, n).map_err(|why| corrupt(&self.path, n, why))?
+                    {
                         if let Record::Answer { fetched, .. } = record {
-                            let c = shared::Condition { etag: fetched.etag, last_modified: fetched.last_modified };
+                            let c = shared::Condition {
+                                etag: fetched.etag,
+                                last_modified: fetched.last_modified,
+                            };
                             if !c.is_empty() {
                                 found.insert(offset, c);
                             }

@@ -119,21 +119,31 @@ impl Incoming {
     /// new ones) and keeps its body.
     pub fn settle(self, stored: Option<Record>) -> (Record, Settled) {
         match (self, stored) {
-            (Incoming::Record(Record::Failed { .. }), Some(old @ Record::Answer { .. })) => (old, Settled::Kept),
+            (Incoming::Record(Record::Failed { .. }), Some(old @ Record::Answer { .. })) => {
+                (old, Settled::Kept)
+            }
             (Incoming::Record(new @ Record::Answer { .. }), Some(old @ Record::Answer { .. })) => {
                 let same = match (&new, &old) {
-                    (Record::Answer { status: s1, body: b1, .. }, Record::Answer { status: s2, body: b2, .. }) => {
-                        s1 == s2 && b1 == b2
-                    }
+                    (
+                        Record::Answer { status: s1, body: b1, .. },
+                        Record::Answer { status: s2, body: b2, .. },
+                    ) => s1 == s2 && b1 == b2,
                     _ => false,
                 };
                 (new, if same { Settled::Unchanged } else { Settled::Changed })
             }
             (Incoming::Record(new), _) => (new, Settled::New),
-            (Incoming::Unchanged { attempts, fetched }, Some(Record::Answer { status, body, fetched: was, .. })) => {
+            (
+                Incoming::Unchanged { attempts, fetched },
+                Some(Record::Answer { status, body, fetched: was, .. }),
+            ) => {
                 let fetched = Fetched {
                     etag: if fetched.etag.is_empty() { was.etag } else { fetched.etag },
-                    last_modified: if fetched.last_modified.is_empty() { was.last_modified } else { fetched.last_modified },
+                    last_modified: if fetched.last_modified.is_empty() {
+                        was.last_modified
+                    } else {
+                        fetched.last_modified
+                    },
                     ..fetched
                 };
                 (Record::Answer { attempts, status, body, fetched }, Settled::Unchanged)
@@ -143,5 +153,44 @@ impl Incoming {
                 (Record::Failed { attempts, error, quarantined: false }, Settled::Orphan)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: &str, etag: &str) -> Record {
+        let fetched = Fetched { at: 100, etag: etag.into(), ..Fetched::default() };
+        Record::Answer { attempts: 1, status: 200, body: body.into(), fetched }
+    }
+
+    #[test]
+    fn a_result_settles_against_the_stored_record_and_never_loses_an_answer() {
+        let failed = Record::Failed { attempts: 3, error: "HTTP 503".into(), quarantined: false };
+        let stored = answer("old", "\"e1\"");
+        // A failure keeps the answer; a first failure is stored.
+        assert_eq!(
+            Incoming::Record(failed.clone()).settle(Some(stored.clone())),
+            (stored.clone(), Settled::Kept)
+        );
+        assert_eq!(Incoming::Record(failed.clone()).settle(None), (failed.clone(), Settled::New));
+        // The same body is unchanged, another is changed, over a failure it is new.
+        let same = answer("old", "\"e1\"");
+        assert_eq!(Incoming::Record(same.clone()).settle(Some(stored.clone())).1, Settled::Unchanged);
+        let new = answer("new", "\"e2\"");
+        assert_eq!(
+            Incoming::Record(new.clone()).settle(Some(stored.clone())),
+            (new.clone(), Settled::Changed)
+        );
+        assert_eq!(Incoming::Record(new.clone()).settle(Some(failed)).1, Settled::New);
+        // A 304 renews the fetch time, keeps the body, and the old ETag when it brings none.
+        let renewed = Fetched { at: 200, fresh_until: 260, ..Fetched::default() };
+        let (record, settled) = Incoming::Unchanged { attempts: 1, fetched: renewed }.settle(Some(stored));
+        assert_eq!(settled, Settled::Unchanged);
+        let kept = Fetched { at: 200, fresh_until: 260, etag: "\"e1\"".into(), last_modified: String::new() };
+        assert_eq!(record, Record::Answer { attempts: 1, status: 200, body: b"old".to_vec(), fetched: kept });
+        let orphan = Incoming::Unchanged { attempts: 1, fetched: Fetched::default() }.settle(None);
+        assert_eq!(orphan.1, Settled::Orphan);
     }
 }

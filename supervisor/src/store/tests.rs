@@ -14,7 +14,11 @@ use crate::util::Budget;
 const HELD: usize = 2 * HOLD_BYTES;
 
 fn answer(id: u64, status: u16, body: &str) -> ItemResult {
-    ItemResult { id, attempts: 2, outcome: Outcome::Response { status, body: body.as_bytes().to_vec() } }
+    ItemResult {
+        id,
+        attempts: 2,
+        outcome: Outcome::Response { status, body: body.as_bytes().to_vec(), validators: Default::default() },
+    }
 }
 
 /// A writer thread over `store` for a job of `range`: its commands, its acks, and the budget it
@@ -145,7 +149,7 @@ fn pending_bodies_past_the_hold_are_written_at_once_and_the_writer_opens_the_bud
         .map(|n| ItemResult {
             id: n * block::BLOCK_IDS,
             attempts: 1,
-            outcome: Outcome::Response { status: 200, body: big.clone() },
+            outcome: Outcome::Response { status: 200, body: big.clone(), validators: Default::default() },
         })
         .collect();
     assert!(ItemResult::held_by(&results) > HOLD_BYTES);

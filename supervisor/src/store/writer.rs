@@ -281,12 +281,16 @@ impl Pending {
             let mut records: BTreeMap<u16, Record> = match &p.old {
                 Some(old) => {
                     let bytes = old.load(segments, &writer.path, n)?;
-                    block::decode(&bytes, n).map_err(|why| corrupt(&writer.path, n, why))?.into_iter().collect()
+                    block::decode(&bytes, n)
+                        .map_err(|why| corrupt(&writer.path, n, why))?
+                        .into_iter()
+                        .collect()
                 }
                 None => BTreeMap::new(),
             };
             for (offset, incoming) in std::mem::take(&mut p.records) {
-                let quarantine = matches!(incoming, Incoming::Record(Record::Failed { quarantined: true, .. }));
+                let quarantine =
+                    matches!(incoming, Incoming::Record(Record::Failed { quarantined: true, .. }));
                 let renewal = matches!(incoming, Incoming::Unchanged { .. });
                 let (record, settled) = incoming.settle(records.remove(&offset));
                 count(&mut p.durable, settled, &record, quarantine, renewal);

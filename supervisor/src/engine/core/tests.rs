@@ -43,7 +43,11 @@ fn ok(id: u64) -> ItemResult {
     ItemResult {
         id,
         attempts: 1,
-        outcome: Outcome::Response { status: 200, body: id.to_string().into_bytes() },
+        outcome: Outcome::Response {
+            status: 200,
+            body: id.to_string().into_bytes(),
+            validators: Default::default(),
+        },
     }
 }
 
