@@ -175,7 +175,7 @@ fn keys_come_from_a_csv_column_a_json_field_or_stdin_and_export_by_key() {
 
     // Export: a key column in CSV; --keys keeps the keys listed.
     let csv_out = stdout_of(&["export", "--store", path_str(&store), "--format", "csv"]);
-    assert!(csv_out.starts_with("key,status,attempts,body,body_base64,error\n"), "{csv_out}");
+    assert!(csv_out.starts_with("key,status,attempts,fetched_at,body,body_base64,error\n"), "{csv_out}");
     assert_eq!(csv_out.lines().count(), 4);
     let only = dir.path().join("only.txt");
     std::fs::write(&only, "z/z\nnot stored\n").expect("writes");

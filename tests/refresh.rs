@@ -82,6 +82,15 @@ fn a_refresh_asks_conditionally_keeps_what_did_not_change_and_takes_what_did() {
         let version = if changed.contains(&id) { 2 } else { 1 };
         assert_eq!((status, body), (200, item(id, version)), "id {id} as the server has it now");
     }
+    // `--body json` embeds each JSON body as JSON; every answer says when it was fetched.
+    let json = stdout_of(&["export", "--store", path_str(&store), "--body", "json"]);
+    for (line, id) in json.lines().zip(0u64..) {
+        let rec: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let version = if changed.contains(&id) { 2 } else { 1 };
+        assert_eq!((rec["body"]["id"].as_u64(), rec["body"]["version"].as_u64()), (Some(id), Some(version)));
+        let at = rec["fetched_at"].as_str().expect("fetched_at");
+        assert!(humantime::parse_rfc3339(at).is_ok(), "{at}");
+    }
     // A run without --refresh asks nothing: the store is the cache.
     let again = job().run();
     again.assert_code(0);

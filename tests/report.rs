@@ -38,15 +38,19 @@ fn csv_export_to_a_file_has_a_row_per_id_in_order() {
         .assert_code(0);
     let mut reader = csv::Reader::from_path(&file).expect("a CSV file");
     let header: Vec<String> = reader.headers().expect("header").iter().map(String::from).collect();
-    assert_eq!(header, ["id", "status", "attempts", "body", "body_base64", "error"]);
+    assert_eq!(header, ["id", "status", "attempts", "fetched_at", "body", "body_base64", "error"]);
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("a row")).collect();
     assert_eq!(rows.len(), 310);
     for (id, row) in rows.iter().enumerate() {
         assert_eq!(&row[0], id.to_string());
         if id < 300 {
-            assert_eq!((&row[1], &row[3]), ("200", mockapi::body_for(id as u64).as_str()));
+            assert_eq!((&row[1], &row[4]), ("200", mockapi::body_for(id as u64).as_str()));
+            assert!(row[3].ends_with('Z') && row[3].len() == 20, "fetched_at in RFC 3339: {}", &row[3]);
         } else {
-            assert_eq!((&row[1], &row[3], &row[5]), ("", "", "gave up after 1 attempt: HTTP 500"));
+            assert_eq!(
+                (&row[1], &row[3], &row[4], &row[6]),
+                ("", "", "", "gave up after 1 attempt: HTTP 500")
+            );
         }
     }
     let leftovers: Vec<_> =

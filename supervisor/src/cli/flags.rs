@@ -422,6 +422,20 @@ pub struct ExportArgs {
     /// `-`: stdin).
     #[arg(long, value_name = "FILE")]
     pub keys: Option<PathBuf>,
+    /// How a body is written in JSON Lines: text (a string; base64 in `body_base64` when it is
+    /// not UTF-8), or json (a body that is valid JSON embedded as JSON, as it is, so `jq
+    /// '.body.name'` and DuckDB's `read_json` see its fields; any other as text).
+    #[arg(long, value_enum, default_value_t = BodyAs::Text)]
+    pub body: BodyAs,
+}
+
+/// How `export` writes a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BodyAs {
+    /// A JSON string (or base64).
+    Text,
+    /// JSON itself, when it is JSON.
+    Json,
 }
 
 /// Which records `export --only` writes.

@@ -9,7 +9,7 @@ pub mod settings;
 pub mod validate;
 
 pub use flags::{
-    Cli, Command, DemoArgs, ExportArgs, Format, MergeArgs, Only, RunArgs, SalvageArgs, StatusArgs,
+    BodyAs, Cli, Command, DemoArgs, ExportArgs, Format, MergeArgs, Only, RunArgs, SalvageArgs, StatusArgs,
     SummaryFormat, UpgradeArgs, VerifyArgs,
 };
 pub use settings::{parse, ParseError, Parsed};

@@ -4,7 +4,9 @@
 //! (`body_base64`), never mangled. A failed id has `"status": null` and its `error`. `--only`
 //! keeps one kind of record, `--ids` one range (only its blocks are read). A keyed store's
 //! records name their `key` instead of an id (in the order its keys were first listed), and
-//! `--keys FILE` keeps those of the keys listed.
+//! `--keys FILE` keeps those of the keys listed. `fetched_at` says when an answer was fetched
+//! (RFC 3339, UTC; left out for a record of a format-3 store, which did not keep it);
+//! `--body json` embeds a body that is valid JSON as JSON.
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -12,7 +14,7 @@ use std::path::Path;
 use base64::Engine;
 use serde::Serialize;
 
-use crate::cli::{ExportArgs, Format, Only};
+use crate::cli::{BodyAs, ExportArgs, Format, Only};
 use crate::engine::Error;
 use crate::job::{spool_stdin, Ids, KeyFormat, KeySource};
 use crate::store::{Record, Store, StoreError};
@@ -26,12 +28,32 @@ struct Row<'a> {
     key: Option<&'a str>,
     status: Option<u16>,
     attempts: u32,
+    /// When it was fetched (RFC 3339, UTC); left out when unknown (a record of format 3).
     #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a str>,
+    fetched_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<Body<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     body_base64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+}
+
+/// A body in JSON Lines: a string, or (`--body json`) JSON as it is.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    Text(&'a str),
+    Json(&'a serde_json::value::RawValue),
+}
+
+impl<'a> Body<'a> {
+    fn text(self) -> Option<&'a str> {
+        match self {
+            Body::Text(t) => Some(t),
+            Body::Json(j) => Some(j.get()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -39,6 +61,7 @@ struct CsvRow<'a> {
     id: u64,
     status: Option<u16>,
     attempts: u32,
+    fetched_at: Option<String>,
     body: Option<&'a str>,
     body_base64: Option<String>,
     error: Option<&'a str>,
@@ -49,23 +72,30 @@ struct CsvKeyRow<'a> {
     key: &'a str,
     status: Option<u16>,
     attempts: u32,
+    fetched_at: Option<String>,
     body: Option<&'a str>,
     body_base64: Option<String>,
     error: Option<&'a str>,
 }
 
-/// The row of the record of `id`, or of `key` in a keyed store.
-fn row<'a>(id: u64, key: Option<&'a str>, record: &'a Record) -> Row<'a> {
+/// The row of the record of `id`, or of `key` in a keyed store; `json`: a body that is JSON is
+/// embedded as JSON.
+fn row<'a>(id: u64, key: Option<&'a str>, record: &'a Record, json: bool) -> Row<'a> {
     let id = if key.is_some() { None } else { Some(id) };
     match record {
-        Record::Answer { attempts, status, body, .. } => {
+        Record::Answer { attempts, status, body, fetched } => {
             let text = std::str::from_utf8(body).ok();
+            let as_json = text.filter(|_| json).and_then(|t| serde_json::from_str(t).ok());
             Row {
                 id,
                 key,
                 status: Some(*status),
                 attempts: *attempts,
-                body: text,
+                fetched_at: (fetched.at > 0).then(|| {
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(fetched.at));
+                    humantime::format_rfc3339_seconds(at).to_string()
+                }),
+                body: as_json.map(Body::Json).or(text.map(Body::Text)),
                 body_base64: text.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(body)),
                 error: None,
             }
@@ -75,6 +105,7 @@ fn row<'a>(id: u64, key: Option<&'a str>, record: &'a Record) -> Row<'a> {
             key,
             status: None,
             attempts: *attempts,
+            fetched_at: None,
             body: None,
             body_base64: None,
             error: Some(error),
@@ -146,7 +177,8 @@ fn write_records(store: &Store, args: &ExportArgs, out: impl Write) -> Result<()
                     Some(n) => Some(n.key(id)?),
                     None => None,
                 };
-                serde_json::to_writer(&mut out, &row(id, key, &record)).map_err(io::Error::from)?;
+                let r = row(id, key, &record, args.body == BodyAs::Json);
+                serde_json::to_writer(&mut out, &r).map_err(io::Error::from)?;
                 out.write_all(b"\n")?;
             }
             Ok(out.flush()?)
@@ -159,13 +191,14 @@ fn write_records(store: &Store, args: &ExportArgs, out: impl Write) -> Result<()
                     Some(n) => Some(n.key(id)?),
                     None => None,
                 };
-                let r = row(id, key, &record);
+                let r = row(id, key, &record, false);
                 let written = match r.key {
                     Some(key) => w.serialize(CsvKeyRow {
                         key,
                         status: r.status,
                         attempts: r.attempts,
-                        body: r.body,
+                        fetched_at: r.fetched_at,
+                        body: r.body.and_then(Body::text),
                         body_base64: r.body_base64,
                         error: r.error,
                     }),
@@ -173,7 +206,8 @@ fn write_records(store: &Store, args: &ExportArgs, out: impl Write) -> Result<()
                         id,
                         status: r.status,
                         attempts: r.attempts,
-                        body: r.body,
+                        fetched_at: r.fetched_at,
+                        body: r.body.and_then(Body::text),
                         body_base64: r.body_base64,
                         error: r.error,
                     }),
@@ -209,6 +243,9 @@ fn csv_io_error(e: csv::Error) -> io::Error {
 
 /// `supervisor export --store S [--format jsonl|csv] [--output F]`.
 pub fn run(args: &ExportArgs) -> Result<i32, Error> {
+    if args.body == BodyAs::Json && args.format == Format::Csv {
+        return Err(Error::Usage("--body json embeds JSON in JSON Lines: a CSV body is text".into()));
+    }
     let store = Store::open_existing(&args.store)?;
     let keyed = matches!(store.scope()?.map(|s| s.ids), Some(Ids::Keys(_)));
     if keyed && args.ids.is_some() {
