@@ -95,6 +95,17 @@ fn a_refresh_asks_conditionally_keeps_what_did_not_change_and_takes_what_did() {
     let again = job().run();
     again.assert_code(0);
     assert_eq!(figure(&again, "pacing.requests"), 0);
+    // `status` says how old the answers are: all within the hour, all older than nothing.
+    let ages = |age: &str| -> serde_json::Value {
+        let out = stdout_of(&["status", "--store", path_str(&store), "--json", "--older-than", age]);
+        serde_json::from_str::<serde_json::Value>(&out).expect("JSON")["ages"].clone()
+    };
+    let (hour, now) = (ages("1h"), ages("0s"));
+    assert_eq!((hour["older"].as_u64(), now["older"].as_u64()), (Some(0), Some(2000)), "{hour} {now}");
+    assert!(
+        hour["oldest"].as_u64() <= hour["median"].as_u64()
+            && hour["median"].as_u64() <= hour["newest"].as_u64()
+    );
     // Answers fetched a moment ago are not older than an hour: nothing to refresh.
     let recent = job().flag("--refresh", "1h").run();
     recent.assert_code(0);

@@ -486,6 +486,9 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also count the answers fetched more than AGE ago (what `--refresh AGE` would fetch again).
+    #[arg(long, value_name = "AGE", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
 }
 
 /// Flags of `verify`.

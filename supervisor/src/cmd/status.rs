@@ -7,7 +7,7 @@ use super::summary::{coverage_lines, pacing_lines};
 use crate::cli::StatusArgs;
 use crate::engine::Error;
 use crate::job::{IdRange, Ids, Scope};
-use crate::store::{Counts, Coverage, LastRun, Store, StoreError};
+use crate::store::{Ages, Counts, Coverage, LastRun, Store, StoreError};
 use crate::util::thousands;
 use crate::watch::live::{self, Live};
 
@@ -22,6 +22,8 @@ struct StatusJson {
     scope: Option<Scope>,
     /// How much of them it holds.
     coverage: Option<Coverage>,
+    /// When its answers were fetched (Unix seconds), and how many are older than `--older-than`.
+    ages: Option<Ages>,
     last_run: Option<LastRun>,
     /// The figures of the run holding the store, if one does.
     live: Option<Live>,
@@ -40,6 +42,10 @@ pub fn run(args: &StatusArgs) -> Result<i32, Error> {
         Some(_) => Some(store.coverage(&store.covered()?)?),
         None => None,
     };
+    let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let before =
+        args.older_than.map(|age| u32::try_from(now.saturating_sub(age.as_secs())).unwrap_or(u32::MAX));
+    let ages = store.ages(before)?;
     if args.json {
         let json = StatusJson {
             store: args.store.display().to_string(),
@@ -47,6 +53,7 @@ pub fn run(args: &StatusArgs) -> Result<i32, Error> {
             counts: Some(store.counts()?),
             scope,
             coverage,
+            ages: Some(ages),
             last_run: store.last_run()?,
             live: None,
         };
@@ -77,6 +84,26 @@ pub fn run(args: &StatusArgs) -> Result<i32, Error> {
         _ => println!(
             "covers    not recorded (the store was made before flota recorded which ids a job covers)"
         ),
+    }
+    if let (Some(oldest), Some(median), Some(newest)) = (ages.oldest, ages.median, ages.newest) {
+        let at = |t: u32| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(u64::from(t)))
+        };
+        println!("fetched   oldest {}, median {}, newest {}", at(oldest), at(median), at(newest));
+    }
+    if ages.unknown > 0 {
+        println!(
+            "          {} answers of an older format, fetched at a time not kept",
+            thousands(ages.unknown)
+        );
+    }
+    if let Some(age) = args.older_than {
+        println!(
+            "older     {} answers fetched more than {} ago (--refresh {} fetches them again)",
+            thousands(ages.older),
+            humantime::format_duration(age),
+            humantime::format_duration(age)
+        );
     }
     match store.last_run()? {
         Some(run) => {
@@ -128,6 +155,7 @@ fn live_status(args: &StatusArgs, locked: StoreError) -> Result<i32, Error> {
             counts: None,
             scope: None,
             coverage: None,
+            ages: None,
             last_run: None,
             live: Some(live),
         };

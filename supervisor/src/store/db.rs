@@ -226,6 +226,58 @@ impl Store {
         })
     }
 
+    /// When the stored answers were fetched: the oldest, the median and the newest fetch time,
+    /// and how many were fetched before `before` (Unix seconds). A block whose answers share
+    /// their second (most: a block is written in one flush) is counted from its entry; only
+    /// the others are read. Answers of format 3 (fetch time unknown) are counted apart.
+    pub fn ages(&self, before: Option<u32>) -> Result<Ages, StoreError> {
+        let mut times: Vec<(u32, u64)> = Vec::new();
+        let mut segments = SegmentReader::new(&self.path);
+        let mut ages = Ages::default();
+        self.guard(|| {
+            for kv in self.refs.iter() {
+                let (k, v) = kv?;
+                let n = block_of(&k)?;
+                let r = BlockRef::read(&self.path, n, &v)?;
+                let answered = crate::job::mask_len(&r.kinds.answered);
+                if answered == 0 {
+                    continue;
+                }
+                if r.oldest == r.newest {
+                    times.push((r.oldest, answered));
+                    continue;
+                }
+                let bytes = r.load(&mut segments, &self.path, n)?;
+                for (_, record) in block::decode(&bytes, n).map_err(|why| corrupt(&self.path, n, why))? {
+                    if let Record::Answer { fetched, .. } = record {
+                        times.push((fetched.at, 1));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        times.sort_unstable();
+        ages.unknown = times.iter().filter(|(t, _)| *t == 0).map(|(_, c)| c).sum();
+        let known: Vec<(u32, u64)> = times.into_iter().filter(|(t, _)| *t > 0).collect();
+        let total: u64 = known.iter().map(|(_, c)| c).sum();
+        ages.oldest = known.first().map(|(t, _)| *t);
+        ages.newest = known.last().map(|(t, _)| *t);
+        let mut seen = 0;
+        for &(t, c) in &known {
+            seen += c;
+            if ages.median.is_none() && 2 * seen >= total {
+                ages.median = Some(t);
+            }
+            if before.is_some_and(|b| t < b) {
+                ages.older += c;
+            }
+        }
+        if before.is_some() {
+            ages.older += ages.unknown;
+        }
+        Ok(ages)
+    }
+
     /// Writes whole blocks (block number → records), durably: for `salvage`, into a new store.
     pub fn put_blocks(&self, blocks: BTreeMap<u64, BTreeMap<u16, Record>>) -> Result<(), StoreError> {
         let mut appender = Appender::open(&self.path)?;
@@ -245,4 +297,19 @@ impl Store {
     pub fn writer(&self) -> Writer {
         Writer { path: self.path.clone(), db: self.db.clone(), refs: self.refs.clone() }
     }
+}
+
+/// When a store's answers were fetched ([`Store::ages`]), in Unix seconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Ages {
+    /// The oldest known fetch time.
+    pub oldest: Option<u32>,
+    /// The median.
+    pub median: Option<u32>,
+    /// The newest.
+    pub newest: Option<u32>,
+    /// Answers whose fetch time is not known (stored by format 3).
+    pub unknown: u64,
+    /// Answers fetched before the time asked about (those of unknown time included).
+    pub older: u64,
 }

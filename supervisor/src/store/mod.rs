@@ -52,7 +52,7 @@ mod writer;
 
 pub use access::FORMAT;
 pub use covered::Covered;
-pub use db::Store;
+pub use db::{Ages, Store};
 pub use error::StoreError;
 pub use gaps::Coverage;
 pub use history::LastRun;
