@@ -43,8 +43,11 @@ pub fn run(args: &StatusArgs) -> Result<i32, Error> {
         None => None,
     };
     let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let before =
-        args.older_than.map(|age| u32::try_from(now.saturating_sub(age.as_secs())).unwrap_or(u32::MAX));
+    // As `--refresh 0s`, `--older-than 0s` is every answer.
+    let before = args.older_than.map(|age| match age.as_secs() {
+        0 => u32::MAX,
+        secs => u32::try_from(now.saturating_sub(secs)).unwrap_or(u32::MAX),
+    });
     let ages = store.ages(before)?;
     if args.json {
         let json = StatusJson {
