@@ -206,3 +206,33 @@ def figure(summary, label):
         elif c != ",":
             break
     return int(digits or 0)
+
+
+class Run:
+    """One supervisor run: its summary, wall seconds, VmHWM (MiB, sampled through the run) and
+    the CPU seconds of it and its workers (the rusage of it and the children it reaped)."""
+
+    def __init__(self, args):
+        out_file = tempfile.TemporaryFile(mode="w+")
+        err_file = tempfile.TemporaryFile(mode="w+")
+        started = time.monotonic()
+        proc = subprocess.Popen([str(SUP), "-q", "--summary", "json", *args], stdout=out_file, stderr=err_file)
+        hwm = 0
+        while True:
+            st = proc_status(proc.pid)
+            if st and st.get("State", "").startswith("Z"):
+                st = None
+            if st:
+                hwm = max(hwm, kib(st.get("VmHWM")))
+            pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.1)
+        self.wall = time.monotonic() - started
+        out_file.seek(0)
+        err_file.seek(0)
+        if code != 0:
+            raise SystemExit(f"bench: exit {code}:\n{err_file.read()}")
+        self.summary = json.loads(out_file.read())
+        self.hwm = hwm / 1024
+        self.cpu = usage.ru_utime + usage.ru_stime

@@ -25,6 +25,12 @@ fn file_server(root: &Path, log: &Path) -> (Server, String) {
     (server, addr)
 }
 
+/// The bytes of a store's segment files.
+fn segments_size(store: &Path) -> u64 {
+    let dir = std::fs::read_dir(store.join("segments")).expect("segments");
+    dir.flatten().map(|e| e.metadata().expect("meta").len()).sum()
+}
+
 fn item(id: u64, version: u32) -> String {
     format!("{{\"id\":{id},\"version\":{version}}}")
 }
@@ -64,6 +70,7 @@ fn a_refresh_asks_conditionally_keeps_what_did_not_change_and_takes_what_did() {
     let url = format!("http://{addr}/items/{{id}}");
     let job = || Job::new(&url, "0..2000", &store).flag("--concurrency", "8");
     job().run().assert_code(0);
+    let first_size = segments_size(&store);
     // 1% of the items change on the server.
     let changed: Vec<u64> = (0..2000).filter(|id| id % 100 == 7).collect();
     for &id in &changed {
@@ -73,6 +80,12 @@ fn a_refresh_asks_conditionally_keeps_what_did_not_change_and_takes_what_did() {
     out.assert_code(0);
     assert_eq!(figure(&out, "pacing.requests"), 2000, "every answer asked again");
     assert_eq!((figure(&out, "unchanged"), figure(&out, "changed"), figure(&out, "kept")), (1980, 20, 0));
+    // Each block written once, the first run's reclaimed: about the first run's size.
+    let size = segments_size(&store);
+    assert!(
+        size as f64 <= 1.2 * first_size as f64,
+        "segments {size} bytes after the refresh, {first_size} before"
+    );
     // Asked conditionally: the server answered 304 without a body to all that had not changed.
     let logged = std::fs::read_to_string(&log).expect("the server's log");
     assert_eq!(logged.matches("\" 304 ").count(), 1980, "304s in the server's log");
@@ -110,6 +123,33 @@ fn a_refresh_asks_conditionally_keeps_what_did_not_change_and_takes_what_did() {
     let recent = job().flag("--refresh", "1h").run();
     recent.assert_code(0);
     assert_eq!(figure(&recent, "pacing.requests"), 0);
+}
+
+#[test]
+fn refresh_stale_asks_only_for_what_the_servers_freshness_says_has_expired() {
+    let dir = tempdir();
+    let root = dir.path().join("site");
+    let items = root.join("items");
+    std::fs::create_dir_all(&items).expect("mkdir");
+    // Python's server says only Last-Modified: an answer is fresh for a tenth of its age when
+    // fetched. Modified a day ago: fresh for hours. Modified now: stale at once.
+    let (day_ago, now) = (SystemTime::now() - Duration::from_secs(86_400), SystemTime::now());
+    for id in 0..300 {
+        write_item(&items, id, 1, if id < 200 { day_ago } else { now });
+    }
+    let log = dir.path().join("server.log");
+    let (_server, addr) = file_server(&root, &log);
+    let store = dir.path().join("stale.sled");
+    let job = || Job::new(&format!("http://{addr}/items/{{id}}"), "0..300", &store);
+    job().run().assert_code(0);
+    let stale = job().flag("--refresh", "stale").run();
+    stale.assert_code(0);
+    assert_eq!(
+        figure(&stale, "pacing.requests"),
+        100,
+        "only the answers modified just before they were fetched"
+    );
+    assert_eq!(figure(&stale, "unchanged"), 100);
 }
 
 #[test]

@@ -54,8 +54,9 @@ pub fn start(cfg: &RunConfig, store: &Store, plan_queue: usize) -> Result<StoreS
     let covered = store.covered()?;
     let held = Arc::new(Budget::new(HELD_BYTES));
     let (on_disk, given) = (covered.clone(), held.clone());
+    let settled = (store.reader().refetching(cfg.refetch.clone()), cfg.retry_quarantined);
     threads::spawn("store-writer".into(), &panic_tx, move || {
-        store::write_loop(writer, on_disk, store::Timing::DEFAULT, write_rx, ack_tx, given)
+        store::write_loop(writer, on_disk, Some(settled), store::Timing::DEFAULT, write_rx, ack_tx, given)
     })
     .map_err(Error::Thread)?;
     let (reader, to_plan, chunk, retry_q) = (

@@ -37,7 +37,7 @@ impl WriterThread {
         let (writer, held) = (store.writer(), Arc::new(Budget::new(HELD)));
         let given = held.clone();
         let thread = std::thread::spawn(move || {
-            write_loop(writer, Covered::of_range(range), timing, cmd_rx, ack_tx, given)
+            write_loop(writer, Covered::of_range(range), None, timing, cmd_rx, ack_tx, given)
         });
         WriterThread { cmds, acks, held, thread }
     }

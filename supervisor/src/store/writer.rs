@@ -36,6 +36,7 @@ use super::error::StoreError;
 use super::gc;
 use super::messages::{WriteAck, WriteCmd};
 use super::put::Sink;
+use super::reader::Reader;
 use super::record::{Incoming, Record, Settled};
 use super::segments::{Appender, SegmentReader};
 use crate::job::{mask_ids, mask_len, Durable, Tally};
@@ -65,9 +66,13 @@ const READY_BYTES: usize = 4 << 20;
 /// The writer thread's body: gathers results by block, writes complete blocks (and any held
 /// too long), flushes, acks, and gives the results' bytes back to `held`. `covered` is the
 /// job's: a block is complete when as many of its ids have a record as the job covers in it.
+/// `settled`, when given, is how the planner reads the store: then only the ids it settles
+/// count as having a record, so a block whose failures or stale answers are fetched again is
+/// written once they all have come, not at its first result and again at each later one.
 pub fn write_loop(
     writer: Writer,
     covered: Covered,
+    settled: Option<(Reader, bool)>,
     timing: Timing,
     cmds: Receiver<WriteCmd>,
     acks: Sender<WriteAck>,
@@ -84,6 +89,7 @@ pub fn write_loop(
     let mut segments = SegmentReader::new(&writer.path);
     let mut pending = Pending {
         covered,
+        settled,
         hold: timing.hold,
         blocks: BTreeMap::new(),
         held: 0,
@@ -163,6 +169,8 @@ pub fn write_loop(
 /// Results received and not yet written, by block.
 struct Pending {
     covered: Covered,
+    /// How the planner reads the store, and whether it retries quarantined ids.
+    settled: Option<(Reader, bool)>,
     hold: Duration,
     blocks: BTreeMap<u64, PendingBlock>,
     /// What the pending results hold of the budget.
@@ -179,7 +187,9 @@ struct PendingBlock {
     old: Option<BlockRef>,
     /// Offsets that already have a record in the store.
     stored: Vec<u16>,
-    /// Distinct offsets with a record, stored or pending.
+    /// Of those, the ones this run does not fetch again.
+    settled: Vec<u16>,
+    /// Distinct offsets settled or pending.
     filled: usize,
     /// How many ids of the block the job covers.
     wanted: usize,
@@ -222,12 +232,20 @@ impl Pending {
                     Some(r) => mask_ids(n, r.kinds.recorded).map(|id| (id - first) as u16).collect(),
                     None => Vec::new(),
                 };
-                let filled = stored.len();
+                let settled: Vec<u16> = match (&old, self.settled.as_mut()) {
+                    (Some(_), Some((reader, retry_q))) => {
+                        let (mask, _) = reader.settled_mask(n, *retry_q)?;
+                        mask_ids(n, mask).map(|id| (id - first) as u16).collect()
+                    }
+                    _ => stored.clone(),
+                };
+                let filled = settled.len();
                 let wanted = mask_len(&self.covered.in_block(n)?) as usize;
                 e.insert(PendingBlock {
                     records: BTreeMap::new(),
                     old,
                     stored,
+                    settled,
                     filled,
                     wanted,
                     since: now,
@@ -238,7 +256,7 @@ impl Pending {
         };
         let was_complete = p.filled >= p.wanted;
         // A record replaced here still counts until the block is written: the budget has it.
-        if p.records.insert(offset, record).is_none() && p.stored.binary_search(&offset).is_err() {
+        if p.records.insert(offset, record).is_none() && p.settled.binary_search(&offset).is_err() {
             p.filled += 1;
         }
         p.durable.add(d);
@@ -278,6 +296,7 @@ impl Pending {
         for n in due {
             let mut p = self.blocks.remove(&n).expect("listed above");
             self.held -= p.held;
+            let new_records = p.records.keys().filter(|o| p.stored.binary_search(o).is_err()).count() as u64;
             let mut records: BTreeMap<u16, Record> = match &p.old {
                 Some(old) => {
                     let bytes = old.load(segments, &writer.path, n)?;
@@ -297,7 +316,6 @@ impl Pending {
                 records.insert(offset, record);
             }
             sink.append(n, &self.encoder.encode(n, &records))?;
-            let new_records = (p.filled - p.stored.len()) as u64;
             durable.add(Durable { new_records, ..p.durable });
             held += p.held;
         }
