@@ -71,6 +71,12 @@ fn a_refresh_asks_conditionally_keeps_what_did_not_change_and_takes_what_did() {
     let job = || Job::new(&url, "0..2000", &store).flag("--concurrency", "8");
     job().run().assert_code(0);
     let first_size = segments_size(&store);
+    // A time after the first fetch (times are kept to the second): what changes after it is
+    // what `export --changed-since` gives.
+    let unix = || SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+    let fetched = unix();
+    wait_for("the next second", Duration::from_secs(3), || unix() > fetched);
+    let since = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     // 1% of the items change on the server.
     let changed: Vec<u64> = (0..2000).filter(|id| id % 100 == 7).collect();
     for &id in &changed {
@@ -95,6 +101,15 @@ fn a_refresh_asks_conditionally_keeps_what_did_not_change_and_takes_what_did() {
         let version = if changed.contains(&id) { 2 } else { 1 };
         assert_eq!((status, body), (200, item(id, version)), "id {id} as the server has it now");
     }
+    // What changed since then, for whatever loads it next: exactly the changed items.
+    let delta = stdout_of(&["export", "--store", path_str(&store), "--changed-since", &since]);
+    let ids: Vec<u64> = delta
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["id"].as_u64().expect("an id"))
+        .collect();
+    assert_eq!(ids, changed, "changed since {since}");
+    let hour = stdout_of(&["export", "--store", path_str(&store), "--changed-since", "1h"]);
+    assert_eq!(hour.lines().count(), 2000, "all first answered within the hour");
     // `--body json` embeds each JSON body as JSON; every answer says when it was fetched.
     let json = stdout_of(&["export", "--store", path_str(&store), "--body", "json"]);
     for (line, id) in json.lines().zip(0u64..) {
@@ -234,4 +249,7 @@ fn bad_refresh_flags_are_refused_in_one_line() {
         (with(&["--refresh", "0s", "--model", "async"]), "--model async"),
     ];
     assert_refused_in_one_line(&cases, &store);
+    let export = run(&["export", "--store", path_str(&store), "--changed-since", "last tuesday"]);
+    export.assert_code(2);
+    assert!(export.stderr.contains("neither an RFC 3339 time"), "{}", export.stderr);
 }

@@ -427,6 +427,27 @@ pub struct ExportArgs {
     /// '.body.name'` and DuckDB's `read_json` see its fields; any other as text).
     #[arg(long, value_enum, default_value_t = BodyAs::Text)]
     pub body: BodyAs,
+    /// Only the answers whose body changed, or that were first answered, at or after TIME: an
+    /// RFC 3339 time (`2026-12-06T00:00:00Z`) or an age (`24h`: since a day ago). For loading
+    /// what a refresh changed.
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub changed_since: Option<u32>,
+}
+
+/// `--changed-since`: an RFC 3339 time, or an age before now, in Unix seconds.
+fn parse_since(s: &str) -> Result<u32, String> {
+    let at = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let age = humantime::parse_duration(s).map_err(|_| {
+                format!("`{s}` is neither an RFC 3339 time (2026-12-06T00:00:00Z) nor an age (24h)")
+            })?;
+            std::time::SystemTime::now() - age
+        }
+    };
+    let secs =
+        at.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("`{s}` is before 1970"))?.as_secs();
+    u32::try_from(secs).map_err(|_| format!("`{s}` is too far ahead"))
 }
 
 /// How `export` writes a body.

@@ -154,6 +154,13 @@ fn wanted(only: Option<Only>, record: &Record) -> bool {
     }
 }
 
+/// Whether `record` is an answer whose body changed, or that was first answered, at or after
+/// `t` (Unix seconds). A format-3 answer, whose change time was not kept, was answered before
+/// format 4 existed: not since `t`.
+fn changed_since(record: &Record, t: u32) -> bool {
+    matches!(record, Record::Answer { fetched, .. } if fetched.changed > 0 && fetched.changed >= t)
+}
+
 /// Writes the records `args` asks for to `out`.
 fn write_records(store: &Store, args: &ExportArgs, out: impl Write) -> Result<(), ExportError> {
     let (from, to) = args.ids.map_or((0, u64::MAX), |r| (r.start, r.end - 1));
@@ -162,11 +169,13 @@ fn write_records(store: &Store, args: &ExportArgs, out: impl Write) -> Result<()
         Some(file) => Some(listed_ordinals(store, file)?.peekable()),
         None => None,
     };
+    let since = args.changed_since;
     let records = store.records_in(from, to).filter(|r| {
         let Ok((ordinal, record)) = r else { return true };
-        let Some(listed) = listed.as_mut() else { return wanted(args.only, record) };
+        let wanted = wanted(args.only, record) && since.is_none_or(|t| changed_since(record, t));
+        let Some(listed) = listed.as_mut() else { return wanted };
         while listed.next_if(|o| o < ordinal).is_some() {}
-        listed.peek() == Some(ordinal) && wanted(args.only, record)
+        listed.peek() == Some(ordinal) && wanted
     });
     match args.format {
         Format::Jsonl => {

@@ -40,6 +40,9 @@ pub struct Fetched {
     pub etag: String,
     /// Its `Last-Modified`, as sent; empty: none.
     pub last_modified: String,
+    /// When its body last changed (first answered, or answered with another status or body
+    /// than the stored one), in Unix seconds; 0: unknown (a format-3 record).
+    pub changed: u32,
 }
 
 /// Counts over the whole store, for `status`.
@@ -63,6 +66,7 @@ impl Fetched {
             fresh_until: v.fresh_for.map_or(0, |f| now.saturating_add(f)),
             etag: v.etag,
             last_modified: v.last_modified,
+            changed: now,
         }
     }
 }
@@ -122,15 +126,17 @@ impl Incoming {
             (Incoming::Record(Record::Failed { .. }), Some(old @ Record::Answer { .. })) => {
                 (old, Settled::Kept)
             }
-            (Incoming::Record(new @ Record::Answer { .. }), Some(old @ Record::Answer { .. })) => {
-                let same = match (&new, &old) {
-                    (
-                        Record::Answer { status: s1, body: b1, .. },
-                        Record::Answer { status: s2, body: b2, .. },
-                    ) => s1 == s2 && b1 == b2,
-                    _ => false,
-                };
-                (new, if same { Settled::Unchanged } else { Settled::Changed })
+            (
+                Incoming::Record(Record::Answer { attempts, status, body, mut fetched }),
+                Some(Record::Answer { status: was_status, body: was_body, fetched: was, .. }),
+            ) => {
+                let same = status == was_status && body == was_body;
+                if same {
+                    // Its body has not changed since it last did.
+                    fetched.changed = was.changed;
+                }
+                let settled = if same { Settled::Unchanged } else { Settled::Changed };
+                (Record::Answer { attempts, status, body, fetched }, settled)
             }
             (Incoming::Record(new), _) => (new, Settled::New),
             (
@@ -144,6 +150,7 @@ impl Incoming {
                     } else {
                         fetched.last_modified
                     },
+                    changed: was.changed,
                     ..fetched
                 };
                 (Record::Answer { attempts, status, body, fetched }, Settled::Unchanged)
@@ -188,8 +195,30 @@ mod tests {
         let renewed = Fetched { at: 200, fresh_until: 260, ..Fetched::default() };
         let (record, settled) = Incoming::Unchanged { attempts: 1, fetched: renewed }.settle(Some(stored));
         assert_eq!(settled, Settled::Unchanged);
-        let kept = Fetched { at: 200, fresh_until: 260, etag: "\"e1\"".into(), last_modified: String::new() };
+        let kept = Fetched {
+            at: 200,
+            fresh_until: 260,
+            etag: "\"e1\"".into(),
+            last_modified: String::new(),
+            changed: 0,
+        };
         assert_eq!(record, Record::Answer { attempts: 1, status: 200, body: b"old".to_vec(), fetched: kept });
+        // When the body last changed: kept by a 304 and by the same body, moved by another.
+        let first = |body: &str, at: u32| {
+            let fetched = Fetched { at, changed: at, ..Fetched::default() };
+            Record::Answer { attempts: 1, status: 200, body: body.into(), fetched }
+        };
+        let changed_of = |r: &Record| match r {
+            Record::Answer { fetched, .. } => fetched.changed,
+            Record::Failed { .. } => 0,
+        };
+        let (same, _) = Incoming::Record(first("a", 500)).settle(Some(first("a", 100)));
+        assert_eq!(changed_of(&same), 100);
+        let (other, _) = Incoming::Record(first("b", 500)).settle(Some(first("a", 100)));
+        assert_eq!(changed_of(&other), 500);
+        let renewed = Fetched { at: 600, changed: 600, ..Fetched::default() };
+        let (r304, _) = Incoming::Unchanged { attempts: 1, fetched: renewed }.settle(Some(first("a", 100)));
+        assert_eq!(changed_of(&r304), 100);
         let orphan = Incoming::Unchanged { attempts: 1, fetched: Fetched::default() }.settle(None);
         assert_eq!(orphan.1, Settled::Orphan);
     }

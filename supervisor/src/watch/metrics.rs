@@ -26,6 +26,7 @@ type Labels = Vec<(&'static str, String)>;
 /// Every metric of a run.
 pub struct Metrics {
     items: Family<Labels, Counter>,
+    refetched: Family<Labels, Counter>,
     responses: Family<Labels, Counter>,
     requests: Counter,
     retries: Counter,
@@ -56,6 +57,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("flota");
         let m = Metrics {
             items: Family::default(),
+            refetched: Family::default(),
             responses: Family::default(),
             requests: Counter::default(),
             retries: Counter::default(),
@@ -83,6 +85,12 @@ impl Metrics {
             "items",
             "Ids stored, by outcome: ok (2xx), other_status, failed, quarantined",
             m.items.clone(),
+        );
+        r.register(
+            "refetched",
+            "Stored answers fetched again (--refresh, --refetch-status), by result: unchanged (a 304, or the same \
+             status and body), changed, kept (the refetch failed: the stored answer stays)",
+            m.refetched.clone(),
         );
         r.register(
             "http_responses",
@@ -167,6 +175,12 @@ impl Metrics {
         outcome("other_status").inc_by(t.answered - d.success);
         outcome("failed").inc_by(t.failed - t.quarantined);
         outcome("quarantined").inc_by(t.quarantined);
+        let refetched = |name: &str| self.refetched.get_or_create(&vec![("result", name.to_owned())]);
+        for (name, n) in [("unchanged", t.unchanged), ("changed", t.changed), ("kept", t.kept)] {
+            if n > 0 {
+                refetched(name).inc_by(n);
+            }
+        }
         self.retries.inc_by(t.retries);
         if let Some(flush) = d.flush {
             self.store_write.observe(flush.as_secs_f64());
