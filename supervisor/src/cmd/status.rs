@@ -123,6 +123,16 @@ pub fn run(args: &StatusArgs) -> Result<i32, Error> {
                 thousands(run.tally.restarts),
                 run.exit_code
             );
+            let t = &run.tally;
+            if t.unchanged + t.changed + t.kept > 0 {
+                println!(
+                    "          refreshed {}: unchanged {}   changed {}   failed, answer kept {}",
+                    thousands(t.unchanged + t.changed + t.kept),
+                    thousands(t.unchanged),
+                    thousands(t.changed),
+                    thousands(t.kept)
+                );
+            }
             if run.pacing.requests > 0 {
                 for line in pacing_lines(&run.pacing) {
                     println!("          {line}");
