@@ -554,15 +554,16 @@ fn validators(headers: &ureq::http::HeaderMap) -> Validators {
     } else if let Some(max_age) = directives.iter().find_map(|d| d.strip_prefix("max-age=")) {
         max_age.trim_matches('"').parse::<u64>().ok()
     } else {
+        // Dates are parsed only when there is an Expires (every answer has a Date).
         let date = |name: &str| httpdate::parse_http_date(&text(name)).ok();
-        match (date("expires"), date("date")) {
-            (Some(expires), Some(date)) => Some(expires.duration_since(date).map_or(0, |d| d.as_secs())),
-            (Some(expires), None) => {
-                Some(expires.duration_since(std::time::SystemTime::now()).map_or(0, |d| d.as_secs()))
-            }
+        match headers.contains_key("expires").then(|| date("expires")) {
+            None => None,
             // An Expires that does not parse is in the past (RFC 9111 5.3).
-            (None, _) if headers.contains_key("expires") => Some(0),
-            (None, _) => None,
+            Some(None) => Some(0),
+            Some(Some(expires)) => match date("date") {
+                Some(date) => Some(expires.duration_since(date).map_or(0, |d| d.as_secs())),
+                None => Some(expires.duration_since(std::time::SystemTime::now()).map_or(0, |d| d.as_secs())),
+            },
         }
     };
     Validators {
