@@ -43,8 +43,9 @@ impl Held {
         }
     }
 
-    fn usable(&self, now: Instant) -> bool {
-        self.expires.is_none_or(|at| now < at)
+    /// It has not run out (the clock is read only for one that can).
+    fn usable(&self) -> bool {
+        self.expires.is_none_or(|at| Instant::now() < at)
     }
 }
 
@@ -120,11 +121,10 @@ impl Credentials {
     /// usable (it has come, and has not run out). Waits for one while there is none; `false`
     /// when the worker stops first.
     pub fn ready(&self, held: &mut Option<Arc<Held>>) -> bool {
-        let now = Instant::now();
         if let Some(h) = held {
             if h.generation == self.generation.load(Ordering::Acquire)
                 && h.generation >= self.refused.load(Ordering::Acquire)
-                && h.usable(now)
+                && h.usable()
             {
                 return true;
             }
@@ -138,7 +138,7 @@ impl Credentials {
             // One this worker has seen refused is not sent again: its requests wait with the
             // one that met the 401.
             let refused = s.reported.is_some_and(|r| r >= c.generation);
-            if (c.generation > 0 || !self.sourced) && !refused && c.usable(Instant::now()) {
+            if (c.generation > 0 || !self.sourced) && !refused && c.usable() {
                 *held = Some(c.clone());
                 return true;
             }

@@ -263,7 +263,8 @@ impl Fetcher {
             let ticket = gate.enter(requests == 0)?;
             requests += 1;
             let (attempt, mut met) = self.attempt(session, scratch);
-            let credential = scratch.credential.clone().expect("ready gave one");
+            // Borrowed, not cloned: every thread cloning the one Arc would bounce its count.
+            let credential = scratch.credential.as_deref().expect("ready gave one");
             if met.status.is_some_and(|s| s != 401) {
                 credential.proven();
             }
@@ -282,7 +283,7 @@ impl Fetcher {
                     // Not the id's attempt, and not in flight while it waits.
                     log::debug!("id {id}: refused with credential {}", credential.generation);
                     place.step_aside();
-                    if !self.credentials.refused(&credential) || !place.rejoin() {
+                    if !self.credentials.refused(credential) || !place.rejoin() {
                         return None;
                     }
                     continue;
@@ -547,11 +548,11 @@ fn validators(headers: &ureq::http::HeaderMap) -> Validators {
         headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned()).unwrap_or_default()
     };
     let cache_control = text("cache-control").to_ascii_lowercase();
-    let directives: Vec<&str> = cache_control.split(',').map(str::trim).collect();
+    let directives = || cache_control.split(',').map(str::trim);
     let age: u64 = text("age").parse().unwrap_or(0);
-    let lifetime = if directives.iter().any(|d| *d == "no-cache" || *d == "no-store") {
+    let lifetime = if directives().any(|d| d == "no-cache" || d == "no-store") {
         Some(0)
-    } else if let Some(max_age) = directives.iter().find_map(|d| d.strip_prefix("max-age=")) {
+    } else if let Some(max_age) = directives().find_map(|d| d.strip_prefix("max-age=")) {
         max_age.trim_matches('"').parse::<u64>().ok()
     } else {
         // Dates are parsed only when there is an Expires (every answer has a Date).
