@@ -160,13 +160,18 @@ impl Refetch {
         self.fetched_before.is_none() && self.stale_at.is_none() && self.statuses.is_empty()
     }
 
+    /// Whether it fetches again every answer of `status` (`--refetch-status`).
+    pub fn wants_status(&self, status: u16) -> bool {
+        self.statuses.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+
     /// Whether it fetches again an answer of `status`, fetched at `at` and fresh until
     /// `fresh_until` (0: the server did not say) with this `Last-Modified`. Without a stated
     /// freshness, an answer with a `Last-Modified` is fresh for a tenth of its age when fetched
     /// (RFC 9111 4.2.2's heuristic, as browsers and requests-cache apply it); one without either
     /// is stale.
     pub fn wants(&self, status: u16, at: u32, fresh_until: u32, last_modified: &str) -> bool {
-        if self.statuses.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
+        if self.wants_status(status) {
             return true;
         }
         if self.fetched_before.is_some_and(|before| at < before) {

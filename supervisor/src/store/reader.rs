@@ -1,5 +1,7 @@
-//! Reading which ids of a store are settled, from the blocks' entries alone (never a body):
-//! what the planner and the counter need.
+//! Reading which ids of a store are settled: what the planner, the counter and the writer
+//! need. From the blocks' entries alone, unless a refresh asks for answers the entries cannot
+//! settle (then a block's index, for statuses, or its records, for fetch times and freshness).
+//! Also what a refresh's requests are conditional on, read from the records.
 
 use std::path::PathBuf;
 
@@ -37,11 +39,21 @@ impl Reader {
     }
 
     /// The ids of block `n` that are settled (as [`Reader::count_settled`] says), and of those,
-    /// the quarantined ones. Reads the block's index only.
+    /// the quarantined ones.
     pub fn settled_mask(&mut self, n: u64, retry_quarantined: bool) -> Result<(Mask, Mask), StoreError> {
         let Some(r) = self.entry(n)? else { return Ok(([0; 4], [0; 4])) };
+        self.settled_of(n, &r, retry_quarantined)
+    }
+
+    /// [`Reader::settled_mask`] of block `n` whose entry the caller has read (the writer has).
+    pub fn settled_of(
+        &mut self,
+        n: u64,
+        r: &BlockRef,
+        retry_quarantined: bool,
+    ) -> Result<(Mask, Mask), StoreError> {
         let kinds = r.kinds;
-        let again = self.refetched(n, &r)?;
+        let again = self.refetched(n, r)?;
         let answered = mask_minus(&kinds.answered, &again);
         if retry_quarantined {
             return Ok((answered, [0; 4]));
@@ -109,6 +121,14 @@ impl Reader {
         let bytes = r.load(&mut self.segments, &self.path, n)?;
         let first = block::first_id(n);
         let mut again = [0; 4];
+        if rf.fetched_before.is_none() && rf.stale_at.is_none() {
+            // Statuses alone: the index has them, no record is decompressed.
+            let index = block::Index::parse(&bytes, n).map_err(|why| corrupt(&self.path, n, why))?;
+            for e in index.entries().filter(|e| e.kind == block::KIND_ANSWER && rf.wants_status(e.status)) {
+                mask_set(&mut again, first + u64::from(e.offset));
+            }
+            return Ok(again);
+        }
         for (offset, record) in block::decode(&bytes, n).map_err(|why| corrupt(&self.path, n, why))? {
             if let Record::Answer { status, fetched, .. } = record {
                 if rf.wants(status, fetched.at, fetched.fresh_until, &fetched.last_modified) {

@@ -233,8 +233,10 @@ impl Pending {
                     None => Vec::new(),
                 };
                 let settled: Vec<u16> = match (&old, self.settled.as_mut()) {
-                    (Some(_), Some((reader, retry_q))) => {
-                        let (mask, _) = reader.settled_mask(n, *retry_q)?;
+                    // From the entry just read: the reader's own cache may hold the one this
+                    // writer has since replaced.
+                    (Some(r), Some((reader, retry_q))) => {
+                        let (mask, _) = reader.settled_of(n, r, *retry_q)?;
                         mask_ids(n, mask).map(|id| (id - first) as u16).collect()
                     }
                     _ => stored.clone(),
