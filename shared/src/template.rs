@@ -18,8 +18,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 /// the keys are read). 2,000 is the URL length every server and proxy takes.
 pub const MAX_KEY_BYTES: usize = 2000;
 
-/// Every byte but RFC 3986's unreserved characters is percent-encoded.
-const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+/// Every byte but RFC 3986's unreserved characters is percent-encoded (as a URL's `{key}`, and
+/// as RFC 6749 2.3.1 asks of a client's id and secret in HTTP Basic).
+pub const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// How a key is written where a template puts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,6 @@
 
 mod source;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
@@ -57,8 +56,6 @@ pub struct Keeper {
     /// What it says.
     pub news: Receiver<News>,
     refusals: Sender<(u64, bool)>,
-    /// Credentials obtained so far.
-    pub issued: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Keeper {
@@ -67,13 +64,11 @@ impl Keeper {
     pub fn start(source: CredentialSource, agent: ureq::Agent) -> std::io::Result<Keeper> {
         let (news_tx, news) = unbounded();
         let (refusals, refusals_rx) = bounded(1024);
-        let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counted = issued.clone();
         std::thread::Builder::new().name("credentials".into()).spawn(move || {
             let obtain = move || obtain(&source, &agent);
-            keep(&obtain, &refusals_rx, &news_tx, &counted);
+            keep(&obtain, &refusals_rx, &news_tx);
         })?;
-        Ok(Keeper { news, refusals, issued })
+        Ok(Keeper { news, refusals })
     }
 
     /// A worker met a 401 with credential `generation`; `proven`: it had another answer with
@@ -106,7 +101,6 @@ fn keep(
     obtain: &dyn Fn() -> Result<source::Issued, Failure>,
     refusals: &Receiver<(u64, bool)>,
     news: &Sender<News>,
-    issued: &std::sync::atomic::AtomicU64,
 ) {
     let mut hand: Option<InHand> = None;
     // When renewals began failing, and when to try again.
@@ -150,7 +144,6 @@ fn keep(
             Ok(got) => {
                 let now = Instant::now();
                 let generation = hand.as_ref().map_or(0, |h| h.generation) + 1;
-                issued.store(generation, std::sync::atomic::Ordering::Relaxed);
                 let expires = got.lifetime.map(|l| now + l);
                 let renew_at = got.lifetime.map(|l| now + l.mul_f64(RENEW_AT));
                 match got.lifetime {
@@ -204,7 +197,7 @@ fn keep(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
 
@@ -227,7 +220,7 @@ mod tests {
                 *count.lock().expect("lock") += 1;
                 answers.lock().expect("lock").next().unwrap_or(Err(Failure::Failed("no more".into())))
             };
-            keep(&obtain, &refusals_rx, &news_tx, &std::sync::atomic::AtomicU64::new(0));
+            keep(&obtain, &refusals_rx, &news_tx);
         });
         (news, refusals, asked)
     }

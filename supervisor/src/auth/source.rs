@@ -221,9 +221,7 @@ fn issued_of(answer: TokenAnswer) -> Result<(Issued, Option<String>), String> {
 
 /// Form-encodes a client's id or secret for HTTP Basic (RFC 6749 2.3.1).
 fn form_encoded(s: &str) -> String {
-    const KEEP: &percent_encoding::AsciiSet =
-        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'*');
-    percent_encoding::utf8_percent_encode(s, KEEP).to_string()
+    percent_encoding::utf8_percent_encode(s, shared::template::NOT_UNRESERVED).to_string()
 }
 
 /// One token request: the client-credentials grant, or the refresh-token grant when the client

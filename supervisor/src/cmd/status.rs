@@ -3,7 +3,7 @@
 
 use std::time::UNIX_EPOCH;
 
-use super::summary::{coverage_lines, pacing_lines};
+use super::summary::{coverage_lines, pacing_lines, refresh_line};
 use crate::cli::StatusArgs;
 use crate::engine::Error;
 use crate::job::{IdRange, Ids, Scope};
@@ -123,15 +123,8 @@ pub fn run(args: &StatusArgs) -> Result<i32, Error> {
                 thousands(run.tally.restarts),
                 run.exit_code
             );
-            let t = &run.tally;
-            if t.unchanged + t.changed + t.kept > 0 {
-                println!(
-                    "          refreshed {}: unchanged {}   changed {}   failed, answer kept {}",
-                    thousands(t.unchanged + t.changed + t.kept),
-                    thousands(t.unchanged),
-                    thousands(t.changed),
-                    thousands(t.kept)
-                );
+            if let Some(line) = refresh_line(&run.tally, None) {
+                println!("          {line}");
             }
             if run.pacing.requests > 0 {
                 for line in pacing_lines(&run.pacing) {

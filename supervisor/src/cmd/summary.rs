@@ -2,7 +2,7 @@
 //! with `status` and `merge` (how a run was paced, how complete a store is).
 
 use crate::engine::Figures;
-use crate::job::{Chaos, IdRange, Model, Pacing, RateSource, RunConfig};
+use crate::job::{Chaos, IdRange, Model, Pacing, RateSource, RunConfig, Tally};
 use crate::store::{Coverage, LastRun};
 use crate::util::{signal_name, thousands};
 
@@ -25,16 +25,8 @@ pub fn print(cfg: &RunConfig, r: &Figures) {
         thousands(r.tally.failed),
         thousands(r.tally.skipped)
     );
-    let t = &r.tally;
-    if t.unchanged + t.changed + t.kept > 0 {
-        println!(
-            "  refreshed {}: unchanged {}   changed {}   new {}   failed, answer kept {}",
-            thousands(t.unchanged + t.changed + t.kept),
-            thousands(t.unchanged),
-            thousands(t.changed),
-            thousands(r.new_records),
-            thousands(t.kept)
-        );
+    if let Some(line) = refresh_line(&r.tally, Some(r.new_records)) {
+        println!("  {line}");
     }
     if r.skipped_quarantined > 0 {
         println!(
@@ -171,4 +163,20 @@ pub fn coverage_lines(c: &Coverage, keyed: bool) -> Vec<(&'static str, String)> 
         ));
     }
     lines
+}
+
+/// What a run's refetches came to, when it had any: `refreshed N: unchanged U   changed C   new W
+/// failed, answer kept F` (the new records when they are known).
+pub fn refresh_line(t: &Tally, new_records: Option<u64>) -> Option<String> {
+    let refreshed = t.unchanged + t.changed + t.kept;
+    (refreshed > 0).then(|| {
+        let new = new_records.map(|n| format!("new {}   ", thousands(n))).unwrap_or_default();
+        format!(
+            "refreshed {}: unchanged {}   changed {}   {new}failed, answer kept {}",
+            thousands(refreshed),
+            thousands(t.unchanged),
+            thousands(t.changed),
+            thousands(t.kept)
+        )
+    })
 }

@@ -124,9 +124,6 @@ pub fn run(
     let flushed = l.core.flushed();
     let mut report = l.core.conclude().map_err(|e| store_side::as_run_error(e, &cfg.store, flushed))?;
     report.wall = started.elapsed();
-    if let Some(k) = &l.keeper {
-        log::debug!("credentials obtained: {}", k.issued.load(std::sync::atomic::Ordering::Relaxed));
-    }
     if report.dropped_results > 0 {
         log::warn!("dropped {} results for ids their worker did not hold", report.dropped_results);
     }
