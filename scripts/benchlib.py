@@ -119,6 +119,22 @@ class Nginx:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# The bodies nginx answers /items/N with in the benchmarks: mockapi's default record (~70 bytes),
+# and a 1 KiB one.
+SMALL_BODY = '{"id":1,"name":"item-1","price":42.5,"tags":["a","b"],"in_stock":true}'
+KIB_BODY = '{"id":1,"text":"' + "x" * (1024 - 20) + '"}'
+
+
+def nginx_items(body, delay_ms=0):
+    """nginx answering /items/N with `body` (after `delay_ms`, through the echo module), as
+    mockapi's interface has it."""
+    if delay_ms:
+        answer = f"echo_sleep {delay_ms / 1000}; echo -n '{body}';"
+    else:
+        answer = f"return 200 '{body}';"
+    return Nginx(f"    location /items/ {{ {answer} }}", http="  access_log off;\n", echo=bool(delay_ms))
+
+
 def run_wrk(addr, seconds, connections):
     """wrk's requests a second against `addr`, each request a new id under /items/; None
     without wrk."""
