@@ -243,8 +243,22 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 #[test]
 fn results_far_larger_than_the_supervisors_budget_pass_through_it_without_raising_its_memory() {
     // 10,000 bodies of 32 KiB: 320 MiB through a supervisor that holds at most 32 MiB of them.
+    bodies_pass_through_the_budget(4);
+}
+
+#[test]
+fn with_sixteen_workers_the_budget_still_bounds_the_supervisor_and_every_body_arrives() {
+    // Sixteen readers take each frame's bytes before reading it and settle them once decoded:
+    // none waits on another, and what they keep comes off the budget.
+    bodies_pass_through_the_budget(16);
+}
+
+fn bodies_pass_through_the_budget(workers: u32) {
     let (api, _dir, store) = setup(&["--body-bytes", "32768"]);
-    let running = Job::new(&api.url(), "0..10000", &store).flag("--threads", "32").spawn();
+    let running = Job::new(&api.url(), "0..10000", &store)
+        .flag("--threads", "32")
+        .flag("--workers", &workers.to_string())
+        .spawn();
     let pid = running.pid();
     let mut peak = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -258,5 +272,8 @@ fn results_far_larger_than_the_supervisors_budget_pass_through_it_without_raisin
     // in flight alone could pass it.
     assert!(peak > 0, "the supervisor's memory was sampled");
     assert!(peak < 128 * 1024, "supervisor VmHWM {} MiB with 32 KiB bodies", peak / 1024);
-    eprintln!("figure: 10,000 bodies of 32 KiB, supervisor VmHWM {:.1} MiB", peak as f64 / 1024.0);
+    eprintln!(
+        "figure: 10,000 bodies of 32 KiB, {workers} workers, supervisor VmHWM {:.1} MiB",
+        peak as f64 / 1024.0
+    );
 }

@@ -157,6 +157,13 @@ impl<R: Read> FrameReader<R> {
 
     /// Reads the next frame's payload. `Ok(None)` is a clean end of stream.
     pub fn read_payload(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        self.read_payload_after(|_| {})
+    }
+
+    /// [`FrameReader::read_payload`], calling `admit` with the payload's length (once it is
+    /// known to be within the limit) before reading it: a reader that must make room for what
+    /// a frame holds waits there, before the frame is in memory.
+    pub fn read_payload_after(&mut self, admit: impl FnOnce(usize)) -> Result<Option<&[u8]>, FrameError> {
         let mut header = [0u8; 4];
         let got = read_full(&mut self.inner, &mut header)?;
         if got == 0 {
@@ -169,6 +176,7 @@ impl<R: Read> FrameReader<R> {
         if len > self.max_len {
             return Err(FrameError::TooLarge { len, max: self.max_len });
         }
+        admit(len);
         self.buf.clear();
         self.buf.resize(len, 0);
         let got = read_full(&mut self.inner, &mut self.buf)?;

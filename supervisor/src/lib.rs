@@ -46,6 +46,9 @@ use crate::util::panics;
 use crate::watch::progress;
 use shared::error_chain;
 
+/// The malloc arenas of a supervisor (glibc's default is eight per core; see `util::arenas`).
+const SUPERVISOR_ARENAS: i32 = 2;
+
 /// The supervisor's `main`: returns the exit code.
 pub fn main() -> i32 {
     panics::install();
@@ -91,6 +94,9 @@ fn run_main() -> i32 {
         }
         _ => {}
     }
+    // Before any thread of this process: the readers of many workers' pipes would each grow an
+    // arena of their own.
+    util::arenas::limit(SUPERVISOR_ARENAS);
     let progress = if cli.output.quiet {
         progress::Mode::Quiet
     } else if std::io::stderr().is_terminal() {

@@ -11,14 +11,28 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use super::plan::{plan, PlanMsg};
 use crate::engine::Error;
 use crate::fleet::threads;
-use crate::job::RunConfig;
+use crate::job::{Model, RunConfig};
 use crate::store::{self, Covered, Store, WriteAck, WriteCmd};
 use crate::util::Budget;
 
 /// The most bytes of results the supervisor holds, from a worker's pipe (or a task) until they
 /// are durable: twice what the writer holds back for incomplete blocks, so the writer's hold
-/// never stalls the readers.
+/// never stalls the readers; less [`WORKER_BYTES`] for each worker, down to [`LEAST_HELD`].
 pub const HELD_BYTES: usize = 2 * store::HOLD_BYTES;
+/// What a worker costs the supervisor besides the results it sends: its reader's 64 KiB read
+/// buffer and frame buffer (as large as the largest frame, 256 KiB as workers send them), its
+/// two threads' stacks, its writer's frames; measured, 600 KiB a worker (from 4 to 16 workers,
+/// 8 KiB bodies: docs/performance.md). Taken off the budget for each worker, so that the
+/// supervisor's memory does not grow with `--workers`.
+const WORKER_BYTES: usize = 512 << 10;
+/// The budget however many workers: above the writer's hold, so that blocks are written
+/// incomplete for their bytes only once that much is pending.
+const LEAST_HELD: usize = store::HOLD_BYTES + (4 << 20);
+
+/// The run's budget of held results with `workers` worker processes (none with coroutines).
+pub fn held_bytes(workers: usize) -> usize {
+    HELD_BYTES.saturating_sub(workers * WORKER_BYTES).max(LEAST_HELD)
+}
 
 /// Commands queued for the store writer at most: a runtime that hands it results faster than
 /// it writes waits (as the budget makes it wait for bytes).
@@ -52,7 +66,8 @@ pub fn start(cfg: &RunConfig, store: &Store, plan_queue: usize) -> Result<StoreS
     let (panic_tx, panics) = unbounded::<Error>();
     let writer = store.writer();
     let covered = store.covered()?;
-    let held = Arc::new(Budget::new(HELD_BYTES));
+    let workers = if cfg.model == Model::Fleet { cfg.workers as usize } else { 0 };
+    let held = Arc::new(Budget::new(held_bytes(workers)));
     let (on_disk, given) = (covered.clone(), held.clone());
     let settled = (store.reader().refetching(cfg.refetch.clone()), cfg.retry_quarantined);
     threads::spawn("store-writer".into(), &panic_tx, move || {
@@ -87,5 +102,19 @@ pub fn as_run_error(e: Error, path: &Path, flushed: u64) -> Error {
             Err(e) => Error::Store(e),
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_gives_each_worker_its_room_down_to_a_floor() {
+        assert_eq!(held_bytes(0), 32 << 20, "coroutines: the whole budget");
+        assert_eq!(held_bytes(4), 30 << 20);
+        assert_eq!(held_bytes(16), 24 << 20);
+        assert_eq!(held_bytes(1000), 20 << 20, "never below the writer's hold and 4 MiB");
+        assert!(held_bytes(1000) > store::HOLD_BYTES);
     }
 }

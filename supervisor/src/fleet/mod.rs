@@ -8,10 +8,11 @@
 //!
 //! Each worker gets two threads. Its writer owns the child's stdin and writes what the
 //! dispatcher queues, so a worker that stops reading stalls only that thread. Its reader owns
-//! the child's stdout, decodes frames into [`FleetEvent`]s for the dispatcher (taking their
-//! results' bytes from the run's [`Budget`] first, so it stops reading while the supervisor
-//! holds too much), and after the end of the stream reaps the child and reports how it ended. A worker that sends anything
-//! malformed is killed on the spot: the supervisor never trusts a frame.
+//! the child's stdout, decodes frames into [`FleetEvent`]s for the dispatcher (taking a
+//! frame's bytes from the run's [`Budget`] before it reads the frame, so it stops reading while
+//! the supervisor holds too much), and after the end of the stream reaps the child and reports
+//! how it ended. A worker that sends anything malformed is killed on the spot: the supervisor
+//! never trusts a frame.
 //!
 //! Signals reach a worker only through its `Child`, shared by the dispatcher's [`WorkerProc`]
 //! and the reader behind one lock. The reader waits for the exit without reaping
@@ -235,38 +236,36 @@ fn read_worker(
     let mut reader = FrameReader::new(BufReader::with_capacity(64 * 1024, stdout), max_frame);
     let mut greeted = false;
     let fault = loop {
-        let payload = match reader.read_payload() {
-            Ok(Some(p)) => p,
+        // A frame's bytes are taken before it is read, so a reader waiting for room holds
+        // nothing of it; once decoded, the bytes are settled to what its results hold.
+        let mut taken = 0;
+        let frame = reader.read_payload_after(|len| {
+            // Waiting here, the worker's heartbeats wait in the pipe: the worker is not silent,
+            // the supervisor is not listening (as when the dispatcher stalls), and says so.
+            held.take_waiting(len, HEARTBEAT_EVERY, || {
+                send(EventKind::Heartbeat);
+            });
+            taken = len;
+        });
+        let event = match frame {
+            Ok(Some(payload)) => event_of(payload, &mut greeted),
             Ok(None) => break None,
-            Err(e) => break Some(ProtocolFault::Frame(e.to_string())),
+            Err(e) => Err(ProtocolFault::Frame(e.to_string())),
         };
-        if !greeted {
-            match peek_hello_version(payload) {
-                Ok(PROTOCOL_VERSION) => {}
-                Ok(v) => break Some(ProtocolFault::Version(v)),
-                Err(e) => break Some(ProtocolFault::NoHello(e.to_string())),
+        let kind = match event {
+            Ok(kind) => kind,
+            Err(fault) => {
+                held.give(taken);
+                break Some(fault);
             }
+        };
+        match kind {
+            EventKind::Results(ref r) => match ItemResult::held_by(r) {
+                more if more > taken => held.take_now(more - taken),
+                less => held.give(taken - less),
+            },
+            _ => held.give(taken),
         }
-        let kind = match decode::<FromWorker>(payload) {
-            Ok(FromWorker::Hello(_)) if greeted => break Some(ProtocolFault::SecondHello),
-            Ok(FromWorker::Hello(_)) => {
-                greeted = true;
-                EventKind::Hello
-            }
-            Ok(FromWorker::Results(r)) => {
-                // Waiting here, the worker's heartbeats wait in the pipe: the worker is not
-                // silent, the supervisor is not listening, as when the dispatcher stalls.
-                held.take_waiting(ItemResult::held_by(&r), HEARTBEAT_EVERY, || {
-                    send(EventKind::Heartbeat);
-                });
-                EventKind::Results(r)
-            }
-            Ok(FromWorker::Heartbeat) => EventKind::Heartbeat,
-            Ok(FromWorker::Spent(n)) => EventKind::Spent(n),
-            Ok(FromWorker::Traffic(t)) => EventKind::Traffic(t),
-            Ok(FromWorker::Refused { generation, proven }) => EventKind::Refused { generation, proven },
-            Err(e) => break Some(ProtocolFault::Frame(e.to_string())),
-        };
         if !send(kind) {
             break None; // the dispatcher is gone; the worker dies with the supervisor
         }
@@ -280,6 +279,29 @@ fn read_worker(
         Err(e) => Ended::Unknown(e.to_string()),
     };
     send(EventKind::Gone { ended, fault });
+}
+
+/// What a worker's frame says; the first must be its hello, and only the first.
+fn event_of(payload: &[u8], greeted: &mut bool) -> Result<EventKind, ProtocolFault> {
+    if !*greeted {
+        match peek_hello_version(payload) {
+            Ok(PROTOCOL_VERSION) => {}
+            Ok(v) => return Err(ProtocolFault::Version(v)),
+            Err(e) => return Err(ProtocolFault::NoHello(e.to_string())),
+        }
+    }
+    Ok(match decode::<FromWorker>(payload).map_err(|e| ProtocolFault::Frame(e.to_string()))? {
+        FromWorker::Hello(_) if *greeted => return Err(ProtocolFault::SecondHello),
+        FromWorker::Hello(_) => {
+            *greeted = true;
+            EventKind::Hello
+        }
+        FromWorker::Results(r) => EventKind::Results(r),
+        FromWorker::Heartbeat => EventKind::Heartbeat,
+        FromWorker::Spent(n) => EventKind::Spent(n),
+        FromWorker::Traffic(t) => EventKind::Traffic(t),
+        FromWorker::Refused { generation, proven } => EventKind::Refused { generation, proven },
+    })
 }
 
 /// Waits for the child to exit without holding its lock (so it can still be killed), then

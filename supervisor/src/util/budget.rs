@@ -1,7 +1,7 @@
 //! A bound on the bytes of results the supervisor holds between a worker's pipe and the store.
 //!
-//! A worker's reader thread takes a frame's bytes before it hands the results on, and blocks
-//! while the budget is spent: it stops reading the pipe, the pipe fills, and the worker's
+//! A worker's reader thread takes a frame's bytes before it reads the frame (and settles them
+//! to what its results hold once decoded), and blocks while the budget is spent: it stops reading the pipe, the pipe fills, and the worker's
 //! results wait in the worker, which holds no more than its window of ids. The store writer
 //! gives the bytes back once the results are durable; the core gives back those it drops.
 //! So whatever the body size, the results in the supervisor's channels and the writer's
@@ -72,6 +72,15 @@ impl Budget {
         if queued {
             // The next in line may fit too.
             self.freed.notify_all();
+        }
+    }
+
+    /// Takes `bytes` at once, past the limit if need be: for what a frame already admitted
+    /// holds once decoded beyond its length (a result's fixed part, per result). Waiting for
+    /// it instead, a reader holding its frame's bytes could wait on others that do the same.
+    pub fn take_now(&self, bytes: usize) {
+        if bytes > 0 {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner).held += bytes;
         }
     }
 
@@ -195,6 +204,22 @@ mod tests {
         assert_eq!(b.held(), 1000);
         b.give(1000);
         assert_eq!(b.held(), 0);
+    }
+
+    #[test]
+    fn a_take_now_passes_a_spent_budget_and_later_takes_wait_for_it() {
+        let b = Arc::new(Budget::new(100));
+        b.take(90);
+        b.take_now(30);
+        assert_eq!(b.held(), 120);
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || b2.take(10));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!t.is_finished(), "a take passed while the budget was spent");
+        b.give(30);
+        assert!(eventually(|| t.is_finished()), "the take did not pass once the bytes came back");
+        t.join().expect("joins");
+        assert_eq!(b.held(), 100);
     }
 
     #[test]
