@@ -74,6 +74,10 @@ fn five_second_tokens_over_20000_ids_are_renewed_ahead_and_on_401s_no_attempt_sp
     assert_eq!(figure(&out, "retries"), 0, "{}", out.stdout);
     let stats = api.stats();
     assert!(stats.unauthorized > 0, "the revocation was met: {stats:?}");
+    // The summary counts what the server saw: every token obtained, every 401 met.
+    let pacing = &summary(&out)["pacing"];
+    assert_eq!(pacing["credentials"].as_u64(), Some(stats.tokens_issued), "{}", out.stdout);
+    assert_eq!(pacing["unauthorized"].as_u64(), Some(stats.unauthorized), "{}", out.stdout);
     let wall = summary(&out)["wall_secs"].as_f64().expect("wall_secs");
     let budget = 2.0 * wall / 5.0 + 1.0;
     assert!(

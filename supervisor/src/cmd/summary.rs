@@ -114,6 +114,13 @@ pub fn pacing_lines(p: &Pacing) -> [String; 2] {
             thousands(p.probes)
         ));
     }
+    if p.credentials > 0 || p.unauthorized > 0 {
+        first.push_str(&format!(
+            "   credentials obtained {}, answered 401 {}",
+            thousands(p.credentials),
+            thousands(p.unauthorized)
+        ));
+    }
     let rate = match (p.rate, p.rate_source) {
         (Some(r), Some(RateSource::Given)) => format!("rate {r:.1}/s (--rate)"),
         (Some(r), Some(RateSource::Announced)) => format!("rate {r:.1}/s (announced)"),

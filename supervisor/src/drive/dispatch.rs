@@ -108,6 +108,7 @@ pub fn run(
             metrics,
             range: total,
             credential_wait: None,
+            credentials: 0,
         },
     };
     let sources = Sources {
@@ -124,6 +125,7 @@ pub fn run(
     let flushed = l.core.flushed();
     let mut report = l.core.conclude().map_err(|e| store_side::as_run_error(e, &cfg.store, flushed))?;
     report.wall = started.elapsed();
+    report.pace.credentials = l.watchers.credentials;
     if report.dropped_results > 0 {
         log::warn!("dropped {} results for ids their worker did not hold", report.dropped_results);
     }
@@ -150,6 +152,8 @@ struct Watchers {
     range: u64,
     /// Why the fleet waits for a credential, while it does.
     credential_wait: Option<String>,
+    /// Credentials the keeper has obtained so far.
+    credentials: u64,
 }
 
 impl Watchers {
@@ -158,6 +162,7 @@ impl Watchers {
         if let Some(why) = &self.credential_wait {
             snapshot.held_back = Some(why.clone());
         }
+        snapshot.pace.credentials = self.credentials;
         let line = self.progress.update(&snapshot, now);
         self.notify.tick(&snapshot, &line, core.fleet_up(), now);
         self.live.tick(&snapshot, &line, now);
@@ -287,6 +292,7 @@ impl Loop<'_> {
             recv(s.credentials) -> news => match news {
                 Ok(News::Fresh(credential, expires)) => {
                     self.watchers.credential_wait = None;
+                    self.watchers.credentials += 1;
                     self.workers.credential(credential, expires);
                     Event::Wake
                 }

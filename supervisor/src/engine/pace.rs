@@ -472,6 +472,8 @@ impl Pacer {
     pub fn traffic(&mut self, t: &Traffic, now: Instant, out: &mut Vec<Command>) {
         self.figures.requests += u64::from(t.requests);
         self.figures.too_many += u64::from(t.too_many);
+        let refused = t.statuses.iter().filter(|&&(s, _)| s == 401).map(|&(_, n)| u64::from(n)).sum::<u64>();
+        self.figures.unauthorized += refused;
         if let Some(c) = &mut self.controller {
             c.sample(t);
         }

@@ -122,4 +122,11 @@ pub struct Pacing {
     /// Probes sent while it was open.
     #[serde(default)]
     pub probes: u64,
+    /// Requests answered 401: with credentials from a source, each was sent again with a newer
+    /// one (not an attempt of its id); with the job's own headers, they stopped the run.
+    #[serde(default)]
+    pub unauthorized: u64,
+    /// Credentials obtained from `--auth-command` or `--oauth2-token-url` during the run.
+    #[serde(default)]
+    pub credentials: u64,
 }

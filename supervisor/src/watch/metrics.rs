@@ -43,11 +43,13 @@ pub struct Metrics {
     paused: Gauge,
     circuit_open: Gauge,
     outages: Counter,
+    credentials: Counter,
     held: Gauge,
     /// Each worker slot's last `sending`, summed into `in_flight`.
     sending: Mutex<Vec<u32>>,
     last_restarts: AtomicU64,
     last_outages: AtomicU64,
+    last_credentials: AtomicU64,
     registry: Registry,
 }
 
@@ -74,10 +76,12 @@ impl Metrics {
             paused: Gauge::default(),
             circuit_open: Gauge::default(),
             outages: Counter::default(),
+            credentials: Counter::default(),
             held: Gauge::default(),
             sending: Mutex::new(vec![0; workers]),
             last_restarts: AtomicU64::new(0),
             last_outages: AtomicU64::new(0),
+            last_credentials: AtomicU64::new(0),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -126,6 +130,11 @@ impl Metrics {
             m.circuit_open.clone(),
         );
         r.register("outages", "Times the circuit opened", m.outages.clone());
+        r.register(
+            "credentials_obtained",
+            "Credentials obtained from --auth-command or --oauth2-token-url (401s: http_responses{code=\"401\"})",
+            m.credentials.clone(),
+        );
         r.register_with_unit(
             "held_results",
             "Results the supervisor holds until they are durable (bounded by its budget)",
@@ -201,6 +210,8 @@ impl Metrics {
         self.circuit_open.set(i64::from(s.circuit_open));
         let before = self.last_outages.swap(s.pace.outages, Ordering::Relaxed);
         self.outages.inc_by(s.pace.outages.saturating_sub(before));
+        let before = self.last_credentials.swap(s.pace.credentials, Ordering::Relaxed);
+        self.credentials.inc_by(s.pace.credentials.saturating_sub(before));
     }
 }
 
