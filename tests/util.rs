@@ -243,9 +243,22 @@ pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     watch(child)
 }
 
-/// A loopback port free now (for a server a test starts on a port it must know beforehand).
+/// A loopback port free now, for a server a test starts on a port it must know beforehand. It is
+/// below the kernel's ephemeral range: a port in that range, freed, can be taken by any client
+/// socket of this busy machine (or by one connecting to it: a TCP self-connect) before the
+/// server binds it, and one in TIME_WAIT makes the bind fail; no client is given one below.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("an address").port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > 12_000)
+        .unwrap_or(32_768);
+    loop {
+        let port = fastrand::u16(10_000..low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Runs the supervisor to completion.
